@@ -1,0 +1,67 @@
+"""KV cache pytrees: a shared prefix with no batch axis, and per-row caches of fixed capacity."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+from dynsys.config import ModelConfig
+
+
+@struct.dataclass
+class RowCache:
+    """Per-row keys and values, one [B, C, K, H] array per layer (RoPE already applied to k).
+
+    valid[b, c]: slot c of row b holds a real token (left padding and unwritten slots are False).
+    end: the next slot to write, shared by all rows (ragged prompts are left-padded).
+    """
+
+    k: tuple[jnp.ndarray, ...]
+    v: tuple[jnp.ndarray, ...]
+    valid: jnp.ndarray
+    end: jnp.ndarray
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+
+@struct.dataclass
+class Prefix:
+    """The shared prompt's keys and values, one [S, K, H] array per layer, no batch axis.
+
+    Slots [0, length) hold the prompt at positions 0..length−1; the rest is unused capacity.
+    """
+
+    k: tuple[jnp.ndarray, ...]
+    v: tuple[jnp.ndarray, ...]
+    length: jnp.ndarray
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def valid(self) -> jnp.ndarray:
+        return jnp.arange(self.capacity) < self.length
+
+
+def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
+    shape = (batch, capacity, cfg.num_kv_heads, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
+    return RowCache(k=zeros, v=zeros, valid=jnp.zeros((batch, capacity), bool),
+                    end=jnp.zeros((), jnp.int32))
+
+
+def prefix_of(rows: RowCache) -> Prefix:
+    """The single row of a one-row cache (filled left to right, no padding) as a shared prefix."""
+    return Prefix(k=tuple(k[0] for k in rows.k), v=tuple(v[0] for v in rows.v), length=rows.end)
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round a length up to a bucket: a power of two up to 64, then 8 buckets per octave
+    (at most 12.5% padding), so sweeps over lengths compile a bounded number of times."""
+    if n <= 64:
+        return max(minimum, 1 << max(n - 1, 0).bit_length())
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step

@@ -1,0 +1,303 @@
+"""Model configuration: one frozen dataclass, the published presets, Hugging Face conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+Family = Literal["llama", "qwen2", "gpt_neox"]
+FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gpt_neox")
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama3Scaling:
+    """Llama-3 RoPE frequency scaling: wavelengths above original/low_freq_factor are divided by
+    `factor`, those below original/high_freq_factor are kept, the band between is interpolated."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer of one of three families.
+
+    llama (= mistral without sliding window): RMSNorm, SwiGLU, sequential residual, rotate-half RoPE.
+    qwen2: llama with biases on q, k and v.
+    gpt_neox: LayerNorm, GELU MLP with biases, biased attention, rotary on the first
+    `rotary_pct * head_dim` dimensions, parallel residual x + attn(ln1 x) + mlp(ln2 x).
+    `use_rope=False` replaces the rotary embedding by the identity (weights unchanged).
+    """
+
+    family: Family
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rope_scaling: Llama3Scaling | None = None
+    rotary_pct: float = 1.0
+    use_rope: bool = True
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    parallel_residual: bool = True  # gpt_neox only
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r} is not one of {FAMILIES}")
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
+        if not 0.0 < self.rotary_pct <= 1.0:
+            raise ValueError(f"rotary_pct={self.rotary_pct} must lie in (0, 1]")
+        if self.rotary_dim % 2:
+            raise ValueError(f"rotary dimension {self.rotary_dim} (head_dim * rotary_pct) is odd")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+
+    @property
+    def heads_per_kv(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_pct)
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.family in ("qwen2", "gpt_neox")
+
+    def with_rope(self, use_rope: bool) -> ModelConfig:
+        return dataclasses.replace(self, use_rope=use_rope)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_LLAMA_3_2_1B = ModelConfig(
+    family="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16,
+    num_heads=32, num_kv_heads=8, head_dim=64, rope_theta=500000.0,
+    rope_scaling=Llama3Scaling(32.0, 1.0, 4.0, 8192), norm_eps=1e-5, tie_embeddings=True,
+    max_position_embeddings=131072)
+
+
+def _pythia(hidden: int, layers: int, heads: int) -> ModelConfig:
+    return ModelConfig(
+        family="gpt_neox", vocab_size=50304, hidden_size=hidden, intermediate_size=4 * hidden,
+        num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+        rope_theta=10000.0, rotary_pct=0.25, norm_eps=1e-5, max_position_embeddings=2048)
+
+
+def _qwen2(vocab: int, hidden: int, ffn: int, layers: int, heads: int, kv: int, theta: float,
+           tied: bool, max_pos: int) -> ModelConfig:
+    return ModelConfig(
+        family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv, head_dim=hidden // heads,
+        rope_theta=theta, norm_eps=1e-6, tie_embeddings=tied, max_position_embeddings=max_pos)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        family="llama", vocab_size=512, hidden_size=128, intermediate_size=512, num_layers=4,
+        num_heads=4, num_kv_heads=2, head_dim=32, rope_theta=10000.0, norm_eps=1e-5,
+        tie_embeddings=False, max_position_embeddings=32768),
+    "llama-3.2-1b": _LLAMA_3_2_1B,
+    "pythia-70m": _pythia(512, 6, 8),
+    "pythia-160m": _pythia(768, 12, 12),
+    "pythia-410m": _pythia(1024, 24, 16),
+    "pythia-1b": _pythia(2048, 16, 8),
+    "qwen2.5-0.5b": _qwen2(151936, 896, 4864, 24, 14, 2, 1e6, True, 32768),
+    "deepseek-r1-distill-qwen-1.5b": _qwen2(151936, 1536, 8960, 28, 12, 2, 1e4, False, 131072),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known presets: {sorted(PRESETS)}") from None
+
+
+# --- Hugging Face conversion ------------------------------------------------------------------
+
+_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt_neox": "gpt_neox"}
+_HF_ACTIVATION = {"llama": "silu", "qwen2": "silu", "gpt_neox": "gelu"}
+# Fields read by from_hf_config.
+_HF_HANDLED = {
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+    "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
+    "max_position_embeddings", "rms_norm_eps", "layer_norm_eps", "tie_word_embeddings",
+    "rope_theta", "rope_scaling", "rope_parameters", "rotary_pct", "rotary_emb_base",
+    "partial_rotary_factor", "use_parallel_residual", "attention_bias", "mlp_bias",
+    "pretraining_tp", "sliding_window", "use_sliding_window", "initializer_range",
+}
+# Fields that do not change the forward pass (tokens, dropout, generation defaults, metadata).
+_HF_INERT = {
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "torch_dtype", "dtype", "transformers_version", "use_cache",
+    "attention_dropout", "hidden_dropout", "classifier_dropout", "embd_pdrop", "resid_pdrop",
+    "attn_pdrop", "_name_or_path", "_commit_hash", "_attn_implementation_autoset",
+    "output_hidden_states", "output_attentions", "return_dict", "use_return_dict",
+    "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "torchscript", "pruned_heads",
+    "tf_legacy_loss", "use_bfloat16", "id2label", "label2id", "problem_type", "finetuning_task",
+    "prefix", "task_specific_params", "tokenizer_class", "max_window_layers", "layer_types",
+    "max_length", "min_length", "do_sample", "num_beams", "num_beam_groups", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "early_stopping", "length_penalty",
+    "diversity_penalty", "num_return_sequences", "output_scores", "return_dict_in_generate",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+}
+
+
+def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Llama3Scaling | None, float]:
+    """(theta, llama3 scaling, partial rotary factor) from either HF rope format."""
+    params = dict(hf.get("rope_parameters") or {})
+    legacy = hf.get("rope_scaling") or {}
+    if legacy:
+        params = {**params, **legacy}
+    theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
+    partial = params.get("partial_rotary_factor",
+                         hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return float(theta), None, float(partial)
+    if rope_type == "llama3":
+        scaling = Llama3Scaling(
+            float(params["factor"]), float(params["low_freq_factor"]),
+            float(params["high_freq_factor"]), int(params["original_max_position_embeddings"]))
+        return float(theta), scaling, float(partial)
+    raise ValueError(f"rope type {rope_type!r} is not supported (supported: 'default', 'llama3')")
+
+
+def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
+    """A ModelConfig from a Hugging Face config (a dict as in config.json, or a PretrainedConfig).
+
+    Any field that changes the forward pass and is not represented raises ValueError.
+    """
+    if not isinstance(hf, Mapping):
+        hf = hf.to_dict()
+    model_type = hf.get("model_type")
+    if model_type not in _HF_MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not supported "
+                         f"(supported: {sorted(_HF_MODEL_TYPES)})")
+    family = _HF_MODEL_TYPES[model_type]
+    unknown = sorted(k for k in hf if k not in _HF_HANDLED | _HF_INERT)
+    if unknown:
+        raise ValueError(f"Hugging Face config fields not understood by dynsys: {unknown}")
+
+    act = hf.get("hidden_act", _HF_ACTIVATION[family])
+    if act != _HF_ACTIVATION[family]:
+        raise ValueError(f"hidden_act={act!r} is not supported for {model_type} "
+                         f"(expected {_HF_ACTIVATION[family]!r})")
+    if hf.get("mlp_bias"):
+        raise ValueError("mlp_bias=True is not supported")
+    if hf.get("pretraining_tp", 1) != 1:
+        raise ValueError(f"pretraining_tp={hf['pretraining_tp']} is not supported")
+    window = hf.get("sliding_window")
+    if model_type == "mistral" and window is not None:
+        raise ValueError(f"sliding_window={window} is not supported (mistral without sliding "
+                         "window only)")
+    if hf.get("use_sliding_window"):
+        raise ValueError("use_sliding_window=True is not supported")
+    expected_bias = family in ("qwen2", "gpt_neox")
+    bias = hf.get("attention_bias", expected_bias)
+    if model_type == "qwen2":
+        bias = True  # Qwen2 always has q/k/v biases; its config has no switch
+    if bool(bias) != expected_bias:
+        raise ValueError(f"attention_bias={bias} is not supported for {model_type}")
+
+    theta, scaling, partial = _rope_from_hf(hf)
+    heads = int(hf["num_attention_heads"])
+    hidden = int(hf["hidden_size"])
+    eps_key = "layer_norm_eps" if family == "gpt_neox" else "rms_norm_eps"
+    head_dim = hf.get("head_dim") or hidden // heads
+    return ModelConfig(
+        family=family,
+        vocab_size=int(hf["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(hf["intermediate_size"]),
+        num_layers=int(hf["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rotary_pct=partial,
+        norm_eps=float(hf.get(eps_key, 1e-5)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", family != "gpt_neox")),
+        parallel_residual=bool(hf.get("use_parallel_residual", True)),
+        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        initializer_range=float(hf.get("initializer_range", 0.02)),
+    )
+
+
+def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The config.json dict of the equivalent Hugging Face model (transformers >= 4.45 format).
+
+    A model with `use_rope=False` has no Hugging Face equivalent and raises ValueError.
+    """
+    if not cfg.use_rope:
+        raise ValueError("use_rope=False has no Hugging Face equivalent")
+    if cfg.family == "gpt_neox" and cfg.num_kv_heads != cfg.num_heads:
+        raise ValueError(f"gpt_neox has no grouped-query attention (num_kv_heads="
+                         f"{cfg.num_kv_heads} != num_heads={cfg.num_heads})")
+    if cfg.family == "gpt_neox" and cfg.head_dim * cfg.num_heads != cfg.hidden_size:
+        raise ValueError(f"gpt_neox needs head_dim * num_heads == hidden_size, got "
+                         f"{cfg.head_dim} * {cfg.num_heads} != {cfg.hidden_size}")
+    if cfg.family != "gpt_neox" and cfg.rotary_pct != 1.0:
+        raise ValueError(f"rotary_pct={cfg.rotary_pct} is only expressible for gpt_neox")
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_scaling is not None:
+        rope.update(rope_type="llama3", **dataclasses.asdict(cfg.rope_scaling))
+    hf: dict[str, Any] = {
+        "model_type": cfg.family,
+        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                           "gpt_neox": "GPTNeoXForCausalLM"}[cfg.family]],
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "hidden_act": _HF_ACTIVATION[cfg.family],
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "initializer_range": cfg.initializer_range,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_theta": cfg.rope_theta,
+        "torch_dtype": cfg.dtype,
+    }
+    if cfg.family == "gpt_neox":
+        rope["partial_rotary_factor"] = cfg.rotary_pct
+        hf.update(layer_norm_eps=cfg.norm_eps, rotary_pct=cfg.rotary_pct,
+                  rotary_emb_base=cfg.rope_theta, use_parallel_residual=cfg.parallel_residual,
+                  attention_bias=True)
+    else:
+        hf.update(num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                  rms_norm_eps=cfg.norm_eps)
+        if cfg.family == "llama":
+            hf.update(attention_bias=False, mlp_bias=False)
+        else:
+            hf.update(use_sliding_window=False)
+    if cfg.rope_scaling is not None:
+        hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    hf["rope_parameters"] = rope
+    return hf
+
+
+__all__ = ["ModelConfig", "Llama3Scaling", "PRESETS", "preset", "from_hf_config", "to_hf_config",
+           "param_count", "math"]
