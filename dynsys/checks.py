@@ -1,0 +1,38 @@
+"""Validation at the public boundary: JAX clamps out-of-range gathers silently, so ids,
+lengths and shapes are checked here, in numpy, with errors that name the bad value."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_tokens(tokens, vocab_size: int, name: str, ndim: int) -> np.ndarray:
+    """An int32 array of token ids in [0, vocab_size) with `ndim` dims and no empty axis."""
+    arr = np.asarray(tokens)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if arr.size == 0 or 0 in arr.shape:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}{list(where)} = {int(arr[where])} is outside the vocabulary "
+                         f"[0, {vocab_size})")
+    return arr.astype(np.int32)
+
+
+def check_positions(positions, shape: tuple[int, ...], limit: int) -> np.ndarray:
+    """Positions of the given shape in [0, limit)."""
+    arr = np.asarray(positions)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"positions have shape {arr.shape}, expected {tuple(shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"positions must be integers, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= limit)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"positions{list(where)} = {int(arr[where])} is outside [0, {limit}) "
+                         f"(max_position_embeddings)")
+    return arr.astype(np.int32)

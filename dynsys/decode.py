@@ -1,0 +1,185 @@
+"""Prefill, the shared-prefix step, full-sequence logits and jitted generation.
+
+Every function here is one call of `Transformer` with a RowCache (per-row keys) and an
+optional Prefix (shared keys, no batch axis): ordinary generation has no prefix; the Markov
+map is a step of many rows after one long prefix (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsys import sampling
+from dynsys.cache import Prefix, RowCache, bucket, empty_rows, prefix_of
+from dynsys.checks import check_positions, check_tokens
+from dynsys.config import ModelConfig
+from dynsys.model import Model, Transformer
+
+SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
+
+
+def _run(cfg: ModelConfig, params, tokens, positions, rows, write_mask, prefix):
+    return Transformer(cfg).apply({"params": params}, tokens, positions, rows, write_mask, prefix)
+
+
+def _logits(cfg: ModelConfig, params, hidden):
+    return Transformer(cfg).apply({"params": params}, hidden, method=Transformer.logits)
+
+
+# --- the shared prefix ---------------------------------------------------------------------
+
+
+def prefill_chunk(cfg: ModelConfig, capacity: int) -> int:
+    """Largest chunk c dividing `capacity` (c = capacity / 2^j) with N·c·capacity scores
+    within SCORE_BUDGET, so a long prompt's T×T scores are never held at once."""
+    chunk = capacity
+    while chunk % 2 == 0 and chunk > 16 and cfg.num_heads * chunk * capacity > SCORE_BUDGET:
+        chunk //= 2
+    return chunk
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
+def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length) -> Prefix:
+    capacity = tokens.shape[0]
+    rows = empty_rows(cfg, 1, capacity)
+
+    def body(i, rows):
+        start = i * chunk
+        positions = (start + jnp.arange(chunk))[None]
+        piece = jax.lax.dynamic_slice(tokens, (start,), (chunk,))[None]
+        return _run(cfg, params, piece, positions, rows, positions < length, None)[1]
+
+    rows = jax.lax.fori_loop(0, capacity // chunk, body, rows)
+    return prefix_of(rows.replace(end=length))
+
+
+def prefill(model: Model, prompt, capacity: int | None = None) -> Prefix:
+    """The shared prefix of a 1-D prompt: its keys and values at positions 0..n−1.
+
+    Capacity defaults to bucket(n); prompts are processed in chunks (`prefill_chunk`).
+    """
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    n = prompt.shape[0]
+    capacity = bucket(n) if capacity is None else capacity
+    if capacity < n:
+        raise ValueError(f"capacity={capacity} is smaller than the prompt length {n}")
+    if n > cfg.max_position_embeddings:
+        raise ValueError(f"prompt length {n} exceeds max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    tokens = np.zeros(capacity, np.int32)
+    tokens[:n] = prompt
+    return _prefill(cfg, prefill_chunk(cfg, capacity), model.params, jnp.asarray(tokens),
+                    jnp.int32(n))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _step(cfg: ModelConfig, params, prefix, tokens, positions, rows):
+    hidden, rows = _run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool),
+                        prefix)
+    return _logits(cfg, params, hidden), rows
+
+
+def step(model: Model, prefix: Prefix | None, tokens, positions,
+         rows: RowCache | None = None) -> tuple[jnp.ndarray, RowCache]:
+    """Logits [B, T, V] of B rows after the shared prefix: row b holds tokens[b] at
+    positions[b] (any positions, e.g. skipping), after what `rows` already holds.
+
+    With rows=None a fresh RowCache of capacity T is used. The prefix is never copied per row.
+    """
+    cfg = model.config
+    tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=2)
+    positions = check_positions(positions, tokens.shape, cfg.max_position_embeddings)
+    if rows is None:
+        rows = empty_rows(cfg, tokens.shape[0], tokens.shape[1])
+    elif int(rows.end) + tokens.shape[1] > rows.capacity:
+        raise ValueError(f"{tokens.shape[1]} tokens do not fit: the row cache holds "
+                         f"{int(rows.end)} of {rows.capacity} slots")
+    return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows)
+
+
+def forward(model: Model, tokens) -> jnp.ndarray:
+    """Full-sequence logits [B, T, V] of tokens [B, T] at positions 0..T−1."""
+    tokens = check_tokens(tokens, model.config.vocab_size, "tokens", ndim=2)
+    positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+    return step(model, None, tokens, positions)[0]
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "kind", "with_margins"))
+def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
+              tokens, write_mask, values, key):
+    B, T = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
+    rows = empty_rows(cfg, B, T + max_new_tokens)
+    hidden, rows = _run(cfg, params, tokens, positions, rows, write_mask, None)
+    logits = _logits(cfg, params, hidden[:, -1])
+    seq = jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens)
+
+    def choose(logits, seq, rows, i):
+        scores = sampling.process(logits, seq, rows.valid, kind, values)
+        token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
+        return token, sampling.margin(scores) if with_margins else jnp.zeros(B)
+
+    def body(carry, i):
+        logits, seq, rows, position = carry
+        token, margin = choose(logits, seq, rows, i)
+        seq = jax.lax.dynamic_update_slice(seq, token[:, None], (0, T + i))
+        hidden, rows = _run(cfg, params, token[:, None], position[:, None], rows,
+                            jnp.ones((B, 1), bool), None)
+        return (_logits(cfg, params, hidden[:, 0]), seq, rows, position + 1), (token, margin)
+
+    carry = (logits, seq, rows, positions[:, -1] + 1)
+    (logits, seq, rows, _), (out, margins) = jax.lax.scan(
+        body, carry, jnp.arange(max_new_tokens - 1))
+    token, margin = choose(logits, seq, rows, max_new_tokens - 1)
+    out = jnp.concatenate([out.T, token[:, None]], axis=1)
+    margins = jnp.concatenate([margins.T, margin[:, None]], axis=1)
+    return out, margins
+
+
+def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged prompts → (tokens [B, bucket(max n)], real-token mask), left-padded with 0."""
+    rows = [check_tokens(p, vocab_size, f"prompts[{i}]", ndim=1) for i, p in enumerate(prompts)]
+    if not rows:
+        raise ValueError("no prompts given")
+    width = bucket(max(len(r) for r in rows))
+    tokens = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r):] = r
+        mask[i, width - len(r):] = True
+    return tokens, mask
+
+
+def generate(model: Model, prompts, max_new_tokens: int, *,
+             sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
+             return_margins: bool = False):
+    """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
+    (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]).
+
+    prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
+    and masked). One compile per (B, length bucket, max_new_tokens, sampler kind).
+    """
+    cfg = model.config
+    if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
+        raise ValueError(f"prompts must be 2-D [batch, length], got shape {np.shape(prompts)}")
+    if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    tokens, mask = left_pad(list(prompts), cfg.vocab_size)
+    longest = int(mask.sum(1).max())
+    if longest + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
+            f"max_position_embeddings={cfg.max_position_embeddings}")
+    out, margins = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
+                             model.params, jnp.asarray(tokens), jnp.asarray(mask),
+                             sampler.values, jax.random.PRNGKey(seed))
+    return (out, margins) if return_margins else out

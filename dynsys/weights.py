@@ -1,0 +1,229 @@
+"""Hugging Face checkpoints (config.json + safetensors, sharded or not) in and out, and `load`.
+
+Only local directories; only safetensors and JSON are read (never pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
+from dynsys.model import Model, init_params
+
+# Buffers some checkpoints carry that are not parameters (recomputed from the config).
+_BUFFERS = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One HF tensor ↔ one dynsys parameter. `inputs`: how many leading axes of our kernel
+    are the linear map's inputs (HF stores weight as [out, in]); 0 for biases (flattened by
+    HF), norms and embeddings."""
+
+    hf: str
+    ours: tuple[str, ...]
+    inputs: int = 0
+
+    def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        if self.inputs:
+            return (math.prod(ours[self.inputs:]), math.prod(ours[:self.inputs]))
+        return ours if self.ours[-1] == "embedding" else (math.prod(ours),)
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        x = x.reshape(self.hf_shape(x.shape)[::-1] if self.inputs else self.hf_shape(x.shape))
+        return np.ascontiguousarray(x.T if self.inputs else x)
+
+    def from_hf(self, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
+        if x.shape != self.hf_shape(ours):
+            raise ValueError(f"tensor {self.hf} has shape {tuple(x.shape)}; the config implies "
+                             f"{self.hf_shape(ours)}")
+        return (x.T if self.inputs else x).reshape(ours)
+
+
+def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
+    """The HF ↔ dynsys correspondence, GPT-NeoX's fused QKV excepted (see _fused_qkv)."""
+    neox = cfg.family == "gpt_neox"
+    root = "gpt_neox" if neox else "model"
+    yield _Tensor(f"{root}.embed_in.weight" if neox else "model.embed_tokens.weight",
+                  ("embed", "embedding"))
+    norm_names = ("weight", "bias") if neox else ("weight",)
+    ours_norm = {"weight": "scale", "bias": "bias"}
+    for i in range(cfg.num_layers):
+        hf_layer, us = f"{root}.layers.{i}", f"blocks_{i}"
+        for hf_norm, norm in (("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2")):
+            for p in norm_names:
+                yield _Tensor(f"{hf_layer}.{hf_norm}.{p}", (us, norm, ours_norm[p]))
+        if neox:
+            attn, mlp = f"{hf_layer}.attention", f"{hf_layer}.mlp"
+            yield _Tensor(f"{attn}.dense.weight", (us, "attn", "o", "kernel"), 2)
+            yield _Tensor(f"{attn}.dense.bias", (us, "attn", "o", "bias"))
+            for hf, name in (("dense_h_to_4h", "up"), ("dense_4h_to_h", "down")):
+                yield _Tensor(f"{mlp}.{hf}.weight", (us, "mlp", name, "kernel"), 1)
+                yield _Tensor(f"{mlp}.{hf}.bias", (us, "mlp", name, "bias"))
+        else:
+            attn = f"{hf_layer}.self_attn"
+            for name in "qkv":
+                yield _Tensor(f"{attn}.{name}_proj.weight", (us, "attn", name, "kernel"), 1)
+                if cfg.qkv_bias:
+                    yield _Tensor(f"{attn}.{name}_proj.bias", (us, "attn", name, "bias"))
+            yield _Tensor(f"{attn}.o_proj.weight", (us, "attn", "o", "kernel"), 2)
+            for name in ("gate", "up", "down"):
+                yield _Tensor(f"{hf_layer}.mlp.{name}_proj.weight", (us, "mlp", name, "kernel"), 1)
+    for p in norm_names:
+        hf_final = f"{root}.final_layer_norm" if neox else "model.norm"
+        yield _Tensor(f"{hf_final}.{p}", ("final_norm", ours_norm[p]))
+    if not cfg.tie_embeddings:
+        yield _Tensor("embed_out.weight" if neox else "lm_head.weight", ("lm_head", "kernel"), 1)
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _fused_qkv_names(i: int) -> tuple[str, str]:
+    base = f"gpt_neox.layers.{i}.attention.query_key_value"
+    return f"{base}.weight", f"{base}.bias"
+
+
+def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
+    """The Hugging Face state dict (numpy, HF names and [out, in] layouts) of a dynsys model."""
+    cfg = model.config
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    state = {t.hf: t.to_hf(_get(params, t.ours)) for t in _layout(cfg)}
+    if cfg.family == "gpt_neox":  # output axis laid out as (heads, 3, head_dim)
+        for i in range(cfg.num_layers):
+            attn = params[f"blocks_{i}"]["attn"]
+            kernel = np.stack([attn[n]["kernel"] for n in "qkv"], axis=2)  # [D, N, 3, H]
+            bias = np.stack([attn[n]["bias"] for n in "qkv"], axis=1)  # [N, 3, H]
+            w, b = _fused_qkv_names(i)
+            state[w] = np.ascontiguousarray(kernel.reshape(cfg.hidden_size, -1).T)
+            state[b] = bias.reshape(-1)
+    return state
+
+
+def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
+    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2))
+    state = hf_state_dict(model)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, x in state.items():
+        if shards[-1] and size + x.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = x
+        size += x.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        return directory
+    weight_map = {}
+    for j, shard in enumerate(shards):
+        fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / fname, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+    index = {"metadata": {"total_size": sum(x.nbytes for x in state.values())},
+             "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return directory
+
+
+def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (directory / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor "
+                                "model.safetensors.index.json (only safetensors are read)")
+    tensors = {}
+    for fname in files:
+        with safe_open(directory / fname, framework="numpy") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
+    """A dynsys model from a local Hugging Face checkpoint directory.
+
+    Missing, unexpected or mis-shaped tensors raise ValueError naming them.
+    """
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory / 'config.json'} does not exist")
+    cfg = from_hf_config(json.loads((directory / "config.json").read_text()))
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
+    tensors = _read_tensors(directory)
+    if cfg.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # some exports store the tied copy
+    for name in [n for n in tensors if n.endswith(_BUFFERS)]:
+        del tensors[name]
+    expected = jax.eval_shape(lambda: init_params(cfg, 0))
+    params: dict = {}
+    layout = list(_layout(cfg))
+    names = {t.hf for t in layout}
+    if cfg.family == "gpt_neox":
+        names |= {n for i in range(cfg.num_layers) for n in _fused_qkv_names(i)}
+    missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+    if missing or extra:
+        raise ValueError(f"checkpoint {directory} does not match its config: missing tensors "
+                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected tensors "
+                         f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
+
+    def put(path: tuple[str, ...], value: np.ndarray) -> None:
+        _set(params, path, jnp.asarray(value, cfg.dtype))
+
+    for t in layout:
+        put(t.ours, t.from_hf(tensors[t.hf], _get(expected, t.ours).shape))
+    if cfg.family == "gpt_neox":
+        N, H, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        for i in range(cfg.num_layers):
+            w_name, b_name = _fused_qkv_names(i)
+            w, b = tensors[w_name], tensors[b_name]
+            if w.shape != (3 * N * H, D) or b.shape != (3 * N * H,):
+                raise ValueError(f"tensors {w_name} {tuple(w.shape)} / {b_name} "
+                                 f"{tuple(b.shape)}; the config implies {(3 * N * H, D)} / "
+                                 f"{(3 * N * H,)}")
+            w = w.T.reshape(D, N, 3, H)
+            b = b.reshape(N, 3, H)
+            for j, name in enumerate("qkv"):
+                put((f"blocks_{i}", "attn", name, "kernel"), w[:, :, j])
+                put((f"blocks_{i}", "attn", name, "bias"), b[:, j])
+    return Model(cfg, params)
+
+
+def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> Model:
+    """A preset with random Hugging Face-style initialisation (seeded), or a local HF
+    checkpoint directory."""
+    if str(name_or_path) in PRESETS:
+        cfg = preset(str(name_or_path))
+        if dtype is not None:
+            cfg = cfg.replace(dtype=dtype)
+        return Model(cfg, init_params(cfg, seed))
+    path = Path(name_or_path)
+    if path.is_dir():
+        return load_hf(path, dtype)
+    raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                     "local checkpoint directory")
