@@ -10,7 +10,7 @@ from dynsys.config import ModelConfig
 
 @struct.dataclass
 class RowCache:
-    """Per-row keys and values, one [B, C, K, H] array per layer (RoPE already applied to k).
+    """Per-row keys and values, one [B, K, C, H] array per layer (RoPE already applied to k).
 
     valid[b, c]: slot c of row b holds a real token (left padding and unwritten slots are False).
     end: the next slot to write, shared by all rows (ragged prompts are left-padded).
@@ -28,7 +28,7 @@ class RowCache:
 
 @struct.dataclass
 class Prefix:
-    """The shared prompt's keys and values, one [S, K, H] array per layer, no batch axis.
+    """The shared prompt's keys and values, one [K, S, H] array per layer, no batch axis.
 
     Slots [0, length) hold the prompt at positions 0..length−1; the rest is unused capacity.
     """
@@ -39,7 +39,7 @@ class Prefix:
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[0]
+        return self.k[0].shape[1]
 
     @property
     def valid(self) -> jnp.ndarray:
@@ -47,7 +47,7 @@ class Prefix:
 
 
 def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
-    shape = (batch, capacity, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim)
     zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
     return RowCache(k=zeros, v=zeros, valid=jnp.zeros((batch, capacity), bool),
                     end=jnp.zeros((), jnp.int32))

@@ -53,8 +53,8 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, rows: tuple, write_mask, prefix: tuple | None):
         """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
-        cache [B, C, K, H], the first slot to write and the row mask [B, T, C]; prefix = (k, v,
-        mask) with k, v [S, K, H]. Returns the output [B, T, D] and the updated (k, v)."""
+        cache [B, K, C, H], the first slot to write and the row mask [B, T, C]; prefix = (k, v,
+        key mask [S]) with k, v [K, S, H]. Returns the output [B, T, D] and the updated (k, v)."""
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
@@ -63,10 +63,10 @@ class Attention(nn.Module):
         v = _dense(cfg, (K, H), "v", cfg.qkv_bias)(x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         cache_k, cache_v, slot, key_mask = rows
-        k = jnp.where(write_mask[..., None, None], k, 0).astype(cache_k.dtype)
-        v = jnp.where(write_mask[..., None, None], v, 0).astype(cache_v.dtype)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (0, slot, 0, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (0, slot, 0, 0))
+        k = jnp.where(write_mask[..., None, None], k, 0).astype(cache_k.dtype).transpose(0, 2, 1, 3)
+        v = jnp.where(write_mask[..., None, None], v, 0).astype(cache_v.dtype).transpose(0, 2, 1, 3)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (0, 0, slot, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (0, 0, slot, 0))
         segments = [Segment(cache_k, cache_v, key_mask)]
         if prefix is not None:
             segments.insert(0, Segment(*prefix))
@@ -137,11 +137,10 @@ class Transformer(nn.Module):
         valid = jax.lax.dynamic_update_slice(rows.valid, write_mask, (0, rows.end))
         causal = jnp.arange(rows.capacity)[None, :] <= slots[:, None]  # [T, C]
         key_mask = valid[:, None, :] & causal[None] & write_mask[:, :, None]
-        prefix_mask = None if prefix is None else prefix.valid[None, None, :] & write_mask[..., None]
         x = self.embed(tokens)
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
-            layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix_mask)
+            layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
             x, (k, v) = block(x, positions, (rows.k[i], rows.v[i], rows.end, key_mask),
                               write_mask, layer_prefix)
             new_k.append(k)
