@@ -1,0 +1,32 @@
+# Two commands on a fresh machine with Python >= 3.11 and make:
+#   make run    set up and run the main job on the embedded default (tiny preset)
+#   make test   set up and pass the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: run test bench clean
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) -e '.[test]'
+	touch $@
+
+run: $(VENV)/.core
+	$(VENV)/bin/dynsys generate
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.test
+	$(PY) experiments/bench_generate.py
+	$(PY) experiments/bench_prefix_step.py
+	$(PY) experiments/bench_dynamics.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
