@@ -1,0 +1,134 @@
+"""A real greedy trace against the Markov map of its prompt.
+
+Trace x_1..x_G after prompt P (|P| = n): x_{t+1} = argmax L_t, L_t the real logits with
+P, x_1..x_t as keys and x_t at position n+t−1. The references for step t:
+  L^pos_t = logits(P + [x_t]) with x_t at n+t−1   (the generated keys removed),
+  L^0_t   = logits(P + [x_t]) with x_t at n       (f_P itself).
+dilution_t = ‖L_t − L^pos_t‖∞ (what the generated keys change), drift_t = ‖L^pos_t − L^0_t‖∞
+(position only; exactly 0 without RoPE), and memory_t = the smallest k in 1, 2, 4, … whose
+memory-k map (the last k tokens at their real positions) already gives x_{t+1}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsys.cache import Prefix, empty_rows
+from dynsys.checks import check_tokens
+from dynsys.config import ModelConfig
+from dynsys.decode import _logits, _run, prefill
+from dynsys.markov import MarkovMap, last_logits, lazy_orbit, suffix_map
+from dynsys.model import Model
+from dynsys.orbits import orbits
+from dynsys.traces import periodicity
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """Per step t = 1..G−1 (index t−1): agreement of x_{t+1} with f_P(x_t) and with the
+    position-exact f_{P,t−1}(x_t), the error parts, and the loop-level comparison.
+
+    first_divergence: the first t with x_{t+1} ≠ f_P(x_t), i.e. where the free-running orbit
+    of f_P from x_1 leaves the trace (G if it never does).
+    memory: per step, the smallest k of `memory_ks` whose memory-k map gives x_{t+1}, 0 if none.
+    trace_period/onset: the trace's eventual periodicity (onset indexes the trace, 0-based);
+    map_tail/map_cycle: tail length and cycle length of x_1 under f_P; cycle_is_orbit: the
+    trace's terminal cycle is a periodic orbit of f_P.
+    """
+
+    trace: np.ndarray
+    markov_next: np.ndarray
+    agree_markov: np.ndarray
+    agree_position: np.ndarray
+    dilution: np.ndarray
+    drift: np.ndarray
+    memory: np.ndarray
+    memory_ks: tuple[int, ...]
+    first_divergence: int
+    trace_period: int
+    trace_onset: int
+    map_tail: int
+    map_cycle: int
+    cycle_is_orbit: bool
+
+    @property
+    def agreement(self) -> float:
+        """Share of steps with x_{t+1} = f_P(x_t)."""
+        return float(self.agree_markov.mean())
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
+    """‖L_t − L^pos_t‖∞ and ‖L^pos_t − L^0_t‖∞ for t = 1..G (see module docstring)."""
+    G = trace.shape[0]
+    positions = n + jnp.arange(G, dtype=jnp.int32)
+    hidden, _ = _run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
+                     jnp.ones((1, G), bool), prefix)
+    real = _logits(cfg, params, hidden[0])
+    exact = last_logits(cfg, params, prefix, trace[:, None], positions[:, None])
+    at_n = last_logits(cfg, params, prefix, trace[:, None], jnp.full((G, 1), n, jnp.int32))
+    return jnp.abs(real - exact).max(-1), jnp.abs(exact - at_n).max(-1)
+
+
+def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
+            memory_ks: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 3,
+            prefix: Prefix | None = None) -> Comparison:
+    """Compare a greedy trace of `prompt` (the generated tokens only) with f_P.
+
+    `fmap` (a full Markov map at offset 0) is used for the map's orbit of x_1 when given;
+    otherwise that orbit is evaluated lazily.
+    """
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    trace = check_tokens(trace, cfg.vocab_size, "trace", ndim=1)
+    n, G = prompt.shape[0], trace.shape[0]
+    if G < 2:
+        raise ValueError(f"trace has {G} token(s); a comparison needs at least 2")
+    if fmap is not None and not (fmap.is_full and np.all(fmap.offset == 0)
+                                 and fmap.prompt_length == n):
+        raise ValueError("fmap must be the full Markov map of this prompt at offset 0")
+    prefix = prefill(model, prompt, capacity=None) if prefix is None else prefix
+    options = dict(prefix=prefix, progress=False)
+
+    at_n = suffix_map(model, prompt, trace[:-1, None], **options)
+    exact = suffix_map(model, prompt, trace[:-1, None], offset=np.arange(G - 1), **options)
+    target = trace[1:]
+    agree_markov = at_n.next == target
+    dilution, drift = (np.asarray(x)[:-1] for x in _logit_gaps(
+        cfg, model.params, prefix, jnp.asarray(trace), jnp.int32(n)))
+
+    memory = np.zeros(G - 1, np.int32)
+    for k in sorted(memory_ks, reverse=True):
+        if k > G - 1:
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(trace[:-1], k)  # rows t = k..G−1
+        agree = suffix_map(model, prompt, windows, offset=np.arange(G - k), **options).next
+        memory[k - 1:][agree == target[k - 1:]] = k
+
+    disagree = np.flatnonzero(~agree_markov)
+    first_divergence = int(disagree[0]) + 1 if disagree.size else G
+
+    found = periodicity(trace, k=repeats)
+    if fmap is not None:
+        orb = orbits(fmap.next)
+        tail, cycle_len = int(orb.tail[trace[0]]), int(orb.cycle_length[trace[0]])
+    else:
+        tail_list, cycle = lazy_orbit(model, prompt, int(trace[0]), prefix=prefix)
+        tail, cycle_len = len(tail_list), len(cycle)
+    cycle_is_orbit = False
+    if found.period:
+        cyc = trace[found.onset:found.onset + found.period]
+        where = {int(t): i for i, t in enumerate(trace[:-1])}
+        images = [at_n.next[where[int(c)]] for c in cyc]
+        cycle_is_orbit = bool(np.array_equal(images, np.roll(cyc, -1)))
+    return Comparison(
+        trace=trace, markov_next=at_n.next, agree_markov=agree_markov,
+        agree_position=exact.next == target, dilution=dilution, drift=drift, memory=memory,
+        memory_ks=tuple(sorted(memory_ks)), first_divergence=first_divergence,
+        trace_period=int(found.period), trace_onset=int(found.onset), map_tail=tail,
+        map_cycle=cycle_len, cycle_is_orbit=cycle_is_orbit)

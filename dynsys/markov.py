@@ -1,0 +1,193 @@
+"""The Markov map of a prompt and its relatives, all through the shared-prefix step.
+
+f_{P,τ}(v) = argmax logits(P + [v]) with v at position n + τ (ties to the lowest id), and its
+margin m(v) = top-1 − top-2 logit. The memory-k map takes the last k tokens instead of one.
+At temperature T the kernel row K_P(v, ·) = softmax(logits / T), kept sparse (top-k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+from rich.progress import Progress
+
+from dynsys.cache import Prefix, empty_rows
+from dynsys.checks import check_tokens
+from dynsys.config import ModelConfig
+from dynsys.decode import _logits, _run, prefill
+from dynsys.model import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovMap:
+    """next[i] = f_{P,τ}(tokens[i]) and margin[i] its top-1 − top-2 logit, for the given
+    `tokens` (all of V for a full map). With `kernel_k`, `kernel` is the sparse row-stochastic
+    [len(tokens), V] matrix of the top-k softmax at `temperature`, renormalised on the top-k."""
+
+    tokens: np.ndarray
+    next: np.ndarray
+    margin: np.ndarray
+    offset: int | np.ndarray
+    prompt_length: int
+    kernel: sp.csr_array | None = None
+    temperature: float | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.tokens.size == self.next.size and np.array_equal(
+            self.tokens, np.arange(self.tokens.size))
+
+
+def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions):
+    """Logits [B, V] after P + suffixes[b] (at positions[b]): one shared-prefix step."""
+    rows = empty_rows(cfg, suffixes.shape[0], suffixes.shape[1])
+    hidden, _ = _run(cfg, params, suffixes, positions, rows, jnp.ones(suffixes.shape, bool),
+                     prefix)
+    return _logits(cfg, params, hidden[:, -1])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kernel_k"))
+def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes, positions,
+               temperature):
+    """Argmax, margin and top-k (ids, probabilities) of the last row token's logits."""
+    logits = last_logits(cfg, params, prefix, suffixes, positions)
+    top_values, top_ids = jax.lax.top_k(logits, max(kernel_k, 2))
+    nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # lowest id among ties
+    margin = top_values[:, 0] - top_values[:, 1]
+    probs = jax.nn.softmax(top_values[:, :kernel_k] / temperature, axis=-1)
+    return nxt, margin, top_ids[:, :kernel_k].astype(jnp.int32), probs
+
+
+def _fingerprint(model: Model, prompt: np.ndarray, suffixes: np.ndarray, offsets: np.ndarray,
+                 chunk: int, kernel_k: int, temperature: float) -> str:
+    h = hashlib.sha256()
+    h.update(repr((model.config, chunk, kernel_k, temperature)).encode())
+    h.update(offsets.tobytes())
+    for leaf in jax.tree_util.tree_leaves(model.params)[:4]:
+        h.update(np.asarray(leaf).tobytes()[:4096])
+    h.update(prompt.tobytes())
+    h.update(suffixes.tobytes())
+    return h.hexdigest()
+
+
+def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
+               kernel_k: int = 0, temperature: float = 1.0, prefix: Prefix | None = None,
+               resume_dir: str | Path | None = None, progress: bool = True) -> MarkovMap:
+    """The next token after P + s for every row s of `suffixes` [M, k], s placed at positions
+    n+τ .. n+τ+k−1 (k = 1: the Markov map on suffixes[:, 0]; k > 1: the memory-k map).
+    `offset` τ is one integer or one per row.
+
+    Rows are processed `chunk` at a time through the shared-prefix step (the prefix is cached
+    once and never copied per row). With `resume_dir`, each finished chunk is written
+    atomically there and a rerun recomputes only the missing chunks.
+    """
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    suffixes = check_tokens(suffixes, cfg.vocab_size, "suffixes", ndim=2)
+    n, (m, k) = prompt.shape[0], suffixes.shape
+    offsets = np.broadcast_to(np.asarray(offset), (m,))
+    if not np.issubdtype(offsets.dtype, np.integer) or (offsets < 0).any():
+        raise ValueError(f"offset={offset!r} must be non-negative integers")
+    if n + offsets.max() + k > cfg.max_position_embeddings:
+        raise ValueError(f"prompt length {n} + offset {offsets.max()} + suffix length {k} "
+                         f"exceeds max_position_embeddings={cfg.max_position_embeddings}")
+    if not 0 <= kernel_k <= cfg.vocab_size:
+        raise ValueError(f"kernel_k={kernel_k} must lie in [0, {cfg.vocab_size}]")
+    if kernel_k and not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 for a kernel")
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk} must be positive")
+    chunk = min(chunk, m)
+    if prefix is None:
+        prefix = prefill(model, prompt)
+    elif int(prefix.length) != n:
+        raise ValueError(f"prefix holds {int(prefix.length)} tokens but the prompt has {n}")
+
+    store = None
+    if resume_dir is not None:
+        store = Path(resume_dir)
+        store.mkdir(parents=True, exist_ok=True)
+        key = _fingerprint(model, prompt, suffixes, offsets, chunk, kernel_k, temperature)
+        meta = store / "map.json"
+        if meta.exists() and json.loads(meta.read_text())["fingerprint"] != key:
+            raise ValueError(f"{store} holds chunks of a different map (model, prompt, "
+                             "suffixes, offset, chunk or kernel differ); use another directory")
+        meta.write_text(json.dumps({"fingerprint": key, "rows": int(m), "chunk": chunk}))
+
+    positions = (n + offsets[:, None] + np.arange(k)).astype(np.int32)
+    starts = range(0, m, chunk)
+    parts = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"map: {m} rows after {n} prompt tokens", total=m)
+        for start in starts:
+            path = store / f"chunk_{start // chunk:06d}.npz" if store else None
+            if path is not None and path.exists():
+                with np.load(path) as saved:
+                    part = tuple(saved[f] for f in ("next", "margin", "ids", "probs"))
+            else:
+                rows = suffixes[start:start + chunk]
+                padded, at = np.zeros((chunk, k), np.int32), np.zeros((chunk, k), np.int32)
+                padded[:len(rows)], at[:len(rows)] = rows, positions[start:start + chunk]
+                out = _map_chunk(cfg, kernel_k, model.params, prefix, jnp.asarray(padded),
+                                 jnp.asarray(at), jnp.float32(temperature))
+                part = tuple(np.asarray(x)[:len(rows)] for x in out)
+                if path is not None:
+                    _save_atomic(path, **dict(zip(("next", "margin", "ids", "probs"), part)))
+            parts.append(part)
+            bar.advance(task, min(chunk, m - start))
+    nxt, margin, ids, probs = (np.concatenate(p) for p in zip(*parts))
+    kernel = None
+    if kernel_k:
+        indptr = np.arange(0, m * kernel_k + 1, kernel_k)
+        probs = probs.astype(np.float64)
+        probs /= probs.sum(axis=1, keepdims=True)
+        kernel = sp.csr_array((probs.ravel(), ids.ravel(), indptr),
+                              shape=(m, cfg.vocab_size))
+        kernel.sort_indices()
+    return MarkovMap(tokens=suffixes[:, -1].copy(), next=nxt, margin=margin, offset=offset,
+                     prompt_length=n, kernel=kernel, temperature=temperature if kernel_k else None)
+
+
+def markov_map(model: Model, prompt, tokens=None, *, offset: int = 0, **options) -> MarkovMap:
+    """f_{P,τ} on `tokens` (default: all of V), τ = offset. Options as in `suffix_map`."""
+    V = model.config.vocab_size
+    tokens = np.arange(V, dtype=np.int32) if tokens is None else check_tokens(
+        tokens, V, "tokens", ndim=1)
+    return suffix_map(model, prompt, tokens[:, None], offset=offset, **options)
+
+
+def lazy_orbit(model: Model, prompt, start: int, *, offset: int = 0, max_steps: int = 100_000,
+               prefix: Prefix | None = None) -> tuple[list[int], list[int]]:
+    """(tail, cycle) of `start` under f_{P,τ}, evaluating f only on the tokens visited.
+
+    For models whose full map is too costly: cost is (tail + cycle length) single-row steps.
+    """
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    check_tokens([start], cfg.vocab_size, "start", ndim=1)
+    prefix = prefill(model, prompt) if prefix is None else prefix
+    seen: dict[int, int] = {}
+    path = [int(start)]
+    while path[-1] not in seen:
+        if len(path) > max_steps:
+            raise RuntimeError(f"no cycle within max_steps={max_steps}")
+        seen[path[-1]] = len(path) - 1
+        f = markov_map(model, prompt, [path[-1]], offset=offset, prefix=prefix, progress=False)
+        path.append(int(f.next[0]))
+    first = seen[path[-1]]
+    return path[:first], path[first:-1]
