@@ -136,6 +136,16 @@ def preset(name: str) -> ModelConfig:
 
 _HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt_neox": "gpt_neox"}
 _HF_ACTIVATION = {"llama": "silu", "qwen2": "silu", "gpt_neox": "gelu"}
+# transformers' defaults for the fields a config.json may leave out (they change the math).
+_HF_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 2048},
+    "mistral": {"rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+                "max_position_embeddings": 131072},
+    "qwen2": {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 32768},
+    "gpt_neox": {"layer_norm_eps": 1e-5, "tie_word_embeddings": False,
+                 "max_position_embeddings": 2048, "rotary_pct": 0.25,
+                 "use_parallel_residual": True},
+}
 # Fields read by from_hf_config.
 _HF_HANDLED = {
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -143,7 +153,7 @@ _HF_HANDLED = {
     "max_position_embeddings", "rms_norm_eps", "layer_norm_eps", "tie_word_embeddings",
     "rope_theta", "rope_scaling", "rope_parameters", "rotary_pct", "rotary_emb_base",
     "partial_rotary_factor", "use_parallel_residual", "attention_bias", "mlp_bias",
-    "pretraining_tp", "sliding_window", "use_sliding_window", "initializer_range",
+    "pretraining_tp", "sliding_window", "use_sliding_window", "use_mrope", "initializer_range",
 }
 # Fields that do not change the forward pass (tokens, dropout, generation defaults, metadata).
 _HF_INERT = {
@@ -197,6 +207,7 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
         raise ValueError(f"model_type={model_type!r} is not supported "
                          f"(supported: {sorted(_HF_MODEL_TYPES)})")
     family = _HF_MODEL_TYPES[model_type]
+    hf = {**_HF_DEFAULTS[model_type], **hf}
     unknown = sorted(k for k in hf if k not in _HF_HANDLED | _HF_INERT)
     if unknown:
         raise ValueError(f"Hugging Face config fields not understood by dynsys: {unknown}")
@@ -215,6 +226,8 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
                          "window only)")
     if hf.get("use_sliding_window"):
         raise ValueError("use_sliding_window=True is not supported")
+    if hf.get("use_mrope"):
+        raise ValueError("use_mrope=True (multimodal RoPE) is not supported")
     expected_bias = family in ("qwen2", "gpt_neox")
     bias = hf.get("attention_bias", expected_bias)
     if model_type == "qwen2":
@@ -239,10 +252,10 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
         rope_theta=theta,
         rope_scaling=scaling,
         rotary_pct=partial,
-        norm_eps=float(hf.get(eps_key, 1e-5)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", family != "gpt_neox")),
+        norm_eps=float(hf[eps_key]),
+        tie_embeddings=bool(hf["tie_word_embeddings"]),
         parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+        max_position_embeddings=int(hf["max_position_embeddings"]),
         initializer_range=float(hf.get("initializer_range", 0.02)),
     )
 
@@ -299,5 +312,4 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     return hf
 
 
-__all__ = ["ModelConfig", "Llama3Scaling", "PRESETS", "preset", "from_hf_config", "to_hf_config",
-           "param_count", "math"]
+__all__ = ["ModelConfig", "Llama3Scaling", "PRESETS", "preset", "from_hf_config", "to_hf_config"]

@@ -34,34 +34,47 @@ def _logits(cfg: ModelConfig, params, hidden):
 # --- the shared prefix ---------------------------------------------------------------------
 
 
-def prefill_chunk(cfg: ModelConfig, capacity: int) -> int:
-    """Largest chunk c dividing `capacity` (c = capacity / 2^j) with N·c·capacity scores
-    within SCORE_BUDGET, so a long prompt's T×T scores are never held at once."""
-    chunk = capacity
-    while chunk % 2 == 0 and chunk > 16 and cfg.num_heads * chunk * capacity > SCORE_BUDGET:
+def prefill_chunk(cfg: ModelConfig, batch: int, length: int, capacity: int) -> int:
+    """Largest chunk c = length / 2^j with B·N·c·capacity attention scores within
+    SCORE_BUDGET, so a long prompt's T×T scores are never held at once."""
+    chunk = length
+    while chunk % 2 == 0 and chunk > 16 and batch * cfg.num_heads * chunk * capacity > SCORE_BUDGET:
         chunk //= 2
     return chunk
+
+
+def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
+                  chunk: int):
+    """Write tokens [B, T] into an empty RowCache, `chunk` (dividing T) at a time; returns
+    the last hidden state [B, D] and the cache."""
+    B, T = tokens.shape
+
+    def body(i, carry):
+        _, rows = carry
+        piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
+                 for x in (tokens, positions, write_mask)]
+        hidden, rows = _run(cfg, params, *piece[:2], rows, piece[2], None)
+        return hidden[:, -1], rows
+
+    hidden = jnp.zeros((B, cfg.hidden_size), cfg.dtype)
+    return jax.lax.fori_loop(0, T // chunk, body, (hidden, rows))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
 def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length) -> Prefix:
     capacity = tokens.shape[0]
-    rows = empty_rows(cfg, 1, capacity)
-
-    def body(i, rows):
-        start = i * chunk
-        positions = (start + jnp.arange(chunk))[None]
-        piece = jax.lax.dynamic_slice(tokens, (start,), (chunk,))[None]
-        return _run(cfg, params, piece, positions, rows, positions < length, None)[1]
-
-    rows = jax.lax.fori_loop(0, capacity // chunk, body, rows)
+    positions = jnp.arange(capacity, dtype=jnp.int32)[None]
+    _, rows = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
+                            empty_rows(cfg, 1, capacity), chunk)
     return prefix_of(rows.replace(end=length))
 
 
-def prefill(model: Model, prompt, capacity: int | None = None) -> Prefix:
+def prefill(model: Model, prompt, capacity: int | None = None,
+            chunk: int | None = None) -> Prefix:
     """The shared prefix of a 1-D prompt: its keys and values at positions 0..n−1.
 
-    Capacity defaults to bucket(n); prompts are processed in chunks (`prefill_chunk`).
+    Capacity defaults to bucket(n); the prompt is processed `chunk` tokens at a time
+    (default `prefill_chunk`; it must divide the capacity).
     """
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
@@ -74,8 +87,10 @@ def prefill(model: Model, prompt, capacity: int | None = None) -> Prefix:
                          f"{cfg.max_position_embeddings}")
     tokens = np.zeros(capacity, np.int32)
     tokens[:n] = prompt
-    return _prefill(cfg, prefill_chunk(cfg, capacity), model.params, jnp.asarray(tokens),
-                    jnp.int32(n))
+    chunk = prefill_chunk(cfg, 1, capacity, capacity) if chunk is None else chunk
+    if chunk < 1 or capacity % chunk:
+        raise ValueError(f"chunk={chunk} must be a positive divisor of the capacity {capacity}")
+    return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -118,9 +133,10 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
               tokens, write_mask, values, key):
     B, T = tokens.shape
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
-    rows = empty_rows(cfg, B, T + max_new_tokens)
-    hidden, rows = _run(cfg, params, tokens, positions, rows, write_mask, None)
-    logits = _logits(cfg, params, hidden[:, -1])
+    hidden, rows = _prefill_rows(cfg, params, tokens, positions, write_mask,
+                                 empty_rows(cfg, B, T + max_new_tokens),
+                                 prefill_chunk(cfg, B, T, T + max_new_tokens))
+    logits = _logits(cfg, params, hidden)
     seq = jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens)
 
     def choose(logits, seq, rows, i):

@@ -176,8 +176,8 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
     if dtype is not None:
         cfg = cfg.replace(dtype=dtype)
     tensors = _read_tensors(directory)
-    if cfg.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # some exports store the tied copy
+    if cfg.tie_embeddings:  # some exports store the tied copy
+        tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
     for name in [n for n in tensors if n.endswith(_BUFFERS)]:
         del tensors[name]
     expected = jax.eval_shape(lambda: init_params(cfg, 0))

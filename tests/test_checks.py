@@ -1,0 +1,130 @@
+import re
+
+import numpy as np
+import pytest
+
+from dynsys.cache import empty_rows
+from dynsys.checks import check_positions, check_tokens
+from dynsys.decode import forward, generate, prefill, step
+from dynsys.model import Model
+from dynsys.sampling import Sampler
+
+V = 257  # vocabulary of CONFIGS["llama-g1"]
+
+
+@pytest.fixture(scope="module")
+def model(model_of):
+    return model_of("llama-g1")
+
+
+@pytest.fixture(scope="module")
+def short(model):
+    """The same weights with a 64-position limit."""
+    return Model(model.config.replace(max_position_embeddings=64), model.params)
+
+
+def ids(*shape):
+    return np.random.default_rng(0).integers(0, V, shape)
+
+
+@pytest.mark.parametrize("bad", [-1, V, V + 1000])
+def test_out_of_vocabulary_ids_name_value_and_index(bad, model):
+    tokens = ids(2, 6)
+    tokens[1, 4] = bad
+    with pytest.raises(ValueError, match=re.escape(f"tokens[1, 4] = {bad}")):
+        forward(model, tokens)
+    with pytest.raises(ValueError, match=re.escape(f"tokens[1, 4] = {bad}")):
+        step(model, None, tokens, np.zeros((2, 6), int))
+    with pytest.raises(ValueError, match=re.escape(f"prompts[1][4] = {bad}")):
+        generate(model, [ids(3), tokens[1]], 4)
+    with pytest.raises(ValueError, match=re.escape(f"prompt[4] = {bad}")):
+        prefill(model, tokens[1])
+
+
+def test_check_tokens_accepts_the_boundary_ids():
+    out = check_tokens([0, V - 1], V, "t", ndim=1)
+    assert out.dtype == np.int32 and list(out) == [0, V - 1]
+
+
+def test_empty_prompts_raise(model):
+    with pytest.raises(ValueError, match="empty"):
+        prefill(model, [])
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, [ids(3), []], 4)
+    with pytest.raises(ValueError, match="empty"):
+        generate(model, np.zeros((2, 0), int), 4)
+    with pytest.raises(ValueError, match="empty"):
+        forward(model, np.zeros((1, 0), int))
+    with pytest.raises(ValueError, match="no prompts"):
+        generate(model, [], 4)
+
+
+def test_generation_beyond_max_positions_raises(short):
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        generate(short, ids(1, 60), 5)
+    with pytest.raises(ValueError, match="max_position_embeddings=64"):
+        generate(short, [ids(10), ids(61)], 4)
+    assert generate(short, ids(1, 60), 4).shape == (1, 4)  # exactly at the limit is fine
+
+
+def test_prompt_beyond_max_positions_raises(short):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        prefill(short, ids(65))
+    with pytest.raises(ValueError, match=re.escape("positions[0, 64] = 64")):
+        forward(short, ids(1, 65))
+
+
+@pytest.mark.parametrize("positions, message", [
+    ([[0, 1, 2048]], "positions[0, 2] = 2048"),
+    ([[0, -1, 2]], "positions[0, 1] = -1"),
+    ([[0, 1]], "shape"),
+    ([[0.0, 1.0, 2.0]], "integers"),
+])
+def test_bad_positions_raise(positions, message, model):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        step(model, None, ids(1, 3), positions)
+
+
+def test_check_positions_names_the_limit():
+    with pytest.raises(ValueError, match=re.escape("[0, 10)")):
+        check_positions([[3, 10]], (1, 2), 10)
+
+
+def test_wrong_rank_raises(model):
+    with pytest.raises(ValueError, match="2-D"):
+        generate(model, ids(1, 2, 3), 4)
+    with pytest.raises(ValueError, match="2-D"):
+        generate(model, ids(5), 4)
+    with pytest.raises(ValueError, match="2-D"):
+        forward(model, ids(1, 2, 3))
+    with pytest.raises(ValueError, match="1-D"):
+        prefill(model, ids(1, 5))
+
+
+def test_non_integer_tokens_raise(model):
+    with pytest.raises(ValueError, match="integer"):
+        forward(model, np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("max_new", [0, -3, 2.5])
+def test_bad_max_new_tokens_raise(max_new, model):
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, ids(1, 4), max_new)
+
+
+def test_capacity_limits_raise(model):
+    with pytest.raises(ValueError, match="capacity"):
+        prefill(model, ids(20), capacity=16)
+    rows = empty_rows(model.config, 1, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        step(model, None, ids(1, 3), [[0, 1, 2]], rows)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("top_p", 0.0), ("top_p", 1.5), ("top_p", float("nan")), ("temperature", -1.0),
+    ("temperature", float("nan")), ("top_k", -1), ("repetition_penalty", 0.0),
+    ("repetition_penalty", -1.0), ("no_repeat_ngram_size", -1),
+])
+def test_bad_sampler_raises_naming_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        Sampler(**{field: value})

@@ -1,0 +1,244 @@
+import dataclasses
+import functools
+import json
+import math
+
+import jax
+import pytest
+import torch
+import transformers
+from conftest import CONFIGS, LLAMA3
+from transformers import GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+import dynsys.config
+import dynsys.weights
+from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
+from dynsys.model import init_params
+
+# Published parameter counts (embeddings included, tied weights once), /work/shared/PRESETS.md.
+PUBLISHED_COUNTS = {
+    "llama-3.2-1b": 1_235_814_400,
+    "pythia-70m": 70_426_624,
+    "pythia-160m": 162_322_944,
+    "pythia-410m": 405_334_016,
+    "pythia-1b": 1_011_781_632,
+    "qwen2.5-0.5b": 494_032_768,
+    "deepseek-r1-distill-qwen-1.5b": 1_777_088_000,
+}
+
+# The published config.json files of four preset models, verbatim (legacy rope format).
+PUBLISHED_CONFIG_JSON = {
+    "llama-3.2-1b": {
+        "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 128000, "eos_token_id": 128001, "head_dim": 64, "hidden_act": "silu",
+        "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 8192,
+        "max_position_embeddings": 131072, "mlp_bias": False, "model_type": "llama",
+        "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8,
+        "pretraining_tp": 1, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "rope_theta": 500000.0, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+        "transformers_version": "4.45.0.dev0", "use_cache": True, "vocab_size": 128256},
+    "pythia-70m": {
+        "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+        "hidden_act": "gelu", "hidden_size": 512, "initializer_range": 0.02,
+        "intermediate_size": 2048, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+        "model_type": "gpt_neox", "num_attention_heads": 8, "num_hidden_layers": 6,
+        "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": False,
+        "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": True,
+        "use_parallel_residual": True, "vocab_size": 50304},
+    "qwen2.5-0.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+        "hidden_size": 896, "initializer_range": 0.02, "intermediate_size": 4864,
+        "max_position_embeddings": 32768, "max_window_layers": 24, "model_type": "qwen2",
+        "num_attention_heads": 14, "num_hidden_layers": 24, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 32768,
+        "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1",
+        "use_cache": True, "use_mrope": False, "use_sliding_window": False,
+        "vocab_size": 151936},
+    "deepseek-r1-distill-qwen-1.5b": {
+        "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0,
+        "bos_token_id": 151643, "eos_token_id": 151643, "hidden_act": "silu",
+        "hidden_size": 1536, "initializer_range": 0.02, "intermediate_size": 8960,
+        "max_position_embeddings": 131072, "max_window_layers": 21, "model_type": "qwen2",
+        "num_attention_heads": 12, "num_hidden_layers": 28, "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06, "rope_theta": 10000, "sliding_window": 4096,
+        "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.44.0", "use_cache": True, "use_mrope": False,
+        "use_sliding_window": False, "vocab_size": 151936},
+}
+
+ALL_CONFIGS = {**PRESETS, **CONFIGS}
+
+
+@functools.cache
+def our_count(cfg: ModelConfig) -> int:
+    shapes = jax.eval_shape(lambda: init_params(cfg, 0))
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+
+
+def transformers_count(cfg: ModelConfig) -> int:
+    hf_cfg = transformers.AutoConfig.for_model(**to_hf_config(cfg))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_cfg)
+    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors appear once
+
+
+@pytest.mark.parametrize("name", PUBLISHED_COUNTS)
+def test_preset_parameter_count_is_published(name):
+    assert our_count(preset(name)) == PUBLISHED_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_parameter_count_equals_transformers(name):
+    assert our_count(ALL_CONFIGS[name]) == transformers_count(ALL_CONFIGS[name])
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_hf_config_round_trip(name):
+    cfg = ALL_CONFIGS[name]
+    as_json = json.loads(json.dumps(to_hf_config(cfg)))
+    assert from_hf_config(as_json) == cfg
+    assert from_hf_config(transformers.AutoConfig.for_model(**as_json)) == cfg
+
+
+def test_hf_config_round_trip_drops_dtype_only():
+    cfg = preset("pythia-70m")
+    assert from_hf_config(to_hf_config(cfg.replace(dtype="bfloat16"))) == cfg
+
+
+@pytest.mark.parametrize("name", PUBLISHED_CONFIG_JSON)
+def test_published_config_json_reads_as_preset(name):
+    assert from_hf_config(PUBLISHED_CONFIG_JSON[name]) == preset(name)
+
+
+def _expected(family, **changes):
+    base = dict(family=family, vocab_size=100, hidden_size=48, intermediate_size=96,
+                num_layers=3, num_heads=4, num_kv_heads=2, head_dim=12, norm_eps=1e-5,
+                max_position_embeddings=512, initializer_range=0.05)
+    return ModelConfig(**{**base, **changes})
+
+
+_COMMON = dict(vocab_size=100, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+               num_attention_heads=4, max_position_embeddings=512, initializer_range=0.05)
+
+TRANSFORMERS_CONFIGS = {
+    "llama-llama3-tied": (
+        LlamaConfig(**_COMMON, num_key_value_heads=2, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    rope_theta=5e5,
+                    rope_scaling={"rope_type": "llama3", **dataclasses.asdict(LLAMA3)}),
+        _expected("llama", tie_embeddings=True, rope_theta=5e5, rope_scaling=LLAMA3)),
+    "llama-head-dim": (
+        LlamaConfig(**_COMMON, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6),
+        _expected("llama", num_kv_heads=1, head_dim=16, norm_eps=1e-6)),
+    "qwen2": (
+        Qwen2Config(**_COMMON, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=1e6),
+        _expected("qwen2", rope_theta=1e6)),
+    "gpt_neox": (
+        GPTNeoXConfig(**_COMMON, rotary_pct=0.5, rotary_emb_base=500.0, layer_norm_eps=1e-5,
+                      use_parallel_residual=False),
+        _expected("gpt_neox", num_kv_heads=4, rotary_pct=0.5, rope_theta=500.0,
+                  parallel_residual=False)),
+    "mistral-no-window": (
+        MistralConfig(**_COMMON, num_key_value_heads=2, head_dim=12, rms_norm_eps=1e-5,
+                      sliding_window=None),
+        _expected("llama")),
+}
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS_CONFIGS)
+def test_from_transformers_config_object(name):
+    hf, expected = TRANSFORMERS_CONFIGS[name]
+    assert from_hf_config(hf) == expected
+    assert from_hf_config(hf.to_dict()) == expected
+
+
+def test_legacy_rope_scaling_dict():
+    legacy = {**to_hf_config(CONFIGS["llama-g4-tied-llama3"])}
+    del legacy["rope_parameters"]
+    legacy["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    assert from_hf_config(legacy) == CONFIGS["llama-g4-tied-llama3"]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt_neox", "mistral"])
+def test_missing_fields_default_like_transformers(model_type):
+    """A config.json may omit fields; the defaults must be those transformers applies."""
+    minimal = dict(model_type=model_type, vocab_size=100, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=4)
+    if model_type != "gpt_neox":
+        minimal["num_key_value_heads"] = 2
+    if model_type == "mistral":
+        minimal["sliding_window"] = None
+    assert from_hf_config(minimal) == from_hf_config(transformers.AutoConfig.for_model(**minimal))
+
+
+def _hf(name="llama-g1", **changes):
+    hf = to_hf_config(CONFIGS[name])
+    hf.update(changes)
+    return hf
+
+
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+
+UNSUPPORTED = {
+    "unknown key": (_hf(frobnicate=1), "frobnicate"),
+    "yarn (legacy)": (_hf(rope_scaling=YARN), "yarn"),
+    "yarn (rope_parameters)": (_hf(rope_parameters={"rope_theta": 1e4, **YARN}), "yarn"),
+    "relu": (_hf(hidden_act="relu"), "relu"),
+    "mistral sliding window": (_hf(model_type="mistral", sliding_window=4096),
+                               "sliding_window"),
+    "qwen2 sliding window": (_hf("qwen2-g2-tied", use_sliding_window=True, sliding_window=64),
+                             "use_sliding_window"),
+    "mrope": (_hf("qwen2-g2-tied", use_mrope=True), "use_mrope"),
+    "mlp bias": (_hf(mlp_bias=True), "mlp_bias"),
+    "llama attention bias": (_hf(attention_bias=True), "attention_bias"),
+    "pretraining_tp": (_hf(pretraining_tp=2), "pretraining_tp"),
+    "model type": (_hf(model_type="gpt2"), "gpt2"),
+    "heads vs kv heads": (_hf(num_key_value_heads=3), "num_kv_heads"),
+}
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED)
+def test_unsupported_hf_field_raises_naming_it(case):
+    hf, field = UNSUPPORTED[case]
+    with pytest.raises(ValueError, match=field):
+        from_hf_config(hf)
+
+
+BAD_CONFIGS = {
+    "num_kv_heads": dict(num_heads=4, num_kv_heads=3),
+    "family": dict(family="gpt2"),
+    "vocab_size": dict(vocab_size=0),
+    "rotary_pct": dict(rotary_pct=0.0),
+    "rotary dimension": dict(rotary_pct=0.125, head_dim=12),  # 1.5 dims
+    "dtype": dict(dtype="float16"),
+}
+
+
+@pytest.mark.parametrize("field", BAD_CONFIGS)
+def test_invalid_config_raises_naming_field(field):
+    with pytest.raises(ValueError, match=field):
+        CONFIGS["llama-g1"].replace(**BAD_CONFIGS[field])
+
+
+@pytest.mark.parametrize("cfg, field", [
+    (CONFIGS["llama-g1"].with_rope(False), "use_rope"),
+    (CONFIGS["neox-rot25"].replace(num_kv_heads=2), "num_kv_heads"),
+    (CONFIGS["llama-g1"].replace(rotary_pct=0.5), "rotary_pct"),
+])
+def test_to_hf_config_refuses_what_transformers_cannot_express(cfg, field):
+    with pytest.raises(ValueError, match=field):
+        to_hf_config(cfg)
+
+
+def test_unknown_preset_raises():
+    with pytest.raises(ValueError, match="nope"):
+        preset("nope")
+    with pytest.raises(ValueError, match="nope"):
+        dynsys.weights.load("nope")
+
+
+def test_public_names_exist():
+    assert all(hasattr(dynsys.config, name) for name in dynsys.config.__all__)
