@@ -22,7 +22,7 @@ from dynsys.cache import Prefix, empty_rows
 from dynsys.checks import check_tokens
 from dynsys.config import ModelConfig
 from dynsys.decode import _logits, _run, prefill
-from dynsys.markov import MarkovMap, last_logits, lazy_orbit, suffix_map
+from dynsys.markov import MarkovMap, last_logits, last_logits_jit, lazy_orbit, suffix_map
 from dynsys.model import Model
 from dynsys.orbits import orbits
 from dynsys.traces import periodicity
@@ -132,3 +132,61 @@ def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
         memory_ks=tuple(sorted(memory_ks)), first_divergence=first_divergence,
         trace_period=int(found.period), trace_onset=int(found.onset), map_tail=tail,
         map_cycle=cycle_len, cycle_is_orbit=cycle_is_orbit)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledFit:
+    """Sampled traces (temperature T) against the exact kernel K_P(v, ·) = softmax(f_P logits/T).
+
+    states: the visited states v (sorted); visits[i]: transitions observed out of states[i];
+    tv[i]: total variation between the empirical next-token law from states[i] and K_P(v, ·).
+    loglik_kernel / loglik_model: log-likelihood of all observed transitions under K_P and
+    under the real model (softmax of the real logits / T at each step), in nats.
+    """
+
+    states: np.ndarray
+    visits: np.ndarray
+    tv: np.ndarray
+    loglik_kernel: float
+    loglik_model: float
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _real_log_probs(cfg: ModelConfig, params, prefix: Prefix, trace, n, temperature):
+    """log softmax(L_t / T)[x_{t+1}] for t = 1..G−1 along one trace."""
+    G = trace.shape[0]
+    positions = (n + jnp.arange(G, dtype=jnp.int32))[None]
+    hidden, _ = _run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
+                     jnp.ones((1, G), bool), prefix)
+    logp = jax.nn.log_softmax(_logits(cfg, params, hidden[0, :-1]) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0]
+
+
+def compare_sampled(model: Model, prompt, traces, temperature: float,
+                    prefix: Prefix | None = None) -> SampledFit:
+    """Empirical transitions of sampled traces [R, G] of `prompt` against K_P at temperature T."""
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    traces = check_tokens(traces, cfg.vocab_size, "traces", ndim=2)
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0")
+    if traces.shape[1] < 2:
+        raise ValueError(f"traces have {traces.shape[1]} token(s); transitions need 2")
+    prefix = prefill(model, prompt) if prefix is None else prefix
+    src, dst = traces[:, :-1].ravel(), traces[:, 1:].ravel()
+    states, inverse = np.unique(src, return_inverse=True)
+    logits = np.concatenate([
+        np.asarray(last_logits_jit(cfg, model.params, prefix, jnp.asarray(states[i:i + 256, None]),
+                                   jnp.full((len(states[i:i + 256]), 1), len(prompt), jnp.int32)))
+        for i in range(0, len(states), 256)])
+    kernel_logp = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1), np.float64)
+    counts = np.zeros((len(states), cfg.vocab_size))
+    np.add.at(counts, (inverse, dst), 1.0)
+    visits = counts.sum(1)
+    tv = 0.5 * np.abs(counts / visits[:, None] - np.exp(kernel_logp)).sum(1)
+    loglik_model = sum(float(np.asarray(_real_log_probs(
+        cfg, model.params, prefix, jnp.asarray(t), jnp.int32(len(prompt)),
+        jnp.float32(temperature))).sum()) for t in traces)
+    return SampledFit(states=states, visits=visits.astype(np.int64), tv=tv,
+                      loglik_kernel=float(kernel_logp[inverse, dst].sum()),
+                      loglik_model=loglik_model)

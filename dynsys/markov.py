@@ -55,6 +55,9 @@ def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions):
     return _logits(cfg, params, hidden[:, -1])
 
 
+last_logits_jit = jax.jit(last_logits, static_argnames=("cfg",))
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "kernel_k"))
 def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes, positions,
                temperature):

@@ -10,38 +10,12 @@ compared with a jitted 2048×2048 float32 matmul timed in the same run. Target: 
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from timing import best_time, matmul_gflops, step_flops
 
 import dynsys as ds
-
-
-def best_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def step_flops(cfg: ds.ModelConfig, rows: int, keys: int) -> float:
-    """Multiply-adds ×2 of one token per row attending to `keys` keys."""
-    d, h = cfg.hidden_size, cfg.head_dim
-    proj = 2 * d * h * (2 * cfg.num_heads + 2 * cfg.num_kv_heads)
-    attn = 4 * cfg.num_heads * h * keys
-    mlp = 2 * d * cfg.intermediate_size * (2 if cfg.family == "gpt_neox" else 3)
-    return rows * (cfg.num_layers * (proj + attn + mlp) + 2 * d * cfg.vocab_size)
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / best_time(lambda: f(a), repeats) / 1e9
 
 
 def main() -> None:

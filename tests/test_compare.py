@@ -80,3 +80,28 @@ def test_bad_input(model):
     fmap = markov_map(model, [1, 2, 3], tokens=[0, 1], progress=False)
     with pytest.raises(ValueError, match="full Markov map"):
         compare(model, [1, 2, 3], [5, 6], fmap)
+
+
+def test_sampled_traces_fit_the_kernel(model):
+    """Per-state total variation against the exact kernel (brute force from the full map with
+    every entry kept); far into the long-prompt regime the real model's likelihood of the
+    sampled traces equals the kernel's."""
+    nope = model.with_rope(False)
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 3000, seed=4)
+    traces = np.asarray(ds.generate(nope, np.stack([prompt] * 64), 12,
+                                    sampler=ds.Sampler(temperature=0.5), seed=0))
+    fit = ds.compare_sampled(nope, prompt, traces, temperature=0.5)
+    kernel = markov_map(nope, prompt, kernel_k=CFG.vocab_size, temperature=0.5,
+                        progress=False).kernel.toarray()
+    counts = np.zeros((CFG.vocab_size, CFG.vocab_size))
+    np.add.at(counts, (traces[:, :-1].ravel(), traces[:, 1:].ravel()), 1)
+    seen = np.flatnonzero(counts.sum(1))
+    np.testing.assert_array_equal(fit.states, seen)
+    np.testing.assert_array_equal(fit.visits, counts[seen].sum(1))
+    empirical = counts[seen] / counts[seen].sum(1, keepdims=True)
+    np.testing.assert_allclose(fit.tv, 0.5 * np.abs(empirical - kernel[seen]).sum(1), atol=1e-5)
+    logk = np.log(kernel[traces[:, :-1], traces[:, 1:]]).sum()
+    assert fit.loglik_kernel == pytest.approx(logk, rel=1e-5)
+    assert fit.loglik_kernel == pytest.approx(fit.loglik_model, rel=1e-2)
+    with pytest.raises(ValueError, match="temperature"):
+        ds.compare_sampled(nope, prompt, traces, temperature=0.0)

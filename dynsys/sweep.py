@@ -1,0 +1,107 @@
+"""agreement(n, G): how often real greedy generation follows the Markov map, by prompt length.
+
+A unit is (rope, prompt kind, n): `seeds` prompts of length n, each continued by G greedy
+tokens; per step t, whether x_{t+1} = f_P(x_t) and whether x_{t+1} = f_{P,t−1}(x_t). Each
+finished unit is written atomically to `out_dir`, so a killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from dynsys import prompts
+from dynsys.decode import generate, prefill
+from dynsys.markov import suffix_map
+from dynsys.model import Model
+
+PROMPT_KINDS = ("ngram", "random")
+
+
+def make_prompt(kind: str, vocab_size: int, n: int, seed: int, ngram: int = 3) -> np.ndarray:
+    """A repeated random `ngram`-gram ('ngram') or i.i.d. uniform tokens ('random')."""
+    if kind == "ngram":
+        return prompts.repeated_ngram(vocab_size, ngram, n, seed)
+    if kind == "random":
+        return prompts.random_tokens(vocab_size, n, seed)
+    raise ValueError(f"prompt kind {kind!r} is not one of {PROMPT_KINDS}")
+
+
+def _unit(model: Model, kind: str, n: int, seeds: int, G: int, ngram: int) -> dict:
+    batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram)
+                      for s in range(seeds)])
+    traces = np.asarray(generate(model, batch, G))
+    markov, exact = [], []
+    for prompt, trace in zip(batch, traces):
+        prefix = prefill(model, prompt)
+        rows = trace[:-1, None]
+        markov.append(suffix_map(model, prompt, rows, prefix=prefix, progress=False).next
+                      == trace[1:])
+        exact.append(suffix_map(model, prompt, rows, offset=np.arange(G - 1), prefix=prefix,
+                                progress=False).next == trace[1:])
+    return {"traces": traces, "agree_markov": np.array(markov), "agree_position": np.array(exact)}
+
+
+def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int = 64,
+                    seeds: int = 8, kinds=PROMPT_KINDS, ropes=(True, False), ngram: int = 3,
+                    out_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+    """Per (rope, kind, n): arrays agree_markov / agree_position [seeds, G−1] and the traces.
+
+    With out_dir, units already there are loaded, not recomputed.
+    """
+    for kind in kinds:
+        make_prompt(kind, 2, 1, 0)  # validates the kind before any work
+    if G < 2:
+        raise ValueError(f"G={G} must be at least 2")
+    store = Path(out_dir) if out_dir is not None else None
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+        spec = {"config": repr(model.config.with_rope(True)), "G": G, "seeds": seeds,
+                "ngram": ngram}
+        meta = store / "sweep.json"
+        if meta.exists() and json.loads(meta.read_text()) != spec:
+            raise ValueError(f"{store} holds a sweep with other settings "
+                             f"({json.loads(meta.read_text())}); use another directory")
+        meta.write_text(json.dumps(spec))
+    units = list(itertools.product(ropes, kinds, lengths))
+    results = []
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("agreement sweep", total=len(units))
+        for rope, kind, n in units:
+            path = store / f"rope{int(rope)}_{kind}_n{n}.npz" if store else None
+            if path is not None and path.exists():
+                with np.load(path) as saved:
+                    arrays = {k: saved[k] for k in saved.files}
+            else:
+                arrays = _unit(model.with_rope(rope), kind, n, seeds, G, ngram)
+                if path is not None:
+                    tmp = path.with_suffix(".tmp.npz")
+                    np.savez(tmp, **arrays)
+                    os.replace(tmp, path)
+            results.append({"rope": rope, "kind": kind, "n": n, **arrays})
+            bar.advance(task)
+    return results
+
+
+def agreement_table(results: list[dict], horizons=(8, 16, 32, 64)) -> list[dict]:
+    """Rows (rope, kind, n, G): mean agreement over the first G−1 steps and seeds, with its
+    standard error over seeds, for f_P and for the position-exact f_{P,t−1}."""
+    rows = []
+    for r in results:
+        for G in horizons:
+            if G - 1 > r["agree_markov"].shape[1]:
+                continue
+            per_seed = r["agree_markov"][:, :G - 1].mean(1)
+            rows.append({
+                "rope": r["rope"], "kind": r["kind"], "n": r["n"], "G": G,
+                "agreement": float(per_seed.mean()),
+                "stderr": float(per_seed.std(ddof=1) / np.sqrt(len(per_seed)))
+                if len(per_seed) > 1 else float("nan"),
+                "agreement_position": float(r["agree_position"][:, :G - 1].mean()),
+            })
+    return rows
