@@ -38,13 +38,14 @@ class MarkovMap:
     margin: np.ndarray
     offset: int | np.ndarray
     prompt_length: int
+    vocab_size: int
     kernel: sp.csr_array | None = None
     temperature: float | None = None
 
     @property
     def is_full(self) -> bool:
-        return self.tokens.size == self.next.size and np.array_equal(
-            self.tokens, np.arange(self.tokens.size))
+        """Whether this is the map on all of V, in order (next[v] = f(v))."""
+        return np.array_equal(self.tokens, np.arange(self.vocab_size))
 
 
 def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions):
@@ -163,7 +164,8 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
                               shape=(m, cfg.vocab_size))
         kernel.sort_indices()
     return MarkovMap(tokens=suffixes[:, -1].copy(), next=nxt, margin=margin, offset=offset,
-                     prompt_length=n, kernel=kernel, temperature=temperature if kernel_k else None)
+                     prompt_length=n, vocab_size=cfg.vocab_size, kernel=kernel,
+                     temperature=temperature if kernel_k else None)
 
 
 def markov_map(model: Model, prompt, tokens=None, *, offset: int = 0, **options) -> MarkovMap:
