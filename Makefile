@@ -21,7 +21,7 @@ run: $(VENV)/.core
 	$(VENV)/bin/dynsys generate
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: $(VENV)/.test
 	$(PY) experiments/bench_generate.py
