@@ -51,7 +51,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, rows: tuple, write_mask, prefix: tuple | None):
+    def __call__(self, x, positions, rows: tuple, prefix: tuple | None):
         """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
         cache [B, K, C, H], the first slot to write and the row mask [B, T, C]; prefix = (k, v,
         key mask [S]) with k, v [K, S, H]. Returns the output [B, T, D] and the updated (k, v)."""
@@ -63,10 +63,11 @@ class Attention(nn.Module):
         v = _dense(cfg, (K, H), "v", cfg.qkv_bias)(x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         cache_k, cache_v, slot, key_mask = rows
-        k = jnp.where(write_mask[..., None, None], k, 0).astype(cache_k.dtype).transpose(0, 2, 1, 3)
-        v = jnp.where(write_mask[..., None, None], v, 0).astype(cache_v.dtype).transpose(0, 2, 1, 3)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (0, 0, slot, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (0, 0, slot, 0))
+        # Padding slots are written too; key_mask keeps every query from reading them.
+        cache_k = jax.lax.dynamic_update_slice(
+            cache_k, k.astype(cache_k.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
+        cache_v = jax.lax.dynamic_update_slice(
+            cache_v, v.astype(cache_v.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
         segments = [Segment(cache_k, cache_v, key_mask)]
         if prefix is not None:
             segments.insert(0, Segment(*prefix))
@@ -97,10 +98,9 @@ class Block(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, rows, write_mask, prefix):
+    def __call__(self, x, positions, rows, prefix):
         cfg = self.cfg
-        h, kv = Attention(cfg, name="attn")(_norm(cfg, "norm1")(x), positions, rows, write_mask,
-                                            prefix)
+        h, kv = Attention(cfg, name="attn")(_norm(cfg, "norm1")(x), positions, rows, prefix)
         if cfg.family == "gpt_neox" and cfg.parallel_residual:
             x = x + h + MLP(cfg, name="mlp")(_norm(cfg, "norm2")(x))
         else:
@@ -142,7 +142,7 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
             x, (k, v) = block(x, positions, (rows.k[i], rows.v[i], rows.end, key_mask),
-                              write_mask, layer_prefix)
+                              layer_prefix)
             new_k.append(k)
             new_v.append(v)
         rows = RowCache(k=tuple(new_k), v=tuple(new_v), valid=valid, end=rows.end + T)
