@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+
+
+_MASKED = -1e30  # a score that exp() turns into exactly 0 next to any real score
 
 
 class Segment(NamedTuple):
@@ -25,26 +29,39 @@ class Segment(NamedTuple):
 
 def _partial(q: jnp.ndarray, seg: Segment):
     """(m, l, o) of one segment: masked max [B, T, K, G], mass Σ e^{z−m} and unnormalised
-    output [B, T, K, G, H]. Keys are stored kv-head-major and scores stay in the layout XLA's
-    dot produces (batch axes first), so no S-sized tensor is ever transposed."""
+    output [B, T, K, G, H].
+
+    Queries are laid out as plain [batch…, M, H] matrices (M = T·G, or B·T·G for a shared
+    segment) before the dots, and keys are stored kv-head-major, so both dots are canonical
+    batched matmuls (XLA's CPU dot is several times slower on any other layout).
+    """
+    B, T, K, G, H = q.shape
     k, v = seg.k.astype(jnp.float32), seg.v.astype(jnp.float32)
-    if k.ndim == 3:
-        z = jnp.einsum("BTKGH,KSH->KBTGS", q, k)
-        mask = seg.mask
-        to_btkg = (1, 2, 0, 3)
-    else:
-        z = jnp.einsum("BTKGH,BKSH->BKTGS", q, k)
-        mask = seg.mask[:, None, :, None, :]
-        to_btkg = (0, 2, 1, 3)
-    z = jnp.where(mask, z, -jnp.inf)
-    m = jnp.max(z, axis=-1)  # −inf where the segment has no key for this query
+    if k.ndim == 3:  # shared: batch K, M = B·T·G
+        # The key mask rides in the dot as an extra coordinate (q_H = 1, k_H = 0 or −∞-ish),
+        # sparing a pass over the [K, M, S] scores.
+        rows = q.transpose(2, 0, 1, 3, 4).reshape(K, B * T * G, H)
+        rows = jnp.concatenate([rows, jnp.ones((K, B * T * G, 1), rows.dtype)], axis=-1)
+        bias = jnp.where(seg.mask, 0.0, _MASKED)[None, :, None]
+        k = jnp.concatenate([k, jnp.broadcast_to(bias, (K, k.shape[1], 1))], axis=-1)
+        mask = True
+        dims = (((2,), (2,)), ((0,), (0,)))
+        back, order = (K, B, T, G), (1, 2, 0, 3)
+    else:  # per row: batch (B, K), M = T·G
+        rows = q.transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, H)
+        mask = jnp.broadcast_to(seg.mask[:, None, :, None, :],
+                                (B, 1, T, G, seg.mask.shape[-1])).reshape(B, 1, T * G, -1)
+        dims = (((3,), (3,)), ((0, 1), (0, 1)))
+        back, order = (B, K, T, G), (0, 2, 1, 3)
+    z = jax.lax.dot_general(rows, k, dims)
+    z = z if mask is True else jnp.where(mask, z, -jnp.inf)
+    m = jnp.max(z, axis=-1)
+    m = jnp.where(m > _MASKED / 2, m, -jnp.inf)  # −inf where the segment has no key for this query
     p = jnp.exp(z - jnp.where(jnp.isfinite(m), m, 0.0)[..., None])
     l = jnp.sum(p, axis=-1)
-    if k.ndim == 3:
-        o = jnp.einsum("KBTGS,KSH->KBTGH", p, v)
-    else:
-        o = jnp.einsum("BKTGS,BKSH->BKTGH", p, v)
-    return m.transpose(to_btkg), l.transpose(to_btkg), o.transpose(*to_btkg, 4)
+    o = jax.lax.dot_general(p, v, (((p.ndim - 1,), (v.ndim - 2,)), dims[1]))
+    return (m.reshape(back).transpose(order), l.reshape(back).transpose(order),
+            o.reshape(*back, H).transpose(*order, 4))
 
 
 def attend(q: jnp.ndarray, segments: list[Segment]) -> tuple[jnp.ndarray, jnp.ndarray]:
