@@ -13,14 +13,7 @@ def check_tokens(tokens, vocab_size: int, name: str, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     if arr.size == 0 or 0 in arr.shape:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
-    bad = (arr < 0) | (arr >= vocab_size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}{list(where)} = {int(arr[where])} is outside the vocabulary "
-                         f"[0, {vocab_size})")
-    return arr.astype(np.int32)
+    return _in_range(arr, vocab_size, name, "the vocabulary")
 
 
 def check_positions(positions, shape: tuple[int, ...], limit: int) -> np.ndarray:
@@ -28,11 +21,17 @@ def check_positions(positions, shape: tuple[int, ...], limit: int) -> np.ndarray
     arr = np.asarray(positions)
     if arr.shape != tuple(shape):
         raise ValueError(f"positions have shape {arr.shape}, expected {tuple(shape)}")
+    return _in_range(arr, limit, "positions", "max_position_embeddings")
+
+
+def _in_range(arr: np.ndarray, limit: int, name: str, what: str) -> np.ndarray:
+    """arr as int32 after checking it holds integers in [0, limit); errors name the first bad
+    entry, its index and value."""
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"positions must be integers, got dtype {arr.dtype}")
+        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
     bad = (arr < 0) | (arr >= limit)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"positions{list(where)} = {int(arr[where])} is outside [0, {limit}) "
-                         f"(max_position_embeddings)")
+        raise ValueError(f"{name}{list(where)} = {int(arr[where])} is outside {what} "
+                         f"[0, {limit})")
     return arr.astype(np.int32)
