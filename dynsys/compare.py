@@ -64,7 +64,8 @@ class Comparison:
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
-    """‖L_t − L^pos_t‖∞ and ‖L^pos_t − L^0_t‖∞ for t = 1..G (see module docstring)."""
+    """‖L_t − L^pos_t‖∞, ‖L^pos_t − L^0_t‖∞, f_P(x_t) = argmax L^0_t and f_{P,t−1}(x_t) =
+    argmax L^pos_t for t = 1..G (see module docstring)."""
     G = trace.shape[0]
     positions = n + jnp.arange(G, dtype=jnp.int32)
     hidden, _ = _run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
@@ -72,7 +73,8 @@ def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
     real = _logits(cfg, params, hidden[0])
     exact = last_logits(cfg, params, prefix, trace[:, None], positions[:, None])
     at_n = last_logits(cfg, params, prefix, trace[:, None], jnp.full((G, 1), n, jnp.int32))
-    return jnp.abs(real - exact).max(-1), jnp.abs(exact - at_n).max(-1)
+    return (jnp.abs(real - exact).max(-1), jnp.abs(exact - at_n).max(-1),
+            jnp.argmax(at_n, -1), jnp.argmax(exact, -1))
 
 
 def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
@@ -92,15 +94,13 @@ def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
     if fmap is not None and not (fmap.is_full and np.all(fmap.offset == 0)
                                  and fmap.prompt_length == n):
         raise ValueError("fmap must be the full Markov map of this prompt at offset 0")
-    prefix = prefill(model, prompt, capacity=None) if prefix is None else prefix
+    prefix = prefill(model, prompt) if prefix is None else prefix
     options = dict(prefix=prefix, progress=False)
 
-    at_n = suffix_map(model, prompt, trace[:-1, None], **options)
-    exact = suffix_map(model, prompt, trace[:-1, None], offset=np.arange(G - 1), **options)
-    target = trace[1:]
-    agree_markov = at_n.next == target
-    dilution, drift = (np.asarray(x)[:-1] for x in _logit_gaps(
+    dilution, drift, markov_next, exact_next = (np.asarray(x)[:-1] for x in _logit_gaps(
         cfg, model.params, prefix, jnp.asarray(trace), jnp.int32(n)))
+    target = trace[1:]
+    agree_markov = markov_next == target
 
     memory = np.zeros(G - 1, np.int32)
     for k in sorted(memory_ks, reverse=True):
@@ -124,11 +124,11 @@ def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
     if found.period:
         cyc = trace[found.onset:found.onset + found.period]
         where = {int(t): i for i, t in enumerate(trace[:-1])}
-        images = [at_n.next[where[int(c)]] for c in cyc]
+        images = [markov_next[where[int(c)]] for c in cyc]
         cycle_is_orbit = bool(np.array_equal(images, np.roll(cyc, -1)))
     return Comparison(
-        trace=trace, markov_next=at_n.next, agree_markov=agree_markov,
-        agree_position=exact.next == target, dilution=dilution, drift=drift, memory=memory,
+        trace=trace, markov_next=markov_next, agree_markov=agree_markov,
+        agree_position=exact_next == target, dilution=dilution, drift=drift, memory=memory,
         memory_ks=tuple(sorted(memory_ks)), first_divergence=first_divergence,
         trace_period=int(found.period), trace_onset=int(found.onset), map_tail=tail,
         map_cycle=cycle_len, cycle_is_orbit=cycle_is_orbit)
