@@ -1,9 +1,11 @@
 """dynsys: greedy decoding of decoder-only transformers as a dynamical system on token ids."""
 
-from dynsys import prompts, traces
+from dynsys import bounds, dilution, prompts, traces
+from dynsys.bounds import Certificate, certify, uniform_bound, weight_constants
 from dynsys.cache import Prefix, RowCache, empty_rows
 from dynsys.config import PRESETS, Llama3Scaling, ModelConfig, from_hf_config, preset, to_hf_config
 from dynsys.decode import forward, generate, prefill, step
+from dynsys.dilution import Drift, Probe, position_drift, probe_trace
 from dynsys.compare import Comparison, SampledFit, compare, compare_sampled
 from dynsys.kernels import (absorption_probabilities, absorption_times, kernel_classes,
                             stationary_distributions)
@@ -17,12 +19,13 @@ from dynsys.traces import Periodicity, periodicity, periodicity_batch
 from dynsys.weights import load, load_hf, save_hf
 
 __all__ = [
-    "GREEDY", "PRESETS", "Comparison", "Llama3Scaling", "MarkovMap", "Model", "ModelConfig",
-    "Orbits", "Periodicity", "Prefix", "RowCache", "SampledFit", "Sampler",
-    "absorption_probabilities", "absorption_times", "compare", "compare_sampled",
-    "compare_to_null", "empty_rows", "forward", "from_hf_config", "generate", "indegree_shuffle",
-    "init_params", "kernel_classes", "lazy_orbit", "load", "load_hf", "markov_map", "orbit_graph",
-    "orbit_of", "orbits", "periodicity", "periodicity_batch", "prefill", "preset", "prompts",
-    "random_mapping", "random_mapping_expectations", "save_hf", "stationary_distributions",
-    "step", "suffix_map", "to_hf_config", "traces",
+    "GREEDY", "PRESETS", "Certificate", "Comparison", "Drift", "Llama3Scaling", "MarkovMap",
+    "Model", "ModelConfig", "Orbits", "Periodicity", "Prefix", "Probe", "RowCache", "SampledFit",
+    "Sampler", "absorption_probabilities", "absorption_times", "bounds", "certify", "compare",
+    "compare_sampled", "compare_to_null", "dilution", "empty_rows", "forward", "from_hf_config",
+    "generate", "indegree_shuffle", "init_params", "kernel_classes", "lazy_orbit", "load",
+    "load_hf", "markov_map", "orbit_graph", "orbit_of", "orbits", "periodicity",
+    "periodicity_batch", "position_drift", "prefill", "preset", "probe_trace", "prompts",
+    "random_mapping", "random_mapping_expectations", "save_hf", "stationary_distributions", "step",
+    "suffix_map", "to_hf_config", "traces", "uniform_bound", "weight_constants",
 ]

@@ -26,9 +26,10 @@ from scipy.special import expit
 
 from dynsys.cache import Prefix, empty_rows
 from dynsys.config import ModelConfig
-from dynsys.dilution import check_trace, margin, queries, run_captured, streams
-from dynsys.model import MLP, Model, _norm
+from dynsys.dilution import check_trace, queries, run_captured, streams
+from dynsys.model import MLP, Model, norm_layer
 from dynsys.rope import apply_rope
+from dynsys.sampling import margin
 
 SILU_SLOPE = 1.1  # sup |silu′| = 1.0998… (at x ≈ 2.3994); inf silu′ = −0.0998…
 SILU_CURVE = 0.5  # sup |silu″| = silu″(0) = 1/2
@@ -290,7 +291,7 @@ def _attention_stats(cfg: ModelConfig, params, prefix: Prefix, layer: int, x, q,
     cov = cov.reshape(B, N, H, H)
     centred = (vs.transpose(1, 0, 2)[None, :, None] - o[..., None, :]).reshape(B, N, B, H)
     w_o = block["attn"]["o"]["kernel"].astype(jnp.float32)  # [N, H, D]
-    norm = _norm(cfg)
+    norm = norm_layer(cfg)
     dense = block["attn"]["q"]
 
     def query(x, position):  # the rotated query [N, H] of a stream x [D]
@@ -316,7 +317,7 @@ def _jacobians(cfg: ModelConfig, params, layer: int, x):
     of x ↦ x + MLP(norm₂ x) and ‖J_M(y′)‖, by forward-mode differentiation of the model's own
     modules."""
     block = params[f"blocks_{layer}"]
-    norm, mlp = _norm(cfg), MLP(cfg)
+    norm, mlp = norm_layer(cfg), MLP(cfg)
 
     def normed(x):
         return norm.apply({"params": block["norm2"]}, x)
@@ -357,7 +358,7 @@ def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
             per.setdefault(name, []).append(x)
         per.setdefault("prefix_key", []).append(jnp.repeat(kmax, cfg.heads_per_kv))
     out = {k: jnp.stack(v, 0 if k == "prefix_key" else 1) for k, v in per.items()}
-    final = _norm(cfg)
+    final = norm_layer(cfg)
     final_jacobian = jax.vmap(jax.jacfwd(
         lambda x: final.apply({"params": params["final_norm"]}, x)))(xs[-1])
     logits = logits[:, 0]

@@ -10,8 +10,10 @@ x_{n+t} at position n+t−1 after P, with the generated tokens x_{n+1..n+t−1} 
 real step) or hidden (the reference step: the Markov map f_{P,t−1} of DESIGN §1; the query
 token itself stays a key). Both are one model call each: the real steps are one row of G tokens
 (causality gives step t exactly its keys), the reference steps G rows of one token. The model's
-intermediates (sown masses and residuals, captured projections) are requested only here, inside
-this module's own jitted functions, so ordinary generation compiles without them.
+intermediates (the sown block outputs, the captured projections) are requested only here and in
+dynsys.bounds, inside their own jitted functions; ordinary generation does not request them, so
+Flax's sow is a no-op there and whatever only fed it is dead code that XLA removes
+(tests/test_dilution.py::test_probing_leaves_generation_alone).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dynsys.config import ModelConfig
 from dynsys.decode import prefill, step
 from dynsys.model import Model, Transformer
 from dynsys.rope import apply_rope
+from dynsys.sampling import margin
 
 # --- one head --------------------------------------------------------------------------------
 
@@ -110,12 +113,6 @@ def queries(cfg: ModelConfig, inter, layer: int, positions) -> jnp.ndarray:
     B, T = positions.shape
     return q.astype(jnp.float32).reshape(B, T, cfg.num_kv_heads, cfg.heads_per_kv,
                                          cfg.head_dim) * cfg.head_dim ** -0.5
-
-
-def margin(logits: jnp.ndarray) -> jnp.ndarray:
-    """Top-1 minus top-2 logit along the last axis."""
-    top2 = jax.lax.top_k(logits, 2)[0]
-    return top2[..., 0] - top2[..., 1]
 
 
 # --- probes along a trace ----------------------------------------------------------------------

@@ -33,7 +33,9 @@ class RMSNorm(nn.Module):
         return w * x32.astype(self.dtype)
 
 
-def _norm(cfg: ModelConfig, name: str | None = None) -> nn.Module:
+def norm_layer(cfg: ModelConfig, name: str | None = None) -> nn.Module:
+    """The family's norm layer: LayerNorm w ⊙ (x − mean x)/√(var x + ε) + b for gpt_neox,
+    RMSNorm w ⊙ x/√(mean(x²) + ε) otherwise (ε = cfg.norm_eps; normalised in float32)."""
     if cfg.family == "gpt_neox":
         return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=cfg.dtype,
                             name=name)
@@ -100,12 +102,12 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, positions, rows, prefix):
         cfg = self.cfg
-        h, kv = Attention(cfg, name="attn")(_norm(cfg, "norm1")(x), positions, rows, prefix)
+        h, kv = Attention(cfg, name="attn")(norm_layer(cfg, "norm1")(x), positions, rows, prefix)
         if cfg.family == "gpt_neox" and cfg.parallel_residual:
-            x = x + h + MLP(cfg, name="mlp")(_norm(cfg, "norm2")(x))
+            x = x + h + MLP(cfg, name="mlp")(norm_layer(cfg, "norm2")(x))
         else:
             x = x + h
-            x = x + MLP(cfg, name="mlp")(_norm(cfg, "norm2")(x))
+            x = x + MLP(cfg, name="mlp")(norm_layer(cfg, "norm2")(x))
         self.sow("intermediates", "residual", x)
         return x, kv
 
@@ -121,7 +123,7 @@ class Transformer(nn.Module):
                               param_dtype=cfg.dtype,
                               embedding_init=nn.initializers.normal(cfg.initializer_range))
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
-        self.final_norm = _norm(cfg)
+        self.final_norm = norm_layer(cfg)
         if not cfg.tie_embeddings:
             self.lm_head = _dense(cfg, cfg.vocab_size, None, False)
 

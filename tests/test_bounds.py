@@ -27,7 +27,7 @@ from dynsys.bounds import (
 from dynsys.config import ModelConfig
 from dynsys.decode import prefill
 from dynsys.dilution import probe_trace
-from dynsys.model import Model, init_params
+from dynsys.model import MLP, Model, init_params, norm_layer
 from dynsys.traces import periodicity
 
 LLAMA = ModelConfig(family="llama", vocab_size=61, hidden_size=16, intermediate_size=32,
@@ -136,13 +136,11 @@ def test_mlp_lipschitz_and_curvature(cfg, seed, std, log_step):
 
 def test_float64_layers_match_the_model():
     """The float64 norm and MLP above are the model's (so the checks above are about it)."""
-    from dynsys.model import MLP, _norm
-
     for cfg in (LLAMA, NEOX):
         model = model_of(cfg, 1, 0.3)
         block = model.params["blocks_0"]
         x = np.random.default_rng(2).standard_normal((3, cfg.hidden_size)).astype(np.float32)
-        y = np.asarray(_norm(cfg).apply({"params": block["norm2"]}, x))
+        y = np.asarray(norm_layer(cfg).apply({"params": block["norm2"]}, x))
         scale = np.asarray(block["norm2"]["scale"], np.float64)
         shift = np.asarray(block["norm2"].get("bias", 0 * scale), np.float64)
         ours = np.stack([norm64(r.astype(np.float64), scale, shift, cfg.norm_eps,
