@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynsys.bounds import extremal_scores, mass_bound
-from dynsys.cache import empty_rows
+from dynsys.cache import RowCache, empty_rows
+from dynsys.compare import compare
 from dynsys.config import ModelConfig
-from dynsys.decode import generate, prefill
-from dynsys.dilution import dilute, position_drift, probe_trace
+from dynsys.decode import _run, generate, prefill
+from dynsys.dilution import dilute, position_drift, probe_trace, run_captured
 from dynsys.model import Model, Transformer, init_params
 from dynsys.rope import apply_rope
 
@@ -38,31 +39,40 @@ def exact(z, v, removed, present):
 
 @st.composite
 def single_heads(draw):
-    """One query's scores and values: s ≤ S_MAX present keys (padded), r < s removed, scores
-    random, all equal, or with the removed keys far above or far below the rest."""
+    """One query q [H] against s ≤ S_MAX keys K [s, H] with values V [s, H] (padded to S_MAX),
+    r < s keys removed, scores z = Kq/√H in float32. q and K at scales 1e-3..30 (|z| up to
+    ~10⁴, far past exp's float32 range); keys i.i.d., all equal, or the removed ones along q
+    and the rest against it (removed scores far above the rest), or the reverse; values at
+    scales 1e-30..1e30."""
     s = draw(st.integers(2, S_MAX))
     r = draw(st.integers(0, s - 1))
     H = draw(st.sampled_from([1, 4, 16]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    scale = draw(st.sampled_from([1e-3, 1.0, 30.0, 1e3]))
-    vscale = draw(st.sampled_from([1e-3, 1.0, 1e4]))
+    qscale, kscale = (draw(st.sampled_from([1e-3, 1.0, 30.0])) for _ in range(2))
+    vscale = draw(st.sampled_from([1e-30, 1e-3, 1.0, 1e4, 1e30]))
     mode = draw(st.sampled_from(["random", "equal", "removed_high", "removed_low"]))
     removed = np.zeros(S_MAX, bool)
     removed[rng.permutation(s)[:r]] = True
-    z = scale * rng.standard_normal(S_MAX)
+    q = qscale * rng.standard_normal(H)
+    k = kscale * rng.standard_normal((S_MAX, H))
     if mode == "equal":
-        z[:] = scale
+        k[:] = k[0]
     elif mode != "random":
-        sign = 1 if mode == "removed_high" else -1
-        z = np.where(removed, sign * scale, -sign * scale) + rng.standard_normal(S_MAX)
-    v = vscale * rng.standard_normal((S_MAX, H))
+        sign = np.where(removed, 1.0, -1.0) * (1 if mode == "removed_high" else -1)
+        k = kscale * (sign[:, None] * q / np.linalg.norm(q) * np.sqrt(H)
+                      + 0.1 * rng.standard_normal((S_MAX, H)))
+    q, k = q.astype(np.float32), k.astype(np.float32)
+    z = (k @ q) / np.float32(np.sqrt(H))
+    v = (vscale * rng.standard_normal((S_MAX, H))).astype(np.float32)
     present = np.arange(S_MAX) < s
-    return z.astype(np.float32), v.astype(np.float32), removed, present
+    return z, v, removed, present
 
 
 @settings(deadline=None, max_examples=120)
 @given(single_heads())
 def test_single_head_identity_and_bound(problem):
+    """`dilute` against float64 softmaxes: Proposition 1 (exactly in float64, to rounding in
+    float32), Corollary 1 and Proposition 2 with lo, hi the kept and removed score ranges."""
     z, v, removed, present = problem
     d = jax.tree_util.tree_map(lambda x: np.asarray(x[0]), heads(*(x[None] for x in problem)))
     mass, out, kept, gone = exact(z, v, removed, present)
@@ -72,14 +82,16 @@ def test_single_head_identity_and_bound(problem):
     assert np.abs((d.out - d.kept) - d.mass * (d.removed - d.kept)).max() <= 3e-5 * vmax
     np.testing.assert_allclose(d.mass, mass, rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(d.kept, kept, atol=3e-5 * vmax)
-    # the bound with lo, hi the kept and removed score ranges, and its value-diameter form
     r, s = removed.sum(), present.sum()
     hi = z[removed].max() if r else 0.0
     bound = mass_bound(r, s, z[present & ~removed].min(), hi)
     assert mass <= bound * (1 + 1e-9) and d.mass <= bound * (1 + 2e-4) + 1e-7
     if r:
-        diam = np.linalg.norm(v[removed][:, None] - v[present & ~removed][None], axis=-1).max()
-        assert np.linalg.norm(d.out - d.kept) <= mass * diam * (1 + 1e-4) + 3e-5 * vmax
+        v64 = v.astype(np.float64)  # squares of 1e30 overflow float32
+        diam = np.linalg.norm(v64[removed][:, None] - v64[present & ~removed][None],
+                              axis=-1).max()
+        change = np.linalg.norm(d.out.astype(np.float64) - d.kept)
+        assert change <= mass * diam * (1 + 1e-4) + 3e-5 * vmax
 
 
 def test_extremal_scores_attain_the_bound():
@@ -194,6 +206,40 @@ def test_probes_agree_with_brute_force():
         np.testing.assert_allclose(probe.mass[t, 0], a[:, n:n + t].sum(-1) / a.sum(-1),
                                    rtol=1e-4, atol=1e-7)
     assert np.abs(probe.identity_error).max() < 1e-5
+
+
+def test_probe_logit_change_is_compare_dilution():
+    """The probe's logit change and compare's dilution part are the same quantity,
+    ‖logits(real) − logits(P + [x_t] at n+t−1)‖∞, computed by two code paths (compare drops
+    the last step, which has no next token to compare): they agree to float32 rounding, and so
+    do the position-exact next tokens."""
+    model = random_model(PROBED, seed=5)
+    prompt = np.random.default_rng(2).integers(0, PROBED.vocab_size, 50)
+    trace = np.asarray(generate(model, prompt[None], 12))[0]
+    probe = probe_trace(model, prompt, trace)
+    c = compare(model, prompt, trace, memory_ks=(1,))
+    assert probe.logit_change[1:].min() > 1e-3  # a real perturbation, not rounding
+    np.testing.assert_allclose(c.dilution, probe.logit_change[:-1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(c.agree_position, probe.markov_next[:-1] == trace[1:])
+
+
+def test_probing_leaves_generation_alone():
+    """Ordinary generation requests no intermediates: the model call it makes returns only
+    (hidden, rows), so the sown and captured values are dead code there and compile away; the
+    probes run in their own jitted function, and generation gives the same tokens after it."""
+    model = random_model(PROBED, seed=6)
+    prompt = np.random.default_rng(3).integers(0, PROBED.vocab_size, (1, 30))
+    tokens, positions = jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32)
+    out = jax.eval_shape(lambda p: _run(PROBED, p, tokens, positions, empty_rows(PROBED, 2, 3),
+                                        tokens >= 0, None), model.params)
+    hidden, rows = out
+    assert hidden.shape == (2, 3, PROBED.hidden_size) and isinstance(rows, RowCache)
+    _, _, inter = jax.eval_shape(lambda p: run_captured(
+        PROBED, p, tokens, positions, empty_rows(PROBED, 2, 3), None), model.params)
+    assert {"embed", "blocks_0", "blocks_1"} <= set(inter)  # what the probes read
+    before = np.asarray(generate(model, prompt, 10))
+    probe_trace(model, prompt[0], before[0])
+    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 10)), before)
 
 
 # --- position drift ---------------------------------------------------------------------------
