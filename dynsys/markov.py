@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -25,6 +24,7 @@ from dynsys.checks import check_tokens
 from dynsys.config import ModelConfig
 from dynsys.decode import _logits, _run, prefill
 from dynsys.model import Model
+from dynsys.runs import save_npz_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +81,6 @@ def _fingerprint(model: Model, prompt: np.ndarray, suffixes: np.ndarray, offsets
     h.update(prompt.tobytes())
     h.update(suffixes.tobytes())
     return h.hexdigest()
-
-
-def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
 
 
 def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
@@ -151,7 +145,8 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
                                  jnp.asarray(at), jnp.float32(temperature))
                 part = tuple(np.asarray(x)[:len(rows)] for x in out)
                 if path is not None:
-                    _save_atomic(path, **dict(zip(("next", "margin", "ids", "probs"), part)))
+                    save_npz_atomic(path, **dict(zip(("next", "margin", "ids", "probs"),
+                                                     part)))
             parts.append(part)
             bar.advance(task, min(chunk, m - start))
     nxt, margin, ids, probs = (np.concatenate(p) for p in zip(*parts))

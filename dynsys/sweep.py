@@ -2,15 +2,13 @@
 
 A unit is (rope, prompt kind, n): `seeds` prompts of length n, each continued by G greedy
 tokens; per step t, whether x_{t+1} = f_P(x_t) and whether x_{t+1} = f_{P,t−1}(x_t). Each
-finished unit is written atomically to `out_dir`, so a killed sweep resumes where it stopped.
+finished unit is saved in a run directory (dynsys.runs), so a killed sweep resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
@@ -19,6 +17,7 @@ from dynsys import prompts
 from dynsys.decode import generate, prefill
 from dynsys.markov import suffix_map
 from dynsys.model import Model
+from dynsys.runs import Run
 
 PROMPT_KINDS = ("ngram", "random")
 
@@ -47,42 +46,34 @@ def _unit(model: Model, kind: str, n: int, seeds: int, G: int, ngram: int) -> di
     return {"traces": traces, "agree_markov": np.array(markov), "agree_position": np.array(exact)}
 
 
+def unit_name(rope: bool, kind: str, n: int) -> str:
+    return f"rope{int(rope)}_{kind}_n{n}"
+
+
 def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int = 64,
                     seeds: int = 8, kinds=PROMPT_KINDS, ropes=(True, False), ngram: int = 3,
-                    out_dir: str | Path | None = None, progress: bool = True) -> list[dict]:
+                    run: Run | None = None, progress: bool = True) -> list[dict]:
     """Per (rope, kind, n): arrays agree_markov / agree_position [seeds, G−1] and the traces.
 
-    With out_dir, units already there are loaded, not recomputed.
+    With a run directory, units already there are loaded, not recomputed (the run's config
+    must pin the model and these settings; see dynsys.runs.open_run).
     """
     for kind in kinds:
         make_prompt(kind, 2, 1, 0)  # validates the kind before any work
     if G < 2:
         raise ValueError(f"G={G} must be at least 2")
-    store = Path(out_dir) if out_dir is not None else None
-    if store is not None:
-        store.mkdir(parents=True, exist_ok=True)
-        spec = {"config": repr(model.config.with_rope(True)), "G": G, "seeds": seeds,
-                "ngram": ngram}
-        meta = store / "sweep.json"
-        if meta.exists() and json.loads(meta.read_text()) != spec:
-            raise ValueError(f"{store} holds a sweep with other settings "
-                             f"({json.loads(meta.read_text())}); use another directory")
-        meta.write_text(json.dumps(spec))
     units = list(itertools.product(ropes, kinds, lengths))
     results = []
     with Progress(disable=not progress) as bar:
         task = bar.add_task("agreement sweep", total=len(units))
         for rope, kind, n in units:
-            path = store / f"rope{int(rope)}_{kind}_n{n}.npz" if store else None
-            if path is not None and path.exists():
-                with np.load(path) as saved:
-                    arrays = {k: saved[k] for k in saved.files}
+            name = unit_name(rope, kind, n)
+            if run is not None and run.has(name):
+                arrays = run.load(name)
             else:
                 arrays = _unit(model.with_rope(rope), kind, n, seeds, G, ngram)
-                if path is not None:
-                    tmp = path.with_suffix(".tmp.npz")
-                    np.savez(tmp, **arrays)
-                    os.replace(tmp, path)
+                if run is not None:
+                    run.save(name, **arrays)
             results.append({"rope": rope, "kind": kind, "n": n, **arrays})
             bar.advance(task)
     return results

@@ -170,11 +170,7 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
     Missing, unexpected or mis-shaped tensors raise ValueError naming them.
     """
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory / 'config.json'} does not exist")
-    cfg = from_hf_config(json.loads((directory / "config.json").read_text()))
-    if dtype is not None:
-        cfg = cfg.replace(dtype=dtype)
+    cfg = load_config(directory, dtype)
     tensors = _read_tensors(directory)
     if cfg.tie_embeddings:  # some exports store the tied copy
         tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
@@ -214,16 +210,25 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
     return Model(cfg, params)
 
 
+def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConfig:
+    """The config of a preset or of a local HF checkpoint directory, without its weights."""
+    if str(name_or_path) in PRESETS:
+        cfg = preset(str(name_or_path))
+    elif Path(name_or_path).is_dir():
+        path = Path(name_or_path) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        cfg = from_hf_config(json.loads(path.read_text()))
+    else:
+        raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                         "local checkpoint directory")
+    return cfg if dtype is None else cfg.replace(dtype=dtype)
+
+
 def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> Model:
     """A preset with random Hugging Face-style initialisation (seeded), or a local HF
     checkpoint directory."""
     if str(name_or_path) in PRESETS:
-        cfg = preset(str(name_or_path))
-        if dtype is not None:
-            cfg = cfg.replace(dtype=dtype)
+        cfg = load_config(name_or_path, dtype)
         return Model(cfg, init_params(cfg, seed))
-    path = Path(name_or_path)
-    if path.is_dir():
-        return load_hf(path, dtype)
-    raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
-                     "local checkpoint directory")
+    return load_hf(name_or_path, dtype)

@@ -5,6 +5,7 @@ import pytest
 
 import dynsys as ds
 from dynsys import sweep
+from dynsys.runs import open_run
 from dynsys.sweep import agreement_sweep, agreement_table, make_prompt
 
 CFG = ds.ModelConfig("llama", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=1,
@@ -41,19 +42,18 @@ def test_killed_sweep_resumes_without_recomputing(model, tmp_path, monkeypatch):
         return original(*args)
 
     monkeypatch.setattr(sweep, "_unit", dying)
-    options = dict(lengths=(16, 32), G=6, seeds=2, ropes=(True,), out_dir=tmp_path,
-                   progress=False)
+    options = dict(lengths=(16, 32), G=6, seeds=2, ropes=(True,), progress=False)
+    run = open_run(tmp_path, "sweep-test", options)
     with pytest.raises(KeyboardInterrupt):
-        agreement_sweep(model, **options)
-    assert len(list(tmp_path.glob("*.npz"))) == 2 and not list(tmp_path.glob("*.tmp.npz"))
+        agreement_sweep(model, run=run, **options)
+    assert run.units() == ["rope1_ngram_n16", "rope1_ngram_n32"]
+    assert not [p for p in tmp_path.rglob("*") if "tmp" in p.name]
     monkeypatch.setattr(sweep, "_unit", lambda *a: calls.append(a[1:3]) or original(*a))
-    res = agreement_sweep(model, **options)
+    res = agreement_sweep(model, run=open_run(tmp_path, "sweep-test", options), **options)
     assert calls == [("ngram", 16), ("ngram", 32), ("random", 16), ("random", 32)]
-    fresh = agreement_sweep(model, **{**options, "out_dir": None})
+    fresh = agreement_sweep(model, **options)
     for a, b in zip(res, fresh):
         np.testing.assert_array_equal(a["agree_markov"], b["agree_markov"])
-    with pytest.raises(ValueError, match="other settings"):
-        agreement_sweep(model, **{**options, "G": 8})
 
 
 def test_bad_input(model):
