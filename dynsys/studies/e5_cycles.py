@@ -1,0 +1,203 @@
+"""E5: the terminal cycle of a real greedy trace against the periodic orbits of f_P.
+
+For a prompt P of length n and its greedy trace x_1..x_G: the trace's eventual period p and
+onset (first index of its periodic suffix, the period repeated >= 3 times), and, under the
+Markov map f_P, the tail length and cycle length of x_1. If generation were exactly f_P, the
+trace would be the orbit of x_1: onset = tail, p = cycle length, and the terminal cycle
+{x_onset, .., x_{onset+p−1}} a periodic orbit of f_P (f_P(x_i) = x_{i+1} around it). The
+argument predicts that this holds more and more often as n grows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+from matplotlib.lines import Line2D
+from rich.progress import Progress
+
+from dynsys import figstyle
+from dynsys.cache import bucket
+from dynsys.compare import compare
+from dynsys.decode import generate, prefill
+from dynsys.markov import markov_map
+from dynsys.runs import Run
+from dynsys.studies.finding import Finding
+from dynsys.sweep import make_prompt
+from dynsys.weights import load
+
+NAME = "e5"
+TITLE = "Terminal cycles of real traces vs periodic orbits of the Markov map"
+ROPES = (True, False)
+SCALARS = ("trace_period", "trace_onset", "map_tail", "map_cycle", "cycle_is_orbit",
+           "first_divergence")
+SHARES = {"cycle_is_orbit": "terminal cycle is an orbit of $f_P$",
+          "period_is_cycle": "period = cycle length",
+          "onset_is_tail": "onset = tail"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: str = "tiny"  # preset or local Hugging Face checkpoint directory
+    seed: int = 0  # random initialisation of a preset
+    lengths: tuple[int, ...] = (64, 256, 1024, 4096, 16384)  # prompt lengths n
+    G: int = 256  # greedy tokens per prompt
+    prompts: int = 16  # random prompts per (rope, kind, n)
+    ngram: int = 3
+    kinds: tuple[str, ...] = ("ngram", "random")
+    repeats: int = 3  # the trace's period must repeat at least this many times
+
+
+SCALES = {"small": Config(lengths=(64, 1024), G=96, prompts=3), "paper": Config()}
+
+
+def unit_name(rope: bool, kind: str, n: int, seed: int) -> str:
+    return f"rope{int(rope)}_{kind}_n{n}_s{seed}"
+
+
+def _units(config: Config) -> list[tuple[bool, str, int, int]]:
+    return list(itertools.product(ROPES, config.kinds, config.lengths, range(config.prompts)))
+
+
+def cycle_unit(model, prompt: np.ndarray, G: int, repeats: int, capacity: int) -> dict:
+    """The greedy trace of `prompt`, the full map f_P (next, margin) and the comparison's
+    loop-level numbers. The prompt's cache has `capacity` slots: one capacity for every n
+    compiles the map and the comparison once per RoPE setting."""
+    trace = np.asarray(generate(model, prompt[None], G))[0]
+    prefix = prefill(model, prompt, capacity=capacity)
+    fmap = markov_map(model, prompt, prefix=prefix, progress=False)
+    gap = compare(model, prompt, trace, fmap, memory_ks=(), repeats=repeats, prefix=prefix)
+    return {"prompt": prompt, "trace": trace, "map_next": fmap.next, "map_margin": fmap.margin,
+            "agreement": gap.agreement, **{k: getattr(gap, k) for k in SCALARS}}
+
+
+def run(run: Run, config: Config, progress: bool = True) -> None:
+    units = _units(config)
+    model = None  # loaded only if a unit is missing: a finished run resumes without it
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task("E5 trace cycles vs orbits", total=len(units))
+        for rope, kind, n, seed in units:
+            name = unit_name(rope, kind, n, seed)
+            if not run.has(name):
+                model = model or load(config.model, seed=config.seed)
+                prompt = make_prompt(kind, model.config.vocab_size, n, seed, config.ngram)
+                run.save(name, **cycle_unit(model.with_rope(rope), prompt, config.G,
+                                            config.repeats, bucket(max(config.lengths))))
+            bar.advance(task)
+    rows = prompt_table(run, config)
+    run.write_table("cycles", rows)
+    run.write_table("summary", summary_table(rows))
+
+
+def prompt_table(run: Run, config: Config) -> list[dict]:
+    """Per prompt (rope, kind, n, seed): the stored comparison numbers and agreement."""
+    rows = []
+    for rope, kind, n, seed in _units(config):
+        unit = run.load(unit_name(rope, kind, n, seed))
+        rows.append({"rope": rope, "kind": kind, "n": n, "seed": seed,
+                     **{k: unit[k].item() for k in (*SCALARS, "agreement")}})
+    return rows
+
+
+def _mean(values) -> float:
+    return float(np.mean(values))
+
+
+def summary_table(rows: list[dict]) -> list[dict]:
+    """Per (rope, n), pooled over prompt kinds: the share of traces that loop, whose terminal
+    cycle is a periodic orbit of f_P, whose period equals the cycle length of x_1 under f_P,
+    and whose onset equals its tail."""
+    out = []
+    for rope in ROPES:
+        for n in sorted({r["n"] for r in rows if r["rope"] == rope}):
+            sel = [r for r in rows if r["rope"] == rope and r["n"] == n]
+            out.append({
+                "rope": rope, "n": n, "prompts": len(sel),
+                "looping": _mean([r["trace_period"] > 0 for r in sel]),
+                "cycle_is_orbit": _mean([r["cycle_is_orbit"] for r in sel]),
+                "period_is_cycle": _mean([r["trace_period"] == r["map_cycle"] for r in sel]),
+                "onset_is_tail": _mean([r["trace_onset"] == r["map_tail"] for r in sel]),
+                "agreement": _mean([r["agreement"] for r in sel])})
+    return out
+
+
+def _rope(rope: bool) -> str:
+    return f"RoPE {'on' if rope else 'off'}"
+
+
+def findings(run: Run) -> list[Finding]:
+    """Per share and RoPE setting: holds when the share at the largest n is at least 1/2 and
+    not below the share at the smallest n."""
+    rows = run.read_table("summary")
+    out = []
+    for key, claim in SHARES.items():
+        for rope in ROPES:
+            by_n = {r["n"]: r[key] for r in rows if r["rope"] == rope}
+            if not by_n:
+                continue
+            lo, hi = min(by_n), max(by_n)
+            out.append(Finding(
+                NAME, f"real traces follow f_P to the end: {claim.replace('$', '')} "
+                      f"({_rope(rope)})",
+                f"{by_n[lo]:.2f} at n={lo} -> {by_n[hi]:.2f} at n={hi}",
+                bool(by_n[hi] >= 0.5 and by_n[hi] >= by_n[lo])))
+    return out
+
+
+def figures(run: Run):
+    return [*_scatter(run), *_shares(run)]
+
+
+def _counts(rows: list[dict], x: str, y: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (x, y) pairs of `rows` and how many rows have each."""
+    pairs, counts = np.unique([(r[x], r[y]) for r in rows], axis=0, return_counts=True)
+    return pairs[:, 0], pairs[:, 1], counts
+
+
+def _scatter(run: Run):
+    """Onset vs tail (top) and period vs cycle length (bottom), one column per n; marker
+    area ∝ number of prompts, RoPE on and off shifted apart; the diagonal is f_P exactly."""
+    rows = run.read_table("cycles")
+    lengths = sorted({r["n"] for r in rows})
+    panels = (("map_tail", "trace_onset", "tail of $x_1$ under $f_P$", "trace onset"),
+              ("map_cycle", "trace_period", "cycle length of $x_1$", "trace period"))
+    fig, axes = figstyle.figure(ncols=len(lengths), nrows=2, width=figstyle.FULL, aspect=0.75)
+    for col, n in enumerate(lengths):
+        for row, (x, y, xlabel, ylabel) in enumerate(panels):
+            ax = axes[row][col]
+            top = max(max(r[x], r[y]) for r in rows if r["n"] == n) + 1
+            ax.plot([0, top], [0, top], color="0.6", linewidth=0.6, zorder=0)
+            for shift, rope in zip((-0.01, 0.01), ROPES):
+                sel = [r for r in rows if r["n"] == n and r["rope"] == rope]
+                xs, ys, counts = _counts(sel, x, y)
+                ax.scatter(xs + shift * top, ys, s=8 * counts, alpha=0.6, linewidths=0,
+                           color=figstyle.ROPE_COLOURS[rope])
+            ax.set_xlabel(xlabel)
+            if col == 0:
+                ax.set_ylabel(ylabel)
+            if row == 0:
+                ax.set_title(f"n = {n}")
+    fig.legend(handles=[Line2D([], [], marker="o", linestyle="", alpha=0.6, label=_rope(rope),
+                               color=figstyle.ROPE_COLOURS[rope]) for rope in ROPES],
+               loc="outside upper center", ncols=2, title="marker area ∝ number of prompts")
+    return figstyle.save(fig, run.figures, "e5_scatter")
+
+
+def _shares(run: Run):
+    """Each summary share against n, one panel per share, RoPE on vs off."""
+    rows = run.read_table("summary")
+    fig, axes = figstyle.figure(ncols=len(SHARES), width=figstyle.FULL, aspect=0.8,
+                                sharey=True)
+    for ax, (key, label) in zip(axes[0], SHARES.items()):
+        for rope in ROPES:
+            sel = sorted((r for r in rows if r["rope"] == rope), key=lambda r: r["n"])
+            ax.plot([r["n"] for r in sel], [r[key] for r in sel], marker="o",
+                    color=figstyle.ROPE_COLOURS[rope], label=_rope(rope))
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("prompt length n")
+        ax.set_title(label)
+    axes[0][0].set_ylabel("share of traces")
+    axes[0][-1].legend(loc="lower right")
+    return figstyle.save(fig, run.figures, "e5_shares")
