@@ -73,8 +73,7 @@ class Attention(nn.Module):
         segments = [Segment(cache_k, cache_v, key_mask)]
         if prefix is not None:
             segments.insert(0, Segment(*prefix))
-        out, masses = attend(q.reshape(B, T, K, G, H), segments)
-        self.sow("intermediates", "attention_mass", masses)
+        out, _ = attend(q.reshape(B, T, K, G, H), segments)
         out = out.reshape(B, T, N, H).astype(cfg.dtype)
         y = _dense(cfg, cfg.hidden_size, "o", cfg.family == "gpt_neox", axis=(-2, -1))(out)
         return y, (cache_k, cache_v)

@@ -119,6 +119,14 @@ class Run:
         with np.load(path, allow_pickle=False) as saved:
             return {k: saved[k] for k in saved.files}
 
+    def unit(self, name: str, compute) -> dict[str, np.ndarray]:
+        """The stored unit `name`, or else compute() (a dict of arrays), saved and returned."""
+        if self.has(name):
+            return self.load(name)
+        arrays = {k: np.asarray(v) for k, v in compute().items()}
+        self.save(name, **arrays)
+        return arrays
+
     def units(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "units").glob("*.npz")
                       if not p.name.startswith("."))

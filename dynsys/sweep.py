@@ -8,6 +8,7 @@ stopped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -67,13 +68,8 @@ def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int =
     with Progress(disable=not progress) as bar:
         task = bar.add_task("agreement sweep", total=len(units))
         for rope, kind, n in units:
-            name = unit_name(rope, kind, n)
-            if run is not None and run.has(name):
-                arrays = run.load(name)
-            else:
-                arrays = _unit(model.with_rope(rope), kind, n, seeds, G, ngram)
-                if run is not None:
-                    run.save(name, **arrays)
+            compute = functools.partial(_unit, model.with_rope(rope), kind, n, seeds, G, ngram)
+            arrays = compute() if run is None else run.unit(unit_name(rope, kind, n), compute)
             results.append({"rope": rope, "kind": kind, "n": n, **arrays})
             bar.advance(task)
     return results
