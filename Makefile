@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench clean
+.PHONY: run test bench paper clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.test: $(VENV)/.core
 	touch $@
 
 run: $(VENV)/.core
-	$(VENV)/bin/dynsys generate
+	$(VENV)/bin/dynsys verify
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n auto
@@ -27,6 +27,10 @@ bench: $(VENV)/.test
 	$(PY) experiments/bench_generate.py
 	$(PY) experiments/bench_prefix_step.py
 	$(PY) experiments/bench_dynamics.py
+	$(PY) experiments/bench_markov.py
+
+paper: $(VENV)/.core
+	for e in e1 e2 e3 e4 e5 e6; do $(VENV)/bin/dynsys run $$e --scale paper || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,23 +1,33 @@
-"""The `dynsys` command line."""
+"""The `dynsys` command line: verify, run, figures, generate, map, orbits, sweep."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dynsys import prompts
+from dynsys import prompts, studies
 from dynsys.decode import generate as generate_tokens
+from dynsys.markov import markov_map
+from dynsys.nullmodel import compare_to_null
+from dynsys.orbits import orbits as orbit_structure
+from dynsys.runs import RunError, save_npz_atomic
 from dynsys.sampling import Sampler
+from dynsys.studies.finding import Finding
+from dynsys.sweep import make_prompt
 from dynsys.traces import periodicity_batch
 from dynsys.weights import load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")
 console = Console()
+MODEL = typer.Option("tiny", help="preset name or local Hugging Face checkpoint directory")
+SEED = typer.Option(0, help="seed of the random initialisation (presets)")
 
 
 @app.callback()
@@ -25,10 +35,161 @@ def main() -> None:
     """dynsys: why autoregressive transformers fall into loops."""
 
 
+def _fail(error: Exception) -> None:
+    console.print(f"[red]error:[/red] {error}")
+    raise typer.Exit(2)
+
+
+def _settings(config: Path | None, assignments: list[str]) -> dict:
+    """Experiment settings from a JSON/TOML file, then `key=value` pairs (values in JSON)."""
+    out = studies.read_overrides(config) if config else {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r} must look like key=value")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text  # a bare string, e.g. model=pythia-70m
+    return out
+
+
+def _verdict_table(title: str, found: list[Finding]) -> Table:
+    table = Table(title=title)
+    for column in ("exp", "claim", "measured", "holds"):
+        table.add_column(column, overflow="fold")
+    for f in found:
+        mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[f.holds]
+        table.add_row(f.experiment, f.claim, f.measured, mark)
+    return table
+
+
+@app.command()
+def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (resumes)"),
+           experiments: list[str] = typer.Option(list(studies.STUDIES), "--experiment", "-e",
+                                                 help="experiments to include")) -> None:
+    """The main job: every experiment at its small scale on the tiny random-init model,
+    RoPE on and off; prints the verdict and writes a run directory with its figures."""
+    start = time.perf_counter()
+    try:
+        for name in experiments:
+            module = studies.study(name)
+            console.rule(f"{name}: {module.TITLE}")
+            t = time.perf_counter()
+            studies.run_study(name, out / name, "small")
+            console.log(f"{name} done in {time.perf_counter() - t:.0f} s")
+        found = studies.findings(out)
+    except (ValueError, RunError) as e:
+        _fail(e)
+    console.print(_verdict_table("dynsys verify: the Markov-degeneration argument on tiny "
+                                 "random-init models", found))
+    held = sum(f.holds is True for f in found)
+    tested = sum(f.holds is not None for f in found)
+    console.print(f"{held} of {tested} tested claims hold. Run directory: {out} "
+                  f"(figures in {out}/*/figures); {time.perf_counter() - start:.0f} s.")
+
+
+@app.command()
+def run(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.STUDIES)}"),
+        scale: str = typer.Option("small", help="'small' (minutes, CI) or 'paper'"),
+        out: Path = typer.Option(None, help="run directory (default runs/EXPERIMENT-SCALE)"),
+        config: Path = typer.Option(None, help="JSON or TOML file of settings"),
+        set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
+        ) -> None:
+    """Run (or resume) one experiment into a run directory and draw its figures."""
+    try:
+        overrides = _settings(config, set_)
+    except (ValueError, OSError) as e:
+        _fail(e)
+    _run_and_report(experiment, scale, out or Path("runs") / f"{experiment}-{scale}", overrides)
+
+
+def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> None:
+    try:
+        found = studies.findings(studies.run_study(experiment, out, scale, overrides).path)
+    except (ValueError, RunError, OSError) as e:
+        _fail(e)
+    console.print(_verdict_table(f"{experiment} ({scale}): {studies.study(experiment).TITLE}",
+                                 found))
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def figures(run_dir: Path = typer.Argument(..., help="a run directory, or a directory of them")
+            ) -> None:
+    """Redraw the figures of stored runs (nothing is recomputed)."""
+    try:
+        paths = studies.render(run_dir)
+    except (ValueError, RunError) as e:
+        _fail(e)
+    for p in paths:
+        console.print(str(p))
+
+
+@app.command()
+def sweep(model: str = MODEL, seed: int = SEED,
+          lengths: list[int] = typer.Option([64, 256, 1024, 4096], "--n", help="prompt lengths"),
+          new_tokens: int = typer.Option(32, help="generation length G"),
+          prompts_per_cell: int = typer.Option(8, help="random prompts per (RoPE, kind, n)"),
+          out: Path = typer.Option(Path("runs/sweep"), help="run directory (resumes)")) -> None:
+    """agreement(n, G) with the Markov map (experiment E2 with these settings)."""
+    _run_and_report("e2", "small", out, {"model": model, "seed": seed, "lengths": lengths,
+                                         "G": new_tokens, "prompts": prompts_per_cell})
+
+
+@app.command("map")
+def map_(model: str = MODEL, seed: int = SEED,
+         kind: str = typer.Option("ngram", help="prompt: 'ngram' (repeated) or 'random'"),
+         length: int = typer.Option(1024, help="prompt length n"),
+         prompt_seed: int = typer.Option(0, help="seed of the random prompt"),
+         offset: int = typer.Option(0, help="position offset τ of the current token"),
+         rope: bool = typer.Option(True, help="RoPE on (--rope) or off (--no-rope)"),
+         out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt")
+         ) -> None:
+    """The Markov map f_{P,τ} on all of V, written as an .npz (resumable by chunks)."""
+    try:
+        net = load(model, seed=seed).with_rope(rope)
+        prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
+        fmap = markov_map(net, prompt, offset=offset,
+                          resume_dir=out.with_name(out.stem + ".chunks"))
+    except (ValueError, OSError) as e:
+        _fail(e)
+    save_npz_atomic(out, next=fmap.next, margin=fmap.margin, prompt=prompt)
+    _print_orbits(fmap.next)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def orbits(map_file: Path = typer.Argument(..., help="an .npz with an array 'next' (dynsys map)"),
+           shuffles: int = typer.Option(20, help="in-degree-preserving shuffles for the null")
+           ) -> None:
+    """Cycles, tails and basins of a stored map next to the random-mapping null."""
+    try:
+        with np.load(map_file, allow_pickle=False) as saved:
+            nxt = saved["next"]
+    except (OSError, KeyError, ValueError) as e:
+        _fail(ValueError(f"{map_file}: {e}"))
+    _print_orbits(nxt, shuffles)
+
+
+def _print_orbits(nxt: np.ndarray, shuffles: int = 20) -> None:
+    orb = orbit_structure(nxt)
+    cycles = ", ".join(f"{len(orb.cycle(c))}:{orb.basin_size[c]}"
+                       for c in np.argsort(-orb.basin_size)[:8])
+    console.print(f"{orb.n_cycles} cycles (length:basin, largest first): {cycles}")
+    table = Table(title=f"orbit statistics of f vs a uniform random mapping on {nxt.size} "
+                        f"points and {shuffles} in-degree shuffles")
+    for column in ("statistic", "f", "random mapping", "ratio", "shuffled"):
+        table.add_column(column, justify="right")
+    for name, row in compare_to_null(nxt, shuffles=shuffles, seed=0).items():
+        table.add_row(name, f"{row.observed:.1f}", f"{row.expected:.1f}", f"{row.ratio:.2f}",
+                      f"{row.shuffled_mean:.1f}")
+    console.print(table)
+
+
 @app.command()
 def generate(
-    model: str = typer.Option("tiny", help="preset name or local Hugging Face checkpoint dir"),
-    seed: int = typer.Option(0, help="seed of the random initialisation (presets)"),
+    model: str = MODEL, seed: int = SEED,
     ngram: list[int] = typer.Option([1, 2, 3, 4], help="N of the repeated random N-gram"),
     prompts_per_n: int = typer.Option(4, help="random prompts per N"),
     length: int = typer.Option(256, help="prompt length in tokens"),
@@ -40,7 +201,10 @@ def generate(
     """Generate from repeated-N-gram prompts and print each trace's period, onset and repeats."""
     if rope not in ("on", "off", "both"):
         raise typer.BadParameter(f"rope={rope!r} must be 'on', 'off' or 'both'")
-    base = load(model, seed=seed)
+    try:
+        base = load(model, seed=seed)
+    except ValueError as e:
+        _fail(e)
     cfg = base.config
     batch = np.stack([prompts.repeated_ngram(cfg.vocab_size, n, length, seed=1000 * n + i)
                       for n in ngram for i in range(prompts_per_n)])

@@ -21,6 +21,10 @@ PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F
            "#000000")
 ROPE_COLOURS = {True: PALETTE[0], False: PALETTE[1]}  # RoPE on / off, the same in every figure
 
+
+def rope_label(rope: bool) -> str:
+    return f"RoPE {'on' if rope else 'off'}"
+
 STYLE = {
     "font.family": "serif",
     "font.size": 8,

@@ -6,6 +6,7 @@ Only local directories; only safetensors and JSON are read (never pickle).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -229,6 +230,13 @@ def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> M
     """A preset with random Hugging Face-style initialisation (seeded), or a local HF
     checkpoint directory."""
     if str(name_or_path) in PRESETS:
-        cfg = load_config(name_or_path, dtype)
-        return Model(cfg, init_params(cfg, seed))
+        return _random_model(str(name_or_path), seed, dtype)
     return load_hf(name_or_path, dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _random_model(name: str, seed: int, dtype: str | None) -> Model:
+    # Kept: initialisation takes seconds, and a session (dynsys verify) asks for the same
+    # model again and again. Models are immutable, so sharing one is safe.
+    cfg = load_config(name, dtype)
+    return Model(cfg, init_params(cfg, seed))

@@ -145,10 +145,6 @@ def _pooled(rows: list[dict], rope: bool) -> tuple[int, int]:
     return sum(r["looping"] for r in sel), sum(r["traces"] for r in sel)
 
 
-def _rope(rope: bool) -> str:
-    return f"RoPE {'on' if rope else 'off'}"
-
-
 def findings(run: Run) -> list[Finding]:
     loops = run.read_table("loops")
     out = []
@@ -158,7 +154,7 @@ def findings(run: Run) -> list[Finding]:
                           if r["rope"] == rope)
         out.append(Finding(
             NAME, f"an untrained transformer loops: most greedy traces end in a cycle "
-                  f"repeated >= {run.config['repeats']} times ({_rope(rope)})",
+                  f"repeated >= {run.config['repeats']} times ({figstyle.rope_label(rope)})",
             f"{looping}/{total} traces loop ({per_n})", looping / total > 0.5))
     (a, n_a), (b, n_b) = (_pooled(loops, rope) for rope in ROPES)
     p_a, p_b = a / n_a, b / n_b
@@ -182,7 +178,7 @@ def findings(run: Run) -> list[Finding]:
                  "cycles" if lead else "")
         out.append(Finding(
             NAME, f"minimal cycle lengths of the looping traces and the dominant attractor "
-                  f"({_rope(rope)})", (common or "no trace loops") + token, None))
+                  f"({figstyle.rope_label(rope)})", (common or "no trace loops") + token, None))
     return out
 
 
@@ -212,7 +208,8 @@ def _histograms(run: Run):
         for shift, rope in zip((-0.2, 0.2), ROPES):
             sel = [r for r in rows if r["rope"] == rope and r["N"] == ngram]
             share = [sum(r["share"] for r in sel if lo <= r["length"] <= hi) for lo, hi in bins]
-            ax.bar(x + shift, share, 0.4, color=figstyle.ROPE_COLOURS[rope], label=_rope(rope))
+            ax.bar(x + shift, share, 0.4, color=figstyle.ROPE_COLOURS[rope],
+                   label=figstyle.rope_label(rope))
         ax.set_xticks(x, labels, rotation=90 if len(bins) > 6 else 0)
         ax.set_title(f"N = {ngram}")
         ax.set_xlabel("minimal cycle length p")
@@ -232,7 +229,7 @@ def _loop_shares(run: Run):
         sel = {r["N"]: r for r in rows if r["rope"] == rope}
         colour = figstyle.ROPE_COLOURS[rope]
         ax.bar(x + shift, [sel[N]["loop_share"] for N in ngrams], 0.4, color=colour,
-               label=_rope(rope))
+               label=figstyle.rope_label(rope))
         ax.bar(x + shift, [sel[N]["fixed_point_share"] for N in ngrams], 0.4, color="none",
                edgecolor="white", hatch="///", linewidth=0)
     ax.set_xticks(x, [f"N = {N}" for N in ngrams])

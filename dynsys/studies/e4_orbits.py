@@ -148,7 +148,7 @@ def findings(run: Run) -> list[Finding]:
         at = _at_longest(rows, rope)
         if not at:
             continue
-        tag = f"n={n}, RoPE {'on' if rope else 'off'}"
+        tag = f"n={n}, {figstyle.rope_label(rope)}"
         counts = [at[kind, k] for kind in kinds for k in ("cycles", "cyclic_nodes")]
         out.append(Finding(
             NAME, f"f_P has fewer cycles and cyclic points than a uniform random mapping ({tag})",
@@ -199,7 +199,7 @@ def figures(run: Run):
                         color=figstyle.ROPE_COLOURS[rope], marker=markers[kind],
                         linestyle=styles[kind], capsize=1.5,
                         mfc="white" if not rope else None,
-                        label=f"RoPE {'on' if rope else 'off'}, {kind} prompts")
+                        label=f"{figstyle.rope_label(rope)}, {kind} prompts")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(lengths, [str(n) for n in lengths], minor=False)

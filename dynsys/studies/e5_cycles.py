@@ -122,10 +122,6 @@ def summary_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _rope(rope: bool) -> str:
-    return f"RoPE {'on' if rope else 'off'}"
-
-
 def findings(run: Run) -> list[Finding]:
     """Per share and RoPE setting: holds when the share at the largest n is at least 1/2 and
     not below the share at the smallest n."""
@@ -139,7 +135,7 @@ def findings(run: Run) -> list[Finding]:
             lo, hi = min(by_n), max(by_n)
             out.append(Finding(
                 NAME, f"real traces follow f_P to the end: {claim.replace('$', '')} "
-                      f"({_rope(rope)})",
+                      f"({figstyle.rope_label(rope)})",
                 f"{by_n[lo]:.2f} at n={lo} -> {by_n[hi]:.2f} at n={hi}",
                 bool(by_n[hi] >= 0.5 and by_n[hi] >= by_n[lo])))
     return out
@@ -178,7 +174,8 @@ def _scatter(run: Run):
                 ax.set_ylabel(ylabel)
             if row == 0:
                 ax.set_title(f"n = {n}")
-    fig.legend(handles=[Line2D([], [], marker="o", linestyle="", alpha=0.6, label=_rope(rope),
+    fig.legend(handles=[Line2D([], [], marker="o", linestyle="", alpha=0.6,
+                               label=figstyle.rope_label(rope),
                                color=figstyle.ROPE_COLOURS[rope]) for rope in ROPES],
                loc="outside upper center", ncols=2, title="marker area ∝ number of prompts")
     return figstyle.save(fig, run.figures, "e5_scatter")
@@ -193,7 +190,7 @@ def _shares(run: Run):
         for rope in ROPES:
             sel = sorted((r for r in rows if r["rope"] == rope), key=lambda r: r["n"])
             ax.plot([r["n"] for r in sel], [r[key] for r in sel], marker="o",
-                    color=figstyle.ROPE_COLOURS[rope], label=_rope(rope))
+                    color=figstyle.ROPE_COLOURS[rope], label=figstyle.rope_label(rope))
         ax.set_xscale("log", base=2)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("prompt length n")

@@ -1,0 +1,106 @@
+"""The experiment registry: settings, refusals, and a run killed midway that resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dynsys import studies, sweep
+from dynsys.runs import RunError
+
+MICRO_E2 = {"lengths": [16, 24, 32, 40, 48, 56], "G": 4, "prompts": 2, "kinds": ["random"]}
+
+
+def test_every_study_has_the_same_face():
+    for name, module in studies.STUDIES.items():
+        assert module.NAME == name and module.TITLE
+        assert set(module.SCALES) == {"small", "paper"}
+        assert module.SCALES["paper"] == module.Config()
+        for fn in ("run", "findings", "figures"):
+            assert callable(getattr(module, fn))
+
+
+def test_settings_are_checked():
+    config = studies.config_for("e2", "small", {"G": 8, "lengths": [64, 128]})
+    assert config.G == 8 and config.lengths == (64, 128)
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'steps'.*known: model"):
+        studies.config_for("e2", "small", {"steps": 3})
+    with pytest.raises(ValueError, match=r"G='8' must be like the default 16"):
+        studies.config_for("e2", "small", {"G": "8"})
+    with pytest.raises(ValueError, match=r"lengths=1\.5"):
+        studies.config_for("e2", "small", {"lengths": [64, 1.5]})
+    with pytest.raises(ValueError, match="scale 'huge'"):
+        studies.config_for("e2", "huge")
+    with pytest.raises(ValueError, match="unknown experiment 'e7'"):
+        studies.study("e7")
+
+
+def test_settings_files(tmp_path):
+    (tmp_path / "s.toml").write_text('G = 8\nkinds = ["ngram"]\n')
+    (tmp_path / "s.json").write_text('{"G": 8, "kinds": ["ngram"]}')
+    assert studies.read_overrides(tmp_path / "s.toml") == studies.read_overrides(tmp_path / "s.json")
+    (tmp_path / "bad.json").write_text('{"G": 8,')
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        studies.read_overrides(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="table of settings, not list"):
+        studies.read_overrides(tmp_path / "list.json")
+
+
+def test_bad_model_fails_before_the_run_directory_exists(tmp_path):
+    with pytest.raises(ValueError, match="'nope' is neither a preset"):
+        studies.run_study("e2", tmp_path / "r", overrides={"model": "nope"}, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_killed_run_resumes_without_recomputing(tmp_path, monkeypatch):
+    out = tmp_path / "e2"
+    cmd = [sys.executable, "-m", "dynsys.cli", "run", "e2", "--out", str(out)]
+    for key, value in MICRO_E2.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not list((out / "units").glob("[!.]*.npz")) and time.time() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("[!.]*.npz")}
+    total = 2 * len(MICRO_E2["lengths"])
+    assert 0 < len(finished) < total
+    assert not (out / "tables" / "agreement.csv").exists()
+
+    computed = []
+    original = sweep._unit
+    monkeypatch.setattr(sweep, "_unit", lambda model, kind, n, *a: computed.append(
+        sweep.unit_name(model.config.use_rope, kind, n) + ".npz") or original(model, kind, n, *a))
+    run = studies.run_study("e2", out, "small", MICRO_E2, progress=False)
+    assert len(computed) == total - len(finished) and not set(computed) & set(finished)
+    for name, mtime in finished.items():
+        assert (out / "units" / name).stat().st_mtime_ns == mtime
+    assert len(run.units()) == total and len(run.meta["resumed"]) == 1
+    rows = run.read_table("agreement")
+    assert {r["n"] for r in rows} == set(MICRO_E2["lengths"])
+    assert (out / "figures" / "e2_agreement.pdf").stat().st_size > 0
+
+    with pytest.raises(RunError, match="another config"):
+        studies.run_study("e2", out, "small", {**MICRO_E2, "G": 5}, progress=False)
+    assert len(list((out / "units").glob("[!.]*.npz"))) == total
+
+
+def test_render_redraws_from_stored_results_only(tmp_path, monkeypatch):
+    run = studies.run_study("e2", tmp_path / "e2", "small",
+                            {**MICRO_E2, "lengths": [16, 32]}, progress=False, draw=False)
+    assert not list(run.figures.iterdir())
+    monkeypatch.setattr(sweep, "_unit", lambda *a: pytest.fail("render recomputed a unit"))
+    paths = studies.render(tmp_path)  # a directory of run directories
+    assert sorted(p.name for p in paths) == ["e2_agreement.pdf", "e2_agreement.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert paths[0].read_bytes().startswith(b"%PDF")
+    with pytest.raises(RunError, match="holds none"):
+        studies.render(tmp_path / "e2" / "figures")
