@@ -19,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from rich.progress import Progress
 
+from dynsys import sampling
 from dynsys.cache import Prefix, empty_rows
 from dynsys.checks import check_tokens
 from dynsys.config import ModelConfig
@@ -64,11 +65,13 @@ def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes
                temperature):
     """Argmax, margin and top-k (ids, probabilities) of the last row token's logits."""
     logits = last_logits(cfg, params, prefix, suffixes, positions)
-    top_values, top_ids = jax.lax.top_k(logits, max(kernel_k, 2))
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # lowest id among ties
-    margin = top_values[:, 0] - top_values[:, 1]
-    probs = jax.nn.softmax(top_values[:, :kernel_k] / temperature, axis=-1)
-    return nxt, margin, top_ids[:, :kernel_k].astype(jnp.int32), probs
+    if kernel_k:
+        top_values, top_ids = jax.lax.top_k(logits, kernel_k)
+    else:
+        top_values, top_ids = jnp.zeros((len(nxt), 0)), jnp.zeros((len(nxt), 0), jnp.int32)
+    probs = jax.nn.softmax(top_values / temperature, axis=-1)
+    return nxt, sampling.margin(logits), top_ids.astype(jnp.int32), probs
 
 
 def _fingerprint(model: Model, prompt: np.ndarray, suffixes: np.ndarray, offsets: np.ndarray,
