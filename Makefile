@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test bench paper clean
+.PHONY: run test bench gallery paper clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(VENV)/.test
 	$(PY) experiments/bench_prefix_step.py
 	$(PY) experiments/bench_dynamics.py
 	$(PY) experiments/bench_markov.py
+
+gallery: $(VENV)/.core  # the README's figures: those of `make run`
+	$(VENV)/bin/dynsys verify
+	mkdir -p docs/gallery && cp runs/verify/*/figures/*.png docs/gallery/
 
 paper: $(VENV)/.core
 	for e in e1 e2 e3 e4 e5 e6; do $(VENV)/bin/dynsys run $$e --scale paper || exit 1; done
