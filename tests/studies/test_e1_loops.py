@@ -9,21 +9,15 @@ import pytest
 import dynsys as ds
 from dynsys.studies import config_for, e1_loops, run_study
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
+from study_helpers import CFG, assert_figures, save_checkpoint
 
-# A one-layer model with spread-out logits (greedy margins far above float noise), saved as
-# a local checkpoint so that the study loads it by path in a blink.
-CFG = ds.ModelConfig("llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                     max_position_embeddings=1024, initializer_range=0.2)
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """(run, its config, the model): the small E1 made smaller, on CFG."""
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    model = ds.Model(CFG, ds.init_params(CFG, seed=3))
-    ds.save_hf(model, ckpt)
+    ckpt = save_checkpoint(tmp_path_factory, seed=3)
     overrides = {**SMALLER, "model": str(ckpt)}
     run = run_study("e1", tmp_path_factory.mktemp("e1") / "run", "small", overrides,
                     progress=False)
@@ -110,10 +104,7 @@ def test_traces_are_greedy_continuations(study):
 
 def test_figures_and_findings(study):
     run, config, _ = study
-    for name in ("e1_cycle_lengths", "e1_loop_share"):
-        pdf, png = run.figures / f"{name}.pdf", run.figures / f"{name}.png"
-        assert pdf.read_bytes()[:4] == b"%PDF" and pdf.stat().st_size > 1000
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert_figures(run, ("e1_cycle_lengths", "e1_loop_share"))
     found = e1_loops.findings(run)
     assert len(found) == 5 and all(f.experiment == "e1" for f in found)
     for rope, finding in zip((True, False), found):

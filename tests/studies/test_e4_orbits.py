@@ -9,6 +9,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import e4_orbits, run_study
 from dynsys.sweep import make_prompt
+from study_helpers import assert_figures
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"lengths": [48, 64], "prompts": 2, "shuffles": 3, "null_samples": 300}
@@ -106,9 +107,7 @@ def test_null_samples_agree_with_the_random_mapping_expectations(done):
 
 
 def test_figures_are_written(done):
-    for suffix, magic in ((".pdf", b"%PDF"), (".png", b"\x89PNG")):
-        path = done.figures / f"e4_orbits{suffix}"
-        assert path.read_bytes()[:4] == magic and path.stat().st_size > 10_000
+    assert_figures(done, ["e4_orbits"], min_bytes=10_000)
 
 
 def test_findings_follow_the_table(done):

@@ -9,20 +9,15 @@ import dynsys as ds
 from dynsys.studies import config_for, e5_cycles, run_study
 from dynsys.studies.e5_cycles import unit_name
 from dynsys.sweep import make_prompt
+from study_helpers import CFG, assert_figures, save_checkpoint
 
-# A one-layer model with spread-out logits (greedy margins far above float noise), saved as
-# a local checkpoint so that the study loads it by path in a blink.
-CFG = ds.ModelConfig("llama", vocab_size=64, hidden_size=32, intermediate_size=64,
-                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                     max_position_embeddings=1024, initializer_range=0.2)
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """(run, its config, the model): the small E5 made smaller, on CFG."""
-    ckpt = tmp_path_factory.mktemp("ckpt")
-    ds.save_hf(ds.Model(CFG, ds.init_params(CFG, seed=4)), ckpt)
+    ckpt = save_checkpoint(tmp_path_factory, seed=4)
     overrides = {**SMALLER, "model": str(ckpt)}
     run = run_study("e5", tmp_path_factory.mktemp("e5") / "run", "small", overrides,
                     progress=False)
@@ -106,10 +101,7 @@ def test_stored_map_and_trace_against_forward(study):
 
 def test_figures_and_findings(study):
     run, config, _ = study
-    for name in ("e5_scatter", "e5_shares"):
-        pdf, png = run.figures / f"{name}.pdf", run.figures / f"{name}.png"
-        assert pdf.read_bytes()[:4] == b"%PDF" and pdf.stat().st_size > 1000
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+    assert_figures(run, ("e5_scatter", "e5_shares"))
     found = e5_cycles.findings(run)
     assert len(found) == 6 and all(f.experiment == "e5" for f in found)
     summary = run.read_table("summary")

@@ -7,6 +7,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import config_for, e6_drift, run_study
 from dynsys.sweep import make_prompt
+from study_helpers import assert_figures
 
 # 40 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"periods": [1, 2, 3], "lengths": [40, 64], "offsets": 4, "prompts": 1}
@@ -111,10 +112,7 @@ def test_period_table_matches_the_units(done):
 
 
 def test_figures_are_written(done):
-    for name in ("e6_drift", "e6_period"):
-        for suffix, magic in ((".pdf", b"%PDF"), (".png", b"\x89PNG")):
-            path = done.figures / f"{name}{suffix}"
-            assert path.read_bytes()[:4] == magic and path.stat().st_size > 10_000
+    assert_figures(done, ("e6_drift", "e6_period"), min_bytes=10_000)
 
 
 def test_findings_follow_the_table(done):

@@ -1,0 +1,26 @@
+"""Shared pieces of the experiment tests: a small checkpoint to run studies on, and the
+check that a figure was written as PDF and PNG."""
+
+import dynsys as ds
+
+# A one-layer model with spread-out logits (greedy margins far above float noise), saved as
+# a local checkpoint so that a study loads it by path in a blink.
+CFG = ds.ModelConfig("llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                     num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                     max_position_embeddings=1024, initializer_range=0.2)
+
+
+def save_checkpoint(tmp_path_factory, seed: int):
+    """CFG with random weights drawn from `seed`, saved as a checkpoint; returns its path."""
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    ds.save_hf(ds.Model(CFG, ds.init_params(CFG, seed=seed)), ckpt)
+    return ckpt
+
+
+def assert_figures(run, names, min_bytes: int = 1000) -> None:
+    """Each figure name exists in the run as a PDF and a PNG of at least min_bytes."""
+    for name in names:
+        for suffix, magic in ((".pdf", b"%PDF"), (".png", b"\x89PNG\r\n\x1a\n")):
+            path = run.figures / f"{name}{suffix}"
+            assert path.read_bytes()[:len(magic)] == magic, path
+            assert path.stat().st_size > min_bytes, path
