@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from rich.progress import Progress
 
 FORMAT = 1  # bump when the layout or meaning of a run directory changes
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
@@ -119,13 +120,13 @@ class Run:
         with np.load(path, allow_pickle=False) as saved:
             return {k: saved[k] for k in saved.files}
 
-    def unit(self, name: str, compute) -> dict[str, np.ndarray]:
-        """The stored unit `name`, or else compute() (a dict of arrays), saved and returned."""
-        if self.has(name):
-            return self.load(name)
-        arrays = {k: np.asarray(v) for k, v in compute().items()}
-        self.save(name, **arrays)
-        return arrays
+    def fill(self, keys, name, compute, description: str, progress: bool = True) -> None:
+        """Save compute(*key) (a dict of arrays) as unit name(*key) for every key whose unit
+        is not stored yet, in order, with a progress bar over the missing ones."""
+        todo = [key for key in keys if not self.has(name(*key))]
+        with Progress(disable=not progress or not todo) as bar:
+            for key in bar.track(todo, description=description):
+                self.save(name(*key), **compute(*key))
 
     def units(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "units").glob("*.npz")

@@ -8,7 +8,6 @@ stopped.
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import numpy as np
@@ -64,15 +63,18 @@ def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int =
     if G < 2:
         raise ValueError(f"G={G} must be at least 2")
     units = list(itertools.product(ropes, kinds, lengths))
-    results = []
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("agreement sweep", total=len(units))
-        for rope, kind, n in units:
-            compute = functools.partial(_unit, model.with_rope(rope), kind, n, seeds, G, ngram)
-            arrays = compute() if run is None else run.unit(unit_name(rope, kind, n), compute)
-            results.append({"rope": rope, "kind": kind, "n": n, **arrays})
-            bar.advance(task)
-    return results
+
+    def compute(rope: bool, kind: str, n: int) -> dict:
+        return _unit(model.with_rope(rope), kind, n, seeds, G, ngram)
+
+    if run is None:
+        with Progress(disable=not progress) as bar:
+            arrays = [compute(*u) for u in bar.track(units, description="agreement sweep")]
+    else:
+        run.fill(units, unit_name, compute, "agreement sweep", progress)
+        arrays = [run.load(unit_name(*u)) for u in units]
+    return [{"rope": rope, "kind": kind, "n": n, **unit}
+            for (rope, kind, n), unit in zip(units, arrays)]
 
 
 def agreement_table(results: list[dict], horizons=(8, 16, 32, 64)) -> list[dict]:

@@ -11,11 +11,11 @@ and that this does not depend on the positional encoding (claim 4).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections import Counter
 
 import numpy as np
-from rich.progress import Progress
 
 from dynsys import figstyle, prompts
 from dynsys.decode import generate
@@ -70,18 +70,15 @@ def make_prompts(config: Config, vocab_size: int, ngram: int, batch: int) -> np.
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
-    units = _units(config)
-    model = None  # loaded only if a unit is missing: a finished run resumes without it
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("E1 untrained loops", total=len(units))
-        for ngram, batch, rope in units:
-            name = unit_name(rope, ngram, batch)
-            if not run.has(name):
-                model = model or load(config.model, seed=config.seed)
-                batch_prompts = make_prompts(config, model.config.vocab_size, ngram, batch)
-                traces = generate(model.with_rope(rope), batch_prompts, config.new_tokens)
-                run.save(name, prompts=batch_prompts, traces=np.asarray(traces))
-            bar.advance(task)
+    model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
+
+    def compute(ngram: int, batch: int, rope: bool) -> dict:
+        batch_prompts = make_prompts(config, model().config.vocab_size, ngram, batch)
+        return {"prompts": batch_prompts,
+                "traces": generate(model().with_rope(rope), batch_prompts, config.new_tokens)}
+
+    run.fill(_units(config), lambda ngram, batch, rope: unit_name(rope, ngram, batch), compute,
+             "E1 untrained loops", progress)
     traces = stored_traces(run, config)
     shortest = {key: periodicity_batch(t, config.repeats).shortest
                 for key, t in traces.items()}

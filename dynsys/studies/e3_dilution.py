@@ -13,9 +13,9 @@ constants of the degeneration theorem (proofs/degeneration.md) give its explicit
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
-from rich.progress import Progress
 
 from dynsys import figstyle, prompts
 from dynsys.bounds import (Certificate, markov_stats, perturbation_bound, uniform_bound,
@@ -97,23 +97,20 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     """The units not yet stored (one per n and prompt, then the weight-only theorem), then the
     tables from the stored units."""
     check(config)
-    names = {(n, k): unit_name(n, k) for n in config.lengths for k in range(config.prompts)}
-    todo = [key for key, name in names.items() if not run.has(name)]
-    if todo or not run.has("theorem"):
-        model = load(config.model, seed=config.seed)
-        weights = weight_constants(model)
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("dilution", total=len(todo))
-        for n, k in todo:
-            prompt = make_prompt(model.config.vocab_size, n, k)
-            run.save(names[n, k], **measure(model, weights, prompt, config.G,
-                                            bucket(max(config.lengths))))
-            bar.advance(task)
-    units = {key: run.load(name) for key, name in names.items()}
+    model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
+    weights = functools.cache(lambda: weight_constants(model()))
+
+    def compute(n: int, k: int) -> dict:
+        prompt = make_prompt(model().config.vocab_size, n, k)
+        return measure(model(), weights(), prompt, config.G, bucket(max(config.lengths)))
+
+    keys = [(n, k) for n in config.lengths for k in range(config.prompts)]
+    run.fill(keys, unit_name, compute, "dilution", progress)
+    units = {key: run.load(unit_name(*key)) for key in keys}
     if not run.has("theorem"):
         floor = min(float(u["floor"]) for u in units.values())
         margin = float(np.median(np.concatenate([u["margin"] for u in units.values()])))
-        run.save("theorem", **theorem(weights, floor, margin, config.G))
+        run.save("theorem", **theorem(weights(), floor, margin, config.G))
     rows = [unit_row(n, k, u) for (n, k), u in units.items()]
     run.write_table("units", rows)
     run.write_table("summary", summary(rows))

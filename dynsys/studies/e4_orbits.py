@@ -11,10 +11,10 @@ n, RoPE on and off.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
-from rich.progress import Progress
 
 from dynsys import figstyle
 from dynsys.markov import markov_map
@@ -69,14 +69,14 @@ def null_sample(vocab_size: int, samples: int, seed: int) -> np.ndarray:
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
-    todo = [u for u in units(config) if not run.has(unit_name(*u))]
-    if todo:
-        model = load(config.model, seed=config.seed)
-        with Progress(disable=not progress) as bar:
-            for rope, kind, n, seed in bar.track(todo, description="E4 Markov maps"):
-                prompt = make_prompt(kind, model.config.vocab_size, n, seed, config.ngram)
-                fmap = markov_map(model.with_rope(rope), prompt, progress=False)
-                run.save(unit_name(rope, kind, n, seed), next=fmap.next, margin=fmap.margin)
+    model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
+
+    def compute(rope: bool, kind: str, n: int, seed: int) -> dict:
+        prompt = make_prompt(kind, model().config.vocab_size, n, seed, config.ngram)
+        fmap = markov_map(model().with_rope(rope), prompt, progress=False)
+        return {"next": fmap.next, "margin": fmap.margin}
+
+    run.fill(units(config), unit_name, compute, "E4 Markov maps", progress)
     maps = map_table(run, config)
     vocab = maps[0]["vocab"]
     if not run.has("null"):

@@ -11,11 +11,11 @@ argument predicts that this holds more and more often as n grows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
 from matplotlib.lines import Line2D
-from rich.progress import Progress
 
 from dynsys import figstyle
 from dynsys.cache import bucket
@@ -73,18 +73,14 @@ def cycle_unit(model, prompt: np.ndarray, G: int, repeats: int, capacity: int) -
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
-    units = _units(config)
-    model = None  # loaded only if a unit is missing: a finished run resumes without it
-    with Progress(disable=not progress) as bar:
-        task = bar.add_task("E5 trace cycles vs orbits", total=len(units))
-        for rope, kind, n, seed in units:
-            name = unit_name(rope, kind, n, seed)
-            if not run.has(name):
-                model = model or load(config.model, seed=config.seed)
-                prompt = make_prompt(kind, model.config.vocab_size, n, seed, config.ngram)
-                run.save(name, **cycle_unit(model.with_rope(rope), prompt, config.G,
-                                            config.repeats, bucket(max(config.lengths))))
-            bar.advance(task)
+    model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
+
+    def compute(rope: bool, kind: str, n: int, seed: int) -> dict:
+        prompt = make_prompt(kind, model().config.vocab_size, n, seed, config.ngram)
+        return cycle_unit(model().with_rope(rope), prompt, config.G, config.repeats,
+                          bucket(max(config.lengths)))
+
+    run.fill(_units(config), unit_name, compute, "E5 trace cycles vs orbits", progress)
     rows = prompt_table(run, config)
     run.write_table("cycles", rows)
     run.write_table("summary", summary_table(rows))

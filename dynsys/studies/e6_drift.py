@@ -12,10 +12,10 @@ on τ only through τ mod N; shifts by τ ≢ 0 (mod N) are not diluted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 
 import numpy as np
-from rich.progress import Progress
 
 from dynsys import figstyle
 from dynsys.config import PRESETS
@@ -86,14 +86,13 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     if config.offsets < max(config.periods):
         raise ValueError(f"offsets={config.offsets} must reach the longest period "
                          f"{max(config.periods)}")
-    todo = [u for u in units(config) if not run.has(unit_name(*u))]
-    if todo:
-        model = build_model(config)
-        with Progress(disable=not progress) as bar:
-            for rope, N, n, seed in bar.track(todo, description="E6 maps f_{P,τ}"):
-                prompt = make_prompt("ngram", model.config.vocab_size, n, seed, ngram=N)
-                run.save(unit_name(rope, N, n, seed),
-                         **drift_unit(model.with_rope(rope), prompt, config.offsets))
+    model = functools.cache(lambda: build_model(config))  # only if a unit is missing
+
+    def compute(rope: bool, N: int, n: int, seed: int) -> dict:
+        prompt = make_prompt("ngram", model().config.vocab_size, n, seed, ngram=N)
+        return drift_unit(model().with_rope(rope), prompt, config.offsets)
+
+    run.fill(units(config), unit_name, compute, "E6 maps f_{P,τ}", progress)
     drift = drift_table(run, config)
     run.write_table("drift", drift)
     run.write_table("period", period_table(run, config, drift))
