@@ -84,9 +84,10 @@ class WeightConstants:
 
     norm1, norm2 [L]: ‖w‖_∞ of each norm layer's scale; *_radius: sup ‖norm(x)‖ = ‖w‖_∞ √D
     (+ ‖b‖ for LayerNorm). query [L, N], key, value [L, K]: ‖W‖ of each head's projection
-    [D, H]; *_bias: their bias norms. out [L]: ‖W_o‖ as an (N·H)×D matrix. SwiGLU: gate, up,
+    [H, D]; *_bias: their bias norms. out [L]: ‖W_o‖ as a D×(N·H) matrix. SwiGLU: gate, up,
     mlp_in = ‖W_g‖, ‖W_u‖, ‖[W_g W_u]‖; GELU: up = mlp_in = ‖W_up‖. mlp_out [L]: ‖W_down‖.
-    gate_cols, up_cols [L, F]: column norms of W_g, W_u (SwiGLU). final: ‖w_f‖_∞ of the final
+    gate_cols, up_cols [L, F]: the norms ‖W_g[f, :]‖, ‖W_u[f, :]‖ of each unit's weights (the
+    columns of W_g, W_u acting on row vectors; SwiGLU). final: ‖w_f‖_∞ of the final
     norm. head_rows [V, D]: the LM head's rows w_v; head_norm: max_v ‖w_v‖; head: max_v
     ‖w_v ⊙ w_f‖.
     """
@@ -163,9 +164,9 @@ def weight_constants(model: Model) -> WeightConstants:
         return gain, gain * math.sqrt(D) + float(np.linalg.norm(tree.get("bias", 0.0)))
 
     def heads(dense) -> tuple[np.ndarray, np.ndarray]:
-        kernel = dense["kernel"]  # [D, heads, H]
-        bias = dense.get("bias", np.zeros(kernel.shape[1:]))
-        return (np.linalg.norm(kernel.transpose(1, 0, 2), 2, axis=(1, 2)),
+        kernel = dense["kernel"]  # [heads, H, D]
+        bias = dense.get("bias", np.zeros(kernel.shape[:2]))
+        return (np.linalg.norm(kernel, 2, axis=(1, 2)),
                 np.linalg.norm(bias, axis=-1))
 
     rows: dict[str, list] = {k: [] for k in (
@@ -182,20 +183,20 @@ def weight_constants(model: Model) -> WeightConstants:
             w, b = heads(block["attn"][dense])
             rows[name].append(w)
             rows[f"{name}_bias"].append(b)
-        rows["out"].append(_spectral(block["attn"]["o"]["kernel"].reshape(-1, D)))
+        rows["out"].append(_spectral(block["attn"]["o"]["kernel"].reshape(D, -1)))
         mlp = block["mlp"]
         rows["mlp_out"].append(_spectral(mlp["down"]["kernel"]))
-        up = mlp["up"]["kernel"]  # [D, F]
+        up = mlp["up"]["kernel"]  # [F, D]
         rows["up"].append(_spectral(up))
         if cfg.family == "gpt_neox":
             rows["mlp_in"].append(rows["up"][-1])
         else:
             gate = mlp["gate"]["kernel"]
             rows["gate"].append(_spectral(gate))
-            rows["mlp_in"].append(_spectral(np.concatenate([gate, up], axis=1)))
-            rows["gate_cols"].append(np.linalg.norm(gate, axis=0))
-            rows["up_cols"].append(np.linalg.norm(up, axis=0))
-    head = p["embed"]["embedding"] if cfg.tie_embeddings else p["lm_head"]["kernel"].T  # [V, D]
+            rows["mlp_in"].append(_spectral(np.concatenate([gate, up])))
+            rows["gate_cols"].append(np.linalg.norm(gate, axis=1))
+            rows["up_cols"].append(np.linalg.norm(up, axis=1))
+    head = p["embed"]["embedding"] if cfg.tie_embeddings else p["lm_head"]["kernel"]  # [V, D]
     scale = p["final_norm"]["scale"]
     arrays = {k: np.asarray(v) if v else None for k, v in rows.items()}
     return WeightConstants(
@@ -275,7 +276,8 @@ def _attention_stats(cfg: ModelConfig, params, prefix: Prefix, layer: int, x, q,
     B, N, H = q.shape[0], cfg.num_heads, cfg.head_dim
     block = params[f"blocks_{layer}"]
     valid = prefix.valid
-    k, v = prefix.k[layer].astype(jnp.float32), prefix.v[layer].astype(jnp.float32)  # [K, S, H]
+    k = prefix.k[layer].astype(jnp.float32).swapaxes(-1, -2)  # [K, S, H]
+    v = prefix.v[layer].astype(jnp.float32)
     z = jnp.where(valid, jnp.einsum("BKGH,KSH->BKGS", q, k), -jnp.inf)
     zs = jnp.einsum("BKGH,BKH->BKG", q, ks)
     top = jnp.maximum(jnp.max(z, -1), zs)
@@ -290,13 +292,13 @@ def _attention_stats(cfg: ModelConfig, params, prefix: Prefix, layer: int, x, q,
            - jnp.einsum("BKGH,BKGI->BKGHI", o, jnp.einsum("BKGS,KSH->BKGH", a, k)))
     cov = cov.reshape(B, N, H, H)
     centred = (vs.transpose(1, 0, 2)[None, :, None] - o[..., None, :]).reshape(B, N, B, H)
-    w_o = block["attn"]["o"]["kernel"].astype(jnp.float32)  # [N, H, D]
+    w_o = block["attn"]["o"]["kernel"].astype(jnp.float32)  # [D, N, H]
     norm = norm_layer(cfg)
     dense = block["attn"]["q"]
 
     def query(x, position):  # the rotated query [N, H] of a stream x [D]
         u = norm.apply({"params": block["norm1"]}, x)
-        y = jnp.einsum("D,DNH->NH", u, dense["kernel"]) + dense.get("bias", 0.0)
+        y = jnp.einsum("D,NHD->NH", u, dense["kernel"]) + dense.get("bias", 0.0)
         return apply_rope(y[None], position[None], cfg)[0]
 
     jq = jax.vmap(jax.jacfwd(query))(x, positions)  # [B, N, H, D]
@@ -308,8 +310,8 @@ def _attention_stats(cfg: ModelConfig, params, prefix: Prefix, layer: int, x, q,
              "cross_score": jnp.einsum("BKGH,CKH->BKGC", q, ks)}
     stats = {name: x.reshape(B, N, *x.shape[3:]) for name, x in stats.items()}
     return dict(stats, covariance=_opnorm(cov), source_norm=jnp.linalg.norm(centred, axis=-1),
-                source=jnp.einsum("NHD,BNCH->BNCD", w_o, centred),
-                attn_jacobian=jnp.einsum("NHD,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
+                source=jnp.einsum("DNH,BNCH->BNCD", w_o, centred),
+                attn_jacobian=jnp.einsum("DNH,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
 
 
 def _jacobians(cfg: ModelConfig, params, layer: int, x):
@@ -342,10 +344,10 @@ def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
     for i in range(cfg.num_layers):
         layer = inter[f"blocks_{i}"]
         q = queries(cfg, inter, i, positions[:, None])[:, 0]
-        ks, vs = rows.k[i][:, :, 0].astype(jnp.float32), rows.v[i][:, :, 0].astype(jnp.float32)
+        ks, vs = rows.k[i][..., 0].astype(jnp.float32), rows.v[i][:, :, 0].astype(jnp.float32)
         mid = xs[i] + layer["attn"]["o"]["__call__"][0][:, 0]
         kmax = jnp.sqrt(jnp.max(jnp.where(prefix.valid, jnp.sum(
-            prefix.k[i].astype(jnp.float32) ** 2, -1), 0.0), -1))  # [K]
+            prefix.k[i].astype(jnp.float32) ** 2, -2), 0.0), -1))  # [K]
         stats = _attention_stats(cfg, params, prefix, i, xs[i], q, ks, vs, positions)
         jb, mlp_jacobian = _jacobians(cfg, params, i, xs[i] if parallel else mid)
         step = stats["attn_jacobian"] + (jb if parallel else eye)

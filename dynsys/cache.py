@@ -10,7 +10,8 @@ from dynsys.config import ModelConfig
 
 @struct.dataclass
 class RowCache:
-    """Per-row keys and values, one [B, K, C, H] array per layer (RoPE already applied to k).
+    """Per-row keys [B, K, H, C] and values [B, K, C, H], one array per layer (RoPE already
+    applied to k). Keys are stored transposed so that the scores q·k are a canonical matmul.
 
     valid[b, c]: slot c of row b holds a real token (left padding and unwritten slots are False).
     end: the next slot to write, shared by all rows (ragged prompts are left-padded).
@@ -28,7 +29,8 @@ class RowCache:
 
 @struct.dataclass
 class Prefix:
-    """The shared prompt's keys and values, one [K, S, H] array per layer, no batch axis.
+    """The shared prompt's keys [K, H, S] and values [K, S, H], one array per layer, no batch
+    axis (keys transposed as in RowCache).
 
     Slots [0, length) hold the prompt at positions 0..length−1; the rest is unused capacity.
     """
@@ -39,7 +41,7 @@ class Prefix:
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[1]
+        return self.v[0].shape[1]
 
     @property
     def valid(self) -> jnp.ndarray:
@@ -47,9 +49,10 @@ class Prefix:
 
 
 def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
-    shape = (batch, cfg.num_kv_heads, capacity, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, cfg.dtype) for _ in range(cfg.num_layers))
-    return RowCache(k=zeros, v=zeros, valid=jnp.zeros((batch, capacity), bool),
+    K, H, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
+    keys = tuple(jnp.zeros((batch, K, H, capacity), cfg.dtype) for _ in range(L))
+    values = tuple(jnp.zeros((batch, K, capacity, H), cfg.dtype) for _ in range(L))
+    return RowCache(k=keys, v=values, valid=jnp.zeros((batch, capacity), bool),
                     end=jnp.zeros((), jnp.int32))
 
 

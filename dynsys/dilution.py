@@ -120,12 +120,12 @@ def queries(cfg: ModelConfig, inter, layer: int, positions) -> jnp.ndarray:
 
 def _trace_dilution(cfg: ModelConfig, prefix: Prefix, rows: RowCache, q, layer: int):
     """Per step and head, the dilution of the real query by the generated keys: q [T, K, G, H]
-    of the one real row; keys are the prefix [K, S, H] then the row's own [K, T, H]; step i sees
+    of the one real row; keys are the prefix [K, H, S] then the row's own [K, H, T]; step i sees
     prefix slots < n and row slots ≤ i, of which slots < i form R."""
     T, S = q.shape[0], prefix.capacity
-    keys = jnp.concatenate([prefix.k[layer], rows.k[layer][0]], axis=1).astype(jnp.float32)
+    keys = jnp.concatenate([prefix.k[layer], rows.k[layer][0]], axis=2).astype(jnp.float32)
     values = jnp.concatenate([prefix.v[layer], rows.v[layer][0]], axis=1).astype(jnp.float32)
-    z = jnp.einsum("TKGH,KSH->TKGS", q, keys)
+    z = jnp.einsum("TKGH,KHS->TKGS", q, keys)
     slot = jnp.arange(T)
     present = jnp.concatenate([jnp.broadcast_to(prefix.valid, (T, S)),
                                slot[None, :] <= slot[:, None]], axis=1)

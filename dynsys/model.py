@@ -1,13 +1,17 @@
 """The transformer families in Flax (linen), initialised like Hugging Face.
 
-Parameters are one layout for all families: q [D, N, H], k and v [D, K, H], o [N, H, D];
-GPT-NeoX's fused QKV is split on import (dynsys.weights). Initialisation: normal(0,
-initializer_range) for linear and embedding weights, ones for norm scales, zeros for biases.
+Parameters are one layout for all families. Linear kernels are stored [out…, in…] like
+PyTorch's weights: q [N, H, D], k and v [K, H, D], o [D, N, H], gate and up [F, D], down
+[D, F], lm_head [V, D]; at decode batch sizes XLA's CPU matmul runs 2-3x faster on this layout
+than on [in, out]. GPT-NeoX's fused QKV is split on import (dynsys.weights). Initialisation:
+normal(0, initializer_range) for linear and embedding weights, ones for norm scales, zeros for
+biases.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -42,11 +46,37 @@ def norm_layer(cfg: ModelConfig, name: str | None = None) -> nn.Module:
     return RMSNorm(cfg.norm_eps, cfg.dtype, name=name)
 
 
-def _dense(cfg: ModelConfig, features, name: str | None, bias: bool, axis=-1) -> nn.DenseGeneral:
-    return nn.DenseGeneral(
-        features, axis=axis, use_bias=bias, dtype=cfg.dtype, param_dtype=cfg.dtype,
-        kernel_init=nn.initializers.normal(cfg.initializer_range),
-        bias_init=nn.initializers.zeros, name=name)
+class Linear(nn.Module):
+    """y = W·x + b over the trailing `inputs` axes of x, with kernel W [out…, in…] and bias
+    b [out…]: y[…, o] = Σ_i W[o, i] x[…, i] + b[o]."""
+
+    cfg: ModelConfig
+    features: tuple[int, ...]
+    bias: bool
+    inputs: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        cfg, out = self.cfg, self.features
+        n_in, n_out = self.inputs, len(self.features)
+        fan_in = x.shape[x.ndim - n_in:]
+
+        def init(key, shape, dtype):
+            # Drawn [in, out] and transposed, so a seed gives the weights it gave when kernels
+            # were stored [in…, out…] (Flax's Dense layout).
+            w = nn.initializers.normal(cfg.initializer_range)(
+                key, (math.prod(fan_in), math.prod(out)), dtype)
+            return w.T.reshape(shape)
+
+        w = self.param("kernel", init, out + fan_in, cfg.dtype)
+        # As 2-D [batch, in]·[out, in]ᵀ: XLA copies a kernel with several in or out axes into
+        # another layout at every call rather than see this product in it.
+        x2 = x.astype(cfg.dtype).reshape(-1, math.prod(fan_in))
+        y = jax.lax.dot_general(x2, w.reshape(math.prod(out), -1), (((1,), (1,)), ((), ())))
+        y = y.reshape(*x.shape[:x.ndim - n_in], *out)
+        if self.bias:
+            y = y + self.param("bias", nn.initializers.zeros, out, cfg.dtype)
+        return y
 
 
 class Attention(nn.Module):
@@ -55,19 +85,19 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x, positions, rows: tuple, prefix: tuple | None):
         """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
-        cache [B, K, C, H], the first slot to write and the row mask [B, T, C]; prefix = (k, v,
-        key mask [S]) with k, v [K, S, H]. Returns the output [B, T, D] and the updated (k, v)."""
+        cache (k [B, K, H, C], v [B, K, C, H]), the first slot to write and the row mask
+        [B, T, C]; prefix = (k [K, H, S], v [K, S, H], key mask [S]). Returns the output [B, T, D] and the updated (k, v)."""
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
-        q = _dense(cfg, (N, H), "q", cfg.qkv_bias)(x)
-        k = _dense(cfg, (K, H), "k", cfg.qkv_bias)(x)
-        v = _dense(cfg, (K, H), "v", cfg.qkv_bias)(x)
+        q = Linear(cfg, (N, H), cfg.qkv_bias, name="q")(x)
+        k = Linear(cfg, (K, H), cfg.qkv_bias, name="k")(x)
+        v = Linear(cfg, (K, H), cfg.qkv_bias, name="v")(x)
         q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
         cache_k, cache_v, slot, key_mask = rows
         # Padding slots are written too; key_mask keeps every query from reading them.
         cache_k = jax.lax.dynamic_update_slice(
-            cache_k, k.astype(cache_k.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
+            cache_k, k.astype(cache_k.dtype).transpose(0, 2, 3, 1), (0, 0, 0, slot))
         cache_v = jax.lax.dynamic_update_slice(
             cache_v, v.astype(cache_v.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
         segments = [Segment(cache_k, cache_v, key_mask)]
@@ -75,7 +105,7 @@ class Attention(nn.Module):
             segments.insert(0, Segment(*prefix))
         out, _ = attend(q.reshape(B, T, K, G, H), segments)
         out = out.reshape(B, T, N, H).astype(cfg.dtype)
-        y = _dense(cfg, cfg.hidden_size, "o", cfg.family == "gpt_neox", axis=(-2, -1))(out)
+        y = Linear(cfg, (cfg.hidden_size,), cfg.family == "gpt_neox", inputs=2, name="o")(out)
         return y, (cache_k, cache_v)
 
 
@@ -87,12 +117,13 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.cfg
+        D, F = cfg.hidden_size, cfg.intermediate_size
         if cfg.family == "gpt_neox":
-            h = jax.nn.gelu(_dense(cfg, cfg.intermediate_size, "up", True)(x), approximate=False)
-            return _dense(cfg, cfg.hidden_size, "down", True)(h)
-        gate = _dense(cfg, cfg.intermediate_size, "gate", False)(x)
-        up = _dense(cfg, cfg.intermediate_size, "up", False)(x)
-        return _dense(cfg, cfg.hidden_size, "down", False)(jax.nn.silu(gate) * up)
+            h = jax.nn.gelu(Linear(cfg, (F,), True, name="up")(x), approximate=False)
+            return Linear(cfg, (D,), True, name="down")(h)
+        gate = Linear(cfg, (F,), False, name="gate")(x)
+        up = Linear(cfg, (F,), False, name="up")(x)
+        return Linear(cfg, (D,), False, name="down")(jax.nn.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -124,7 +155,7 @@ class Transformer(nn.Module):
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.final_norm = norm_layer(cfg)
         if not cfg.tie_embeddings:
-            self.lm_head = _dense(cfg, cfg.vocab_size, None, False)
+            self.lm_head = Linear(cfg, (cfg.vocab_size,), False)
 
     def __call__(self, tokens, positions, rows: RowCache, write_mask, prefix: Prefix | None):
         """Run tokens [B, T] at positions [B, T], written to row slots [end, end + T) where

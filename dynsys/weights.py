@@ -27,28 +27,27 @@ _BUFFERS = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
 @dataclasses.dataclass(frozen=True)
 class _Tensor:
-    """One HF tensor ↔ one dynsys parameter. `inputs`: how many leading axes of our kernel
-    are the linear map's inputs (HF stores weight as [out, in]); 0 for biases (flattened by
-    HF), norms and embeddings."""
+    """One HF tensor ↔ one dynsys parameter, the same numbers in another shape. `outputs`:
+    how many leading axes of our kernel [out…, in…] are the linear map's outputs (HF's weight
+    is [out, in]); 0 for biases (flattened by HF), norms and embeddings."""
 
     hf: str
     ours: tuple[str, ...]
-    inputs: int = 0
+    outputs: int = 0
 
     def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
-        if self.inputs:
-            return (math.prod(ours[self.inputs:]), math.prod(ours[:self.inputs]))
+        if self.outputs:
+            return (math.prod(ours[:self.outputs]), math.prod(ours[self.outputs:]))
         return ours if self.ours[-1] == "embedding" else (math.prod(ours),)
 
     def to_hf(self, x: np.ndarray) -> np.ndarray:
-        x = x.reshape(self.hf_shape(x.shape)[::-1] if self.inputs else self.hf_shape(x.shape))
-        return np.ascontiguousarray(x.T if self.inputs else x)
+        return np.ascontiguousarray(x.reshape(self.hf_shape(x.shape)))
 
     def from_hf(self, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
         if x.shape != self.hf_shape(ours):
             raise ValueError(f"tensor {self.hf} has shape {tuple(x.shape)}; the config implies "
                              f"{self.hf_shape(ours)}")
-        return (x.T if self.inputs else x).reshape(ours)
+        return x.reshape(ours)
 
 
 def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
@@ -66,7 +65,7 @@ def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
                 yield _Tensor(f"{hf_layer}.{hf_norm}.{p}", (us, norm, ours_norm[p]))
         if neox:
             attn, mlp = f"{hf_layer}.attention", f"{hf_layer}.mlp"
-            yield _Tensor(f"{attn}.dense.weight", (us, "attn", "o", "kernel"), 2)
+            yield _Tensor(f"{attn}.dense.weight", (us, "attn", "o", "kernel"), 1)
             yield _Tensor(f"{attn}.dense.bias", (us, "attn", "o", "bias"))
             for hf, name in (("dense_h_to_4h", "up"), ("dense_4h_to_h", "down")):
                 yield _Tensor(f"{mlp}.{hf}.weight", (us, "mlp", name, "kernel"), 1)
@@ -74,10 +73,10 @@ def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
         else:
             attn = f"{hf_layer}.self_attn"
             for name in "qkv":
-                yield _Tensor(f"{attn}.{name}_proj.weight", (us, "attn", name, "kernel"), 1)
+                yield _Tensor(f"{attn}.{name}_proj.weight", (us, "attn", name, "kernel"), 2)
                 if cfg.qkv_bias:
                     yield _Tensor(f"{attn}.{name}_proj.bias", (us, "attn", name, "bias"))
-            yield _Tensor(f"{attn}.o_proj.weight", (us, "attn", "o", "kernel"), 2)
+            yield _Tensor(f"{attn}.o_proj.weight", (us, "attn", "o", "kernel"), 1)
             for name in ("gate", "up", "down"):
                 yield _Tensor(f"{hf_layer}.mlp.{name}_proj.weight", (us, "mlp", name, "kernel"), 1)
     for p in norm_names:
@@ -105,17 +104,17 @@ def _fused_qkv_names(i: int) -> tuple[str, str]:
 
 
 def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
-    """The Hugging Face state dict (numpy, HF names and [out, in] layouts) of a dynsys model."""
+    """The Hugging Face state dict (numpy, HF names, weights [out, in]) of a dynsys model."""
     cfg = model.config
     params = jax.tree_util.tree_map(np.asarray, model.params)
     state = {t.hf: t.to_hf(_get(params, t.ours)) for t in _layout(cfg)}
     if cfg.family == "gpt_neox":  # output axis laid out as (heads, 3, head_dim)
         for i in range(cfg.num_layers):
             attn = params[f"blocks_{i}"]["attn"]
-            kernel = np.stack([attn[n]["kernel"] for n in "qkv"], axis=2)  # [D, N, 3, H]
+            kernel = np.stack([attn[n]["kernel"] for n in "qkv"], axis=1)  # [N, 3, H, D]
             bias = np.stack([attn[n]["bias"] for n in "qkv"], axis=1)  # [N, 3, H]
             w, b = _fused_qkv_names(i)
-            state[w] = np.ascontiguousarray(kernel.reshape(cfg.hidden_size, -1).T)
+            state[w] = np.ascontiguousarray(kernel.reshape(-1, cfg.hidden_size))
             state[b] = bias.reshape(-1)
     return state
 
@@ -203,10 +202,10 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
                 raise ValueError(f"tensors {w_name} {tuple(w.shape)} / {b_name} "
                                  f"{tuple(b.shape)}; the config implies {(3 * N * H, D)} / "
                                  f"{(3 * N * H,)}")
-            w = w.T.reshape(D, N, 3, H)
+            w = w.reshape(N, 3, H, D)
             b = b.reshape(N, 3, H)
             for j, name in enumerate("qkv"):
-                put((f"blocks_{i}", "attn", name, "kernel"), w[:, :, j])
+                put((f"blocks_{i}", "attn", name, "kernel"), w[:, j])
                 put((f"blocks_{i}", "attn", name, "bias"), b[:, j])
     return Model(cfg, params)
 

@@ -7,13 +7,11 @@ from hypothesis import strategies as st
 from dynsys.attention import Segment, attend
 
 
-def kv_head_major(k):
-    """[S, K, H] → [K, S, H] and [B, S, K, H] → [B, K, S, H], the layout `Segment` takes."""
-    return np.swapaxes(k, -3, -2)
-
-
 def segment(k, v, mask):
-    return Segment(jnp.asarray(kv_head_major(k)), jnp.asarray(kv_head_major(v)), jnp.asarray(mask))
+    """A Segment from keys and values [S, K, H] (shared) or [B, S, K, H] (per row): keys go
+    to [.., K, H, S], values to [.., K, S, H], the layouts `Segment` takes."""
+    return Segment(jnp.asarray(np.moveaxis(k, -3, -1)), jnp.asarray(np.swapaxes(v, -3, -2)),
+                   jnp.asarray(mask))
 
 
 def dense_reference(q, segments):

@@ -84,18 +84,20 @@ def test_norm_lipschitz_and_curvature(seed, centred, log_rms, log_step):
 
 
 def mlp64(y, p, family):
-    """The MLP and its Jacobian in float64 (kernels [D, F], [F, D])."""
+    """The MLP and its Jacobian in float64 (w: the kernels as [in, out] matrices, [D, F] and
+    [F, D])."""
+    w = {name: p[name]["kernel"].T for name in p}
     if family == "gpt_neox":
-        h = y @ p["up"]["kernel"] + p["up"]["bias"]
+        h = y @ w["up"] + p["up"]["bias"]
         phi = np.exp(-h * h / 2) / math.sqrt(2 * math.pi)
         g, g1 = h * (1 + erf(h / math.sqrt(2))) / 2, (1 + erf(h / math.sqrt(2))) / 2 + h * phi
-        out = g @ p["down"]["kernel"] + p["down"]["bias"]
-        return out, (p["up"]["kernel"] * g1) @ p["down"]["kernel"]
-    g, u = y @ p["gate"]["kernel"], y @ p["up"]["kernel"]
+        out = g @ w["down"] + p["down"]["bias"]
+        return out, (w["up"] * g1) @ w["down"]
+    g, u = y @ w["gate"], y @ w["up"]
     s = expit(g)
     silu, silu1 = g * s, s * (1 + g * (1 - s))
-    jac = (p["gate"]["kernel"] * silu1 * u + p["up"]["kernel"] * silu) @ p["down"]["kernel"]
-    return (silu * u) @ p["down"]["kernel"], jac
+    jac = (w["gate"] * silu1 * u + w["up"] * silu) @ w["down"]
+    return (silu * u) @ w["down"], jac
 
 
 @functools.cache
@@ -130,7 +132,7 @@ def test_mlp_lipschitz_and_curvature(cfg, seed, std, log_step):
     assert np.linalg.norm(m2 - m) <= w.mlp_lipschitz(0) * size * (1 + 1e-9)
     up_abs = None
     if w.up_cols is not None:
-        up_abs = np.abs(y @ p["up"]["kernel"]) + w.up_cols[0] * size
+        up_abs = np.abs(p["up"]["kernel"] @ y) + w.up_cols[0] * size
     assert np.linalg.norm(jm2 - jm, 2) <= w.mlp_curvature(0, up_abs) * size * (1 + 1e-9)
 
 

@@ -197,7 +197,7 @@ def test_probes_agree_with_brute_force():
     u = x / np.sqrt((x * x).mean(-1, keepdims=True) + PROBED.norm_eps) * block["norm1"]["scale"]
 
     def rotated(name):  # [T, heads, H]
-        y = np.einsum("TD,DNH->TNH", u, block["attn"][name]["kernel"])
+        y = np.einsum("TD,NHD->TNH", u, block["attn"][name]["kernel"])
         return np.asarray(apply_rope(y[None], np.arange(n + G)[None], PROBED))[0]
 
     z = np.einsum("TNH,SH->NTS", rotated("q")[n:], rotated("k")[:, 0]) / np.sqrt(8)
