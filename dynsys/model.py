@@ -100,6 +100,9 @@ class Attention(nn.Module):
             cache_k, k.astype(cache_k.dtype).transpose(0, 2, 3, 1), (0, 0, 0, slot))
         cache_v = jax.lax.dynamic_update_slice(
             cache_v, v.astype(cache_v.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
+        # One buffer for the updated cache: without the barrier XLA fuses the update into the
+        # attention reads and the carried cache separately, copying every cache at every step.
+        cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
         segments = [Segment(cache_k, cache_v, key_mask)]
         if prefix is not None:
             segments.insert(0, Segment(*prefix))
