@@ -1,9 +1,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import dynsys.attention
 from dynsys.attention import Segment, attend
 
 
@@ -87,3 +89,23 @@ def test_fully_masked_segment_gets_no_mass():
     np.testing.assert_allclose(np.asarray(out), np.asarray(alone), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(masses[0]), 0)
     np.testing.assert_allclose(np.asarray(masses[1]), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 2])
+def test_shared_segment_in_row_blocks_equals_dense_softmax(monkeypatch, rows_per_block):
+    """Rows taken in blocks over the shared segment (3 rows: blocks of 2 leave a padded row)
+    give the dense softmax, and the same as in one block."""
+    B, T, K, G, H, S1, S2 = SHAPES[1]
+    rng = np.random.default_rng(rows_per_block)
+    q = rng.standard_normal((B, T, K, G, H)).astype(np.float32)
+    segments = [(*(rng.standard_normal((S1, K, H)).astype(np.float32) for _ in range(2)),
+                 rng.random(S1) < 0.7),
+                (*(rng.standard_normal((B, S2, K, H)).astype(np.float32) for _ in range(2)),
+                 rng.random((B, T, S2)) < 0.7)]
+    whole = attend(jnp.asarray(q), [segment(*s) for s in segments])
+    monkeypatch.setattr(dynsys.attention, "SCORE_BLOCK", rows_per_block * T * K * G * S1)
+    out, masses = attend(jnp.asarray(q), [segment(*s) for s in segments])
+    expected, expected_masses = dense_reference(q, segments)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(masses), expected_masses, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(whole[0]), atol=1e-6)
