@@ -86,7 +86,8 @@ class Attention(nn.Module):
     def __call__(self, x, positions, rows: tuple, prefix: tuple | None):
         """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
         cache (k [B, K, H, C], v [B, K, C, H]), the first slot to write and the row mask
-        [B, T, C]; prefix = (k [K, H, S], v [K, S, H], key mask [S]). Returns the output [B, T, D] and the updated (k, v)."""
+        [B, T, C]; prefix = (k [K, H, S], v [K, S, H], key mask [S]). Returns the output
+        [B, T, D] and the updated (k, v)."""
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
