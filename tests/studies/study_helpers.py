@@ -2,6 +2,7 @@
 check that a figure was written as PDF and PNG."""
 
 import dynsys as ds
+from dynsys.studies import config_for, run_study
 
 # A one-layer model with spread-out logits (greedy margins far above float noise), saved as
 # a local checkpoint so that a study loads it by path in a blink.
@@ -15,6 +16,16 @@ def save_checkpoint(tmp_path_factory, seed: int):
     ckpt = tmp_path_factory.mktemp("ckpt")
     ds.save_hf(ds.Model(CFG, ds.init_params(CFG, seed=seed)), ckpt)
     return ckpt
+
+
+def small_study(tmp_path_factory, experiment: str, seed: int, overrides: dict):
+    """(run, its config, the model): `experiment` at small scale with `overrides`, run on a
+    checkpoint of CFG drawn from `seed`."""
+    ckpt = save_checkpoint(tmp_path_factory, seed=seed)
+    overrides = {**overrides, "model": str(ckpt)}
+    run = run_study(experiment, tmp_path_factory.mktemp(experiment) / "run", "small",
+                    overrides, progress=False)
+    return run, config_for(experiment, "small", overrides), ds.load(ckpt)
 
 
 def assert_figures(run, names, min_bytes: int = 1000) -> None:

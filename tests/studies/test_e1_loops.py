@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import dynsys as ds
-from dynsys.studies import config_for, e1_loops, run_study
+from dynsys.studies import e1_loops, run_study
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
-from study_helpers import CFG, assert_figures, save_checkpoint
+from study_helpers import assert_figures, small_study
 
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
 
@@ -17,11 +17,7 @@ SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """(run, its config, the model): the small E1 made smaller, on CFG."""
-    ckpt = save_checkpoint(tmp_path_factory, seed=3)
-    overrides = {**SMALLER, "model": str(ckpt)}
-    run = run_study("e1", tmp_path_factory.mktemp("e1") / "run", "small", overrides,
-                    progress=False)
-    return run, config_for("e1", "small", overrides), ds.load(ckpt)
+    return small_study(tmp_path_factory, "e1", 3, SMALLER)
 
 
 def brute_min_cycle(trace, k=3) -> int:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import dynsys as ds
-from dynsys.studies import config_for, e5_cycles, run_study
+from dynsys.studies import e5_cycles, run_study
 from dynsys.studies.e5_cycles import unit_name
 from dynsys.sweep import make_prompt
-from study_helpers import CFG, assert_figures, save_checkpoint
+from study_helpers import CFG, assert_figures, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
@@ -17,11 +17,7 @@ SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """(run, its config, the model): the small E5 made smaller, on CFG."""
-    ckpt = save_checkpoint(tmp_path_factory, seed=4)
-    overrides = {**SMALLER, "model": str(ckpt)}
-    run = run_study("e5", tmp_path_factory.mktemp("e5") / "run", "small", overrides,
-                    progress=False)
-    return run, config_for("e5", "small", overrides), ds.load(ckpt)
+    return small_study(tmp_path_factory, "e5", 4, SMALLER)
 
 
 def brute_periodicity(trace, k=3) -> tuple[int, int]:
