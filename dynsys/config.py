@@ -3,22 +3,80 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 Family = Literal["llama", "qwen2", "gpt_neox"]
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gpt_neox")
 
 
+# --- validation (also used by dynsys.sampling) ------------------------------------------------
+# Each check returns the value as a plain Python int, float or bool, or raises a one-line
+# ValueError naming the field and the value. Nothing is coerced: "64", 64.0 and True are not 64.
+
+def check_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """`value` as an int: a Python or numpy integer, never a bool; at least `minimum` if given."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum)):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name}={value!r} must be an integer{bound}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, above: float | None = None,
+                at_least: float | None = None, at_most: float | None = None) -> float:
+    """`value` as a float: a Python or numpy int or float, never a bool or a string; finite (no
+    NaN, no ±inf) and > `above`, >= `at_least`, <= `at_most` where given."""
+    bounds = [f"{op} {b}" for op, b in ((">", above), (">=", at_least), ("<=", at_most))
+              if b is not None]
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (above is None or value > above) and (at_least is None or value >= at_least)
+          and (at_most is None or value <= at_most))
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a finite number{' ' if bounds else ''}"
+                         f"{' and '.join(bounds)}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value` if it is True or False (not 0/1, not "false", not None)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be true or false")
+    return value
+
+
+def set_frozen(obj: Any, **values: Any) -> None:
+    """Set fields of a frozen dataclass, from its __post_init__, to their checked plain values."""
+    for name, value in values.items():
+        object.__setattr__(obj, name, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Llama3Scaling:
     """Llama-3 RoPE frequency scaling: wavelengths above original/low_freq_factor are divided by
-    `factor`, those below original/high_freq_factor are kept, the band between is interpolated."""
+    `factor`, those below original/high_freq_factor are kept, the band between is interpolated.
+
+    factor > 0, 0 < low_freq_factor < high_freq_factor (finite numbers; ints are accepted and
+    stored as floats); original_max_position_embeddings a positive integer."""
 
     factor: float
     low_freq_factor: float
     high_freq_factor: float
     original_max_position_embeddings: int
+
+    def __post_init__(self):
+        low = check_float("low_freq_factor", self.low_freq_factor, above=0)
+        high = check_float("high_freq_factor", self.high_freq_factor, above=0)
+        if not high > low:  # the band between the two is interpolated over high - low
+            raise ValueError(f"high_freq_factor={self.high_freq_factor!r} must be greater than "
+                             f"low_freq_factor={self.low_freq_factor!r}")
+        set_frozen(
+            self, factor=check_float("factor", self.factor, above=0), low_freq_factor=low,
+            high_freq_factor=high, original_max_position_embeddings=check_int(
+                "original_max_position_embeddings", self.original_max_position_embeddings,
+                minimum=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +88,11 @@ class ModelConfig:
     gpt_neox: LayerNorm, GELU MLP with biases, biased attention, rotary on the first
     `rotary_pct * head_dim` dimensions, parallel residual x + attn(ln1 x) + mlp(ln2 x).
     `use_rope=False` replaces the rotary embedding by the identity (weights unchanged).
+
+    Sizes are positive integers (never bools); rope_theta and norm_eps finite and > 0,
+    initializer_range finite and >= 0, rotary_pct in (0, 1] (ints accepted, stored as floats);
+    the flags are True or False. Anything else raises ValueError: such a model would not fail
+    loudly but produce NaN logits.
     """
 
     family: Family
@@ -54,16 +117,22 @@ class ModelConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"family={self.family!r} is not one of {FAMILIES}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
-                     "num_heads", "num_kv_heads", "head_dim", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+        sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_position_embeddings")
+        set_frozen(self, **{name: check_int(name, getattr(self, name), minimum=1)
+                            for name in sizes})
+        set_frozen(self, **{name: check_bool(name, getattr(self, name))
+                            for name in ("use_rope", "tie_embeddings", "parallel_residual")})
+        set_frozen(
+            self, rope_theta=check_float("rope_theta", self.rope_theta, above=0),
+            rotary_pct=check_float("rotary_pct", self.rotary_pct, above=0, at_most=1),
+            norm_eps=check_float("norm_eps", self.norm_eps, above=0),
+            initializer_range=check_float("initializer_range", self.initializer_range, at_least=0))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Llama3Scaling):
+            raise ValueError(f"rope_scaling={self.rope_scaling!r} must be a Llama3Scaling or None")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
-        if not 0.0 < self.rotary_pct <= 1.0:
-            raise ValueError(f"rotary_pct={self.rotary_pct} must lie in (0, 1]")
         if self.rotary_dim % 2:
             raise ValueError(f"rotary dimension {self.rotary_dim} (head_dim * rotary_pct) is odd")
         if self.dtype not in ("float32", "bfloat16"):
@@ -175,30 +244,85 @@ _HF_INERT = {
 }
 
 
-def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Llama3Scaling | None, float]:
-    """(theta, llama3 scaling, partial rotary factor) from either HF rope format."""
-    params = dict(hf.get("rope_parameters") or {})
-    legacy = hf.get("rope_scaling") or {}
-    if legacy:
-        params = {**params, **legacy}
-    theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-    partial = params.get("partial_rotary_factor",
-                         hf.get("partial_rotary_factor", hf.get("rotary_pct", 1.0)))
-    rope_type = params.get("rope_type", params.get("type", "default"))
+# Fields transformers lets be null, meaning absent (derived or defaulted); any other null is an
+# error. (A null `rope_scaling` or `rope_parameters` is read as an empty dict.)
+_HF_NULLABLE = {"num_key_value_heads", "head_dim", "pretraining_tp", "sliding_window"}
+_REQUIRED = object()
+
+
+def _hf_get(hf: Mapping[str, Any], key: str, check: Callable[..., Any], default: Any = _REQUIRED,
+            **bounds: Any) -> Any:
+    """check(key, hf[key], **bounds), or `default` where the field is absent (or null, for the
+    fields in _HF_NULLABLE). An absent field without a default is an error."""
+    if key not in hf or (hf[key] is None and key in _HF_NULLABLE):
+        if default is _REQUIRED:
+            raise ValueError(f"{key} is missing from the Hugging Face config")
+        return default
+    return check(key, hf[key], **bounds)
+
+
+def _rope_dict(hf: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """hf[key] as a dict of RoPE parameters, the legacy spelling `type` read as `rope_type`;
+    {} where absent or null."""
+    value = hf.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key}={value!r} must be a dict or null")
+    params = dict(value)
+    if "type" in params:
+        legacy = params.pop("type")
+        if params.setdefault("rope_type", legacy) != legacy:
+            raise ValueError(f"{key} has type={legacy!r} but rope_type={params['rope_type']!r}")
+    return params
+
+
+# Top-level fields that spell a RoPE parameter: (field, the key it means in rope_parameters).
+_HF_ROPE_ALIASES = (("rope_theta", "rope_theta"), ("rotary_emb_base", "rope_theta"),
+                    ("partial_rotary_factor", "partial_rotary_factor"),
+                    ("rotary_pct", "partial_rotary_factor"))
+_LLAMA3_KEYS = tuple(f.name for f in dataclasses.fields(Llama3Scaling))
+
+
+def _rope_from_hf(hf: Mapping[str, Any], model_type: str
+                  ) -> tuple[float, Llama3Scaling | None, float]:
+    """(theta, llama3 scaling, partial rotary factor) from either HF rope format: the dict
+    `rope_parameters`, or the legacy dict `rope_scaling` with top-level `rope_theta` /
+    `rotary_emb_base` and `partial_rotary_factor` / `rotary_pct`. Where several of these give
+    the same parameter they must agree; a disagreement names both fields and values. `hf` is
+    the config as given (a default is no source: it applies only where nothing is given)."""
+    given = [(f"{name}.{key}", key, value) for name in ("rope_parameters", "rope_scaling")
+             for key, value in _rope_dict(hf, name).items()]  # (field, parameter, value)
+    given += [(field, key, hf[field]) for field, key in _HF_ROPE_ALIASES if field in hf]
+    rope: dict[str, tuple[str, Any]] = {}  # parameter -> (the field it was read from, value)
+    for field, key, value in given:
+        if key in rope and (rope[key][1] != value  # True == 1, but a bool is never a number
+                            or isinstance(rope[key][1], bool) != isinstance(value, bool)):
+            raise ValueError(f"{field}={value!r} conflicts with {rope[key][0]}={rope[key][1]!r}")
+        rope.setdefault(key, (field, value))
+    theta = check_float(*rope.get("rope_theta", ("rope_theta", 10000.0)), above=0)
+    default_partial = _HF_DEFAULTS[model_type].get("rotary_pct", 1.0)
+    partial = check_float(*rope.get("partial_rotary_factor", ("rotary_pct", default_partial)),
+                          above=0, at_most=1)
+    rope_type = rope.get("rope_type", ("rope_type", "default"))[1]
     if rope_type == "default":
-        return float(theta), None, float(partial)
+        return theta, None, partial
     if rope_type == "llama3":
-        scaling = Llama3Scaling(
-            float(params["factor"]), float(params["low_freq_factor"]),
-            float(params["high_freq_factor"]), int(params["original_max_position_embeddings"]))
-        return float(theta), scaling, float(partial)
+        missing = [key for key in _LLAMA3_KEYS if key not in rope]
+        if missing:
+            raise ValueError(f"rope_type='llama3' needs {missing}, which the config lacks")
+        return theta, Llama3Scaling(**{key: rope[key][1] for key in _LLAMA3_KEYS}), partial
     raise ValueError(f"rope type {rope_type!r} is not supported (supported: 'default', 'llama3')")
 
 
 def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
     """A ModelConfig from a Hugging Face config (a dict as in config.json, or a PretrainedConfig).
 
-    Any field that changes the forward pass and is not represented raises ValueError.
+    Any field that changes the forward pass and is not represented raises ValueError. Values are
+    read exactly, never coerced: sizes are integers (not bools, floats or strings), the norm
+    epsilon, rope_theta and the RoPE factors are numbers (ints allowed) in range, flags are
+    true or false; null is accepted only where transformers accepts it (`_HF_NULLABLE`, and the
+    rope dicts). Each error is one line naming the field and its value.
     """
     if not isinstance(hf, Mapping):
         hf = hf.to_dict()
@@ -207,56 +331,55 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
         raise ValueError(f"model_type={model_type!r} is not supported "
                          f"(supported: {sorted(_HF_MODEL_TYPES)})")
     family = _HF_MODEL_TYPES[model_type]
-    hf = {**_HF_DEFAULTS[model_type], **hf}
     unknown = sorted(k for k in hf if k not in _HF_HANDLED | _HF_INERT)
     if unknown:
         raise ValueError(f"Hugging Face config fields not understood by dynsys: {unknown}")
+    theta, scaling, partial = _rope_from_hf(hf, model_type)
+    hf = {**_HF_DEFAULTS[model_type], **hf}
 
     act = hf.get("hidden_act", _HF_ACTIVATION[family])
     if act != _HF_ACTIVATION[family]:
         raise ValueError(f"hidden_act={act!r} is not supported for {model_type} "
                          f"(expected {_HF_ACTIVATION[family]!r})")
-    if hf.get("mlp_bias"):
+    if _hf_get(hf, "mlp_bias", check_bool, False):
         raise ValueError("mlp_bias=True is not supported")
-    if hf.get("pretraining_tp", 1) != 1:
-        raise ValueError(f"pretraining_tp={hf['pretraining_tp']} is not supported")
-    window = hf.get("sliding_window")
+    if (tp := _hf_get(hf, "pretraining_tp", check_int, 1)) != 1:
+        raise ValueError(f"pretraining_tp={tp} is not supported")
+    window = _hf_get(hf, "sliding_window", check_int, None)
     if model_type == "mistral" and window is not None:
         raise ValueError(f"sliding_window={window} is not supported (mistral without sliding "
                          "window only)")
-    if hf.get("use_sliding_window"):
+    if _hf_get(hf, "use_sliding_window", check_bool, False):
         raise ValueError("use_sliding_window=True is not supported")
-    if hf.get("use_mrope"):
+    if _hf_get(hf, "use_mrope", check_bool, False):
         raise ValueError("use_mrope=True (multimodal RoPE) is not supported")
     expected_bias = family in ("qwen2", "gpt_neox")
-    bias = hf.get("attention_bias", expected_bias)
+    bias = _hf_get(hf, "attention_bias", check_bool, expected_bias)
     if model_type == "qwen2":
         bias = True  # Qwen2 always has q/k/v biases; its config has no switch
-    if bool(bias) != expected_bias:
+    if bias != expected_bias:
         raise ValueError(f"attention_bias={bias} is not supported for {model_type}")
 
-    theta, scaling, partial = _rope_from_hf(hf)
-    heads = int(hf["num_attention_heads"])
-    hidden = int(hf["hidden_size"])
+    heads = _hf_get(hf, "num_attention_heads", check_int, minimum=1)
+    hidden = _hf_get(hf, "hidden_size", check_int, minimum=1)
     eps_key = "layer_norm_eps" if family == "gpt_neox" else "rms_norm_eps"
-    head_dim = hf.get("head_dim") or hidden // heads
     return ModelConfig(
         family=family,
-        vocab_size=int(hf["vocab_size"]),
+        vocab_size=_hf_get(hf, "vocab_size", check_int, minimum=1),
         hidden_size=hidden,
-        intermediate_size=int(hf["intermediate_size"]),
-        num_layers=int(hf["num_hidden_layers"]),
+        intermediate_size=_hf_get(hf, "intermediate_size", check_int, minimum=1),
+        num_layers=_hf_get(hf, "num_hidden_layers", check_int, minimum=1),
         num_heads=heads,
-        num_kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(head_dim),
+        num_kv_heads=_hf_get(hf, "num_key_value_heads", check_int, heads, minimum=1),
+        head_dim=_hf_get(hf, "head_dim", check_int, hidden // heads, minimum=1),
         rope_theta=theta,
         rope_scaling=scaling,
         rotary_pct=partial,
-        norm_eps=float(hf[eps_key]),
-        tie_embeddings=bool(hf["tie_word_embeddings"]),
-        parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        max_position_embeddings=int(hf["max_position_embeddings"]),
-        initializer_range=float(hf.get("initializer_range", 0.02)),
+        norm_eps=_hf_get(hf, eps_key, check_float, above=0),
+        tie_embeddings=_hf_get(hf, "tie_word_embeddings", check_bool),
+        parallel_residual=_hf_get(hf, "use_parallel_residual", check_bool, True),
+        max_position_embeddings=_hf_get(hf, "max_position_embeddings", check_int, minimum=1),
+        initializer_range=_hf_get(hf, "initializer_range", check_float, 0.02, at_least=0),
     )
 
 

@@ -12,13 +12,19 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dynsys.config import check_float, check_int, set_frozen
+
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """temperature 0 is greedy (ties to the lowest id). top_k 0 and top_p 1 are off.
     repetition_penalty ρ (CTRL): a seen token's score s becomes s/ρ if s > 0 else s·ρ.
     no_repeat_ngram_size n: a token that would complete an n-gram already in the sequence
-    is banned."""
+    is banned.
+
+    Accepted: temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0, finite numbers (ints
+    and numpy scalars too, stored as float); top_k >= 0 and no_repeat_ngram_size >= 0, integers
+    (numpy integers too, stored as int; never bools or floats). Anything else is a ValueError."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -27,16 +33,13 @@ class Sampler:
     no_repeat_ngram_size: int = 0
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
-        if self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must lie in (0, 1]")
-        if not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size={self.no_repeat_ngram_size} must be >= 0")
+        set_frozen(
+            self, temperature=check_float("temperature", self.temperature, at_least=0),
+            top_k=check_int("top_k", self.top_k, minimum=0),
+            top_p=check_float("top_p", self.top_p, above=0, at_most=1),
+            repetition_penalty=check_float("repetition_penalty", self.repetition_penalty, above=0),
+            no_repeat_ngram_size=check_int("no_repeat_ngram_size", self.no_repeat_ngram_size,
+                                           minimum=0))
 
     @property
     def kind(self) -> tuple[bool, bool, bool, bool, int]:

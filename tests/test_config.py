@@ -4,6 +4,7 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -242,3 +243,229 @@ def test_unknown_preset_raises():
 
 def test_public_names_exist():
     assert all(hasattr(dynsys.config, name) for name in dynsys.config.__all__)
+
+
+# --- exact reading: wrong types, impossible values, conflicting rope dicts ----------------------
+
+def _raises_naming(call, *names):
+    """`call()` raises a one-line ValueError whose message contains every string in `names`."""
+    with pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert name in message, (name, message)
+
+
+def _without(hf, *keys):
+    return {k: v for k, v in hf.items() if k not in keys}
+
+
+def _llama3_rope(**changes):
+    rope = {"rope_type": "llama3", **dataclasses.asdict(LLAMA3), "rope_theta": 10000.0}
+    return {**rope, **changes}
+
+
+NAN, INF = float("nan"), float("inf")
+
+# case: (config.json dict, the field the message must name, the bad value's repr)
+BAD_HF_VALUES = {
+    "tie_word_embeddings 'false'": (_hf(tie_word_embeddings="false"), "tie_word_embeddings",
+                                    "'false'"),
+    "tie_word_embeddings 0": (_hf(tie_word_embeddings=0), "tie_word_embeddings", "0"),
+    "tie_word_embeddings null": (_hf(tie_word_embeddings=None), "tie_word_embeddings", "None"),
+    "vocab_size 64.9": (_hf(vocab_size=64.9), "vocab_size", "64.9"),
+    "vocab_size 64.0": (_hf(vocab_size=64.0), "vocab_size", "64.0"),
+    "vocab_size '64'": (_hf(vocab_size="64"), "vocab_size", "'64'"),
+    "num_hidden_layers true": (_hf(num_hidden_layers=True), "num_hidden_layers", "True"),
+    "num_hidden_layers 0": (_hf(num_hidden_layers=0), "num_hidden_layers", "0"),
+    "num_attention_heads true": (_hf(num_attention_heads=True, num_key_value_heads=True,
+                                     head_dim=64), "num_attention_heads", "True"),
+    "num_key_value_heads 2.0": (_hf(num_key_value_heads=2.0), "num_key_value_heads", "2.0"),
+    "head_dim '16'": (_hf(head_dim="16"), "head_dim", "'16'"),
+    "max_position_embeddings true": (_hf(max_position_embeddings=True),
+                                     "max_position_embeddings", "True"),
+    "rms_norm_eps '1e-5'": (_hf(rms_norm_eps="1e-5"), "rms_norm_eps", "'1e-5'"),
+    "rms_norm_eps true": (_hf(rms_norm_eps=True), "rms_norm_eps", "True"),
+    "rms_norm_eps 0": (_hf(rms_norm_eps=0.0), "rms_norm_eps", "0.0"),
+    "rms_norm_eps < 0": (_hf(rms_norm_eps=-1e-5), "rms_norm_eps", "-1e-05"),
+    "rms_norm_eps nan": (_hf(rms_norm_eps=NAN), "rms_norm_eps", "nan"),
+    "layer_norm_eps 0": (_hf("neox-rot25", layer_norm_eps=0), "layer_norm_eps", "0"),
+    "layer_norm_eps '1e-5'": (_hf("neox-rot25", layer_norm_eps="1e-5"), "layer_norm_eps",
+                              "'1e-5'"),
+    "rope_theta 0": (_without(_hf(rope_theta=0), "rope_parameters"), "rope_theta", "0"),
+    "rope_theta < 0": (_without(_hf(rope_parameters={"rope_theta": -1e4}), "rope_theta"),
+                       "rope_theta", "-10000.0"),
+    "rope_theta inf": (_without(_hf(rope_parameters={"rope_theta": INF}), "rope_theta"),
+                       "rope_theta", "inf"),
+    "rope_theta '1e4'": (_without(_hf(rope_parameters={"rope_theta": "1e4"}), "rope_theta"),
+                         "rope_theta", "'1e4'"),
+    "rotary_emb_base true": (_without(_hf("neox-rot25", rotary_emb_base=True),
+                                      "rope_parameters", "rope_theta"),
+                             "rotary_emb_base", "True"),
+    "rotary_pct true": (_without(_hf("neox-rot25", rotary_pct=True), "rope_parameters"),
+                        "rotary_pct", "True"),
+    "partial_rotary_factor '0.5'": (
+        _without(_hf("neox-rot25", partial_rotary_factor="0.5"), "rope_parameters", "rotary_pct"),
+        "partial_rotary_factor", "'0.5'"),
+    "initializer_range '0.02'": (_hf(initializer_range="0.02"), "initializer_range", "'0.02'"),
+    "initializer_range true": (_hf(initializer_range=True), "initializer_range", "True"),
+    "initializer_range < 0": (_hf(initializer_range=-0.02), "initializer_range", "-0.02"),
+    "use_parallel_residual 'true'": (_hf("neox-rot25", use_parallel_residual="true"),
+                                     "use_parallel_residual", "'true'"),
+    "attention_bias 0": (_hf(attention_bias=0), "attention_bias", "0"),
+    "mlp_bias 'false'": (_hf(mlp_bias="false"), "mlp_bias", "'false'"),
+    "use_sliding_window 'false'": (_hf("qwen2-g2-tied", use_sliding_window="false"),
+                                   "use_sliding_window", "'false'"),
+    "use_mrope 0": (_hf("qwen2-g2-tied", use_mrope=0), "use_mrope", "0"),
+    "pretraining_tp 1.0": (_hf(pretraining_tp=1.0), "pretraining_tp", "1.0"),
+    "llama3 factor '8'": (_hf(rope_parameters=_llama3_rope(factor="8")), "factor", "'8'"),
+    "llama3 factor true": (_hf(rope_parameters=_llama3_rope(factor=True)), "factor", "True"),
+    "llama3 factor 0": (_hf(rope_parameters=_llama3_rope(factor=0.0)), "factor", "0.0"),
+    "llama3 low_freq_factor nan": (_hf(rope_parameters=_llama3_rope(low_freq_factor=NAN)),
+                                   "low_freq_factor", "nan"),
+    "llama3 high <= low": (_hf(rope_parameters=_llama3_rope(high_freq_factor=1.0)),
+                           "high_freq_factor", "1.0"),
+    "llama3 original 64.0": (
+        _hf(rope_parameters=_llama3_rope(original_max_position_embeddings=64.0)),
+        "original_max_position_embeddings", "64.0"),
+    "llama3 missing factor": (_hf(rope_parameters=_without(_llama3_rope(), "factor")),
+                              "factor", "llama3"),
+    "missing vocab_size": (_without(_hf(), "vocab_size"), "vocab_size", "missing"),
+    "rope_parameters a list": (_hf(rope_parameters=[1e4]), "rope_parameters", "[10000.0]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_HF_VALUES)
+def test_hf_value_of_wrong_type_or_range_raises_naming_field_and_value(case):
+    hf, field, value = BAD_HF_VALUES[case]
+    _raises_naming(lambda: from_hf_config(hf), field, value)
+
+
+def test_legacy_rope_scaling_conflicting_with_rope_parameters_raises():
+    hf = _hf("llama-g4-tied-llama3")
+    hf["rope_scaling"] = {**hf["rope_scaling"], "factor": 16.0}
+    assert hf["rope_parameters"]["factor"] == 8.0
+    _raises_naming(lambda: from_hf_config(hf), "factor", "16.0", "8.0", "rope_scaling",
+                   "rope_parameters")
+    # `type` is the legacy spelling of `rope_type`: linear scaling does not hide behind it
+    hf = _hf(rope_scaling={"type": "linear", "factor": 2.0})
+    _raises_naming(lambda: from_hf_config(hf), "rope_type", "'linear'", "'default'")
+
+
+@pytest.mark.parametrize("name, field, value, other", [
+    ("llama-g1", "rope_theta", 5e5, "rope_parameters.rope_theta"),
+    ("neox-rot25", "rotary_emb_base", 500, "rope_parameters.rope_theta"),
+    ("neox-rot25", "rotary_pct", 0.5, "rope_parameters.partial_rotary_factor"),
+    ("neox-rot25", "partial_rotary_factor", 0.5, "rope_parameters.partial_rotary_factor"),
+])
+def test_top_level_rope_field_conflicting_with_rope_parameters_raises(name, field, value, other):
+    """No silent precedence between spellings of one RoPE parameter (transformers' own order
+    differs between versions and families)."""
+    _raises_naming(lambda: from_hf_config(_hf(name, **{field: value})), field, repr(value), other)
+
+
+# What transformers' own configs may write and must keep loading.
+VALID_HF_VARIANTS = {
+    "rope_scaling equal to rope_parameters": (
+        "llama-g4-tied-llama3", lambda hf: {**hf, "rope_scaling": dict(hf["rope_parameters"])}),
+    "legacy 'type' next to 'rope_type'": (
+        "llama-g4-tied-llama3",
+        lambda hf: {**_without(hf, "rope_parameters"),
+                    "rope_scaling": {**hf["rope_scaling"], "type": "llama3"}}),
+    "integer floats": (
+        "llama-g4-tied-llama3",
+        lambda hf: {**hf, "rope_theta": 10000,
+                    "rope_parameters": _llama3_rope(factor=8, low_freq_factor=1,
+                                                    high_freq_factor=4, rope_theta=10000)}),
+    "nulls for optional fields": (
+        "llama-g1", lambda hf: {**hf, "head_dim": None, "num_key_value_heads": None,
+                                "rope_scaling": None, "pretraining_tp": None}),
+    "rope_parameters null": (
+        "llama-g1", lambda hf: {**hf, "rope_parameters": None, "rope_theta": 10000}),
+    "qwen2 sliding_window null or inert": (
+        "qwen2-g2-tied", lambda hf: {**hf, "sliding_window": None, "use_sliding_window": False}),
+    "gpt_neox legacy rotary fields only": (
+        "neox-rot25", lambda hf: _without(hf, "rope_parameters", "rope_theta")),
+}
+
+
+@pytest.mark.parametrize("case", VALID_HF_VARIANTS)
+def test_valid_hf_variants_still_load(case):
+    name, change = VALID_HF_VARIANTS[case]
+    hf = change(to_hf_config(CONFIGS[name]))
+    assert from_hf_config(json.loads(json.dumps(hf))) == CONFIGS[name]
+
+
+def test_initializer_range_zero_is_valid():
+    assert from_hf_config(_hf(initializer_range=0.0)).initializer_range == 0.0
+
+
+BAD_MODEL_VALUES = {
+    "norm_eps 0": (dict(norm_eps=0.0), "norm_eps", "0.0"),
+    "norm_eps < 0": (dict(norm_eps=-1e-5), "norm_eps", "-1e-05"),
+    "norm_eps nan": (dict(norm_eps=NAN), "norm_eps", "nan"),
+    "norm_eps inf": (dict(norm_eps=INF), "norm_eps", "inf"),
+    "norm_eps str": (dict(norm_eps="1e-5"), "norm_eps", "'1e-5'"),
+    "rope_theta 0": (dict(rope_theta=0.0), "rope_theta", "0.0"),
+    "rope_theta < 0": (dict(rope_theta=-1.0), "rope_theta", "-1.0"),
+    "rope_theta nan": (dict(rope_theta=NAN), "rope_theta", "nan"),
+    "rope_theta inf": (dict(rope_theta=INF), "rope_theta", "inf"),
+    "initializer_range < 0": (dict(initializer_range=-0.1), "initializer_range", "-0.1"),
+    "initializer_range nan": (dict(initializer_range=NAN), "initializer_range", "nan"),
+    "initializer_range inf": (dict(initializer_range=INF), "initializer_range", "inf"),
+    "rotary_pct true": (dict(rotary_pct=True), "rotary_pct", "True"),
+    "vocab_size true": (dict(vocab_size=True), "vocab_size", "True"),
+    "num_layers true": (dict(num_layers=True), "num_layers", "True"),
+    "head_dim 16.0": (dict(head_dim=16.0), "head_dim", "16.0"),
+    "tie_embeddings 1": (dict(tie_embeddings=1), "tie_embeddings", "1"),
+    "use_rope 'false'": (dict(use_rope="false"), "use_rope", "'false'"),
+    "parallel_residual none": (dict(parallel_residual=None), "parallel_residual", "None"),
+    "rope_scaling dict": (dict(rope_scaling={"factor": 8.0}), "rope_scaling", "'factor'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODEL_VALUES)
+def test_broken_model_config_raises_naming_field_and_value(case):
+    changes, field, value = BAD_MODEL_VALUES[case]
+    _raises_naming(lambda: CONFIGS["llama-g1"].replace(**changes), field, value)
+
+
+BAD_LLAMA3 = {
+    "factor 0": (dict(factor=0.0), "factor", "0.0"),
+    "factor < 0": (dict(factor=-8.0), "factor", "-8.0"),
+    "factor nan": (dict(factor=NAN), "factor", "nan"),
+    "factor inf": (dict(factor=INF), "factor", "inf"),
+    "factor true": (dict(factor=True), "factor", "True"),
+    "low_freq_factor 0": (dict(low_freq_factor=0.0, high_freq_factor=4.0), "low_freq_factor",
+                          "0.0"),
+    "high_freq_factor == low_freq_factor": (dict(low_freq_factor=4.0, high_freq_factor=4.0),
+                                            "high_freq_factor", "4.0"),
+    "high_freq_factor < low_freq_factor": (dict(low_freq_factor=4.0, high_freq_factor=1.0),
+                                           "high_freq_factor", "1.0"),
+    "high_freq_factor inf": (dict(high_freq_factor=INF), "high_freq_factor", "inf"),
+    "original 0": (dict(original_max_position_embeddings=0), "original_max_position_embeddings",
+                   "0"),
+    "original 64.0": (dict(original_max_position_embeddings=64.0),
+                      "original_max_position_embeddings", "64.0"),
+    "original true": (dict(original_max_position_embeddings=True),
+                      "original_max_position_embeddings", "True"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_LLAMA3)
+def test_broken_llama3_scaling_raises_naming_field_and_value(case):
+    changes, field, value = BAD_LLAMA3[case]
+    _raises_naming(lambda: dataclasses.replace(LLAMA3, **changes), field, value)
+
+
+def test_config_numbers_are_stored_as_python_numbers():
+    """numpy scalars and ints for float fields are accepted and stored as int / float."""
+    scaling = dataclasses.replace(LLAMA3, factor=8, original_max_position_embeddings=np.int32(64))
+    cfg = CONFIGS["llama-g4-tied-llama3"].replace(
+        vocab_size=np.int64(257), rope_theta=10000, norm_eps=np.float32(0.5), rope_scaling=scaling)
+    assert cfg == CONFIGS["llama-g4-tied-llama3"].replace(norm_eps=0.5)
+    assert type(cfg.vocab_size) is int and type(cfg.rope_theta) is float
+    assert type(cfg.norm_eps) is float and type(cfg.rope_scaling.factor) is float
+    assert type(cfg.rope_scaling.original_max_position_embeddings) is int
+    json.dumps(to_hf_config(cfg))

@@ -193,3 +193,42 @@ def test_penalised_greedy_matches_transformers(name, pair):
         grams = [tuple(seq[i:i + 3]) for i in range(len(seq) - 2)]
         new = grams[len(prompt) - 2:]
         assert all(g not in grams[:len(prompt) - 2 + j] for j, g in enumerate(new))
+
+
+BAD_SAMPLERS = {  # case: (fields, the bad value's repr in the message)
+    "top_k 2.5": (dict(top_k=2.5), "2.5"),
+    "top_k true": (dict(top_k=True), "True"),
+    "top_k -1": (dict(top_k=-1), "-1"),
+    "no_repeat_ngram_size 1.5": (dict(no_repeat_ngram_size=1.5), "1.5"),
+    "no_repeat_ngram_size true": (dict(no_repeat_ngram_size=True), "True"),
+    "temperature '0.5'": (dict(temperature="0.5"), "'0.5'"),
+    "temperature inf": (dict(temperature=float("inf")), "inf"),
+    "temperature nan": (dict(temperature=float("nan")), "nan"),
+    "temperature false": (dict(temperature=False), "False"),
+    "top_p nan": (dict(top_p=float("nan")), "nan"),
+    "top_p true": (dict(top_p=True), "True"),
+    "repetition_penalty inf": (dict(repetition_penalty=float("inf")), "inf"),
+    "repetition_penalty '1.3'": (dict(repetition_penalty="1.3"), "'1.3'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SAMPLERS)
+def test_bad_sampler_field_raises_naming_field_and_value(case):
+    fields, value = BAD_SAMPLERS[case]
+    with pytest.raises(ValueError) as info:
+        Sampler(**fields)
+    message = str(info.value)
+    (field,) = fields
+    assert f"{field}=" in message and value in message and "\n" not in message, message
+
+
+def test_sampler_accepts_ints_for_floats_and_numpy_scalars():
+    plain = Sampler(temperature=1.0, top_k=3, top_p=0.5, repetition_penalty=2.0,
+                    no_repeat_ngram_size=2)
+    numpy = Sampler(temperature=np.float32(1), top_k=np.int64(3), top_p=np.float64(0.5),
+                    repetition_penalty=2, no_repeat_ngram_size=np.int32(2))
+    assert numpy == plain and numpy.kind == plain.kind and hash(numpy.kind) == hash(plain.kind)
+    assert [type(getattr(numpy, f)) for f in ("temperature", "top_k", "top_p",
+                                              "repetition_penalty", "no_repeat_ngram_size")] \
+        == [float, int, float, float, int]
+    assert Sampler(temperature=0).kind == GREEDY.kind
