@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from dynsys.config import ModelConfig
@@ -33,11 +36,15 @@ class Prefix:
     axis (keys transposed as in RowCache).
 
     Slots [0, length) hold the prompt at positions 0..length−1; the rest is unused capacity.
+    source [8] uint32: the SHA-256 of the model and prompt it was computed from (see
+    `source_digest`), carried as data so that a new prompt does not recompile; entry points
+    that take a prefix refuse one of another model or prompt.
     """
 
     k: tuple[jnp.ndarray, ...]
     v: tuple[jnp.ndarray, ...]
     length: jnp.ndarray
+    source: jnp.ndarray
 
     @property
     def capacity(self) -> int:
@@ -56,9 +63,28 @@ def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
                     end=jnp.zeros((), jnp.int32))
 
 
-def prefix_of(rows: RowCache) -> Prefix:
-    """The single row of a one-row cache (filled left to right, no padding) as a shared prefix."""
-    return Prefix(k=tuple(k[0] for k in rows.k), v=tuple(v[0] for v in rows.v), length=rows.end)
+def prefix_of(rows: RowCache, source) -> Prefix:
+    """The single row of a one-row cache (filled left to right, no padding) as a shared prefix
+    computed from `source` (a digest as 8 uint32 words)."""
+    return Prefix(k=tuple(k[0] for k in rows.k), v=tuple(v[0] for v in rows.v), length=rows.end,
+                  source=source)
+
+
+def source_digest(model_digest: str, prompt: np.ndarray) -> str:
+    """SHA-256 (hex) of a model digest and a prompt's token ids: what a prefix or a Markov map
+    of that prompt depends on."""
+    prompt = np.ascontiguousarray(prompt, np.int32)
+    return hashlib.sha256(model_digest.encode() + b"|" + prompt.tobytes()).hexdigest()
+
+
+def digest_words(hexdigest: str) -> np.ndarray:
+    """A SHA-256 hex digest as 8 uint32 words (how a Prefix carries it)."""
+    return np.frombuffer(bytes.fromhex(hexdigest), np.uint32).copy()
+
+
+def words_digest(words) -> str:
+    """The hex digest of 8 uint32 words (inverse of `digest_words`)."""
+    return np.asarray(words, np.uint32).tobytes().hex()
 
 
 def bucket(n: int, minimum: int = 16) -> int:

@@ -35,3 +35,19 @@ def _in_range(arr: np.ndarray, limit: int, name: str, what: str) -> np.ndarray:
         raise ValueError(f"{name}{list(where)} = {int(arr[where])} is outside {what} "
                          f"[0, {limit})")
     return arr.astype(np.int32)
+
+
+class NonFiniteError(ValueError):
+    """The model produced NaN or infinite logits (broken weights or an overflow): its argmax
+    would be token 0, and a trace of zeros would look like a period-1 loop."""
+
+
+def check_finite(finite, what: str) -> None:
+    """Raise NonFiniteError naming the first index where `finite` (a bool array computed
+    inside jit, one flag per row or step) is False."""
+    finite = np.asarray(finite)
+    if not finite.all():
+        where = [int(i) for i in np.argwhere(~finite)[0]]
+        raise NonFiniteError(f"non-finite logits in {what} at index {where} "
+                             f"({int((~finite).sum())} of {finite.size} entries): the model's "
+                             "weights or activations are NaN or overflow")

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.cache import Prefix, empty_rows
-from dynsys.checks import check_tokens
+from dynsys.cache import Prefix, empty_rows, source_digest
+from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import _logits, _run, prefill
+from dynsys.decode import _logits, _run, prefix_for
 from dynsys.markov import MarkovMap, last_logits, last_logits_jit, lazy_orbit, suffix_map
 from dynsys.model import Model
 from dynsys.orbits import orbits
@@ -64,8 +64,8 @@ class Comparison:
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
-    """‖L_t − L^pos_t‖∞, ‖L^pos_t − L^0_t‖∞, f_P(x_t) = argmax L^0_t and f_{P,t−1}(x_t) =
-    argmax L^pos_t for t = 1..G (see module docstring)."""
+    """‖L_t − L^pos_t‖∞, ‖L^pos_t − L^0_t‖∞, f_P(x_t) = argmax L^0_t, f_{P,t−1}(x_t) =
+    argmax L^pos_t for t = 1..G (see module docstring), and whether all three were finite."""
     G = trace.shape[0]
     positions = n + jnp.arange(G, dtype=jnp.int32)
     hidden, _ = _run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
@@ -73,8 +73,9 @@ def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
     real = _logits(cfg, params, hidden[0])
     exact = last_logits(cfg, params, prefix, trace[:, None], positions[:, None])
     at_n = last_logits(cfg, params, prefix, trace[:, None], jnp.full((G, 1), n, jnp.int32))
+    finite = jnp.isfinite(real).all(-1) & jnp.isfinite(exact).all(-1) & jnp.isfinite(at_n).all(-1)
     return (jnp.abs(real - exact).max(-1), jnp.abs(exact - at_n).max(-1),
-            jnp.argmax(at_n, -1), jnp.argmax(exact, -1))
+            jnp.argmax(at_n, -1), jnp.argmax(exact, -1), finite)
 
 
 def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
@@ -94,11 +95,15 @@ def compare(model: Model, prompt, trace, fmap: MarkovMap | None = None, *,
     if fmap is not None and not (fmap.is_full and np.all(fmap.offset == 0)
                                  and fmap.prompt_length == n):
         raise ValueError("fmap must be the full Markov map of this prompt at offset 0")
-    prefix = prefill(model, prompt) if prefix is None else prefix
+    if fmap is not None and fmap.source != source_digest(model.digest, prompt):
+        raise ValueError("fmap was computed from another model or prompt; pass "
+                         "markov_map(model, prompt) of this model and prompt")
+    prefix = prefix_for(model, prompt, prefix)
     options = dict(prefix=prefix, progress=False)
 
-    dilution, drift, markov_next, exact_next = (np.asarray(x)[:-1] for x in _logit_gaps(
-        cfg, model.params, prefix, jnp.asarray(trace), jnp.int32(n)))
+    *gaps, finite = _logit_gaps(cfg, model.params, prefix, jnp.asarray(trace), jnp.int32(n))
+    check_finite(finite, "compare (trace steps)")
+    dilution, drift, markov_next, exact_next = (np.asarray(x)[:-1] for x in gaps)
     target = trace[1:]
     agree_markov = markov_next == target
 
@@ -153,13 +158,15 @@ class SampledFit:
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _real_log_probs(cfg: ModelConfig, params, prefix: Prefix, trace, n, temperature):
-    """log softmax(L_t / T)[x_{t+1}] for t = 1..G−1 along one trace."""
+    """log softmax(L_t / T)[x_{t+1}] for t = 1..G−1 along one trace, and whether each L_t
+    was finite."""
     G = trace.shape[0]
     positions = (n + jnp.arange(G, dtype=jnp.int32))[None]
     hidden, _ = _run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
                      jnp.ones((1, G), bool), prefix)
-    logp = jax.nn.log_softmax(_logits(cfg, params, hidden[0, :-1]) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0]
+    logits = _logits(cfg, params, hidden[0, :-1])
+    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
+    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], jnp.isfinite(logits).all(-1)
 
 
 def compare_sampled(model: Model, prompt, traces, temperature: float,
@@ -172,21 +179,25 @@ def compare_sampled(model: Model, prompt, traces, temperature: float,
         raise ValueError(f"temperature={temperature} must be > 0")
     if traces.shape[1] < 2:
         raise ValueError(f"traces have {traces.shape[1]} token(s); transitions need 2")
-    prefix = prefill(model, prompt) if prefix is None else prefix
+    prefix = prefix_for(model, prompt, prefix)
     src, dst = traces[:, :-1].ravel(), traces[:, 1:].ravel()
     states, inverse = np.unique(src, return_inverse=True)
     logits = np.concatenate([
         np.asarray(last_logits_jit(cfg, model.params, prefix, jnp.asarray(states[i:i + 256, None]),
                                    jnp.full((len(states[i:i + 256]), 1), len(prompt), jnp.int32)))
         for i in range(0, len(states), 256)])
+    check_finite(np.isfinite(logits).all(-1), "compare_sampled (visited states)")
     kernel_logp = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1), np.float64)
     counts = np.zeros((len(states), cfg.vocab_size))
     np.add.at(counts, (inverse, dst), 1.0)
     visits = counts.sum(1)
     tv = 0.5 * np.abs(counts / visits[:, None] - np.exp(kernel_logp)).sum(1)
-    loglik_model = sum(float(np.asarray(_real_log_probs(
-        cfg, model.params, prefix, jnp.asarray(t), jnp.int32(len(prompt)),
-        jnp.float32(temperature))).sum()) for t in traces)
+    loglik_model = 0.0
+    for i, t in enumerate(traces):
+        logp, finite = _real_log_probs(cfg, model.params, prefix, jnp.asarray(t),
+                                       jnp.int32(len(prompt)), jnp.float32(temperature))
+        check_finite(finite, f"compare_sampled (trace {i}, steps)")
+        loglik_model += float(np.asarray(logp).sum())
     return SampledFit(states=states, visits=visits.astype(np.int64), tv=tv,
                       loglik_kernel=float(kernel_logp[inverse, dst].sum()),
                       loglik_model=loglik_model)

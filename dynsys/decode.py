@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsys import sampling
-from dynsys.cache import Prefix, RowCache, bucket, empty_rows, prefix_of
-from dynsys.checks import check_positions, check_tokens
+from dynsys.cache import (Prefix, RowCache, bucket, digest_words, empty_rows, prefix_of,
+                          source_digest, words_digest)
+from dynsys.checks import check_finite, check_positions, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.model import Model, Transformer
 
@@ -61,12 +62,12 @@ def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
-def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length) -> Prefix:
+def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length, source) -> Prefix:
     capacity = tokens.shape[0]
     positions = jnp.arange(capacity, dtype=jnp.int32)[None]
     _, rows = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
                             empty_rows(cfg, 1, capacity), chunk)
-    return prefix_of(rows.replace(end=length))
+    return prefix_of(rows.replace(end=length), source)
 
 
 def prefill(model: Model, prompt, capacity: int | None = None,
@@ -90,7 +91,22 @@ def prefill(model: Model, prompt, capacity: int | None = None,
     chunk = prefill_chunk(cfg, 1, capacity, capacity) if chunk is None else chunk
     if chunk < 1 or capacity % chunk:
         raise ValueError(f"chunk={chunk} must be a positive divisor of the capacity {capacity}")
-    return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n))
+    source = digest_words(source_digest(model.digest, prompt))
+    return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n),
+                    jnp.asarray(source))
+
+
+def prefix_for(model: Model, prompt, prefix: Prefix | None = None) -> Prefix:
+    """`prefix` if it was computed from this model and prompt (ValueError otherwise), or the
+    prompt's `prefill` when None: the one check behind every entry point taking a prefix."""
+    if prefix is None:
+        return prefill(model, prompt)
+    prompt = check_tokens(prompt, model.config.vocab_size, "prompt", ndim=1)
+    if words_digest(prefix.source) != source_digest(model.digest, prompt):
+        raise ValueError(f"the prefix given was computed from another model or prompt (it "
+                         f"holds {int(prefix.length)} tokens; the prompt has {len(prompt)}): "
+                         "pass prefill(model, prompt) of this model and prompt")
+    return prefix
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -118,6 +134,16 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
     return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows)
 
 
+def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
+    """Float32 logits [B, T, V] of tokens [B, T] at positions 0..T−1 (causal attention): a pure
+    function of the parameters, to jit and differentiate (training's forward pass)."""
+    B, T = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    hidden, _ = _run(cfg, params, tokens, positions, empty_rows(cfg, B, T),
+                     jnp.ones((B, T), bool), None)
+    return _logits(cfg, params, hidden)
+
+
 def forward(model: Model, tokens) -> jnp.ndarray:
     """Full-sequence logits [B, T, V] of tokens [B, T] at positions 0..T−1."""
     tokens = check_tokens(tokens, model.config.vocab_size, "tokens", ndim=2)
@@ -140,25 +166,26 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     seq = jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens)
 
     def choose(logits, seq, rows, i):
+        """The next token, its margin and whether the logits it came from are finite."""
         scores = sampling.process(logits, seq, rows.valid, kind, values)
         token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
-        return token, sampling.margin(scores) if with_margins else jnp.zeros(B)
+        margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
+        return token, margin, jnp.isfinite(logits).all(-1)
 
     def body(carry, i):
         logits, seq, rows, position = carry
-        token, margin = choose(logits, seq, rows, i)
+        token, margin, finite = choose(logits, seq, rows, i)
         seq = jax.lax.dynamic_update_slice(seq, token[:, None], (0, T + i))
         hidden, rows = _run(cfg, params, token[:, None], position[:, None], rows,
                             jnp.ones((B, 1), bool), None)
-        return (_logits(cfg, params, hidden[:, 0]), seq, rows, position + 1), (token, margin)
+        logits = _logits(cfg, params, hidden[:, 0])
+        return (logits, seq, rows, position + 1), (token, margin, finite)
 
     carry = (logits, seq, rows, positions[:, -1] + 1)
-    (logits, seq, rows, _), (out, margins) = jax.lax.scan(
-        body, carry, jnp.arange(max_new_tokens - 1))
-    token, margin = choose(logits, seq, rows, max_new_tokens - 1)
-    out = jnp.concatenate([out.T, token[:, None]], axis=1)
-    margins = jnp.concatenate([margins.T, margin[:, None]], axis=1)
-    return out, margins
+    (logits, seq, rows, _), steps = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
+    last = choose(logits, seq, rows, max_new_tokens - 1)
+    # [B, G] each: tokens, margins, finite logits
+    return tuple(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last))
 
 
 def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +214,8 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     cfg = model.config
     if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
         raise ValueError(f"prompts must be 2-D [batch, length], got shape {np.shape(prompts)}")
-    if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+    if (not isinstance(max_new_tokens, int | np.integer) or isinstance(max_new_tokens, bool)
+            or max_new_tokens < 1):
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     longest = int(mask.sum(1).max())
@@ -195,7 +223,8 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
         raise ValueError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
             f"max_position_embeddings={cfg.max_position_embeddings}")
-    out, margins = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
-                             model.params, jnp.asarray(tokens), jnp.asarray(mask),
-                             sampler.values, jax.random.PRNGKey(seed))
+    out, margins, finite = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
+                                     model.params, jnp.asarray(tokens), jnp.asarray(mask),
+                                     sampler.values, jax.random.PRNGKey(seed))
+    check_finite(finite, "generate ([row, step])")
     return (out, margins) if return_margins else out

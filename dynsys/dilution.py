@@ -27,9 +27,9 @@ import numpy as np
 from flax import struct
 
 from dynsys.cache import Prefix, RowCache, empty_rows
-from dynsys.checks import check_tokens
+from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import prefill, step
+from dynsys.decode import prefix_for, step
 from dynsys.model import Model, Transformer
 from dynsys.rope import apply_rope
 from dynsys.sampling import margin
@@ -158,7 +158,8 @@ def _probe(cfg: ModelConfig, params, prefix: Prefix, trace, positions):
         attention_change=jnp.stack(changes, 1), residual=jnp.stack(residual, 1),
         logit_change=jnp.max(jnp.abs(real_logits - ref_logits), axis=-1),
         real_next=jnp.argmax(real_logits, -1), markov_next=jnp.argmax(ref_logits, -1),
-        margin=margin(ref_logits))
+        margin=margin(ref_logits),
+        finite=jnp.isfinite(real_logits).all(-1) & jnp.isfinite(ref_logits).all(-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,7 @@ class Probe:
 
 def check_trace(model: Model, prompt, trace, prefix: Prefix | None):
     """Validated (prompt, trace, prefix, positions n..n+G−1): ids in the vocabulary, positions
-    within max_position_embeddings, a given prefix of the prompt's length."""
+    within max_position_embeddings, a given prefix computed from this model and prompt."""
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
     trace = check_tokens(trace, cfg.vocab_size, "trace", ndim=1)
@@ -203,11 +204,7 @@ def check_trace(model: Model, prompt, trace, prefix: Prefix | None):
     if n + G > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {n} + trace length {G} exceeds "
                          f"max_position_embeddings={cfg.max_position_embeddings}")
-    if prefix is None:
-        prefix = prefill(model, prompt)
-    elif int(prefix.length) != n:
-        raise ValueError(f"prefix holds {int(prefix.length)} tokens, the prompt {n}")
-    return prompt, trace, prefix, np.arange(n, n + G, dtype=np.int32)
+    return prompt, trace, prefix_for(model, prompt, prefix), np.arange(n, n + G, dtype=np.int32)
 
 
 def probe_trace(model: Model, prompt, trace, prefix: Prefix | None = None) -> Probe:
@@ -219,6 +216,7 @@ def probe_trace(model: Model, prompt, trace, prefix: Prefix | None = None) -> Pr
     """
     _, trace, prefix, positions = check_trace(model, prompt, trace, prefix)
     out = _probe(model.config, model.params, prefix, jnp.asarray(trace), jnp.asarray(positions))
+    check_finite(out.pop("finite"), "probe_trace (trace steps)")
     return Probe(**{k: np.asarray(v) for k, v in out.items()})
 
 
@@ -243,10 +241,12 @@ def position_drift(model: Model, prompt, tokens, offsets, prefix: Prefix | None 
     tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=1)[:, None]
     offsets = np.asarray(offsets, np.int64)
     n = len(prompt)
-    prefix = prefill(model, prompt) if prefix is None else prefix
+    prefix = prefix_for(model, prompt, prefix)
 
     def at(tau: int) -> np.ndarray:
-        return np.asarray(step(model, prefix, tokens, np.full_like(tokens, n + tau))[0][:, 0])
+        logits = np.asarray(step(model, prefix, tokens, np.full_like(tokens, n + tau))[0][:, 0])
+        check_finite(np.isfinite(logits).all(-1), f"position_drift (offset {tau}, tokens)")
+        return logits
 
     base = at(0)
     runs = [at(int(tau)) for tau in offsets]

@@ -20,10 +20,10 @@ import scipy.sparse as sp
 from rich.progress import Progress
 
 from dynsys import sampling
-from dynsys.cache import Prefix, empty_rows
-from dynsys.checks import check_tokens
+from dynsys.cache import Prefix, empty_rows, source_digest
+from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import _logits, _run, prefill
+from dynsys.decode import _logits, _run, prefix_for
 from dynsys.model import Model
 from dynsys.runs import save_npz_atomic
 
@@ -32,7 +32,8 @@ from dynsys.runs import save_npz_atomic
 class MarkovMap:
     """next[i] = f_{P,τ}(tokens[i]) and margin[i] its top-1 − top-2 logit, for the given
     `tokens` (all of V for a full map). With `kernel_k`, `kernel` is the sparse row-stochastic
-    [len(tokens), V] matrix of the top-k softmax at `temperature`, renormalised on the top-k."""
+    [len(tokens), V] matrix of the top-k softmax at `temperature`, renormalised on the top-k.
+    `source`: the digest of the model and prompt it was computed from (`source_digest`)."""
 
     tokens: np.ndarray
     next: np.ndarray
@@ -40,6 +41,7 @@ class MarkovMap:
     offset: int | np.ndarray
     prompt_length: int
     vocab_size: int
+    source: str
     kernel: sp.csr_array | None = None
     temperature: float | None = None
 
@@ -63,7 +65,8 @@ last_logits_jit = jax.jit(last_logits, static_argnames=("cfg",))
 @functools.partial(jax.jit, static_argnames=("cfg", "kernel_k"))
 def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes, positions,
                temperature):
-    """Argmax, margin and top-k (ids, probabilities) of the last row token's logits."""
+    """Argmax, margin, top-k (ids, probabilities) and finiteness of the last row token's
+    logits."""
     logits = last_logits(cfg, params, prefix, suffixes, positions)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # lowest id among ties
     if kernel_k:
@@ -71,16 +74,17 @@ def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes
     else:
         top_values, top_ids = jnp.zeros((len(nxt), 0)), jnp.zeros((len(nxt), 0), jnp.int32)
     probs = jax.nn.softmax(top_values / temperature, axis=-1)
-    return nxt, sampling.margin(logits), top_ids.astype(jnp.int32), probs
+    return (nxt, sampling.margin(logits), top_ids.astype(jnp.int32), probs,
+            jnp.isfinite(logits).all(-1))
 
 
 def _fingerprint(model: Model, prompt: np.ndarray, suffixes: np.ndarray, offsets: np.ndarray,
                  chunk: int, kernel_k: int, temperature: float) -> str:
+    """Everything a stored chunk depends on: the model (config and all parameters), the
+    prompt, the rows, their offsets and the chunking and kernel settings."""
     h = hashlib.sha256()
-    h.update(repr((model.config, chunk, kernel_k, temperature)).encode())
+    h.update(repr((model.digest, chunk, kernel_k, temperature)).encode())
     h.update(offsets.tobytes())
-    for leaf in jax.tree_util.tree_leaves(model.params)[:4]:
-        h.update(np.asarray(leaf).tobytes()[:4096])
     h.update(prompt.tobytes())
     h.update(suffixes.tobytes())
     return h.hexdigest()
@@ -114,10 +118,7 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be positive")
     chunk = min(chunk, m)
-    if prefix is None:
-        prefix = prefill(model, prompt)
-    elif int(prefix.length) != n:
-        raise ValueError(f"prefix holds {int(prefix.length)} tokens but the prompt has {n}")
+    prefix = prefix_for(model, prompt, prefix)
 
     store = None
     if resume_dir is not None:
@@ -146,11 +147,12 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
                 padded[:len(rows)], at[:len(rows)] = rows, positions[start:start + chunk]
                 out = _map_chunk(cfg, kernel_k, model.params, prefix, jnp.asarray(padded),
                                  jnp.asarray(at), jnp.float32(temperature))
-                part = tuple(np.asarray(x)[:len(rows)] for x in out)
+                *part, finite = (np.asarray(x)[:len(rows)] for x in out)
+                check_finite(finite, f"the map's rows {start}..{start + len(rows) - 1}")
                 if path is not None:
                     save_npz_atomic(path, **dict(zip(("next", "margin", "ids", "probs"),
                                                      part)))
-            parts.append(part)
+            parts.append(tuple(part))
             bar.advance(task, min(chunk, m - start))
     nxt, margin, ids, probs = (np.concatenate(p) for p in zip(*parts))
     kernel = None
@@ -162,7 +164,8 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
                               shape=(m, cfg.vocab_size))
         kernel.sort_indices()
     return MarkovMap(tokens=suffixes[:, -1].copy(), next=nxt, margin=margin, offset=offset,
-                     prompt_length=n, vocab_size=cfg.vocab_size, kernel=kernel,
+                     prompt_length=n, vocab_size=cfg.vocab_size,
+                     source=source_digest(model.digest, prompt), kernel=kernel,
                      temperature=temperature if kernel_k else None)
 
 
@@ -183,7 +186,7 @@ def lazy_orbit(model: Model, prompt, start: int, *, offset: int = 0, max_steps: 
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
     check_tokens([start], cfg.vocab_size, "start", ndim=1)
-    prefix = prefill(model, prompt) if prefix is None else prefix
+    prefix = prefix_for(model, prompt, prefix)
     seen: dict[int, int] = {}
     path = [int(start)]
     while path[-1] not in seen:

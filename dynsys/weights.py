@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
 from dynsys.model import Model, init_params
 
+_INDEX = "model.safetensors.index.json"
 # Buffers some checkpoints carry that are not parameters (recomputed from the config).
 _BUFFERS = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
@@ -119,10 +123,47 @@ def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
     return state
 
 
+def _check_target(directory: Path, cfg: ModelConfig) -> None:
+    """A checkpoint may replace `directory` only if it is absent, empty, or a Hugging Face
+    checkpoint (config.json and safetensors) of the same model_type."""
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        return
+    try:
+        old_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        old_type = None
+    weights = (directory / "model.safetensors").exists() or (directory / _INDEX).exists()
+    if old_type != cfg.family or not weights:
+        raise ValueError(f"{directory} is not empty and is not a {cfg.family} checkpoint "
+                         f"(config.json model_type {old_type!r}); refusing to overwrite it")
+
+
 def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
-    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json)."""
+    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json).
+
+    The checkpoint is written to a temporary directory beside `directory` and renamed into
+    place, replacing an earlier checkpoint there as a whole (no stale shards or index); a
+    non-empty `directory` that is not a checkpoint of the same family is refused.
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    _check_target(directory, model.config)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_checkpoint(model, tmp, max_shard_bytes)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _write_checkpoint(model: Model, directory: Path, max_shard_bytes: int) -> None:
     (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2))
     state = hf_state_dict(model)
     shards: list[dict[str, np.ndarray]] = [{}]
@@ -135,7 +176,7 @@ def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30)
         size += x.nbytes
     if len(shards) == 1:
         save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
-        return directory
+        return
     weight_map = {}
     for j, shard in enumerate(shards):
         fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
@@ -143,24 +184,53 @@ def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30)
         weight_map.update(dict.fromkeys(shard, fname))
     index = {"metadata": {"total_size": sum(x.nbytes for x in state.values())},
              "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return directory
+    (directory / _INDEX).write_text(json.dumps(index, indent=2))
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: model.safetensors, or the files named by the
+    index's weight_map (each inside `directory`); both at once is ambiguous and refused."""
+    index, single = directory / _INDEX, directory / "model.safetensors"
+    if index.exists() and single.exists():
+        raise ValueError(f"{directory} holds both model.safetensors and {_INDEX}; it is "
+                         "ambiguous which weights are meant (remove the stale one)")
+    if single.exists():
+        return [single]
+    if not index.exists():
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor {_INDEX} "
+                                "(only safetensors are read)")
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors index with a weight_map: {e}") from None
+    root = directory.resolve()
+    files = []
+    for name in names:
+        if not isinstance(name, str) or (directory / name).resolve().parent != root:
+            raise ValueError(f"{index} points at {name!r}, outside {directory}")
+        files.append(directory / name)
+    return files
 
 
 def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (directory / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor "
-                                "model.safetensors.index.json (only safetensors are read)")
+    """Every tensor of the checkpoint, buffers excepted, checked to be finite (a NaN or
+    infinite weight gives NaN logits, whose argmax would look like a loop on token 0)."""
     tensors = {}
-    for fname in files:
-        with safe_open(directory / fname, framework="numpy") as f:
-            for name in f.keys():
-                tensors[name] = f.get_tensor(name)
+    for path in _weight_files(directory):
+        try:
+            with safe_open(path, framework="numpy") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    for name in [n for n in tensors if n.endswith(_BUFFERS)]:
+        del tensors[name]
+    for name, x in tensors.items():
+        if np.issubdtype(x.dtype, np.floating):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                raise ValueError(f"tensor {name} in {directory} holds {int(bad.sum())} "
+                                 f"non-finite value(s), e.g. {x[bad][0]}")
     return tensors
 
 
@@ -174,8 +244,6 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
     tensors = _read_tensors(directory)
     if cfg.tie_embeddings:  # some exports store the tied copy
         tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
-    for name in [n for n in tensors if n.endswith(_BUFFERS)]:
-        del tensors[name]
     expected = jax.eval_shape(lambda: init_params(cfg, 0))
     params: dict = {}
     layout = list(_layout(cfg))
@@ -210,6 +278,25 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
     return Model(cfg, params)
 
 
+def checkpoint_digest(name_or_path: str | Path) -> str:
+    """What identifies a model's weights on disk: for a local checkpoint directory, the
+    SHA-256 of config.json, the safetensors index (if any) and every safetensors file, read
+    in full; for a preset, "preset:NAME" (its random weights follow from the name and seed)."""
+    if str(name_or_path) in PRESETS:
+        return f"preset:{name_or_path}"
+    directory = Path(name_or_path)
+    files = [directory / "config.json"]
+    files += sorted(p for p in directory.iterdir()
+                    if p.name.endswith(".safetensors") or p.name == _INDEX)
+    h = hashlib.sha256()
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+    return h.hexdigest()
+
+
 def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConfig:
     """The config of a preset or of a local HF checkpoint directory, without its weights."""
     if str(name_or_path) in PRESETS:
@@ -229,13 +316,13 @@ def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> M
     """A preset with random Hugging Face-style initialisation (seeded), or a local HF
     checkpoint directory."""
     if str(name_or_path) in PRESETS:
-        return _random_model(str(name_or_path), seed, dtype)
+        return _random_model(str(name_or_path), seed, dtype).copy()
     return load_hf(name_or_path, dtype)
 
 
 @functools.lru_cache(maxsize=1)
 def _random_model(name: str, seed: int, dtype: str | None) -> Model:
     # Kept: initialisation takes seconds, and a session (dynsys verify) asks for the same
-    # model again and again. Models are immutable, so sharing one is safe.
+    # model again and again. `load` hands out copies of the parameter tree.
     cfg = load_config(name, dtype)
     return Model(cfg, init_params(cfg, seed))

@@ -189,8 +189,8 @@ def test_reference_quantities_within_weight_bounds():
     model = model_of(NEOX, 4, 0.5)
     w = weight_constants(model)
     rng = np.random.default_rng(0)
-    s = markov_stats(model, rng.integers(0, 61, 50), rng.integers(0, 61, 6),
-                     prefill(model, rng.integers(0, 61, 50), capacity=64))
+    prompt = rng.integers(0, 61, 50)
+    s = markov_stats(model, prompt, rng.integers(0, 61, 6), prefill(model, prompt, capacity=64))
     kv = np.arange(NEOX.num_heads) // NEOX.heads_per_kv
     assert (s.query <= w.query_max[None] * (1 + 1e-5)).all()
     assert (s.self_key <= w.key_max[None][..., kv] * (1 + 1e-5)).all()

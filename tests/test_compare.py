@@ -82,6 +82,29 @@ def test_bad_input(model):
         compare(model, [1, 2, 3], [5, 6], fmap)
 
 
+def test_map_or_prefix_of_another_prompt_or_model_is_refused(model):
+    """Same length, same offset, both full maps: only the digest tells them apart."""
+    prompt, other = [1, 2, 3], [1, 2, 4]
+    with pytest.raises(ValueError, match="another model or prompt"):
+        compare(model, prompt, [5, 6], markov_map(model, other, progress=False))
+    with pytest.raises(ValueError, match="another model or prompt"):
+        compare(model, prompt, [5, 6], markov_map(model.with_rope(False), prompt,
+                                                  progress=False))
+    with pytest.raises(ValueError, match="another model or prompt"):
+        compare(model, prompt, [5, 6], prefix=ds.prefill(model, other))
+    with pytest.raises(ValueError, match="another model or prompt"):
+        ds.compare_sampled(model, prompt, [[5, 6]], 1.0, prefix=ds.prefill(model, other))
+
+
+def test_non_finite_model_raises_instead_of_comparing(model):
+    broken = model.copy()
+    broken.params["embed"]["embedding"] = broken.params["embed"]["embedding"].at[5].set(np.nan)
+    with pytest.raises(ds.NonFiniteError, match="compare"):
+        compare(broken, [1, 2, 3], [5, 6])
+    with pytest.raises(ds.NonFiniteError, match="compare_sampled"):
+        ds.compare_sampled(broken, [1, 2, 3], [[5, 6]], 1.0)
+
+
 def test_sampled_traces_fit_the_kernel(model):
     """Per-state total variation against the exact kernel (brute force from the full map with
     every entry kept); far into the long-prompt regime the real model's likelihood of the

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from conftest import hf_greedy, hf_logits
 
+import dynsys
 import dynsys.decode
 from dynsys.cache import bucket, empty_rows
 from dynsys.decode import forward, generate, prefill, step
@@ -120,3 +121,31 @@ def test_margins_match_transformers_scores(name, pair):
     np.testing.assert_allclose(np.asarray(margins), top2[..., 1] - top2[..., 0], atol=1e-4)
     assert margins.shape == (2, 32) and (np.asarray(margins) >= 0).all()
 
+
+
+def test_non_finite_model_raises_instead_of_looping_on_token_0(model_of):
+    """NaN logits have argmax 0: without the check the trace would be 0, 0, 0, ... — a loop."""
+    model = model_of("llama-g1").copy()
+    model.params["final_norm"]["scale"] = model.params["final_norm"]["scale"].at[0].set(np.nan)
+    with pytest.raises(dynsys.NonFiniteError, match=r"generate \(\[row, step\]\) at index \[0, 0\]"):
+        generate(model, tokens(model, 2, 5), 8)
+
+
+def test_overflow_late_in_generation_names_the_step(model_of):
+    """A model finite on the prompt whose logits overflow once a chosen token is fed back."""
+    model = model_of("llama-g1").copy()
+    prompt = tokens(model, 1, 5)
+    first = int(np.asarray(generate(model, prompt, 1))[0, 0])
+    embedding = model.params["embed"]["embedding"]
+    model.params["embed"]["embedding"] = embedding.at[first].set(np.inf)
+    if first in prompt:
+        pytest.skip("the first generated token occurs in the prompt")
+    with pytest.raises(dynsys.NonFiniteError, match=r"index \[0, 1\]"):
+        generate(model, prompt, 4)
+
+
+def test_max_new_tokens_must_be_a_true_integer(model_of):
+    model = model_of("llama-g1")
+    for bad in (True, 2.0, 0, -3):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            generate(model, tokens(model, 1, 5), bad)

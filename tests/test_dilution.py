@@ -4,12 +4,14 @@ against a brute-force recomputation, and position drift (proofs/position_drift.m
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynsys.bounds import extremal_scores, mass_bound
 from dynsys.cache import RowCache, empty_rows
+from dynsys.checks import NonFiniteError
 from dynsys.compare import compare
 from dynsys.config import ModelConfig
 from dynsys.decode import _run, generate, prefill
@@ -263,3 +265,19 @@ def test_position_drift_is_periodic_not_diluted():
         assert flat.logit_change.max() < 1e-5 and not flat.changed.any()
     assert drift[2047][1] < drift[127][1] / 4
     assert drift[2047][0] > 3 * drift[2047][1]
+
+
+def test_probes_refuse_a_prefix_of_another_prompt_and_non_finite_models():
+    model = random_model(PROBED, seed=3)
+    prompt, other = np.arange(20) % 61, (np.arange(20) + 1) % 61
+    with pytest.raises(ValueError, match="another model or prompt"):
+        probe_trace(model, prompt, [1, 2, 3], prefix=prefill(model, other))
+    with pytest.raises(ValueError, match="another model or prompt"):
+        position_drift(model, prompt, [1, 2], [1], prefix=prefill(model, other))
+    broken = model.copy()
+    broken.params["blocks_0"]["attn"]["v"]["kernel"] = (
+        broken.params["blocks_0"]["attn"]["v"]["kernel"] * np.inf)
+    with pytest.raises(NonFiniteError, match="probe_trace"):
+        probe_trace(broken, prompt, [1, 2, 3])
+    with pytest.raises(NonFiniteError, match="position_drift"):
+        position_drift(broken, prompt, [1, 2], [1])

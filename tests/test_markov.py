@@ -122,3 +122,36 @@ def test_bad_input(model):
         markov_map(model, prompt, offset=CFG.max_position_embeddings, progress=False)
     with pytest.raises(ValueError, match="offset"):
         markov_map(model, prompt, offset=-2, progress=False)
+
+
+def test_resume_refuses_chunks_of_a_model_differing_only_in_its_lm_head(model, tmp_path):
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=6)
+    markov_map(model, prompt, chunk=16, progress=False, resume_dir=tmp_path)
+    other = model.copy()
+    other.params["lm_head"]["kernel"] = -other.params["lm_head"]["kernel"]
+    with pytest.raises(ValueError, match="different map"):
+        markov_map(other, prompt, chunk=16, progress=False, resume_dir=tmp_path)
+
+
+def test_prefix_or_map_of_another_prompt_or_model_is_refused(model):
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=6)
+    other_prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=7)  # same length
+    rows = np.arange(8)[:, None]
+    with pytest.raises(ValueError, match="another model or prompt"):
+        suffix_map(model, prompt, rows, prefix=ds.prefill(model, other_prompt), progress=False)
+    with pytest.raises(ValueError, match="another model or prompt"):
+        suffix_map(model, prompt, rows, prefix=ds.prefill(model.with_rope(False), prompt),
+                   progress=False)
+    with pytest.raises(ValueError, match="another model or prompt"):
+        lazy_orbit(model, prompt, 3, prefix=ds.prefill(model, other_prompt))
+    same = suffix_map(model, prompt, rows, prefix=ds.prefill(model, prompt), progress=False)
+    np.testing.assert_array_equal(same.next, suffix_map(model, prompt, rows, progress=False).next)
+
+
+def test_non_finite_model_raises_instead_of_mapping_to_token_0(model):
+    broken = model.copy()
+    broken.params["blocks_1"]["mlp"]["down"]["kernel"] = (
+        broken.params["blocks_1"]["mlp"]["down"]["kernel"].at[0, 0].set(np.inf))
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=6)
+    with pytest.raises(ds.NonFiniteError, match="non-finite logits in the map"):
+        markov_map(broken, prompt, progress=False)

@@ -1,4 +1,5 @@
 import json
+import re
 
 import jax
 import numpy as np
@@ -136,3 +137,85 @@ def test_missing_files_raise_file_not_found(model_of, tmp_path):
     with pytest.raises(FileNotFoundError, match="safetensors"):
         load_hf(tmp_path)
 
+
+
+def test_save_replaces_a_sharded_checkpoint_whole(model_of, tmp_path):
+    old, new = model_of("llama-g1"), model_of("llama-g1").copy()
+    new.params["final_norm"]["scale"] = new.params["final_norm"]["scale"] * 2
+    save_hf(old, tmp_path, max_shard_bytes=1 << 14)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    save_hf(new, tmp_path)  # one file now: the old index and shards must not survive
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert_same_params(load_hf(tmp_path).params, new.params)
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))  # no temporary left behind
+
+
+def test_save_refuses_a_foreign_directory(model_of, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        save_hf(model_of("llama-g1"), tmp_path)
+    other = tmp_path.parent / "neox"
+    save_hf(model_of("neox-rot25"), other)
+    with pytest.raises(ValueError, match="not a llama checkpoint"):
+        save_hf(model_of("llama-g1"), other)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert load_hf(other).config.family == "gpt_neox"
+
+
+def test_index_beside_single_file_or_pointing_outside_is_refused(model_of, tmp_path):
+    model = model_of("llama-g1")
+    save_hf(model, tmp_path / "a", max_shard_bytes=1 << 14)
+    save_hf(model, tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").rename(tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ValueError, match="both model.safetensors and"):
+        load_hf(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").unlink()
+    index = tmp_path / "a" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = "../b/stolen.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="outside"):
+        load_hf(tmp_path / "a")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_tensor_is_refused_at_load(value, model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].copy()
+        t[name][3, 5] = value
+
+    _rewrite(tmp_path, poison)
+    with pytest.raises(ValueError, match=re.escape(name) + ".*non-finite"):
+        load_hf(tmp_path)
+
+
+def test_corrupt_safetensors_is_a_value_error_naming_the_file(model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="model.safetensors is not a readable"):
+        load_hf(tmp_path)
+
+
+def test_loaded_presets_do_not_share_a_mutable_tree():
+    first = load("tiny")
+    kept = first.params["embed"]["embedding"]
+    first.params["embed"]["embedding"] = first.params["embed"]["embedding"] * 0
+    del first.params["final_norm"]
+    second = load("tiny")
+    assert "final_norm" in second.params
+    assert second.params["embed"]["embedding"] is kept
+
+
+def test_digest_covers_every_parameter(model_of):
+    model = model_of("llama-g1")
+    edited = model.copy()
+    assert edited.digest == model.digest
+    head = edited.params["lm_head"]["kernel"]
+    edited.params["lm_head"]["kernel"] = head.at[-1, -1].add(1e-3)  # the last leaf, last entry
+    assert edited.digest != model.digest
+    assert model.with_rope(False).digest != model.digest
+    assert model.with_rope(False).params_digest == model.params_digest
