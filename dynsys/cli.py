@@ -1,8 +1,14 @@
-"""The `dynsys` command line: verify, run, figures, generate, map, orbits, sweep."""
+"""The `dynsys` command line: verify, run, figures, generate, map, orbits, sweep.
+
+A user error (a bad setting, value or file) ends a command with one line, `error: ...`,
+naming it, and exit status 2; nothing is left half-written.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -10,13 +16,16 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from safetensors import SafetensorError
 
 from dynsys import prompts, studies
 from dynsys.decode import generate as generate_tokens
 from dynsys.markov import markov_map
 from dynsys.nullmodel import compare_to_null
+from dynsys.orbits import check_map
 from dynsys.orbits import orbits as orbit_structure
-from dynsys.runs import RunError, save_npz_atomic
+from dynsys.runs import load_npz, save_npz_atomic
 from dynsys.sampling import Sampler
 from dynsys.studies.finding import Finding
 from dynsys.sweep import make_prompt
@@ -26,6 +35,11 @@ from dynsys.weights import load
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")
 console = Console()
+errors = Console(stderr=True)
+# What a user's input can raise: bad values, settings and files (RunError, UnreadableFile and
+# JSON/TOML errors are ValueErrors), files that cannot be read or written, and checkpoints
+# that safetensors cannot read.
+USER_ERRORS = (ValueError, OSError, SafetensorError)
 MODEL = typer.Option("tiny", help="preset name or local Hugging Face checkpoint directory")
 SEED = typer.Option(0, help="seed of the random initialisation (presets)")
 
@@ -35,9 +49,23 @@ def main() -> None:
     """dynsys: why autoregressive transformers fall into loops."""
 
 
-def _fail(error: Exception) -> None:
-    console.print(f"[red]error:[/red] {error}")
-    raise typer.Exit(2)
+def command(name: str | None = None):
+    """app.command(name), for a command whose USER_ERRORS end it with one line on stderr,
+    `error: MESSAGE`, and exit status 2 instead of a traceback (the line is not wrapped,
+    whatever the terminal's width)."""
+    def register(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except USER_ERRORS as e:
+                message = " ".join(str(e).splitlines())
+                errors.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+                raise typer.Exit(2) from None
+
+        return app.command(name)(checked)
+
+    return register
 
 
 def _settings(config: Path | None, assignments: list[str]) -> dict:
@@ -64,23 +92,20 @@ def _verdict_table(title: str, found: list[Finding]) -> Table:
     return table
 
 
-@app.command()
+@command()
 def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (resumes)"),
            experiments: list[str] = typer.Option(list(studies.STUDIES), "--experiment", "-e",
                                                  help="experiments to include")) -> None:
     """The main job: every experiment at its small scale on the tiny random-init model,
     RoPE on and off; prints the verdict and writes a run directory with its figures."""
     start = time.perf_counter()
-    try:
-        for name in experiments:
-            module = studies.study(name)
-            console.rule(f"{name}: {module.TITLE}")
-            t = time.perf_counter()
-            studies.run_study(name, out / name, "small")
-            console.log(f"{name} done in {time.perf_counter() - t:.0f} s")
-        found = studies.findings(out)
-    except (ValueError, RunError) as e:
-        _fail(e)
+    for name in experiments:
+        module = studies.study(name)
+        console.rule(f"{name}: {module.TITLE}")
+        t = time.perf_counter()
+        studies.run_study(name, out / name, "small")
+        console.log(f"{name} done in {time.perf_counter() - t:.0f} s")
+    found = studies.findings(out)
     console.print(_verdict_table("dynsys verify: the Markov-degeneration argument on tiny "
                                  "random-init models", found))
     held = sum(f.holds is True for f in found)
@@ -89,7 +114,7 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
                   f"(figures in {out}/*/figures); {time.perf_counter() - start:.0f} s.")
 
 
-@app.command()
+@command()
 def run(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.STUDIES)}"),
         scale: str = typer.Option("small", help="'small' (minutes, CI) or 'paper'"),
         out: Path = typer.Option(None, help="run directory (default runs/EXPERIMENT-SCALE)"),
@@ -97,36 +122,26 @@ def run(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.S
         set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
         ) -> None:
     """Run (or resume) one experiment into a run directory and draw its figures."""
-    try:
-        overrides = _settings(config, set_)
-    except (ValueError, OSError) as e:
-        _fail(e)
-    _run_and_report(experiment, scale, out or Path("runs") / f"{experiment}-{scale}", overrides)
+    _run_and_report(experiment, scale, out or Path("runs") / f"{experiment}-{scale}",
+                    _settings(config, set_))
 
 
 def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> None:
-    try:
-        found = studies.findings(studies.run_study(experiment, out, scale, overrides).path)
-    except (ValueError, RunError, OSError) as e:
-        _fail(e)
+    found = studies.findings(studies.run_study(experiment, out, scale, overrides).path)
     console.print(_verdict_table(f"{experiment} ({scale}): {studies.study(experiment).TITLE}",
                                  found))
     console.print(f"wrote {out}")
 
 
-@app.command()
+@command()
 def figures(run_dir: Path = typer.Argument(..., help="a run directory, or a directory of them")
             ) -> None:
     """Redraw the figures of stored runs (nothing is recomputed)."""
-    try:
-        paths = studies.render(run_dir)
-    except (ValueError, RunError) as e:
-        _fail(e)
-    for p in paths:
+    for p in studies.render(run_dir):
         console.print(str(p))
 
 
-@app.command()
+@command()
 def sweep(model: str = MODEL, seed: int = SEED,
           lengths: list[int] = typer.Option([64, 256, 1024, 4096], "--n", help="prompt lengths"),
           new_tokens: int = typer.Option(32, help="generation length G"),
@@ -137,7 +152,7 @@ def sweep(model: str = MODEL, seed: int = SEED,
                                          "G": new_tokens, "prompts": prompts_per_cell})
 
 
-@app.command("map")
+@command("map")
 def map_(model: str = MODEL, seed: int = SEED,
          kind: str = typer.Option("ngram", help="prompt: 'ngram' (repeated) or 'random'"),
          length: int = typer.Option(1024, help="prompt length n"),
@@ -146,29 +161,31 @@ def map_(model: str = MODEL, seed: int = SEED,
          rope: bool = typer.Option(True, help="RoPE on (--rope) or off (--no-rope)"),
          out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt")
          ) -> None:
-    """The Markov map f_{P,τ} on all of V, written as an .npz (resumable by chunks)."""
-    try:
-        net = load(model, seed=seed).with_rope(rope)
-        prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
-        fmap = markov_map(net, prompt, offset=offset,
-                          resume_dir=out.with_name(out.stem + ".chunks"))
-    except (ValueError, OSError) as e:
-        _fail(e)
+    """The Markov map f_{P,τ} on all of V, written as an .npz (resumable: finished chunks
+    are kept in OUT.chunks, which is removed once OUT is written)."""
+    net = load(model, seed=seed).with_rope(rope)
+    prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
+    chunks = out.with_name(out.stem + ".chunks")
+    fmap = markov_map(net, prompt, offset=offset, resume_dir=chunks)
     save_npz_atomic(out, next=fmap.next, margin=fmap.margin, prompt=prompt)
+    shutil.rmtree(chunks)
     _print_orbits(fmap.next)
     console.print(f"wrote {out}")
 
 
-@app.command()
+@command()
 def orbits(map_file: Path = typer.Argument(..., help="an .npz with an array 'next' (dynsys map)"),
            shuffles: int = typer.Option(20, help="in-degree-preserving shuffles for the null")
            ) -> None:
     """Cycles, tails and basins of a stored map next to the random-mapping null."""
+    saved = load_npz(map_file)
+    if "next" not in saved:
+        raise ValueError(f"{map_file} has no array 'next' (it holds: "
+                         f"{', '.join(saved) or 'nothing'}); write one with `dynsys map`")
     try:
-        with np.load(map_file, allow_pickle=False) as saved:
-            nxt = saved["next"]
-    except (OSError, KeyError, ValueError) as e:
-        _fail(ValueError(f"{map_file}: {e}"))
+        nxt = check_map(saved["next"])
+    except ValueError as e:
+        raise ValueError(f"{map_file}: {e}") from None
     _print_orbits(nxt, shuffles)
 
 
@@ -187,7 +204,7 @@ def _print_orbits(nxt: np.ndarray, shuffles: int = 20) -> None:
     console.print(table)
 
 
-@app.command()
+@command()
 def generate(
     model: str = MODEL, seed: int = SEED,
     ngram: list[int] = typer.Option([1, 2, 3, 4], help="N of the repeated random N-gram"),
@@ -200,11 +217,10 @@ def generate(
 ) -> None:
     """Generate from repeated-N-gram prompts and print each trace's period, onset and repeats."""
     if rope not in ("on", "off", "both"):
-        raise typer.BadParameter(f"rope={rope!r} must be 'on', 'off' or 'both'")
-    try:
-        base = load(model, seed=seed)
-    except ValueError as e:
-        _fail(e)
+        raise ValueError(f"rope={rope!r} must be 'on', 'off' or 'both'")
+    if prompts_per_n < 1:
+        raise ValueError(f"--prompts-per-n={prompts_per_n} must be at least 1")
+    base = load(model, seed=seed)
     cfg = base.config
     batch = np.stack([prompts.repeated_ngram(cfg.vocab_size, n, length, seed=1000 * n + i)
                       for n in ngram for i in range(prompts_per_n)])

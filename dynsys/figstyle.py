@@ -1,8 +1,8 @@
 """The paper's figure style: column widths, fonts, a colour-blind-safe palette, PDF + PNG.
 
 Every figure is drawn, inside `style()`, from a run directory's stored tables and units
-(never recomputed) with `figure(...)` and written with `save(...)` as vector PDF and
-200-dpi PNG.
+(never recomputed) with `figure(...)` and written with `save(...)`, atomically, as vector PDF
+and 200-dpi PNG.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+
+from dynsys.runs import atomic_path  # noqa: E402
 
 COLUMN = 3.4  # inches: one column of a two-column paper
 FULL = 7.0  # inches: the full text width
@@ -62,11 +64,15 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = COLUMN, aspect: float 
 
 
 def save(fig, directory: Path, name: str) -> list[Path]:
-    """Write `name`.pdf and `name`.png into `directory` and close the figure."""
+    """Write `name`.pdf and `name`.png into `directory`, each atomically (a temporary file
+    renamed; removed if writing fails), and close the figure, also when writing fails."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.pdf", directory / f"{name}.png"]
-    fig.savefig(paths[0])
-    fig.savefig(paths[1], dpi=200)
-    plt.close(fig)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, dpi in zip(paths, (None, 200)):  # None: savefig.dpi, as by default
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
     return paths

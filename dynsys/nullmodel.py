@@ -170,6 +170,8 @@ def compare_to_null(
     the null that keeps the map's in-degree sequence, e.g. its hub tokens.
     """
     f = check_map(f)
+    if isinstance(shuffles, bool) or not isinstance(shuffles, int | np.integer) or shuffles < 0:
+        raise ValueError(f"shuffles={shuffles!r} must be a non-negative integer")
     observed = mapping_statistics(f)
     expected = asdict(random_mapping_expectations(f.size))
     rng = np.random.default_rng(seed)

@@ -1,29 +1,38 @@
 """Run directories: one experiment's config, provenance, tables and arrays on disk.
 
-    run.json           format, experiment, config, provenance (of the first session),
-                       resumed (provenance of every later session)
-    units/NAME.npz     one finished unit of work each, written atomically
+    run.json           format, experiment, config, inputs (digests of what the run reads
+                       besides its config, e.g. {"model": digest of the weights}),
+                       provenance (of the first session), resumed (of every later session)
+    units/NAME.npz     one finished unit of work each
     tables/NAME.csv    tables derived from the units
     figures/NAME.pdf   figures drawn from the tables and units only (and .png)
 
-A run is reopened only with the same experiment and config, by a dynsys that reads its
-format; anything else is an error and nothing on disk is changed. Units are written to a
-temporary file and renamed, so a killed run leaves only finished units and a rerun
-recomputes nothing that was finished.
+A run is reopened only with the same experiment, config and inputs, by a dynsys that reads
+its format; anything else is an error and nothing on disk is changed. A run.json without
+`inputs` (written before they were recorded) is resumed with a warning, and the inputs of
+that session are recorded. Every file is written to a temporary name in its directory and
+renamed (`atomic_path`; a failed write removes the temporary file), so a killed run leaves
+only finished units and a rerun recomputes nothing that was finished. A unit file that cannot
+be read (truncated or damaged) is moved aside to units/NAME.npz.corrupt-TIME with a warning
+and counts as missing, so the next fill recomputes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
 import subprocess
 import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +41,53 @@ from rich.progress import Progress
 FORMAT = 1  # bump when the layout or meaning of a run directory changes
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 _PACKAGES = ("dynsys", "jax", "jaxlib", "flax", "numpy", "scipy", "networkx", "matplotlib")
+log = logging.getLogger(__name__)
 
 
 class RunError(ValueError):
     """A run directory that cannot be opened as asked (nothing was written)."""
 
 
-def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temporary name, then rename: `path` is absent or complete."""
+class UnreadableFile(ValueError):
+    """A file that is not a readable .npz archive (truncated, damaged, or another format)."""
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to: renamed to `path` when the block ends, and
+    removed if the block (or the rename) fails, so `path` is as it was or complete."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """np.savez through `atomic_path`: `path` is absent, as it was, or complete."""
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_npz(path) -> dict[str, np.ndarray]:
+    """Every array of the .npz archive `path`, read in full (so its checksums are checked).
+    FileNotFoundError if it is absent; UnreadableFile naming it if it is not a readable .npz
+    archive (truncated, damaged, an .npy array or another format)."""
+    path = Path(path)
+    try:
+        saved = np.load(path, allow_pickle=False)
+        if isinstance(saved, np.ndarray):
+            raise UnreadableFile(f"{path} holds a single .npy array, not an .npz archive")
+        with saved:
+            return {k: saved[k] for k in saved.files}
+    except UnreadableFile:
+        raise
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UnreadableFile(f"{path} cannot be read as an .npz archive "
+                             f"({type(e).__name__}: {e})") from None
 
 
 def provenance(seeds: dict | None = None) -> dict:
@@ -106,23 +150,43 @@ class Run:
     def figures(self) -> Path:
         return self.path / "figures"
 
+    def _unit(self, unit: str) -> Path:
+        return self.path / "units" / f"{_check_name(unit)}.npz"
+
+    def _read(self, unit: str) -> dict[str, np.ndarray] | None:
+        """The arrays of `unit`; None if it is not stored, or if it cannot be read: then the
+        file is moved aside to units/NAME.npz.corrupt-TIME, with a warning."""
+        path = self._unit(unit)
+        try:
+            return load_npz(path)
+        except FileNotFoundError:
+            return None
+        except UnreadableFile as e:
+            aside = path.with_name(f"{path.name}.corrupt-"
+                                   f"{datetime.datetime.now():%Y%m%dT%H%M%S%f}")
+            os.replace(path, aside)
+            log.warning("%s; moved to %s and counted as missing", e, aside)
+            return None
+
     def has(self, unit: str) -> bool:
-        return (self.path / "units" / f"{_check_name(unit)}.npz").exists()
+        """Whether `unit` is stored and readable (it is read in full; see `_read`)."""
+        return self._read(unit) is not None
 
     def save(self, unit: str, **arrays) -> None:
-        save_npz_atomic(self.path / "units" / f"{_check_name(unit)}.npz",
-                        **{k: np.asarray(v) for k, v in arrays.items()})
+        save_npz_atomic(self._unit(unit), **{k: np.asarray(v) for k, v in arrays.items()})
 
     def load(self, unit: str) -> dict[str, np.ndarray]:
-        path = self.path / "units" / f"{_check_name(unit)}.npz"
-        if not path.exists():
-            raise RunError(f"{self.path} has no unit {unit!r} (finished: {self.units()})")
-        with np.load(path, allow_pickle=False) as saved:
-            return {k: saved[k] for k in saved.files}
+        """The arrays of `unit`; RunError if it is not stored or cannot be read (see `_read`)."""
+        arrays = self._read(unit)
+        if arrays is None:
+            raise RunError(f"{self.path} has no readable unit {unit!r} (finished: "
+                           f"{self.units()}; an unreadable one is moved aside)")
+        return arrays
 
     def fill(self, keys, name, compute, description: str, progress: bool = True) -> None:
         """Save compute(*key) (a dict of arrays) as unit name(*key) for every key whose unit
-        is not stored yet, in order, with a progress bar over the missing ones."""
+        is not stored yet or cannot be read (see `has`), in order, with a progress bar over
+        the missing ones."""
         todo = [key for key in keys if not self.has(name(*key))]
         with Progress(disable=not progress or not todo) as bar:
             for key in bar.track(todo, description=description):
@@ -137,12 +201,10 @@ class Run:
         if not rows:
             raise RunError(f"table {name!r} has no rows")
         path = self.path / "tables" / f"{_check_name(name)}.csv"
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         return path
 
     def read_table(self, name: str) -> list[dict]:
@@ -185,39 +247,62 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def open_run(path, experiment: str, config, seeds: dict | None = None) -> Run:
+def _differences(old: dict, new: dict) -> str:
+    """'key: old there, new now' for every key whose value differs."""
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys)
+
+
+def open_run(path, experiment: str, config, seeds: dict | None = None,
+             inputs: dict | None = None) -> Run:
     """Create the run directory `path`, or reopen it to resume.
 
-    Reopening needs the same experiment and config (a dataclass or mapping); a difference
-    raises RunError naming it, and nothing is written. A resumed session's provenance is
-    appended to run.json's `resumed` list.
+    `inputs` identifies what the run reads besides its config (a mapping of names to digests,
+    e.g. {"model": the checkpoint's digest}). Reopening needs the same experiment, config (a
+    dataclass or mapping) and inputs; a difference raises RunError naming it, and nothing is
+    written. A resumed session's provenance is appended to run.json's `resumed` list. A new
+    run whose run.json cannot be written leaves no directory behind.
     """
     path = Path(path)
     config = _plain(config)
+    inputs = _plain(inputs or {})
     if (path / "run.json").exists():
         meta = _read_meta(path)
         if meta["experiment"] != experiment:
             raise RunError(f"{path} holds experiment {meta['experiment']!r}, not "
                            f"{experiment!r}; nothing was changed")
         if meta["config"] != config:
-            keys = sorted(k for k in set(config) | set(meta["config"])
-                          if config.get(k) != meta["config"].get(k))
-            diff = ", ".join(f"{k}: {meta['config'].get(k)!r} there, {config.get(k)!r} now"
-                             for k in keys)
-            raise RunError(f"{path} was run with another config ({diff}); nothing was "
-                           "changed; use another directory to run this config")
+            raise RunError(f"{path} was run with another config "
+                           f"({_differences(meta['config'], config)}); nothing was changed; "
+                           "use another directory to run this config")
+        if "inputs" not in meta:
+            log.warning("%s records no inputs (it predates them); resuming it with %s",
+                        path / "run.json", inputs)
+            meta["inputs"] = inputs
+        elif meta["inputs"] != inputs:
+            raise RunError(f"{path} was run on other inputs "
+                           f"({_differences(meta['inputs'], inputs)}); nothing was changed; "
+                           "use another directory to run on these")
         meta.setdefault("resumed", []).append(provenance(seeds))
     elif path.exists() and any(path.iterdir()):
         raise RunError(f"{path} exists, is not empty and is not a run directory; "
                        "nothing was changed")
     else:
-        meta = {"format": FORMAT, "experiment": experiment, "config": config,
+        meta = {"format": FORMAT, "experiment": experiment, "config": config, "inputs": inputs,
                 "provenance": provenance(seeds), "resumed": []}
+    text = json.dumps(meta, indent=1)  # a value JSON cannot hold fails here, before any write
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path / "run.json") as tmp:
+            tmp.write_text(text)
+    except BaseException:
+        for directory in made:  # only what this call created, still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
     for sub in ("units", "tables", "figures"):
-        (path / sub).mkdir(parents=True, exist_ok=True)
-    tmp = path / f".run.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path / "run.json")
+        (path / sub).mkdir(exist_ok=True)
     return Run(path=path, experiment=experiment, config=config, meta=meta)
 
 

@@ -280,16 +280,22 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
 
 def checkpoint_digest(name_or_path: str | Path) -> str:
     """What identifies a model's weights on disk: for a local checkpoint directory, the
-    SHA-256 of config.json, the safetensors index (if any) and every safetensors file, read
-    in full; for a preset, "preset:NAME" (its random weights follow from the name and seed)."""
+    SHA-256 of config.json, the safetensors index (if any) and every safetensors file it uses,
+    read in full, after checking that each file's header reads (ValueError naming the file);
+    for a preset, "preset:NAME" (its random weights follow from the name and seed)."""
     if str(name_or_path) in PRESETS:
         return f"preset:{name_or_path}"
     directory = Path(name_or_path)
-    files = [directory / "config.json"]
-    files += sorted(p for p in directory.iterdir()
-                    if p.name.endswith(".safetensors") or p.name == _INDEX)
+    weights = _weight_files(directory)
+    for path in weights:
+        try:
+            with safe_open(path, framework="numpy"):
+                pass
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    index = [directory / _INDEX] if (directory / _INDEX).exists() else []
     h = hashlib.sha256()
-    for path in files:
+    for path in [directory / "config.json", *index, *weights]:
         h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:
             while block := f.read(1 << 24):

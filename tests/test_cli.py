@@ -1,6 +1,8 @@
 """The command line: each subcommand on tiny settings, and its refusals of bad input."""
 
 import dataclasses
+import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 import dynsys as ds
 from dynsys import cli
 from dynsys.cli import app
+from dynsys.runs import open_run
 from dynsys.studies import e2_agreement
 
 MICRO = ["--set", "lengths=[16, 32]", "--set", "G=4", "--set", "prompts=2",
@@ -21,6 +24,24 @@ runner = CliRunner()
 def wide_console(monkeypatch):
     """Table cells on one line, so that claims can be found in the output."""
     monkeypatch.setattr(cli, "console", Console(width=400))
+
+
+@pytest.fixture()
+def narrow(monkeypatch):
+    """A 40-column terminal: an error must still be one line."""
+    monkeypatch.setattr(cli, "console", Console(width=40))
+    monkeypatch.setattr(cli, "errors", Console(stderr=True, width=40), raising=False)
+
+
+def refused(result, *named) -> None:
+    """Exit status 2, no traceback, and one line of output: `error: ...` naming each of
+    `named`."""
+    assert result.exit_code == 2, (result.exception, result.output)
+    assert "Traceback" not in result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for text in named:
+        assert str(text) in lines[0], (text, lines[0])
 
 
 def invoke(*args):
@@ -69,6 +90,7 @@ def test_map_and_orbits(tmp_path):
         nxt, prompt = saved["next"], saved["prompt"]
     expected = ds.markov_map(ds.load("tiny"), prompt, progress=False).next
     np.testing.assert_array_equal(nxt, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.npz"]  # no map.chunks left
     cycles = ds.orbits(nxt).n_cycles
     result = invoke("orbits", str(out), "--shuffles", "2")
     assert result.exit_code == 0 and says(result, f"{cycles} cycles (length:basin")
@@ -94,7 +116,110 @@ def test_bad_input_is_named(tmp_path, args, message):
     assert not (tmp_path / "r").exists()
 
 
-def test_orbits_rejects_a_file_without_a_map(tmp_path):
-    np.savez(tmp_path / "other.npz", values=np.arange(3))
-    result = runner.invoke(app, ["orbits", str(tmp_path / "other.npz")])
-    assert result.exit_code == 2 and says(result, "next is not a file in the archive")
+@pytest.fixture()
+def garbage_checkpoint(tmp_path):
+    """A checkpoint directory with a good config.json and a model.safetensors of garbage."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(ds.to_hf_config(ds.preset("tiny"))))
+    (ckpt / "model.safetensors").write_bytes(b"garbage" * 10)
+    return ckpt
+
+
+@pytest.mark.parametrize("command", [
+    ["map", "--length", "8", "--out", "{out}/map.npz", "--model"],
+    ["generate", "--model"],
+    ["sweep", "--out", "{out}/sweep", "--model"],
+    ["run", "e2", "--out", "{out}/run", "--set", "model={ckpt}"],
+])
+def test_a_corrupt_checkpoint_is_refused(garbage_checkpoint, tmp_path, narrow, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [a.format(out=out, ckpt=garbage_checkpoint) for a in command]
+    if args[-1] == "--model":
+        args.append(str(garbage_checkpoint))
+    refused(runner.invoke(app, args), garbage_checkpoint / "model.safetensors")
+    assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize("experiment, setting", [
+    ("e1", "batch=0"), ("e2", "prompts=0"), ("e2", "lengths=[]"), ("e2", "G=-1"),
+    ("e6", "offsets=2"), ("e4", "kinds=[\"words\"]")])
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, narrow, experiment,
+                                                             setting):
+    result = runner.invoke(app, ["run", experiment, "--out", str(tmp_path / "r"),
+                                 "--set", setting])
+    refused(result, setting.replace('"', "'"))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content, named", [
+    ('{"G": 8,', "s.json is not valid JSON"),
+    (None, "s.json"),
+    ("[1, 2]", "s.json must hold a table of settings"),
+    ('{"G": -1}', "G=-1"),
+])
+def test_a_bad_settings_file_is_refused(tmp_path, narrow, content, named):
+    if content is not None:
+        (tmp_path / "s.json").write_text(content)
+    result = runner.invoke(app, ["run", "e2", "--out", str(tmp_path / "r"),
+                                 "--config", str(tmp_path / "s.json")])
+    refused(result, named)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name, write, named", [
+    ("float.npz", lambda p: np.savez(p, next=np.arange(5.0)), "dtype float64"),
+    ("range.npz", lambda p: np.savez(p, next=np.array([0, 5, 1])), "f[1] = 5"),
+    ("negative.npz", lambda p: np.savez(p, next=np.array([0, -1])), "f[1] = -1"),
+    ("square.npz", lambda p: np.savez(p, next=np.zeros((2, 2), int)), "1-D"),
+    ("other.npz", lambda p: np.savez(p, values=np.arange(3)), "no array 'next'"),
+    ("map.npy", lambda p: np.save(p, np.arange(3)), "not an .npz"),
+    ("cut.npz", lambda p: p.write_bytes(b"PK\x03\x04 truncated"), "cannot be read"),
+    ("empty.npz", lambda p: p.write_bytes(b""), "cannot be read"),
+    ("missing.npz", lambda p: None, "No such file"),
+])
+def test_orbits_refuses_a_bad_map_file(tmp_path, narrow, name, write, named):
+    path = tmp_path / name
+    write(path)
+    before = sorted(tmp_path.iterdir())
+    refused(runner.invoke(app, ["orbits", str(path)]), path, named)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def read_only(directory):
+    """`directory` made read-only; the test is skipped where that does not stop writes (root)."""
+    directory.chmod(0o555)
+    try:
+        (directory / "probe").touch()
+    except PermissionError:
+        return directory
+    (directory / "probe").unlink()
+    directory.chmod(0o755)
+    pytest.skip("permissions do not stop writes here (running as root?)")
+
+
+def test_run_refuses_a_read_only_out_directory(tmp_path, narrow):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    read_only(parent)
+    try:
+        refused(runner.invoke(app, ["run", "e2", "--out", str(parent / "run"), *MICRO]),
+                parent / "run", "Permission denied")
+        assert not list(parent.iterdir())
+    finally:
+        parent.chmod(0o755)
+
+
+def test_figures_refuses_a_read_only_figures_directory(tmp_path, narrow):
+    run = open_run(tmp_path / "run", "e2", e2_agreement.SCALES["small"])
+    run.write_table("agreement", [
+        {"rope": rope, "kind": "random", "n": n, "G": 4, "agreement": 0.5, "stderr": 0.1,
+         "agreement_position": 0.5} for rope in (True, False) for n in (16, 32)])
+    read_only(run.figures)
+    try:
+        refused(runner.invoke(app, ["figures", str(run.path)]), run.figures,
+                "Permission denied")
+        assert not list(run.figures.iterdir())
+    finally:
+        os.chmod(run.figures, 0o755)

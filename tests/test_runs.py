@@ -3,10 +3,11 @@
 import dataclasses
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from dynsys import runs
+from dynsys import figstyle, runs
 from dynsys.runs import FORMAT, RunError, open_run, read_run
 
 
@@ -41,7 +42,7 @@ def test_units_and_tables_round_trip(tmp_path):
     run.write_table("summary", rows)
     assert read_run(tmp_path).read_table("summary") == rows
     assert not [p for p in tmp_path.rglob("*") if "tmp" in p.name]
-    with pytest.raises(RunError, match="no unit 'u_n16'"):
+    with pytest.raises(RunError, match="no readable unit 'u_n16'"):
         run.load("u_n16")
     with pytest.raises(RunError, match="'../escape'"):
         run.save("../escape", x=a)
@@ -95,3 +96,103 @@ def test_atomic_save_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
         runs.save_npz_atomic(path, x=np.zeros(3))
     with np.load(path) as saved:
         np.testing.assert_array_equal(saved["x"], np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.npz"]  # no temporary file left
+
+
+def test_unreadable_units_are_moved_aside_and_count_as_missing(tmp_path, caplog):
+    run = open_run(tmp_path, "demo", Settings())
+    for name in ("cut", "junk", "fine", "late"):
+        run.save(name, x=np.arange(50))
+    units = tmp_path / "units"
+    whole = (units / "cut.npz").read_bytes()
+    (units / "cut.npz").write_bytes(whole[:len(whole) // 2])  # truncated
+    (units / "junk.npz").write_bytes(b"not an npz archive")
+    computed = []
+
+    def compute(name):
+        computed.append(name)
+        return {"x": np.arange(50) + 1}
+
+    run.fill([("cut",), ("junk",), ("fine",)], lambda name: name, compute, "demo",
+             progress=False)
+    assert computed == ["cut", "junk"]
+    for name in ("cut", "junk"):
+        assert len(list(units.glob(f"{name}.npz.corrupt-*"))) == 1
+        assert any(name in r.getMessage() and "corrupt" in r.getMessage() for r in caplog.records)
+        np.testing.assert_array_equal(run.load(name)["x"], np.arange(50) + 1)
+    np.testing.assert_array_equal(run.load("fine")["x"], np.arange(50))
+    assert run.units() == ["cut", "fine", "junk", "late"]
+    (units / "late.npz").write_bytes(whole[:100])
+    assert not run.has("late") and list(units.glob("late.npz.corrupt-*"))
+    run.save("late", x=np.zeros(1))
+    (units / "late.npz").write_bytes(b"")
+    with pytest.raises(RunError, match="no readable unit 'late'"):
+        run.load("late")
+    assert len(list(units.glob("late.npz.corrupt-*"))) == 2
+    assert "late.npz.corrupt-" in caplog.records[-1].getMessage()
+    assert run.units() == ["cut", "fine", "junk"]
+
+
+def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
+    run = open_run(tmp_path / "r", "demo", Settings())
+    with pytest.raises(ValueError, match="fields not in fieldnames"):
+        run.write_table("mixed", [{"a": 1}, {"b": 2}])  # fails after the header is written
+    assert not list((tmp_path / "r" / "tables").iterdir())
+
+    def full_disk(file, **arrays):
+        open(file, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runs.np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        run.save("u", x=np.zeros(3))
+    assert not list((tmp_path / "r" / "units").iterdir())
+
+
+def test_a_run_json_that_cannot_be_written_leaves_no_directory(tmp_path):
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        open_run(tmp_path / "r", "demo", Settings(), seeds={"seed": object()})
+    assert not (tmp_path / "r").exists()
+    open_run(tmp_path / "r", "demo", Settings(), seeds={"seed": 1})  # the retry is not refused
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        open_run(tmp_path / "r", "demo", Settings(), seeds={"seed": object()})
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "figures", "run.json", "tables", "units"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["resumed"] == []
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    fig, axes = figstyle.figure()
+    axes[0][0].plot([0, 1], [1, 0])
+    savefig = fig.savefig
+
+    def full_disk(path, **kwargs):
+        if str(path).endswith(".png"):
+            open(path, "wb").write(b"partial")
+            raise OSError(28, "No space left on device")
+        savefig(path, **kwargs)
+
+    monkeypatch.setattr(fig, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        figstyle.save(fig, tmp_path, "plot")
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.pdf"]
+    assert (tmp_path / "plot.pdf").read_bytes().startswith(b"%PDF")
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_resume_needs_the_same_inputs(tmp_path, caplog):
+    open_run(tmp_path, "demo", Settings(), inputs={"model": "aaa"})
+    before = (tmp_path / "run.json").read_text()
+    with pytest.raises(RunError, match="model: 'aaa' there, 'bbb' now"):
+        open_run(tmp_path, "demo", Settings(), inputs={"model": "bbb"})
+    assert (tmp_path / "run.json").read_text() == before
+    assert open_run(tmp_path, "demo", Settings(), inputs={"model": "aaa"}).meta["inputs"] == {
+        "model": "aaa"}
+    # a run.json from before inputs were recorded: resumed, and the inputs of now adopted
+    meta = json.loads(before)
+    del meta["inputs"]
+    (tmp_path / "run.json").write_text(json.dumps(meta))
+    again = open_run(tmp_path, "demo", Settings(), inputs={"model": "bbb"})
+    assert again.meta["inputs"] == {"model": "bbb"}
+    assert json.loads((tmp_path / "run.json").read_text())["inputs"] == {"model": "bbb"}
+    assert any("records no inputs" in r.getMessage() for r in caplog.records)

@@ -1,14 +1,18 @@
 """The paper's experiments E1–E6, each a module with the same face:
 
     NAME, TITLE
-    Config                 frozen dataclass of the experiment's knobs; defaults = paper scale
+    Config                 frozen dataclass of the experiment's knobs; defaults = paper scale.
+                           A settings.Settings: its types and LIMITS are checked when it is
+                           made. config.model names the model; config.positions() is the
+                           length of a unit's longest sequence, which the model must hold
     SCALES                 {"small": Config(...), "paper": Config()}; small runs in CI
     run(run, config, progress)   compute the units not yet in the run directory, then its tables
     findings(run)          [Finding]: what the stored results say about the argument
     figures(run)           draw the figures from the stored tables and units only
 
-`run_study` opens (or resumes) a run directory and runs one; `render` redraws the figures
-of a run directory, or of every run directory under a directory.
+`run_study` checks the settings and the model, then opens (or resumes) a run directory and
+runs one; `render` redraws the figures of a run directory, or of every run directory under a
+directory.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from dynsys import figstyle
 from dynsys.runs import Run, RunError, open_run, read_run
 from dynsys.studies.finding import Finding
-from dynsys.weights import load_config
+from dynsys.weights import checkpoint_digest, load_config
 from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles,
                             e6_drift)
 
@@ -50,42 +54,49 @@ def read_overrides(path) -> dict:
     return data
 
 
-def _coerce(name: str, key: str, default, value):
-    """`value` with the type of the field's default (lists become tuples); else an error."""
-    if isinstance(default, tuple) and isinstance(value, (list, tuple)):
-        return tuple(_coerce(name, key, default[0], v) for v in value) if default else value
-    if type(default) is float and type(value) is int:
-        return float(value)
-    if type(value) is type(default):
-        return value
-    raise ValueError(f"{name}: {key}={value!r} must be like the default {default!r}")
-
-
 def config_for(name: str, scale: str = "small", overrides: dict | None = None):
-    """The Config of experiment `name` at `scale`, with `overrides` (unknown keys and wrong
-    types are errors naming them)."""
+    """The Config of experiment `name` at `scale`, with `overrides` (JSON values: lists for
+    tuples). Unknown keys and settings outside the Config's types and limits are errors
+    naming them (see dynsys.studies.settings)."""
     module = study(name)
     if scale not in module.SCALES:
         raise ValueError(f"scale {scale!r} is not one of {', '.join(module.SCALES)}")
     base = module.SCALES[scale]
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    fields = [f.name for f in dataclasses.fields(base)]
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ValueError(f"{name}: unknown setting(s) {', '.join(map(repr, unknown))}; "
                          f"known: {', '.join(fields)}")
-    return dataclasses.replace(base, **{k: _coerce(name, k, fields[k], v)
-                                        for k, v in overrides.items()})
+    try:
+        return dataclasses.replace(base, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def model_digest(name: str, config) -> str:
+    """The digest of the weights of config.model (dynsys.weights.checkpoint_digest, which
+    checks that each safetensors header reads), after checking without loading weights that
+    its config.json reads and its max_position_embeddings holds config.positions()."""
+    limit = load_config(config.model).max_position_embeddings
+    if config.positions() > limit:
+        raise ValueError(f"{name}: these settings need {config.positions()} positions (the "
+                         f"longest prompt and the tokens after it); the model {config.model} "
+                         f"has max_position_embeddings={limit}")
+    return checkpoint_digest(config.model)
 
 
 def run_study(name: str, out, scale: str = "small", overrides: dict | None = None,
               progress: bool = True, draw: bool = True) -> Run:
-    """Run (or resume) experiment `name` into the run directory `out`; draw its figures."""
+    """Run (or resume) experiment `name` into the run directory `out`; draw its figures.
+
+    The settings and the model are checked first (config_for, model_digest), so that a bad
+    one fails before the run directory is made. The model's digest is one of the run's
+    inputs: resuming with other weights under the same name is refused."""
     module = study(name)
     config = config_for(name, scale, overrides)
-    if hasattr(config, "model"):
-        load_config(config.model)  # a bad model fails before the run directory is made
-    run = open_run(out, module.NAME, config, seeds={"seed": getattr(config, "seed", None)})
+    run = open_run(out, module.NAME, config, seeds={"seed": getattr(config, "seed", None)},
+                   inputs={"model": model_digest(name, config)})
     module.run(run, config, progress=progress)
     if draw:
         render_run(run)

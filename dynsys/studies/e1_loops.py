@@ -21,6 +21,7 @@ from dynsys import figstyle, prompts
 from dynsys.decode import generate
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
+from dynsys.studies.settings import Settings
 from dynsys.traces import periodicity_batch
 from dynsys.weights import load
 
@@ -30,7 +31,7 @@ ROPES = (True, False)
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "llama-3.2-1b"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset, and the prompts' seeds
     ngrams: tuple[int, ...] = (1, 2, 3, 4)  # N: the prompt is a random N-gram repeated
@@ -40,6 +41,13 @@ class Config:
     batch: int = 64  # prompts per unit (one generate call)
     repeats: int = 3  # a cycle counts when it is repeated at least this many times
     top: int = 10  # attractor tokens listed per RoPE setting
+
+    LIMITS = {"seed": 0, "ngrams": 1, "length": 1, "new_tokens": 1, "prompts": 1, "batch": 1,
+              "repeats": 2, "top": 1}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the tokens after it."""
+        return self.length + self.new_tokens
 
 
 SCALES = {"small": Config(model="tiny", length=256, new_tokens=256, prompts=8, batch=8),

@@ -14,15 +14,19 @@ import numpy as np
 from dynsys import figstyle
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
-from dynsys.sweep import agreement_sweep, agreement_table
+from dynsys.studies.settings import Settings
+from dynsys.sweep import PROMPT_KINDS, agreement_sweep, agreement_table
 from dynsys.weights import load
 
 NAME = "e2"
 TITLE = "Agreement with the Markov map vs prompt length n and generation length G"
 
 
+HORIZONS = (4, 8, 16, 32, 64, 128, 256)  # the G of the agreement table's rows, up to G
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "tiny"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset
     lengths: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
@@ -30,6 +34,14 @@ class Config:
     prompts: int = 16  # random prompts per (rope, kind, n)
     ngram: int = 3
     kinds: tuple[str, ...] = ("ngram", "random")
+
+    # G reaches the shortest horizon, so that the table has rows
+    LIMITS = {"seed": 0, "lengths": 1, "G": HORIZONS[0], "prompts": 1, "ngram": 1,
+              "kinds": PROMPT_KINDS}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the tokens after it."""
+        return max(self.lengths) + self.G
 
 
 SCALES = {"small": Config(lengths=(64, 256, 1024), G=16, prompts=4), "paper": Config()}
@@ -40,7 +52,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     results = agreement_sweep(model, lengths=config.lengths, G=config.G, seeds=config.prompts,
                               kinds=config.kinds, ngram=config.ngram, run=run,
                               progress=progress)
-    horizons = tuple(h for h in (4, 8, 16, 32, 64, 128, 256) if h <= config.G)
+    horizons = tuple(h for h in HORIZONS if h <= config.G)
     run.write_table("agreement", agreement_table(results, horizons=horizons))
 
 

@@ -25,6 +25,7 @@ from dynsys.decode import generate, prefill
 from dynsys.dilution import probe_trace
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
+from dynsys.studies.settings import Settings
 from dynsys.weights import load
 
 NAME = "e3"
@@ -33,12 +34,18 @@ SLACK = 1e-5  # float32 rounding allowed when checking bound ≥ measured (relat
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "tiny"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset
     lengths: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
     G: int = 32  # greedy steps per trace
     prompts: int = 3  # random prompts per n
+
+    LIMITS = {"seed": 0, "lengths": 1, "G": 2, "prompts": 1}  # G >= 2: a step with r >= 1
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the tokens after it."""
+        return max(self.lengths) + self.G
 
 
 SCALES = {"small": Config(lengths=(64, 256, 1024), G=8, prompts=1), "paper": Config()}
@@ -87,16 +94,9 @@ def theorem(weights, floor: float, margin: float, G: int) -> dict:
                 n0=[b.n0(G, margin) for b in bounds], margin=margin)
 
 
-def check(config: Config) -> None:
-    if config.G < 2 or config.prompts < 1 or not config.lengths or min(config.lengths) < 1:
-        raise ValueError(f"e3 needs G >= 2 (got {config.G}), prompts >= 1 (got "
-                         f"{config.prompts}) and positive lengths (got {config.lengths})")
-
-
 def run(run: Run, config: Config, progress: bool = True) -> None:
     """The units not yet stored (one per n and prompt, then the weight-only theorem), then the
     tables from the stored units."""
-    check(config)
     model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
     weights = functools.cache(lambda: weight_constants(model()))
 

@@ -22,7 +22,8 @@ from dynsys.nullmodel import (compare_to_null, mapping_statistics, random_mappin
                               random_mapping_expectations)
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
-from dynsys.sweep import make_prompt
+from dynsys.studies.settings import Settings
+from dynsys.sweep import PROMPT_KINDS, make_prompt
 from dynsys.weights import load
 
 NAME = "e4"
@@ -35,7 +36,7 @@ STATS = {"cycles": "cycles", "cyclic_nodes": "cyclic points",
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "tiny"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset; seeds the null samples
     lengths: tuple[int, ...] = (64, 256, 1024, 4096, 16384)
@@ -44,6 +45,13 @@ class Config:
     kinds: tuple[str, ...] = ("ngram", "random")
     shuffles: int = 20  # in-degree-preserving shuffles per map
     null_samples: int = 1000  # uniform random mappings for the null's spread
+
+    LIMITS = {"seed": 0, "lengths": 1, "prompts": 1, "ngram": 1, "kinds": PROMPT_KINDS,
+              "shuffles": 1, "null_samples": 1}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the token after it."""
+        return max(self.lengths) + 1
 
 
 SCALES = {"small": Config(lengths=(64, 1024), prompts=2, shuffles=10, null_samples=200),

@@ -24,7 +24,8 @@ from dynsys.decode import generate, prefill
 from dynsys.markov import markov_map
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
-from dynsys.sweep import make_prompt
+from dynsys.studies.settings import Settings
+from dynsys.sweep import PROMPT_KINDS, make_prompt
 from dynsys.weights import load
 
 NAME = "e5"
@@ -38,7 +39,7 @@ SHARES = {"cycle_is_orbit": "terminal cycle is an orbit of $f_P$",
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "tiny"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset
     lengths: tuple[int, ...] = (64, 256, 1024, 4096, 16384)  # prompt lengths n
@@ -47,6 +48,14 @@ class Config:
     ngram: int = 3
     kinds: tuple[str, ...] = ("ngram", "random")
     repeats: int = 3  # the trace's period must repeat at least this many times
+
+    # G >= 2: a comparison needs a transition
+    LIMITS = {"seed": 0, "lengths": 1, "G": 2, "prompts": 1, "ngram": 1,
+              "kinds": PROMPT_KINDS, "repeats": 2}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the tokens after it."""
+        return max(self.lengths) + self.G
 
 
 SCALES = {"small": Config(lengths=(64, 1024), G=96, prompts=3), "paper": Config()}

@@ -25,6 +25,7 @@ from dynsys.markov import suffix_map
 from dynsys.model import Model, init_params
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
+from dynsys.studies.settings import Settings
 from dynsys.sweep import make_prompt
 from dynsys.weights import load
 
@@ -33,7 +34,7 @@ TITLE = "RoPE position drift: f_{P,τ} against τ for prompts of period N"
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(Settings):
     model: str = "tiny"  # preset or local Hugging Face checkpoint directory
     seed: int = 0  # random initialisation of a preset
     # weight std of a preset's random init (0: the preset's own, 0.02); a checkpoint's weights
@@ -44,6 +45,15 @@ class Config:
     lengths: tuple[int, ...] = (256, 1024, 4096, 16384)  # n
     offsets: int = 16  # T: τ = 0..T
     prompts: int = 4  # random N-grams per (rope, N, n)
+
+    # T reaches the longest period: the period defect compares τ with τ + N
+    LIMITS = {"seed": 0, "initializer_range": 0, "periods": 1, "lengths": 1,
+              "offsets": lambda config: max(config.periods), "prompts": 1}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the token after it at
+        offset T."""
+        return max(self.lengths) + self.offsets + 1
 
 
 SCALES = {"small": Config(periods=(2, 3), lengths=(256, 1024), offsets=6, prompts=1),
@@ -83,9 +93,6 @@ def drift_unit(model: Model, prompt: np.ndarray, T: int) -> dict[str, np.ndarray
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
-    if config.offsets < max(config.periods):
-        raise ValueError(f"offsets={config.offsets} must reach the longest period "
-                         f"{max(config.periods)}")
     model = functools.cache(lambda: build_model(config))  # only if a unit is missing
 
     def compute(rope: bool, N: int, n: int, seed: int) -> dict:

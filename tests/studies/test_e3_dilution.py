@@ -128,7 +128,10 @@ def test_resume_recomputes_nothing(done, tmp_path, monkeypatch):
     assert (copy / "tables" / "units.csv").read_text() == before
 
 
-def test_bad_settings_are_refused():
-    for bad in ({"G": 1}, {"prompts": 0}, {"lengths": []}):
-        with pytest.raises(ValueError, match="e3 needs G >= 2"):
-            e3_dilution.check(config_for("e3", "small", bad))
+@pytest.mark.parametrize("bad, message", [
+    ({"G": 1}, "G=1 must be >= 2"), ({"prompts": 0}, "prompts=0 must be >= 1"),
+    ({"lengths": []}, "lengths=[] must be a non-empty list")])
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(ValueError) as error:
+        config_for("e3", "small", bad)
+    assert f"e3: {message}" in str(error.value)

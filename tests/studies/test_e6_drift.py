@@ -151,6 +151,7 @@ def test_resume_recomputes_only_missing_units(done, model, monkeypatch):
 
 
 def test_offsets_must_reach_the_longest_period(tmp_path):
-    with pytest.raises(ValueError, match="offsets=2"):
-        run_study("e6", tmp_path, "small", overrides={**OVERRIDES, "offsets": 2},
+    with pytest.raises(ValueError, match="offsets=2 must be >= 3"):
+        run_study("e6", tmp_path / "r", "small", overrides={**OVERRIDES, "offsets": 2},
                   progress=False)
+    assert not (tmp_path / "r").exists()

@@ -9,8 +9,13 @@ import time
 
 import pytest
 
+import dynsys as ds
 from dynsys import studies, sweep
 from dynsys.runs import RunError
+from dynsys.studies import e2_agreement
+from dynsys.studies.settings import Settings
+from dynsys.weights import checkpoint_digest
+from study_helpers import CFG, save_checkpoint
 
 MICRO_E2 = {"lengths": [16, 24, 32, 40, 48, 56], "G": 4, "prompts": 2, "kinds": ["random"]}
 
@@ -20,6 +25,8 @@ def test_every_study_has_the_same_face():
         assert module.NAME == name and module.TITLE
         assert set(module.SCALES) == {"small", "paper"}
         assert module.SCALES["paper"] == module.Config()
+        assert isinstance(module.Config(), Settings) and module.Config().model
+        assert all(config.positions() > 0 for config in module.SCALES.values())
         for fn in ("run", "findings", "figures"):
             assert callable(getattr(module, fn))
 
@@ -27,16 +34,89 @@ def test_every_study_has_the_same_face():
 def test_settings_are_checked():
     config = studies.config_for("e2", "small", {"G": 8, "lengths": [64, 128]})
     assert config.G == 8 and config.lengths == (64, 128)
+    reinit = studies.config_for("e6", "small", {"initializer_range": 1})
+    assert type(reinit.initializer_range) is float
+    with pytest.raises(ValueError, match=r"prompts=0 must be >= 1"):
+        e2_agreement.Config(prompts=0)  # no Config with a bad setting exists
     with pytest.raises(ValueError, match=r"unknown setting\(s\) 'steps'.*known: model"):
         studies.config_for("e2", "small", {"steps": 3})
-    with pytest.raises(ValueError, match=r"G='8' must be like the default 16"):
+    with pytest.raises(ValueError, match=r"e2: G='8' must be an integer"):
         studies.config_for("e2", "small", {"G": "8"})
-    with pytest.raises(ValueError, match=r"lengths=1\.5"):
+    with pytest.raises(ValueError, match=r"lengths=\[64, 1\.5\] must be a non-empty list of "
+                                         "integers"):
         studies.config_for("e2", "small", {"lengths": [64, 1.5]})
     with pytest.raises(ValueError, match="scale 'huge'"):
         studies.config_for("e2", "huge")
     with pytest.raises(ValueError, match="unknown experiment 'e7'"):
         studies.study("e7")
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("e1", {"batch": 0}, "e1: batch=0 must be >= 1"),
+    ("e1", {"repeats": 1}, "e1: repeats=1 must be >= 2"),
+    ("e1", {"ngrams": []}, "e1: ngrams=[] must be a non-empty list of integers"),
+    ("e1", {"ngrams": [2, 0]}, r"e1: ngrams=[2, 0] must hold only values >= 1"),
+    ("e1", {"ngrams": [2, 2]}, "e1: ngrams=[2, 2] repeats 2"),
+    ("e1", {"new_tokens": 0}, "e1: new_tokens=0 must be >= 1"),
+    ("e1", {"top": 0}, "e1: top=0 must be >= 1"),
+    ("e1", {"length": -5}, "e1: length=-5 must be >= 1"),
+    ("e2", {"G": -1}, "e2: G=-1 must be >= 4"),
+    ("e2", {"prompts": 0}, "e2: prompts=0 must be >= 1"),
+    ("e2", {"lengths": []}, "e2: lengths=[] must be a non-empty list of integers"),
+    ("e2", {"lengths": [64, 0]}, "e2: lengths=[64, 0] must hold only values >= 1"),
+    ("e2", {"seed": -1}, "e2: seed=-1 must be >= 0"),
+    ("e2", {"ngram": 0}, "e2: ngram=0 must be >= 1"),
+    ("e2", {"kinds": ["words"]}, "e2: kinds=['words'] must hold only values in ('ngram', "
+                                 "'random')"),
+    ("e2", {"model": ""}, "e2: model='' must be a non-empty string"),
+    ("e2", {"G": True}, "e2: G=True must be an integer"),
+    ("e3", {"G": 1}, "e3: G=1 must be >= 2"),
+    ("e4", {"shuffles": 0}, "e4: shuffles=0 must be >= 1"),
+    ("e4", {"null_samples": 0}, "e4: null_samples=0 must be >= 1"),
+    ("e5", {"repeats": 1}, "e5: repeats=1 must be >= 2"),
+    ("e5", {"G": 1}, "e5: G=1 must be >= 2"),
+    ("e6", {"offsets": 2}, "e6: offsets=2 must be >= 3"),
+    ("e6", {"initializer_range": -0.1}, "e6: initializer_range=-0.1 must be >= 0"),
+    ("e6", {"periods": [1, 1.0]}, "e6: periods=[1, 1.0] must be a non-empty list of integers"),
+])
+def test_every_setting_is_checked_before_the_run_directory_exists(tmp_path, name, overrides,
+                                                                  message):
+    with pytest.raises(ValueError) as error:
+        studies.run_study(name, tmp_path / "r", "small", overrides, progress=False)
+    assert message in str(error.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_settings_that_overflow_the_model_context_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"e2: .*40016 positions.*max_position_embeddings="
+                                         r"32768"):
+        studies.run_study("e2", tmp_path / "r", "small", {"lengths": [40000]}, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unreadable_checkpoint_fails_before_the_run_directory_exists(tmp_path_factory,
+                                                                       tmp_path):
+    ckpt = save_checkpoint(tmp_path_factory, seed=1)
+    (ckpt / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ValueError, match=f"{ckpt / 'model.safetensors'} is not a readable "
+                                         "safetensors file"):
+        studies.run_study("e2", tmp_path / "r", "small", {"model": str(ckpt), "lengths": [16]},
+                          progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_refuses_a_checkpoint_overwritten_with_other_weights(tmp_path_factory, tmp_path):
+    ckpt = save_checkpoint(tmp_path_factory, seed=1)
+    settings = {"model": str(ckpt), "lengths": [16], "G": 4, "prompts": 2, "kinds": ["random"]}
+    run = studies.run_study("e2", tmp_path / "r", "small", settings, progress=False, draw=False)
+    first = checkpoint_digest(ckpt)
+    assert run.meta["inputs"] == {"model": first}
+    ds.save_hf(ds.Model(CFG, ds.init_params(CFG, seed=2)), ckpt)  # other weights, same path
+    second = checkpoint_digest(ckpt)
+    before = (tmp_path / "r" / "run.json").read_text()
+    with pytest.raises(RunError, match=f"model: '{first}' there, '{second}' now"):
+        studies.run_study("e2", tmp_path / "r", "small", settings, progress=False)
+    assert (tmp_path / "r" / "run.json").read_text() == before
 
 
 def test_settings_files(tmp_path):
