@@ -26,7 +26,7 @@ from scipy.special import expit
 
 from dynsys.cache import Prefix, empty_rows
 from dynsys.config import ModelConfig
-from dynsys.dilution import check_trace, queries, run_captured, streams
+from dynsys.dilution import check_trace, queries, run_recorded, streams
 from dynsys.model import MLP, Model, norm_layer
 from dynsys.rope import apply_rope
 from dynsys.sampling import margin
@@ -188,7 +188,7 @@ def weight_constants(model: Model) -> WeightConstants:
         rows["mlp_out"].append(_spectral(mlp["down"]["kernel"]))
         up = mlp["up"]["kernel"]  # [F, D]
         rows["up"].append(_spectral(up))
-        if cfg.family == "gpt_neox":
+        if cfg.mlp == "gelu":
             rows["mlp_in"].append(rows["up"][-1])
         else:
             gate = mlp["gate"]["kernel"]
@@ -259,7 +259,7 @@ class MarkovStats:
 
 def _spread(cfg: ModelConfig, x):
     """rms(x) for RMSNorm, std(x) for LayerNorm, over the last axis."""
-    if cfg.family == "gpt_neox":
+    if cfg.norm == "layer":
         x = x - jnp.mean(x, axis=-1, keepdims=True)
     return jnp.sqrt(jnp.mean(x * x, axis=-1))
 
@@ -335,17 +335,16 @@ def _jacobians(cfg: ModelConfig, params, layer: int, x):
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
     B = tokens.shape[0]
-    logits, rows, inter = run_captured(cfg, params, tokens[:, None], positions[:, None],
-                                       empty_rows(cfg, B, 1), prefix)
-    xs = [x[:, 0].astype(jnp.float32) for x in streams(cfg, inter)]
-    parallel = cfg.family == "gpt_neox" and cfg.parallel_residual
+    logits, rows, recorded = run_recorded(cfg, params, tokens[:, None], positions[:, None],
+                                          empty_rows(cfg, B, 1), prefix)
+    xs = [x[:, 0].astype(jnp.float32) for x in streams(cfg, recorded)]
+    parallel = cfg.parallel_residual
     eye = jnp.eye(cfg.hidden_size)
     per: dict[str, list] = {}
     for i in range(cfg.num_layers):
-        layer = inter[f"blocks_{i}"]
-        q = queries(cfg, inter, i, positions[:, None])[:, 0]
+        q = queries(cfg, recorded, i)[:, 0]
         ks, vs = rows.k[i][..., 0].astype(jnp.float32), rows.v[i][:, :, 0].astype(jnp.float32)
-        mid = xs[i] + layer["attn"]["o"]["__call__"][0][:, 0]
+        mid = recorded("resid_mid", i)[:, 0].astype(jnp.float32)
         kmax = jnp.sqrt(jnp.max(jnp.where(prefix.valid, jnp.sum(
             prefix.k[i].astype(jnp.float32) ** 2, -2), 0.0), -1))  # [K]
         stats = _attention_stats(cfg, params, prefix, i, xs[i], q, ks, vs, positions)
@@ -354,8 +353,8 @@ def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
         stats.update(spread_mid=_spread(cfg, mid), block_jacobian=jb, block_norm=_opnorm(jb),
                      attn_norm=_opnorm(stats["attn_jacobian"]), step_norm=_opnorm(step),
                      mlp_jacobian=mlp_jacobian)
-        if cfg.family != "gpt_neox":
-            stats["up"] = layer["mlp"]["up"]["__call__"][0][:, 0]
+        if cfg.mlp == "swiglu":
+            stats["up"] = recorded("mlp_up", i)[:, 0]
         for name, x in stats.items():
             per.setdefault(name, []).append(x)
         per.setdefault("prefix_key", []).append(jnp.repeat(kmax, cfg.heads_per_kv))
@@ -488,7 +487,7 @@ def _recursion(w: WeightConstants, s: MarkovStats) -> Bound:
     a vacuous but valid bound."""
     cfg = w.config
     D, eps = cfg.hidden_size, cfg.norm_eps
-    parallel = cfg.family == "gpt_neox" and cfg.parallel_residual
+    parallel = cfg.parallel_residual
     c, rho = np.zeros((len(s.generated), D)), np.zeros(len(s.generated))
     masses, residual = [], []
     for i in range(cfg.num_layers):
@@ -602,7 +601,7 @@ def uniform_bound(w: WeightConstants, rms_floor: float = 0.0) -> UniformBound:
              + w.value[i][kv])
         dh = w.out[i] * (2 * np.linalg.norm(v_max[i]) + lam1 * c * np.linalg.norm(a))
         lip = w.mlp_lipschitz(i) * lam2
-        if cfg.family == "gpt_neox" and cfg.parallel_residual:
+        if cfg.parallel_residual:
             c = c + dh + lip * c
         else:
             c = (c + dh) * (1 + lip)

@@ -55,10 +55,17 @@ class Prefix:
         return jnp.arange(self.capacity) < self.length
 
 
+# Logical axis names (dynsys.sharding) of the cache arrays, one layer's each.
+ROW_KEY_AXES = ("batch", "kv_heads", "head_dim", "cache_seq")
+ROW_VALUE_AXES = ("batch", "kv_heads", "cache_seq", "head_dim")
+PREFIX_KEY_AXES = ROW_KEY_AXES[1:]
+PREFIX_VALUE_AXES = ROW_VALUE_AXES[1:]
+
+
 def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
     K, H, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-    keys = tuple(jnp.zeros((batch, K, H, capacity), cfg.dtype) for _ in range(L))
-    values = tuple(jnp.zeros((batch, K, capacity, H), cfg.dtype) for _ in range(L))
+    keys = tuple(jnp.zeros((batch, K, H, capacity), cfg.cache_dtype) for _ in range(L))
+    values = tuple(jnp.zeros((batch, K, capacity, H), cfg.cache_dtype) for _ in range(L))
     return RowCache(k=keys, v=values, valid=jnp.zeros((batch, capacity), bool),
                     end=jnp.zeros((), jnp.int32))
 

@@ -21,8 +21,8 @@ import numpy as np
 from dynsys.cache import Prefix, empty_rows, source_digest
 from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import _logits, _run, prefix_for
-from dynsys.markov import MarkovMap, last_logits, last_logits_jit, lazy_orbit, suffix_map
+from dynsys.decode import last_logits, last_logits_jit, logits, prefix_for, run
+from dynsys.markov import MarkovMap, lazy_orbit, suffix_map
 from dynsys.model import Model
 from dynsys.orbits import orbits
 from dynsys.traces import periodicity
@@ -68,9 +68,9 @@ def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
     argmax L^pos_t for t = 1..G (see module docstring), and whether all three were finite."""
     G = trace.shape[0]
     positions = n + jnp.arange(G, dtype=jnp.int32)
-    hidden, _ = _run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
-                     jnp.ones((1, G), bool), prefix)
-    real = _logits(cfg, params, hidden[0])
+    out = run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
+              jnp.ones((1, G), bool), prefix)
+    real = logits(cfg, params, out.hidden[0])
     exact = last_logits(cfg, params, prefix, trace[:, None], positions[:, None])
     at_n = last_logits(cfg, params, prefix, trace[:, None], jnp.full((G, 1), n, jnp.int32))
     finite = jnp.isfinite(real).all(-1) & jnp.isfinite(exact).all(-1) & jnp.isfinite(at_n).all(-1)
@@ -162,11 +162,11 @@ def _real_log_probs(cfg: ModelConfig, params, prefix: Prefix, trace, n, temperat
     was finite."""
     G = trace.shape[0]
     positions = (n + jnp.arange(G, dtype=jnp.int32))[None]
-    hidden, _ = _run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
-                     jnp.ones((1, G), bool), prefix)
-    logits = _logits(cfg, params, hidden[0, :-1])
-    logp = jax.nn.log_softmax(logits / temperature, axis=-1)
-    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], jnp.isfinite(logits).all(-1)
+    out = run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
+              jnp.ones((1, G), bool), prefix)
+    real = logits(cfg, params, out.hidden[0, :-1])
+    logp = jax.nn.log_softmax(real / temperature, axis=-1)
+    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], jnp.isfinite(real).all(-1)
 
 
 def compare_sampled(model: Model, prompt, traces, temperature: float,
@@ -182,12 +182,13 @@ def compare_sampled(model: Model, prompt, traces, temperature: float,
     prefix = prefix_for(model, prompt, prefix)
     src, dst = traces[:, :-1].ravel(), traces[:, 1:].ravel()
     states, inverse = np.unique(src, return_inverse=True)
-    logits = np.concatenate([
+    state_logits = np.concatenate([
         np.asarray(last_logits_jit(cfg, model.params, prefix, jnp.asarray(states[i:i + 256, None]),
                                    jnp.full((len(states[i:i + 256]), 1), len(prompt), jnp.int32)))
         for i in range(0, len(states), 256)])
-    check_finite(np.isfinite(logits).all(-1), "compare_sampled (visited states)")
-    kernel_logp = np.asarray(jax.nn.log_softmax(logits / temperature, axis=-1), np.float64)
+    check_finite(np.isfinite(state_logits).all(-1), "compare_sampled (visited states)")
+    kernel_logp = np.asarray(jax.nn.log_softmax(state_logits / temperature, axis=-1),
+                             np.float64)
     counts = np.zeros((len(states), cfg.vocab_size))
     np.add.at(counts, (inverse, dst), 1.0)
     visits = counts.sum(1)

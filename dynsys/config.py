@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 Family = Literal["llama", "qwen2", "gpt_neox"]
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gpt_neox")
+DType = Literal["float32", "bfloat16"]
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 
 
 # --- validation (also used by dynsys.sampling) ------------------------------------------------
@@ -86,8 +88,15 @@ class ModelConfig:
     llama (= mistral without sliding window): RMSNorm, SwiGLU, sequential residual, rotate-half RoPE.
     qwen2: llama with biases on q, k and v.
     gpt_neox: LayerNorm, GELU MLP with biases, biased attention, rotary on the first
-    `rotary_pct * head_dim` dimensions, parallel residual x + attn(ln1 x) + mlp(ln2 x).
+    `rotary_pct * head_dim` dimensions, parallel residual x + attn(ln1 x) + mlp(ln2 x)
+    (sequential with parallel_residual=False).
     `use_rope=False` replaces the rotary embedding by the identity (weights unchanged).
+
+    The family decides the layers once, here (`norm`, `mlp`, `qkv_bias`, `out_bias`,
+    `parallel_residual`); the model reads only these. Dtypes: parameters (`param_dtype`),
+    activations (`dtype`: matmul inputs; norms, softmax and logits are float32) and the KV
+    cache (`cache_dtype`, default the activation dtype) are separate, so training can keep
+    float32 master weights under bfloat16 compute.
 
     Sizes are positive integers (never bools); rope_theta and norm_eps finite and > 0,
     initializer_range finite and >= 0, rotary_pct in (0, 1] (ints accepted, stored as floats);
@@ -109,10 +118,12 @@ class ModelConfig:
     use_rope: bool = True
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
-    parallel_residual: bool = True  # gpt_neox only
+    parallel_residual: bool | None = None  # None: the family's (gpt_neox True, else False)
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: DType = "float32"
+    dtype: DType = "float32"
+    cache_dtype: DType | None = None  # None: `dtype`
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -121,8 +132,12 @@ class ModelConfig:
                  "num_kv_heads", "head_dim", "max_position_embeddings")
         set_frozen(self, **{name: check_int(name, getattr(self, name), minimum=1)
                             for name in sizes})
+        if self.parallel_residual is None:
+            set_frozen(self, parallel_residual=self.family == "gpt_neox")
         set_frozen(self, **{name: check_bool(name, getattr(self, name))
                             for name in ("use_rope", "tie_embeddings", "parallel_residual")})
+        if self.parallel_residual and self.family != "gpt_neox":
+            raise ValueError(f"parallel_residual=True is not a {self.family} model (gpt_neox only)")
         set_frozen(
             self, rope_theta=check_float("rope_theta", self.rope_theta, above=0),
             rotary_pct=check_float("rotary_pct", self.rotary_pct, above=0, at_most=1),
@@ -135,8 +150,30 @@ class ModelConfig:
                 f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}")
         if self.rotary_dim % 2:
             raise ValueError(f"rotary dimension {self.rotary_dim} (head_dim * rotary_pct) is odd")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r} must be 'float32' or 'bfloat16'")
+        if self.cache_dtype is None:
+            set_frozen(self, cache_dtype=self.dtype)
+        for name in ("param_dtype", "dtype", "cache_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {DTYPES}")
+
+    @property
+    def norm(self) -> Literal["rms", "layer"]:
+        """RMSNorm (llama, qwen2) or LayerNorm (gpt_neox)."""
+        return "layer" if self.family == "gpt_neox" else "rms"
+
+    @property
+    def mlp(self) -> Literal["swiglu", "gelu"]:
+        """down(silu(gate x) ⊙ up x) (llama, qwen2) or down(gelu(up x + b)) + b (gpt_neox)."""
+        return "gelu" if self.family == "gpt_neox" else "swiglu"
+
+    @property
+    def out_bias(self) -> bool:
+        """Biases on the attention output and the MLP projections (gpt_neox)."""
+        return self.family == "gpt_neox"
+
+    def with_dtype(self, dtype: str) -> ModelConfig:
+        """Parameters, activations and cache all in `dtype`."""
+        return dataclasses.replace(self, param_dtype=dtype, dtype=dtype, cache_dtype=dtype)
 
     @property
     def heads_per_kv(self) -> int:
@@ -148,6 +185,7 @@ class ModelConfig:
 
     @property
     def qkv_bias(self) -> bool:
+        """Biases on the q, k and v projections (qwen2, gpt_neox)."""
         return self.family in ("qwen2", "gpt_neox")
 
     def with_rope(self, use_rope: bool) -> ModelConfig:
@@ -377,7 +415,8 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
         rotary_pct=partial,
         norm_eps=_hf_get(hf, eps_key, check_float, above=0),
         tie_embeddings=_hf_get(hf, "tie_word_embeddings", check_bool),
-        parallel_residual=_hf_get(hf, "use_parallel_residual", check_bool, True),
+        parallel_residual=(_hf_get(hf, "use_parallel_residual", check_bool, True)
+                           if family == "gpt_neox" else None),  # transformers' llama ignores it
         max_position_embeddings=_hf_get(hf, "max_position_embeddings", check_int, minimum=1),
         initializer_range=_hf_get(hf, "initializer_range", check_float, 0.02, at_least=0),
     )
@@ -415,7 +454,7 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
         "initializer_range": cfg.initializer_range,
         "tie_word_embeddings": cfg.tie_embeddings,
         "rope_theta": cfg.rope_theta,
-        "torch_dtype": cfg.dtype,
+        "torch_dtype": cfg.param_dtype,
     }
     if cfg.family == "gpt_neox":
         rope["partial_rotary_factor"] = cfg.rotary_pct

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from dynsys import sampling
 from dynsys.cache import (Prefix, RowCache, bucket, digest_words, empty_rows, prefix_of,
@@ -20,16 +21,49 @@ from dynsys.cache import (Prefix, RowCache, bucket, digest_words, empty_rows, pr
 from dynsys.checks import check_finite, check_positions, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.model import Model, Transformer
+from dynsys.sites import Recorded
 
 SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
 
 
-def _run(cfg: ModelConfig, params, tokens, positions, rows, write_mask, prefix):
-    return Transformer(cfg).apply({"params": params}, tokens, positions, rows, write_mask, prefix)
+@struct.dataclass
+class Output:
+    """One model call: the final-norm hidden states [B, T, D], the updated row cache and, when
+    asked for, what the named sites recorded."""
+
+    hidden: jnp.ndarray
+    rows: RowCache
+    recorded: Recorded | None = None
 
 
-def _logits(cfg: ModelConfig, params, hidden):
+def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache, write_mask,
+        prefix: Prefix | None, edits: dict | None = None, record: bool = False) -> Output:
+    """The one call of the model: tokens [B, T] at positions [B, T] written into `rows` where
+    write_mask [B, T] (see Transformer.__call__), after the shared `prefix`. `edits` (a
+    `dynsys.sites.edits` tree, traced) changes named sites; `record` stores every site."""
+    variables = {"params": params} if edits is None else {"params": params, "edits": edits}
+    args = (tokens, positions, rows, write_mask, prefix)
+    if record:
+        (hidden, rows), state = Transformer(cfg).apply(variables, *args, mutable=["record"])
+        return Output(hidden, rows, Recorded(state["record"]))
+    hidden, rows = Transformer(cfg).apply(variables, *args)
+    return Output(hidden, rows)
+
+
+def logits(cfg: ModelConfig, params, hidden) -> jnp.ndarray:
+    """Float32 logits [..., V] of final-norm hidden states [..., D]."""
     return Transformer(cfg).apply({"params": params}, hidden, method=Transformer.logits)
+
+
+def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions,
+                edits: dict | None = None) -> jnp.ndarray:
+    """Logits [B, V] after P + suffixes[b] (at positions[b]): one shared-prefix step."""
+    out = run(cfg, params, suffixes, positions, empty_rows(cfg, *suffixes.shape),
+              jnp.ones(suffixes.shape, bool), prefix, edits)
+    return logits(cfg, params, out.hidden[:, -1])
+
+
+last_logits_jit = jax.jit(last_logits, static_argnames=("cfg",))
 
 
 # --- the shared prefix ---------------------------------------------------------------------
@@ -45,7 +79,7 @@ def prefill_chunk(cfg: ModelConfig, batch: int, length: int, capacity: int) -> i
 
 
 def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
-                  chunk: int):
+                  chunk: int, edits: dict | None = None):
     """Write tokens [B, T] into an empty RowCache, `chunk` (dividing T) at a time; returns
     the last hidden state [B, D] and the cache."""
     B, T = tokens.shape
@@ -54,8 +88,8 @@ def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows:
         _, rows = carry
         piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
                  for x in (tokens, positions, write_mask)]
-        hidden, rows = _run(cfg, params, *piece[:2], rows, piece[2], None)
-        return hidden[:, -1], rows
+        out = run(cfg, params, *piece[:2], rows, piece[2], None, edits)
+        return out.hidden[:, -1], out.rows
 
     hidden = jnp.zeros((B, cfg.hidden_size), cfg.dtype)
     return jax.lax.fori_loop(0, T // chunk, body, (hidden, rows))
@@ -110,16 +144,17 @@ def prefix_for(model: Model, prompt, prefix: Prefix | None = None) -> Prefix:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _step(cfg: ModelConfig, params, prefix, tokens, positions, rows):
-    hidden, rows = _run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool),
-                        prefix)
-    return _logits(cfg, params, hidden), rows
+def _step(cfg: ModelConfig, params, prefix, tokens, positions, rows, edits):
+    out = run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool), prefix, edits)
+    return logits(cfg, params, out.hidden), out.rows
 
 
 def step(model: Model, prefix: Prefix | None, tokens, positions,
-         rows: RowCache | None = None) -> tuple[jnp.ndarray, RowCache]:
+         rows: RowCache | None = None, edits: dict | None = None
+         ) -> tuple[jnp.ndarray, RowCache]:
     """Logits [B, T, V] of B rows after the shared prefix: row b holds tokens[b] at
-    positions[b] (any positions, e.g. skipping), after what `rows` already holds.
+    positions[b] (any positions, e.g. skipping), after what `rows` already holds, with the
+    site `edits` applied.
 
     With rows=None a fresh RowCache of capacity T is used. The prefix is never copied per row.
     """
@@ -131,7 +166,8 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
     elif int(rows.end) + tokens.shape[1] > rows.capacity:
         raise ValueError(f"{tokens.shape[1]} tokens do not fit: the row cache holds "
                          f"{int(rows.end)} of {rows.capacity} slots")
-    return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows)
+    return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows,
+                 edits)
 
 
 def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
@@ -139,9 +175,9 @@ def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
     function of the parameters, to jit and differentiate (training's forward pass)."""
     B, T = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    hidden, _ = _run(cfg, params, tokens, positions, empty_rows(cfg, B, T),
-                     jnp.ones((B, T), bool), None)
-    return _logits(cfg, params, hidden)
+    out = run(cfg, params, tokens, positions, empty_rows(cfg, B, T), jnp.ones((B, T), bool),
+              None)
+    return logits(cfg, params, out.hidden)
 
 
 def forward(model: Model, tokens) -> jnp.ndarray:
@@ -154,36 +190,47 @@ def forward(model: Model, tokens) -> jnp.ndarray:
 # --- generation ----------------------------------------------------------------------------
 
 
+@struct.dataclass
+class DecodeState:
+    """What the generation loop carries from one step to the next."""
+
+    logits: jnp.ndarray  # [B, V] the logits the next token is chosen from
+    seq: jnp.ndarray  # [B, C] prompt and generated tokens so far (slot = cache slot)
+    rows: RowCache
+    position: jnp.ndarray  # [B] position of the next token
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "kind", "with_margins"))
 def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
-              tokens, write_mask, values, key):
+              tokens, write_mask, values, key, edits):
     B, T = tokens.shape
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
     hidden, rows = _prefill_rows(cfg, params, tokens, positions, write_mask,
                                  empty_rows(cfg, B, T + max_new_tokens),
-                                 prefill_chunk(cfg, B, T, T + max_new_tokens))
-    logits = _logits(cfg, params, hidden)
-    seq = jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens)
+                                 prefill_chunk(cfg, B, T, T + max_new_tokens), edits)
+    state = DecodeState(logits=logits(cfg, params, hidden),
+                        seq=jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens),
+                        rows=rows, position=positions[:, -1] + 1)
 
-    def choose(logits, seq, rows, i):
+    def choose(state: DecodeState, i):
         """The next token, its margin and whether the logits it came from are finite."""
-        scores = sampling.process(logits, seq, rows.valid, kind, values)
+        scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values)
         token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
         margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
-        return token, margin, jnp.isfinite(logits).all(-1)
+        return token, margin, jnp.isfinite(state.logits).all(-1)
 
-    def body(carry, i):
-        logits, seq, rows, position = carry
-        token, margin, finite = choose(logits, seq, rows, i)
-        seq = jax.lax.dynamic_update_slice(seq, token[:, None], (0, T + i))
-        hidden, rows = _run(cfg, params, token[:, None], position[:, None], rows,
-                            jnp.ones((B, 1), bool), None)
-        logits = _logits(cfg, params, hidden[:, 0])
-        return (logits, seq, rows, position + 1), (token, margin, finite)
+    def body(state: DecodeState, i):
+        token, margin, finite = choose(state, i)
+        out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
+                  jnp.ones((B, 1), bool), None, edits)
+        state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
+                            seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
+                                                             (0, T + i)),
+                            rows=out.rows, position=state.position + 1)
+        return state, (token, margin, finite)
 
-    carry = (logits, seq, rows, positions[:, -1] + 1)
-    (logits, seq, rows, _), steps = jax.lax.scan(body, carry, jnp.arange(max_new_tokens - 1))
-    last = choose(logits, seq, rows, max_new_tokens - 1)
+    state, steps = jax.lax.scan(body, state, jnp.arange(max_new_tokens - 1))
+    last = choose(state, max_new_tokens - 1)
     # [B, G] each: tokens, margins, finite logits
     return tuple(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last))
 
@@ -204,12 +251,14 @@ def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray
 
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
-             return_margins: bool = False):
+             return_margins: bool = False, edits: dict | None = None):
     """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
     (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]).
 
     prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
-    and masked). One compile per (B, length bucket, max_new_tokens, sampler kind).
+    and masked). `edits` (a `dynsys.sites.edits` tree) changes named sites at every step,
+    prompt included; new edit values reuse the compiled program. One compile per (B, length
+    bucket, max_new_tokens, sampler kind, edit structure).
     """
     cfg = model.config
     if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
@@ -225,6 +274,6 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
             f"max_position_embeddings={cfg.max_position_embeddings}")
     out, margins, finite = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
                                      model.params, jnp.asarray(tokens), jnp.asarray(mask),
-                                     sampler.values, jax.random.PRNGKey(seed))
+                                     sampler.values, jax.random.PRNGKey(seed), edits)
     check_finite(finite, "generate ([row, step])")
     return (out, margins) if return_margins else out

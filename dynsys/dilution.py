@@ -29,9 +29,9 @@ from flax import struct
 from dynsys.cache import Prefix, RowCache, empty_rows
 from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import prefix_for, step
-from dynsys.model import Model, Transformer
-from dynsys.rope import apply_rope
+from dynsys.decode import logits, prefix_for, run, step
+from dynsys.model import Model
+from dynsys.sites import Recorded
 from dynsys.sampling import margin
 
 # --- one head --------------------------------------------------------------------------------
@@ -82,35 +82,25 @@ def dilute(z, v, removed, present) -> Dilution:
 # --- the model's intermediates ------------------------------------------------------------------
 
 
-def _captured(module, method: str) -> bool:
-    """The submodule outputs the probes and bounds read: the embedding, each layer's query and
-    output projections and the MLP's gate and up projections."""
-    return method == "__call__" and module.name in ("embed", "q", "o", "gate", "up")
-
-
-def run_captured(cfg: ModelConfig, params, tokens, positions, rows: RowCache,
+def run_recorded(cfg: ModelConfig, params, tokens, positions, rows: RowCache,
                  prefix: Prefix | None):
-    """One model call on tokens [B, T] at positions [B, T] (all written) with intermediates:
-    returns logits [B, T, V], the updated RowCache and the intermediates tree."""
-    module = Transformer(cfg)
-    (hidden, rows), state = module.apply(
-        {"params": params}, tokens, positions, rows, jnp.ones(tokens.shape, bool), prefix,
-        capture_intermediates=_captured, mutable=["intermediates"])
-    logits = module.apply({"params": params}, hidden, method=Transformer.logits)
-    return logits, rows, state["intermediates"]
+    """One model call on tokens [B, T] at positions [B, T] (all written), every site recorded:
+    returns logits [B, T, V], the updated RowCache and the Recorded sites."""
+    out = run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool), prefix,
+              record=True)
+    return logits(cfg, params, out.hidden), out.rows, out.recorded
 
 
-def streams(cfg: ModelConfig, inter) -> list[jnp.ndarray]:
+def streams(cfg: ModelConfig, recorded: Recorded) -> list[jnp.ndarray]:
     """The residual stream [B, T, D] entering each block, then the one leaving the last:
     x_0 (the embedding), x_1, …, x_L."""
-    blocks = [inter[f"blocks_{i}"]["residual"][0] for i in range(cfg.num_layers)]
-    return [inter["embed"]["__call__"][0], *blocks]
+    return [recorded("embed_out"), *(recorded("resid_post", i) for i in range(cfg.num_layers))]
 
 
-def queries(cfg: ModelConfig, inter, layer: int, positions) -> jnp.ndarray:
+def queries(cfg: ModelConfig, recorded: Recorded, layer: int) -> jnp.ndarray:
     """Layer `layer`'s rotated queries [B, T, K, G, H], scaled by H^{-1/2} like the scores."""
-    q = apply_rope(inter[f"blocks_{layer}"]["attn"]["q"]["__call__"][0], positions, cfg)
-    B, T = positions.shape
+    q = recorded("query", layer)
+    B, T = q.shape[:2]
     return q.astype(jnp.float32).reshape(B, T, cfg.num_kv_heads, cfg.heads_per_kv,
                                          cfg.head_dim) * cfg.head_dim ** -0.5
 
@@ -139,15 +129,15 @@ def _trace_dilution(cfg: ModelConfig, prefix: Prefix, rows: RowCache, q, layer: 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _probe(cfg: ModelConfig, params, prefix: Prefix, trace, positions):
     G, N = trace.shape[0], cfg.num_heads
-    real_logits, real_rows, real = run_captured(cfg, params, trace[None], positions[None],
+    real_logits, real_rows, real = run_recorded(cfg, params, trace[None], positions[None],
                                                 empty_rows(cfg, 1, G), prefix)
-    ref_logits, _, ref = run_captured(cfg, params, trace[:, None], positions[:, None],
+    ref_logits, _, ref = run_recorded(cfg, params, trace[:, None], positions[:, None],
                                       empty_rows(cfg, G, 1), prefix)
     real_logits, ref_logits = real_logits[0], ref_logits[:, 0]
     masses, gaps, changes = [], [], []
     for layer in range(cfg.num_layers):
         d = _trace_dilution(cfg, prefix, real_rows,
-                            queries(cfg, real, layer, positions[None])[0], layer)
+                            queries(cfg, real, layer)[0], layer)
         masses.append(d.mass.reshape(G, N))
         gaps.append(jnp.max(jnp.abs(d.gap), axis=(1, 2, 3)))
         changes.append(jnp.linalg.norm(d.out - d.kept, axis=-1).reshape(G, N))

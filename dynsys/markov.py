@@ -20,10 +20,10 @@ import scipy.sparse as sp
 from rich.progress import Progress
 
 from dynsys import sampling
-from dynsys.cache import Prefix, empty_rows, source_digest
+from dynsys.cache import Prefix, source_digest
 from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode import _logits, _run, prefix_for
+from dynsys.decode import last_logits, prefix_for
 from dynsys.model import Model
 from dynsys.runs import save_npz_atomic
 
@@ -49,17 +49,6 @@ class MarkovMap:
     def is_full(self) -> bool:
         """Whether this is the map on all of V, in order (next[v] = f(v))."""
         return np.array_equal(self.tokens, np.arange(self.vocab_size))
-
-
-def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions):
-    """Logits [B, V] after P + suffixes[b] (at positions[b]): one shared-prefix step."""
-    rows = empty_rows(cfg, suffixes.shape[0], suffixes.shape[1])
-    hidden, _ = _run(cfg, params, suffixes, positions, rows, jnp.ones(suffixes.shape, bool),
-                     prefix)
-    return _logits(cfg, params, hidden[:, -1])
-
-
-last_logits_jit = jax.jit(last_logits, static_argnames=("cfg",))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "kernel_k"))

@@ -20,41 +20,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsys.attention import Segment, attend
-from dynsys.cache import Prefix, RowCache, empty_rows
+from dynsys.cache import ROW_KEY_AXES, ROW_VALUE_AXES, Prefix, RowCache, empty_rows
 from dynsys.config import ModelConfig
 from dynsys.rope import apply_rope
+from dynsys.sharding import constrain, partitioned
+from dynsys.sites import site
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + ε) · w, computed in float32."""
+    """x / sqrt(mean(x²) + ε) · w, normalised in float32, returned in the activation dtype."""
 
     eps: float
+    param_dtype: str
     dtype: str
 
     @nn.compact
     def __call__(self, x):
-        w = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        w = self.param("scale", partitioned(nn.initializers.ones, ("embed",)), (x.shape[-1],),
+                       self.param_dtype)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return w * x32.astype(self.dtype)
+        return w.astype(self.dtype) * x32.astype(self.dtype)
 
 
 def norm_layer(cfg: ModelConfig, name: str | None = None) -> nn.Module:
-    """The family's norm layer: LayerNorm w ⊙ (x − mean x)/√(var x + ε) + b for gpt_neox,
-    RMSNorm w ⊙ x/√(mean(x²) + ε) otherwise (ε = cfg.norm_eps; normalised in float32)."""
-    if cfg.family == "gpt_neox":
-        return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=cfg.dtype,
-                            name=name)
-    return RMSNorm(cfg.norm_eps, cfg.dtype, name=name)
+    """The config's norm: LayerNorm w ⊙ (x − mean x)/√(var x + ε) + b (norm "layer", output
+    float32) or RMSNorm w ⊙ x/√(mean(x²) + ε) (norm "rms"); ε = cfg.norm_eps."""
+    if cfg.norm == "layer":
+        return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=cfg.param_dtype,
+                            scale_init=partitioned(nn.initializers.ones, ("embed",)),
+                            bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
+    return RMSNorm(cfg.norm_eps, cfg.param_dtype, cfg.dtype, name=name)
 
 
 class Linear(nn.Module):
     """y = W·x + b over the trailing `inputs` axes of x, with kernel W [out…, in…] and bias
-    b [out…]: y[…, o] = Σ_i W[o, i] x[…, i] + b[o]."""
+    b [out…]: y[…, o] = Σ_i W[o, i] x[…, i] + b[o]. `axes`: the logical names of W's axes
+    (outputs, then inputs)."""
 
     cfg: ModelConfig
     features: tuple[int, ...]
     bias: bool
+    axes: tuple[str, ...]
     inputs: int = 1
 
     @nn.compact
@@ -70,14 +77,17 @@ class Linear(nn.Module):
                 key, (math.prod(fan_in), math.prod(out)), dtype)
             return w.T.reshape(shape)
 
-        w = self.param("kernel", init, out + fan_in, cfg.dtype)
+        w = self.param("kernel", partitioned(init, self.axes), out + fan_in,
+                       cfg.param_dtype).astype(cfg.dtype)
         # As 2-D [batch, in]·[out, in]ᵀ: XLA copies a kernel with several in or out axes into
         # another layout at every call rather than see this product in it.
         x2 = x.astype(cfg.dtype).reshape(-1, math.prod(fan_in))
         y = jax.lax.dot_general(x2, w.reshape(math.prod(out), -1), (((1,), (1,)), ((), ())))
         y = y.reshape(*x.shape[:x.ndim - n_in], *out)
         if self.bias:
-            y = y + self.param("bias", nn.initializers.zeros, out, cfg.dtype)
+            b = self.param("bias", partitioned(nn.initializers.zeros, self.axes[:n_out]), out,
+                           cfg.param_dtype)
+            y = y + b.astype(cfg.dtype)
         return y
 
 
@@ -93,10 +103,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
-        q = Linear(cfg, (N, H), cfg.qkv_bias, name="q")(x)
-        k = Linear(cfg, (K, H), cfg.qkv_bias, name="k")(x)
-        v = Linear(cfg, (K, H), cfg.qkv_bias, name="v")(x)
-        q, k = apply_rope(q, positions, cfg), apply_rope(k, positions, cfg)
+        q = Linear(cfg, (N, H), cfg.qkv_bias, ("heads", "head_dim", "embed"), name="q")(x)
+        k = Linear(cfg, (K, H), cfg.qkv_bias, ("kv_heads", "head_dim", "embed"), name="k")(x)
+        v = Linear(cfg, (K, H), cfg.qkv_bias, ("kv_heads", "head_dim", "embed"), name="v")(x)
+        q = constrain(q, ("batch", "seq", "heads", "head_dim"))
+        q, k = site(self, "query", apply_rope(q, positions, cfg)), apply_rope(k, positions, cfg)
         cache_k, cache_v, slot, key_mask = rows
         # Padding slots are written too; key_mask keeps every query from reading them.
         cache_k = jax.lax.dynamic_update_slice(
@@ -106,17 +117,20 @@ class Attention(nn.Module):
         # One buffer for the updated cache: without the barrier XLA fuses the update into the
         # attention reads and the carried cache separately, copying every cache at every step.
         cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
+        cache_k, cache_v = constrain(cache_k, ROW_KEY_AXES), constrain(cache_v, ROW_VALUE_AXES)
         segments = [Segment(cache_k, cache_v, key_mask)]
         if prefix is not None:
             segments.insert(0, Segment(*prefix))
         out, _ = attend(q.reshape(B, T, K, G, H), segments)
-        out = out.reshape(B, T, N, H).astype(cfg.dtype)
-        y = Linear(cfg, (cfg.hidden_size,), cfg.family == "gpt_neox", inputs=2, name="o")(out)
+        out = site(self, "heads", out.reshape(B, T, N, H).astype(cfg.dtype))
+        y = Linear(cfg, (cfg.hidden_size,), cfg.out_bias, ("embed", "heads", "head_dim"),
+                   inputs=2, name="o")(out)
         return y, (cache_k, cache_v)
 
 
 class MLP(nn.Module):
-    """SwiGLU down(silu(gate x) ⊙ up x) for llama/qwen2; down(gelu(up x + b) ) + b for gpt_neox."""
+    """down(silu(gate x) ⊙ up x) (mlp "swiglu") or down(gelu(up x + b)) + b (mlp "gelu");
+    sites "mlp_up" (up x) and "mlp_hidden" (what enters down)."""
 
     cfg: ModelConfig
 
@@ -124,12 +138,14 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         D, F = cfg.hidden_size, cfg.intermediate_size
-        if cfg.family == "gpt_neox":
-            h = jax.nn.gelu(Linear(cfg, (F,), True, name="up")(x), approximate=False)
-            return Linear(cfg, (D,), True, name="down")(h)
-        gate = Linear(cfg, (F,), False, name="gate")(x)
-        up = Linear(cfg, (F,), False, name="up")(x)
-        return Linear(cfg, (D,), False, name="down")(jax.nn.silu(gate) * up)
+        up = site(self, "mlp_up", Linear(cfg, (F,), cfg.out_bias, ("mlp", "embed"), name="up")(x))
+        if cfg.mlp == "gelu":
+            hidden = jax.nn.gelu(up, approximate=False)
+        else:
+            gate = Linear(cfg, (F,), False, ("mlp", "embed"), name="gate")(x)
+            hidden = jax.nn.silu(gate) * up
+        hidden = site(self, "mlp_hidden", constrain(hidden, ("batch", "seq", "mlp")))
+        return Linear(cfg, (D,), cfg.out_bias, ("embed", "mlp"), name="down")(hidden)
 
 
 class Block(nn.Module):
@@ -139,13 +155,11 @@ class Block(nn.Module):
     def __call__(self, x, positions, rows, prefix):
         cfg = self.cfg
         h, kv = Attention(cfg, name="attn")(norm_layer(cfg, "norm1")(x), positions, rows, prefix)
-        if cfg.family == "gpt_neox" and cfg.parallel_residual:
-            x = x + h + MLP(cfg, name="mlp")(norm_layer(cfg, "norm2")(x))
-        else:
-            x = x + h
-            x = x + MLP(cfg, name="mlp")(norm_layer(cfg, "norm2")(x))
-        self.sow("intermediates", "residual", x)
-        return x, kv
+        mid = site(self, "resid_mid", x + site(self, "attn_out", h))
+        # parallel: x + attn(ln1 x) + mlp(ln2 x); sequential: mid + mlp(ln2 mid)
+        mlp_in = x if cfg.parallel_residual else mid
+        m = site(self, "mlp_out", MLP(cfg, name="mlp")(norm_layer(cfg, "norm2")(mlp_in)))
+        return site(self, "resid_post", mid + m), kv
 
 
 class Transformer(nn.Module):
@@ -156,12 +170,14 @@ class Transformer(nn.Module):
     def setup(self):
         cfg = self.cfg
         self.embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
-                              param_dtype=cfg.dtype,
-                              embedding_init=nn.initializers.normal(cfg.initializer_range))
+                              param_dtype=cfg.param_dtype,
+                              embedding_init=partitioned(
+                                  nn.initializers.normal(cfg.initializer_range),
+                                  ("vocab", "embed")))
         self.blocks = [Block(cfg) for _ in range(cfg.num_layers)]
         self.final_norm = norm_layer(cfg)
         if not cfg.tie_embeddings:
-            self.lm_head = Linear(cfg, (cfg.vocab_size,), False)
+            self.lm_head = Linear(cfg, (cfg.vocab_size,), False, ("vocab", "embed"))
 
     def __call__(self, tokens, positions, rows: RowCache, write_mask, prefix: Prefix | None):
         """Run tokens [B, T] at positions [B, T], written to row slots [end, end + T) where
@@ -175,7 +191,7 @@ class Transformer(nn.Module):
         valid = jax.lax.dynamic_update_slice(rows.valid, write_mask, (0, rows.end))
         causal = jnp.arange(rows.capacity)[None, :] <= slots[:, None]  # [T, C]
         key_mask = valid[:, None, :] & causal[None] & write_mask[:, :, None]
-        x = self.embed(tokens)
+        x = site(self, "embed_out", constrain(self.embed(tokens), ("batch", "seq", "embed")))
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
@@ -193,8 +209,8 @@ class Transformer(nn.Module):
         return self.lm_head(hidden).astype(jnp.float32)
 
 
-def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
-    """Random parameters drawn like Hugging Face's `_init_weights` (see module docstring)."""
+def _init_boxed(cfg: ModelConfig, seed: int) -> dict:
+    """The parameters as Flax initialises them: each leaf boxed with its logical axis names."""
     tokens = jnp.zeros((1, 1), jnp.int32)
 
     def everything(module: Transformer):
@@ -202,6 +218,18 @@ def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
         return module.logits(hidden)
 
     return Transformer(cfg).init(jax.random.PRNGKey(seed), method=everything)["params"]
+
+
+def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    """Random parameters drawn like Hugging Face's `_init_weights` (see module docstring)."""
+    return nn.meta.unbox(_init_boxed(cfg, seed))
+
+
+def param_axes(cfg: ModelConfig) -> dict:
+    """The logical axis names of every parameter: a tree like the parameters whose leaves are
+    PartitionSpecs of names (see dynsys.sharding), e.g. q's kernel ("heads", "head_dim",
+    "embed"). Nothing is computed."""
+    return nn.get_partition_spec(jax.eval_shape(lambda: _init_boxed(cfg, 0)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -420,7 +420,9 @@ BAD_MODEL_VALUES = {
     "head_dim 16.0": (dict(head_dim=16.0), "head_dim", "16.0"),
     "tie_embeddings 1": (dict(tie_embeddings=1), "tie_embeddings", "1"),
     "use_rope 'false'": (dict(use_rope="false"), "use_rope", "'false'"),
-    "parallel_residual none": (dict(parallel_residual=None), "parallel_residual", "None"),
+    "parallel_residual on llama": (dict(parallel_residual=True), "parallel_residual", "True"),
+    "param_dtype float16": (dict(param_dtype="float16"), "param_dtype", "'float16'"),
+    "cache_dtype int8": (dict(cache_dtype="int8"), "cache_dtype", "'int8'"),
     "rope_scaling dict": (dict(rope_scaling={"factor": 8.0}), "rope_scaling", "'factor'"),
 }
 
@@ -429,6 +431,22 @@ BAD_MODEL_VALUES = {
 def test_broken_model_config_raises_naming_field_and_value(case):
     changes, field, value = BAD_MODEL_VALUES[case]
     _raises_naming(lambda: CONFIGS["llama-g1"].replace(**changes), field, value)
+
+
+def test_layer_kinds_are_resolved_once_from_the_family():
+    kinds = {name: (c.norm, c.mlp, c.qkv_bias, c.out_bias, c.parallel_residual)
+             for name, c in CONFIGS.items()}
+    assert kinds["llama-g1"] == ("rms", "swiglu", False, False, False)
+    assert kinds["qwen2-g2-tied"] == ("rms", "swiglu", True, False, False)
+    assert kinds["neox-rot25"] == ("layer", "gelu", True, True, True)
+    assert kinds["neox-rot50-tied-seq"][-1] is False
+    assert CONFIGS["llama-g1"].replace(parallel_residual=None).parallel_residual is False
+
+
+def test_dtypes_are_separate_and_the_cache_follows_the_activations():
+    cfg = CONFIGS["llama-g1"].replace(dtype="bfloat16", cache_dtype=None)
+    assert (cfg.param_dtype, cfg.dtype, cfg.cache_dtype) == ("float32", "bfloat16", "bfloat16")
+    assert CONFIGS["llama-g1"].with_dtype("bfloat16").param_dtype == "bfloat16"
 
 
 BAD_LLAMA3 = {

@@ -14,9 +14,9 @@ from dynsys.cache import RowCache, empty_rows
 from dynsys.checks import NonFiniteError
 from dynsys.compare import compare
 from dynsys.config import ModelConfig
-from dynsys.decode import _run, generate, prefill
-from dynsys.dilution import dilute, position_drift, probe_trace, run_captured
-from dynsys.model import Model, Transformer, init_params
+from dynsys.decode import generate, logits, prefill, run
+from dynsys.dilution import dilute, position_drift, probe_trace, run_recorded
+from dynsys.model import Model, init_params
 from dynsys.rope import apply_rope
 
 S_MAX = 256
@@ -154,12 +154,10 @@ PROBED = ModelConfig(family="llama", vocab_size=61, hidden_size=16, intermediate
 @jax.jit
 def _full(params, tokens, positions):
     """Plain full-sequence run (no prefix, no cache reuse): logits and each block's output."""
-    module = Transformer(PROBED)
-    (hidden, _), state = module.apply(
-        {"params": params}, tokens, positions, empty_rows(PROBED, *tokens.shape),
-        jnp.ones(tokens.shape, bool), None, mutable=["intermediates"])
-    logits = module.apply({"params": params}, hidden, method=Transformer.logits)
-    return logits, [state["intermediates"][f"blocks_{i}"]["residual"][0] for i in range(2)]
+    out = run(PROBED, params, tokens, positions, empty_rows(PROBED, *tokens.shape),
+              jnp.ones(tokens.shape, bool), None, record=True)
+    return (logits(PROBED, params, out.hidden),
+            [out.recorded("resid_post", i) for i in range(2)])
 
 
 def test_probes_agree_with_brute_force():
@@ -232,13 +230,15 @@ def test_probing_leaves_generation_alone():
     model = random_model(PROBED, seed=6)
     prompt = np.random.default_rng(3).integers(0, PROBED.vocab_size, (1, 30))
     tokens, positions = jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32)
-    out = jax.eval_shape(lambda p: _run(PROBED, p, tokens, positions, empty_rows(PROBED, 2, 3),
-                                        tokens >= 0, None), model.params)
-    hidden, rows = out
-    assert hidden.shape == (2, 3, PROBED.hidden_size) and isinstance(rows, RowCache)
-    _, _, inter = jax.eval_shape(lambda p: run_captured(
+    out = jax.eval_shape(lambda p: run(PROBED, p, tokens, positions, empty_rows(PROBED, 2, 3),
+                                       tokens >= 0, None), model.params)
+    assert out.hidden.shape == (2, 3, PROBED.hidden_size) and isinstance(out.rows, RowCache)
+    assert out.recorded is None
+    _, _, recorded = jax.eval_shape(lambda p: run_recorded(
         PROBED, p, tokens, positions, empty_rows(PROBED, 2, 3), None), model.params)
-    assert {"embed", "blocks_0", "blocks_1"} <= set(inter)  # what the probes read
+    for layer in (0, 1):  # what the probes read
+        assert recorded("query", layer).shape == (2, 3, PROBED.num_heads, PROBED.head_dim)
+        assert recorded("resid_post", layer).shape == (2, 3, PROBED.hidden_size)
     before = np.asarray(generate(model, prompt, 10))
     probe_trace(model, prompt[0], before[0])
     np.testing.assert_array_equal(np.asarray(generate(model, prompt, 10)), before)

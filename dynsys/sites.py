@@ -1,0 +1,92 @@
+"""Named sites: the places in the model an experiment may read or change.
+
+A site is one call `x = site(module, name, x)` in the model's code. With nothing asked of it
+it is the identity and adds nothing to the compiled program. Two things can be asked, both
+as data passed into the (jitted) call, never as hooks:
+
+- **record**: with the collection "record" mutable, the site's value is stored; `Recorded`
+  reads it back by site name and layer.
+- **edit**: a variable `edits[path][name] = {"scale": s, "shift": b}` replaces the value x by
+  x·s + b (broadcast over x's trailing axes: zero ablation s = 0, b = 0; mean ablation s = 0,
+  b = mean; a neuron scaled or sign-flipped by s = ±c at its index, 1 elsewhere; patching
+  s = 0, b = stored values). Edit values are traced, so new values do not recompile.
+
+Sites, per block (layer i): "query" [B, T, N, H] (the rotated query), "heads" [B, T, N, H]
+(each head's attention output before the output projection), "attn_out" [B, T, D] (the
+attention branch), "resid_mid" [B, T, D] (x + attention), "mlp_up" [B, T, F] (the up
+projection), "mlp_hidden" [B, T, F] (the activation entering the down projection), "mlp_out"
+[B, T, D] (the MLP branch), "resid_post" [B, T, D] (the block's output); and "embed_out" [B, T, D]
+(the token embedding, before block 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax.numpy as jnp
+from flax import struct
+
+# Site name -> the submodule of a block that owns it (() = the block itself).
+BLOCK_SITES: dict[str, tuple[str, ...]] = {
+    "query": ("attn",), "heads": ("attn",), "attn_out": (), "resid_mid": (),
+    "mlp_up": ("mlp",), "mlp_hidden": ("mlp",), "mlp_out": (), "resid_post": (),
+}
+MODEL_SITES: tuple[str, ...] = ("embed_out",)
+
+
+def site(module, name: str, x):
+    """The value of site `name` of `module`: x, or x·scale + shift under an edit; recorded
+    when the "record" collection is mutable."""
+    if module.has_variable("edits", name):
+        edit = module.get_variable("edits", name)
+        x = (x * edit["scale"] + edit["shift"]).astype(x.dtype)
+    module.sow("record", name, x)
+    return x
+
+
+def _path(name: str, layer: int | None) -> tuple[str, ...]:
+    if name in MODEL_SITES:
+        if layer is not None:
+            raise ValueError(f"site {name!r} is not per layer (got layer={layer})")
+        return ()
+    if name not in BLOCK_SITES:
+        raise ValueError(f"unknown site {name!r}; sites: {[*MODEL_SITES, *BLOCK_SITES]}")
+    if layer is None:
+        raise ValueError(f"site {name!r} is per layer: give a layer")
+    return (f"blocks_{layer}", *BLOCK_SITES[name])
+
+
+def edits(changes: Mapping[tuple[str, int | None], Mapping[str, object]],
+          num_layers: int) -> dict:
+    """The edit tree for `changes` {(site, layer): {"scale": s, "shift": b}} (either key may
+    be left out: scale 1, shift 0); layer None for "embed_out". Layers are checked against
+    num_layers."""
+    tree: dict = {}
+    for (name, layer), change in changes.items():
+        if layer is not None and not 0 <= layer < num_layers:
+            raise ValueError(f"layer={layer} is outside [0, {num_layers})")
+        unknown = set(change) - {"scale", "shift"}
+        if unknown:
+            raise ValueError(f"an edit holds 'scale' and 'shift', not {sorted(unknown)}")
+        node = tree
+        for key in _path(name, layer):
+            node = node.setdefault(key, {})
+        node[name] = {"scale": jnp.asarray(change.get("scale", 1.0), jnp.float32),
+                      "shift": jnp.asarray(change.get("shift", 0.0), jnp.float32)}
+    return tree
+
+
+@struct.dataclass
+class Recorded:
+    """What the sites stored during one call (the "record" collection), read by name."""
+
+    tree: dict
+
+    def __call__(self, name: str, layer: int | None = None) -> jnp.ndarray:
+        """The value of site `name` (of block `layer`) in the call."""
+        node = self.tree
+        for key in (*_path(name, layer), name):
+            if key not in node:
+                raise KeyError(f"site {name!r} (layer {layer}) was not recorded")
+            node = node[key]
+        return node[0]
