@@ -19,18 +19,19 @@ from rich.table import Table
 from rich.text import Text
 from safetensors import SafetensorError
 
-from dynsys import prompts, studies
+from dynsys import studies
+from dynsys.data import prompts
+from dynsys.data.prompts import make_prompt
 from dynsys.decode import generate as generate_tokens
-from dynsys.markov import markov_map
-from dynsys.nullmodel import compare_to_null
-from dynsys.orbits import check_map
-from dynsys.orbits import orbits as orbit_structure
+from dynsys.decode.sampling import Sampler
+from dynsys.dynamics.markov import markov_map
+from dynsys.dynamics.nullmodel import compare_to_null
+from dynsys.dynamics.orbits import check_map
+from dynsys.dynamics.orbits import orbits as orbit_structure
+from dynsys.dynamics.traces import periodicity_batch
+from dynsys.io import load
 from dynsys.runs import load_npz, save_npz_atomic
-from dynsys.sampling import Sampler
 from dynsys.studies.finding import Finding
-from dynsys.sweep import make_prompt
-from dynsys.traces import periodicity_batch
-from dynsys.weights import load
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")

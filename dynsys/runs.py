@@ -90,6 +90,46 @@ def load_npz(path) -> dict[str, np.ndarray]:
                              f"({type(e).__name__}: {e})") from None
 
 
+def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
+            fingerprint: str = "", description: str = "", progress: bool = True
+            ) -> list[dict[str, np.ndarray]]:
+    """[compute(start, stop) for each chunk of rows [start, stop) of range(total)], in order,
+    with a progress bar over rows.
+
+    With `store` (a directory), each finished chunk is saved there atomically and a rerun
+    with the same `fingerprint` (what the chunks depend on) loads it instead of computing it
+    again; a directory holding another fingerprint is an error, and an unreadable chunk is
+    computed again.
+    """
+    if store is not None:
+        store = Path(store)
+        store.mkdir(parents=True, exist_ok=True)
+        meta = store / "chunks.json"
+        if meta.exists() and json.loads(meta.read_text()).get("fingerprint") != fingerprint:
+            raise ValueError(f"{store} holds chunks of a different computation (model, prompt, "
+                             "rows, offsets, chunk or kernel differ); use another directory")
+        with atomic_path(meta) as tmp:
+            tmp.write_text(json.dumps({"fingerprint": fingerprint, "rows": total,
+                                       "chunk": chunk}))
+    parts = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for start in range(0, total, chunk):
+            stop = min(start + chunk, total)
+            path = store / f"chunk_{start // chunk:06d}.npz" if store is not None else None
+            try:
+                part = load_npz(path) if path is not None else None
+            except (FileNotFoundError, UnreadableFile):
+                part = None
+            if part is None:
+                part = compute(start, stop)
+                if path is not None:
+                    save_npz_atomic(path, **part)
+            parts.append(part)
+            bar.advance(task, stop - start)
+    return parts
+
+
 def provenance(seeds: dict | None = None) -> dict:
     """Git commit of the dynsys source (and whether it had local changes), package
     versions, Python, platform, JAX devices, time, command line and seeds."""

@@ -1,7 +1,7 @@
 """Logical axis names and the one table that maps them to a device mesh.
 
 Every parameter and cache array names its axes with these logical names (declared where the
-array is made: `dynsys.model` for parameters, `dynsys.cache` for caches); activations are
+array is made: `dynsys.nn` for parameters, `dynsys.nn.cache` for caches); activations are
 constrained with `constrain`. The rules below map the names to the axes of a mesh
 ("data" for rows, "model" for tensor parallelism). Without a mesh in context (one device,
 the default) every annotation is the identity and the compiled program is unchanged.

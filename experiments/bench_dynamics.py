@@ -14,15 +14,15 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from dynsys.kernels import (
+from dynsys.dynamics.kernels import (
     absorption_probabilities,
     absorption_times,
     kernel_classes,
     stationary_distributions,
 )
-from dynsys.nullmodel import random_mapping, random_mapping_expectations
-from dynsys.orbits import orbits
-from dynsys.traces import periodicity_batch
+from dynsys.dynamics.nullmodel import random_mapping, random_mapping_expectations
+from dynsys.dynamics.orbits import orbits
+from dynsys.dynamics.traces import periodicity_batch
 
 
 def best_time(fn, repeats: int = 3) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from timing import best_time, matmul_gflops, step_flops
 
 import dynsys as ds
-from dynsys.markov import markov_map
+from dynsys.dynamics.markov import markov_map
 
 CASES = {  # name: (preset, prompt length n, rows timed (None: all of V), chunk)
     "tiny": ("tiny", 1000, None, 4096),

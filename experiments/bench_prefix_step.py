@@ -1,4 +1,4 @@
-"""Benchmark: the shared-prefix step (DESIGN §3) against this machine's matmul peak.
+"""Benchmark: the shared-prefix step (docs/concepts.md, "The shared-prefix step") against this machine's matmul peak.
 
 4096 rows, each one token after a shared 1000-token prefix, on the `tiny` preset; the
 achieved GFLOP/s (model FLOPs: projections, attention over the prefix, MLP, LM head) is

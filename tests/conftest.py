@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from dynsys.config import Llama3Scaling, ModelConfig
-from dynsys.model import Model, init_params
-from dynsys.weights import save_hf
+from dynsys.nn import Model, init_params
+from dynsys.io import save_hf
 
 torch.set_grad_enabled(False)
 torch.set_num_threads(1)  # tiny matrices: more threads only contend (100x slower when loaded)
@@ -73,7 +73,7 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> Model:
 
 
 def to_transformers(model: Model, directory) -> transformers.PreTrainedModel:
-    """Export with dynsys.weights.save_hf and load the directory with transformers (fp32, eval)."""
+    """Export with dynsys.io.save_hf and load the directory with transformers (fp32, eval)."""
     save_hf(model, directory)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         directory, dtype=torch.float32, attn_implementation="eager")

@@ -3,11 +3,11 @@ import re
 import numpy as np
 import pytest
 
-from dynsys.cache import empty_rows
+from dynsys.nn.cache import empty_rows
 from dynsys.checks import check_positions, check_tokens
 from dynsys.decode import forward, generate, prefill, step
-from dynsys.model import Model
-from dynsys.sampling import Sampler
+from dynsys.nn import Model
+from dynsys.decode.sampling import Sampler
 
 V = 257  # vocabulary of CONFIGS["llama-g1"]
 

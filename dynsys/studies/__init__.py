@@ -24,11 +24,10 @@ import types
 from pathlib import Path
 
 from dynsys import figstyle
+from dynsys.io import checkpoint_digest, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
+from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift)
 from dynsys.studies.finding import Finding
-from dynsys.weights import checkpoint_digest, load_config
-from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles,
-                            e6_drift)
 
 STUDIES: dict[str, types.ModuleType] = {
     m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift)}
@@ -75,7 +74,7 @@ def config_for(name: str, scale: str = "small", overrides: dict | None = None):
 
 
 def model_digest(name: str, config) -> str:
-    """The digest of the weights of config.model (dynsys.weights.checkpoint_digest, which
+    """The digest of the weights of config.model (dynsys.io.checkpoint_digest, which
     checks that each safetensors header reads), after checking without loading weights that
     its config.json reads and its max_position_embeddings holds config.positions()."""
     limit = load_config(config.model).max_position_embeddings

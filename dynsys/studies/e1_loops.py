@@ -17,13 +17,14 @@ from collections import Counter
 
 import numpy as np
 
-from dynsys import figstyle, prompts
+from dynsys import figstyle
+from dynsys.data import prompts
 from dynsys.decode import generate
+from dynsys.dynamics.traces import periodicity_batch
+from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.traces import periodicity_batch
-from dynsys.weights import load
 
 NAME = "e1"
 TITLE = "Loops of an untrained model: minimal cycle lengths, RoPE on and off"

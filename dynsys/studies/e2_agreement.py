@@ -12,11 +12,12 @@ import dataclasses
 import numpy as np
 
 from dynsys import figstyle
+from dynsys.data.prompts import PROMPT_KINDS
+from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.sweep import PROMPT_KINDS, agreement_sweep, agreement_table
-from dynsys.weights import load
+from dynsys.studies.sweep import agreement_sweep, agreement_table
 
 NAME = "e2"
 TITLE = "Agreement with the Markov map vs prompt length n and generation length G"

@@ -2,8 +2,8 @@
 
 Per prompt length n, random i.i.d. prompts are continued by G greedy tokens. Step t has
 r = t − 1 generated keys; per step, layer and head it measures the attention mass a_t(R) of the
-generated keys and the logit change max_v |Δlogit_v| when they are hidden (dynsys.dilution),
-next to the multi-layer bound on both and the certified horizon (dynsys.bounds,
+generated keys and the logit change max_v |Δlogit_v| when they are hidden (dynsys.theory.dilution),
+next to the multi-layer bound on both and the certified horizon (dynsys.theory,
 proofs/multi_layer.md), and the measured agreement horizon (leading steps whose greedy token is
 f_{P,t−1}(x_{n+t})). The argument predicts a(R) ~ r/n, a bound that holds everywhere, and a
 certified horizon that grows with n and never exceeds the measured one. The weight-only
@@ -17,16 +17,17 @@ import functools
 
 import numpy as np
 
-from dynsys import figstyle, prompts
-from dynsys.bounds import (Certificate, markov_stats, perturbation_bound, uniform_bound,
-                           weight_constants)
-from dynsys.cache import bucket
+from dynsys import figstyle
+from dynsys.data import prompts
 from dynsys.decode import generate, prefill
-from dynsys.dilution import probe_trace
+from dynsys.io import load
+from dynsys.nn.cache import bucket
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.weights import load
+from dynsys.theory import (Certificate, markov_stats, perturbation_bound, uniform_bound,
+                           weight_constants)
+from dynsys.theory.dilution import probe_trace
 
 NAME = "e3"
 TITLE = "Attention dilution measured vs bound vs prompt length n"

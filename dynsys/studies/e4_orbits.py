@@ -17,19 +17,19 @@ import itertools
 import numpy as np
 
 from dynsys import figstyle
-from dynsys.markov import markov_map
-from dynsys.nullmodel import (compare_to_null, mapping_statistics, random_mapping,
-                              random_mapping_expectations)
+from dynsys.data.prompts import PROMPT_KINDS, make_prompt
+from dynsys.dynamics.markov import markov_map
+from dynsys.dynamics.nullmodel import (compare_to_null, mapping_statistics, random_mapping,
+                                       random_mapping_expectations)
+from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.sweep import PROMPT_KINDS, make_prompt
-from dynsys.weights import load
 
 NAME = "e4"
 TITLE = "Orbit structure of f_P vs the random-mapping null"
 
-# statistic → axis label; all from dynsys.nullmodel.mapping_statistics
+# statistic → axis label; all from dynsys.dynamics.nullmodel.mapping_statistics
 STATS = {"cycles": "cycles", "cyclic_nodes": "cyclic points",
          "largest_component": "largest basin", "longest_cycle": "longest cycle",
          "tail": "mean tail", "terminal_nodes": "terminal points"}

@@ -18,15 +18,15 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from dynsys import figstyle
-from dynsys.cache import bucket
-from dynsys.compare import compare
+from dynsys.data.prompts import PROMPT_KINDS, make_prompt
 from dynsys.decode import generate, prefill
-from dynsys.markov import markov_map
+from dynsys.dynamics.compare import compare
+from dynsys.dynamics.markov import markov_map
+from dynsys.io import load
+from dynsys.nn.cache import bucket
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.sweep import PROMPT_KINDS, make_prompt
-from dynsys.weights import load
 
 NAME = "e5"
 TITLE = "Terminal cycles of real traces vs periodic orbits of the Markov map"

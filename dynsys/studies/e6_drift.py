@@ -2,7 +2,7 @@
 
 f_{P,τ}(v) = argmax logits(P + [v]) with v at position n+τ. For P a random N-gram repeated to
 n tokens, and τ = 0..T: the share of V with f_{P,τ}(v) ≠ f_{P,0}(v) and the logit change
-max_u |logits_{P,τ}(v)_u − logits_{P,0}(v)_u| (dynsys.dilution.position_drift). Without RoPE
+max_u |logits_{P,τ}(v)_u − logits_{P,0}(v)_u| (dynsys.theory.dilution.position_drift). Without RoPE
 f_{P,τ} = f_P exactly (proofs/position_drift.md, Prop. 0). With RoPE a shift by the period
 exchanges only N keys, so logits_{P,τ+N} − logits_{P,τ} = O(N/n) (Prop. 1, one layer): the
 period defect, the share of V with f_{P,τ+N}(v) ≠ f_{P,τ}(v), → 0 as n → ∞ and the map depends
@@ -19,15 +19,15 @@ import numpy as np
 
 from dynsys import figstyle
 from dynsys.config import PRESETS
+from dynsys.data.prompts import make_prompt
 from dynsys.decode import prefill
-from dynsys.dilution import position_drift
-from dynsys.markov import suffix_map
-from dynsys.model import Model, init_params
+from dynsys.dynamics.markov import suffix_map
+from dynsys.io import load
+from dynsys.nn import Model, init_params
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.sweep import make_prompt
-from dynsys.weights import load
+from dynsys.theory.dilution import position_drift
 
 NAME = "e6"
 TITLE = "RoPE position drift: f_{P,τ} against τ for prompts of period N"

@@ -8,7 +8,7 @@ import pytest
 
 import dynsys as ds
 from dynsys.studies import e4_orbits, run_study
-from dynsys.sweep import make_prompt
+from dynsys.data.prompts import make_prompt
 from study_helpers import assert_figures
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting

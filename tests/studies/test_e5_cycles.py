@@ -8,7 +8,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import e5_cycles, run_study
 from dynsys.studies.e5_cycles import unit_name
-from dynsys.sweep import make_prompt
+from dynsys.data.prompts import make_prompt
 from study_helpers import CFG, assert_figures, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)

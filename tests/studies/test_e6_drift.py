@@ -6,7 +6,7 @@ import pytest
 
 import dynsys as ds
 from dynsys.studies import config_for, e6_drift, run_study
-from dynsys.sweep import make_prompt
+from dynsys.data.prompts import make_prompt
 from study_helpers import assert_figures
 
 # 40 and 64 share one prefill bucket: one compile per RoPE setting

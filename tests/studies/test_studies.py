@@ -10,11 +10,12 @@ import time
 import pytest
 
 import dynsys as ds
-from dynsys import studies, sweep
+from dynsys import studies
+from dynsys.studies import sweep
 from dynsys.runs import RunError
 from dynsys.studies import e2_agreement
 from dynsys.studies.settings import Settings
-from dynsys.weights import checkpoint_digest
+from dynsys.io import checkpoint_digest
 from study_helpers import CFG, save_checkpoint
 
 MICRO_E2 = {"lengths": [16, 24, 32, 40, 48, 56], "G": 4, "prompts": 2, "kinds": ["random"]}

@@ -1,0 +1,279 @@
+"""Prefill, the shared-prefix step, full-sequence logits and jitted generation.
+
+Every function here is one call of `Transformer` with a RowCache (per-row keys) and an
+optional Prefix (shared keys, no batch axis): ordinary generation has no prefix; the Markov
+map is a step of many rows after one long prefix (docs/concepts.md, "The shared-prefix step").
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from dynsys.checks import check_finite, check_positions, check_tokens
+from dynsys.config import ModelConfig
+from dynsys.decode import sampling
+from dynsys.nn import Model, Transformer
+from dynsys.nn.cache import (Prefix, RowCache, bucket, digest_words, empty_rows, prefix_of,
+                             source_digest, words_digest)
+from dynsys.nn.sites import Recorded
+
+SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
+
+
+@struct.dataclass
+class Output:
+    """One model call: the final-norm hidden states [B, T, D], the updated row cache and, when
+    asked for, what the named sites recorded."""
+
+    hidden: jnp.ndarray
+    rows: RowCache
+    recorded: Recorded | None = None
+
+
+def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache, write_mask,
+        prefix: Prefix | None, edits: dict | None = None, record: bool = False) -> Output:
+    """The one call of the model: tokens [B, T] at positions [B, T] written into `rows` where
+    write_mask [B, T] (see Transformer.__call__), after the shared `prefix`. `edits` (a
+    `dynsys.nn.sites.edits` tree, traced) changes named sites; `record` stores every site."""
+    variables = {"params": params} if edits is None else {"params": params, "edits": edits}
+    args = (tokens, positions, rows, write_mask, prefix)
+    if record:
+        (hidden, rows), state = Transformer(cfg).apply(variables, *args, mutable=["record"])
+        return Output(hidden, rows, Recorded(state["record"]))
+    hidden, rows = Transformer(cfg).apply(variables, *args)
+    return Output(hidden, rows)
+
+
+def logits(cfg: ModelConfig, params, hidden) -> jnp.ndarray:
+    """Float32 logits [..., V] of final-norm hidden states [..., D]."""
+    return Transformer(cfg).apply({"params": params}, hidden, method=Transformer.logits)
+
+
+def last_logits(cfg: ModelConfig, params, prefix: Prefix, suffixes, positions,
+                edits: dict | None = None) -> jnp.ndarray:
+    """Logits [B, V] after P + suffixes[b] (at positions[b]): one shared-prefix step."""
+    out = run(cfg, params, suffixes, positions, empty_rows(cfg, *suffixes.shape),
+              jnp.ones(suffixes.shape, bool), prefix, edits)
+    return logits(cfg, params, out.hidden[:, -1])
+
+
+last_logits_jit = jax.jit(last_logits, static_argnames=("cfg",))
+
+
+# --- the shared prefix ---------------------------------------------------------------------
+
+
+def prefill_chunk(cfg: ModelConfig, batch: int, length: int, capacity: int) -> int:
+    """Largest chunk c = length / 2^j with B·N·c·capacity attention scores within
+    SCORE_BUDGET, so a long prompt's T×T scores are never held at once."""
+    chunk = length
+    while chunk % 2 == 0 and chunk > 16 and batch * cfg.num_heads * chunk * capacity > SCORE_BUDGET:
+        chunk //= 2
+    return chunk
+
+
+def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
+                  chunk: int, edits: dict | None = None):
+    """Write tokens [B, T] into an empty RowCache, `chunk` (dividing T) at a time; returns
+    the last hidden state [B, D] and the cache."""
+    B, T = tokens.shape
+
+    def body(i, carry):
+        _, rows = carry
+        piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
+                 for x in (tokens, positions, write_mask)]
+        out = run(cfg, params, *piece[:2], rows, piece[2], None, edits)
+        return out.hidden[:, -1], out.rows
+
+    hidden = jnp.zeros((B, cfg.hidden_size), cfg.dtype)
+    return jax.lax.fori_loop(0, T // chunk, body, (hidden, rows))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
+def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length, source) -> Prefix:
+    capacity = tokens.shape[0]
+    positions = jnp.arange(capacity, dtype=jnp.int32)[None]
+    _, rows = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
+                            empty_rows(cfg, 1, capacity), chunk)
+    return prefix_of(rows.replace(end=length), source)
+
+
+def prefill(model: Model, prompt, capacity: int | None = None,
+            chunk: int | None = None) -> Prefix:
+    """The shared prefix of a 1-D prompt: its keys and values at positions 0..n−1.
+
+    Capacity defaults to bucket(n); the prompt is processed `chunk` tokens at a time
+    (default `prefill_chunk`; it must divide the capacity).
+    """
+    cfg = model.config
+    prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
+    n = prompt.shape[0]
+    capacity = bucket(n) if capacity is None else capacity
+    if capacity < n:
+        raise ValueError(f"capacity={capacity} is smaller than the prompt length {n}")
+    if n > cfg.max_position_embeddings:
+        raise ValueError(f"prompt length {n} exceeds max_position_embeddings="
+                         f"{cfg.max_position_embeddings}")
+    tokens = np.zeros(capacity, np.int32)
+    tokens[:n] = prompt
+    chunk = prefill_chunk(cfg, 1, capacity, capacity) if chunk is None else chunk
+    if chunk < 1 or capacity % chunk:
+        raise ValueError(f"chunk={chunk} must be a positive divisor of the capacity {capacity}")
+    source = digest_words(source_digest(model.digest, prompt))
+    return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n),
+                    jnp.asarray(source))
+
+
+def prefix_for(model: Model, prompt, prefix: Prefix | None = None) -> Prefix:
+    """`prefix` if it was computed from this model and prompt (ValueError otherwise), or the
+    prompt's `prefill` when None: the one check behind every entry point taking a prefix."""
+    if prefix is None:
+        return prefill(model, prompt)
+    prompt = check_tokens(prompt, model.config.vocab_size, "prompt", ndim=1)
+    if words_digest(prefix.source) != source_digest(model.digest, prompt):
+        raise ValueError(f"the prefix given was computed from another model or prompt (it "
+                         f"holds {int(prefix.length)} tokens; the prompt has {len(prompt)}): "
+                         "pass prefill(model, prompt) of this model and prompt")
+    return prefix
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _step(cfg: ModelConfig, params, prefix, tokens, positions, rows, edits):
+    out = run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool), prefix, edits)
+    return logits(cfg, params, out.hidden), out.rows
+
+
+def step(model: Model, prefix: Prefix | None, tokens, positions,
+         rows: RowCache | None = None, edits: dict | None = None
+         ) -> tuple[jnp.ndarray, RowCache]:
+    """Logits [B, T, V] of B rows after the shared prefix: row b holds tokens[b] at
+    positions[b] (any positions, e.g. skipping), after what `rows` already holds, with the
+    site `edits` applied.
+
+    With rows=None a fresh RowCache of capacity T is used. The prefix is never copied per row.
+    """
+    cfg = model.config
+    tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=2)
+    positions = check_positions(positions, tokens.shape, cfg.max_position_embeddings)
+    if rows is None:
+        rows = empty_rows(cfg, tokens.shape[0], tokens.shape[1])
+    elif int(rows.end) + tokens.shape[1] > rows.capacity:
+        raise ValueError(f"{tokens.shape[1]} tokens do not fit: the row cache holds "
+                         f"{int(rows.end)} of {rows.capacity} slots")
+    return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows,
+                 edits)
+
+
+def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
+    """Float32 logits [B, T, V] of tokens [B, T] at positions 0..T−1 (causal attention): a pure
+    function of the parameters, to jit and differentiate (training's forward pass)."""
+    B, T = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    out = run(cfg, params, tokens, positions, empty_rows(cfg, B, T), jnp.ones((B, T), bool),
+              None)
+    return logits(cfg, params, out.hidden)
+
+
+def forward(model: Model, tokens) -> jnp.ndarray:
+    """Full-sequence logits [B, T, V] of tokens [B, T] at positions 0..T−1."""
+    tokens = check_tokens(tokens, model.config.vocab_size, "tokens", ndim=2)
+    positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
+    return step(model, None, tokens, positions)[0]
+
+
+# --- generation ----------------------------------------------------------------------------
+
+
+@struct.dataclass
+class DecodeState:
+    """What the generation loop carries from one step to the next."""
+
+    logits: jnp.ndarray  # [B, V] the logits the next token is chosen from
+    seq: jnp.ndarray  # [B, C] prompt and generated tokens so far (slot = cache slot)
+    rows: RowCache
+    position: jnp.ndarray  # [B] position of the next token
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "kind", "with_margins"))
+def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
+              tokens, write_mask, values, key, edits):
+    B, T = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
+    hidden, rows = _prefill_rows(cfg, params, tokens, positions, write_mask,
+                                 empty_rows(cfg, B, T + max_new_tokens),
+                                 prefill_chunk(cfg, B, T, T + max_new_tokens), edits)
+    state = DecodeState(logits=logits(cfg, params, hidden),
+                        seq=jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens),
+                        rows=rows, position=positions[:, -1] + 1)
+
+    def choose(state: DecodeState, i):
+        """The next token, its margin and whether the logits it came from are finite."""
+        scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values)
+        token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
+        margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
+        return token, margin, jnp.isfinite(state.logits).all(-1)
+
+    def body(state: DecodeState, i):
+        token, margin, finite = choose(state, i)
+        out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
+                  jnp.ones((B, 1), bool), None, edits)
+        state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
+                            seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
+                                                             (0, T + i)),
+                            rows=out.rows, position=state.position + 1)
+        return state, (token, margin, finite)
+
+    state, steps = jax.lax.scan(body, state, jnp.arange(max_new_tokens - 1))
+    last = choose(state, max_new_tokens - 1)
+    # [B, G] each: tokens, margins, finite logits
+    return tuple(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last))
+
+
+def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged prompts → (tokens [B, bucket(max n)], real-token mask), left-padded with 0."""
+    rows = [check_tokens(p, vocab_size, f"prompts[{i}]", ndim=1) for i, p in enumerate(prompts)]
+    if not rows:
+        raise ValueError("no prompts given")
+    width = bucket(max(len(r) for r in rows))
+    tokens = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r):] = r
+        mask[i, width - len(r):] = True
+    return tokens, mask
+
+
+def generate(model: Model, prompts, max_new_tokens: int, *,
+             sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
+             return_margins: bool = False, edits: dict | None = None):
+    """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
+    (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]).
+
+    prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
+    and masked). `edits` (a `dynsys.nn.sites.edits` tree) changes named sites at every step,
+    prompt included; new edit values reuse the compiled program. One compile per (B, length
+    bucket, max_new_tokens, sampler kind, edit structure).
+    """
+    cfg = model.config
+    if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
+        raise ValueError(f"prompts must be 2-D [batch, length], got shape {np.shape(prompts)}")
+    if (not isinstance(max_new_tokens, int | np.integer) or isinstance(max_new_tokens, bool)
+            or max_new_tokens < 1):
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    tokens, mask = left_pad(list(prompts), cfg.vocab_size)
+    longest = int(mask.sum(1).max())
+    if longest + max_new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
+            f"max_position_embeddings={cfg.max_position_embeddings}")
+    out, margins, finite = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
+                                     model.params, jnp.asarray(tokens), jnp.asarray(mask),
+                                     sampler.values, jax.random.PRNGKey(seed), edits)
+    check_finite(finite, "generate ([row, step])")
+    return (out, margins) if return_margins else out

@@ -1,0 +1,334 @@
+"""Hugging Face checkpoints (config.json + safetensors, sharded or not) in and out, and `load`.
+
+Only local directories; only safetensors and JSON are read (never pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
+from dynsys.nn import Model, init_params
+
+_INDEX = "model.safetensors.index.json"
+# Buffers some checkpoints carry that are not parameters (recomputed from the config).
+_BUFFERS = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    """One HF tensor ↔ one dynsys parameter, the same numbers in another shape. `outputs`:
+    how many leading axes of our kernel [out…, in…] are the linear map's outputs (HF's weight
+    is [out, in]); 0 for biases (flattened by HF), norms and embeddings."""
+
+    hf: str
+    ours: tuple[str, ...]
+    outputs: int = 0
+
+    def hf_shape(self, ours: tuple[int, ...]) -> tuple[int, ...]:
+        if self.outputs:
+            return (math.prod(ours[:self.outputs]), math.prod(ours[self.outputs:]))
+        return ours if self.ours[-1] == "embedding" else (math.prod(ours),)
+
+    def to_hf(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.reshape(self.hf_shape(x.shape)))
+
+    def from_hf(self, x: np.ndarray, ours: tuple[int, ...]) -> np.ndarray:
+        if x.shape != self.hf_shape(ours):
+            raise ValueError(f"tensor {self.hf} has shape {tuple(x.shape)}; the config implies "
+                             f"{self.hf_shape(ours)}")
+        return x.reshape(ours)
+
+
+def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
+    """The HF ↔ dynsys correspondence, GPT-NeoX's fused QKV excepted (see _fused_qkv)."""
+    neox = cfg.family == "gpt_neox"
+    root = "gpt_neox" if neox else "model"
+    yield _Tensor(f"{root}.embed_in.weight" if neox else "model.embed_tokens.weight",
+                  ("embed", "embedding"))
+    norm_names = ("weight", "bias") if neox else ("weight",)
+    ours_norm = {"weight": "scale", "bias": "bias"}
+    for i in range(cfg.num_layers):
+        hf_layer, us = f"{root}.layers.{i}", f"blocks_{i}"
+        for hf_norm, norm in (("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2")):
+            for p in norm_names:
+                yield _Tensor(f"{hf_layer}.{hf_norm}.{p}", (us, norm, ours_norm[p]))
+        if neox:
+            attn, mlp = f"{hf_layer}.attention", f"{hf_layer}.mlp"
+            yield _Tensor(f"{attn}.dense.weight", (us, "attn", "o", "kernel"), 1)
+            yield _Tensor(f"{attn}.dense.bias", (us, "attn", "o", "bias"))
+            for hf, name in (("dense_h_to_4h", "up"), ("dense_4h_to_h", "down")):
+                yield _Tensor(f"{mlp}.{hf}.weight", (us, "mlp", name, "kernel"), 1)
+                yield _Tensor(f"{mlp}.{hf}.bias", (us, "mlp", name, "bias"))
+        else:
+            attn = f"{hf_layer}.self_attn"
+            for name in "qkv":
+                yield _Tensor(f"{attn}.{name}_proj.weight", (us, "attn", name, "kernel"), 2)
+                if cfg.qkv_bias:
+                    yield _Tensor(f"{attn}.{name}_proj.bias", (us, "attn", name, "bias"))
+            yield _Tensor(f"{attn}.o_proj.weight", (us, "attn", "o", "kernel"), 1)
+            for name in ("gate", "up", "down"):
+                yield _Tensor(f"{hf_layer}.mlp.{name}_proj.weight", (us, "mlp", name, "kernel"), 1)
+    for p in norm_names:
+        hf_final = f"{root}.final_layer_norm" if neox else "model.norm"
+        yield _Tensor(f"{hf_final}.{p}", ("final_norm", ours_norm[p]))
+    if not cfg.tie_embeddings:
+        yield _Tensor("embed_out.weight" if neox else "lm_head.weight", ("lm_head", "kernel"), 1)
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _fused_qkv_names(i: int) -> tuple[str, str]:
+    base = f"gpt_neox.layers.{i}.attention.query_key_value"
+    return f"{base}.weight", f"{base}.bias"
+
+
+def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
+    """The Hugging Face state dict (numpy, HF names, weights [out, in]) of a dynsys model."""
+    cfg = model.config
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    state = {t.hf: t.to_hf(_get(params, t.ours)) for t in _layout(cfg)}
+    if cfg.family == "gpt_neox":  # output axis laid out as (heads, 3, head_dim)
+        for i in range(cfg.num_layers):
+            attn = params[f"blocks_{i}"]["attn"]
+            kernel = np.stack([attn[n]["kernel"] for n in "qkv"], axis=1)  # [N, 3, H, D]
+            bias = np.stack([attn[n]["bias"] for n in "qkv"], axis=1)  # [N, 3, H]
+            w, b = _fused_qkv_names(i)
+            state[w] = np.ascontiguousarray(kernel.reshape(-1, cfg.hidden_size))
+            state[b] = bias.reshape(-1)
+    return state
+
+
+def _check_target(directory: Path, cfg: ModelConfig) -> None:
+    """A checkpoint may replace `directory` only if it is absent, empty, or a Hugging Face
+    checkpoint (config.json and safetensors) of the same model_type."""
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
+        return
+    try:
+        old_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        old_type = None
+    weights = (directory / "model.safetensors").exists() or (directory / _INDEX).exists()
+    if old_type != cfg.family or not weights:
+        raise ValueError(f"{directory} is not empty and is not a {cfg.family} checkpoint "
+                         f"(config.json model_type {old_type!r}); refusing to overwrite it")
+
+
+def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
+    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json).
+
+    The checkpoint is written to a temporary directory beside `directory` and renamed into
+    place, replacing an earlier checkpoint there as a whole (no stale shards or index); a
+    non-empty `directory` that is not a checkpoint of the same family is refused.
+    """
+    directory = Path(directory)
+    _check_target(directory, model.config)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_checkpoint(model, tmp, max_shard_bytes)
+        if directory.exists():
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def _write_checkpoint(model: Model, directory: Path, max_shard_bytes: int) -> None:
+    (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2))
+    state = hf_state_dict(model)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, x in state.items():
+        if shards[-1] and size + x.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = x
+        size += x.nbytes
+    if len(shards) == 1:
+        save_file(shards[0], directory / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for j, shard in enumerate(shards):
+        fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, directory / fname, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+    index = {"metadata": {"total_size": sum(x.nbytes for x in state.values())},
+             "weight_map": weight_map}
+    (directory / _INDEX).write_text(json.dumps(index, indent=2))
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: model.safetensors, or the files named by the
+    index's weight_map (each inside `directory`); both at once is ambiguous and refused."""
+    index, single = directory / _INDEX, directory / "model.safetensors"
+    if index.exists() and single.exists():
+        raise ValueError(f"{directory} holds both model.safetensors and {_INDEX}; it is "
+                         "ambiguous which weights are meant (remove the stale one)")
+    if single.exists():
+        return [single]
+    if not index.exists():
+        raise FileNotFoundError(f"{directory} holds neither model.safetensors nor {_INDEX} "
+                                "(only safetensors are read)")
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors index with a weight_map: {e}") from None
+    root = directory.resolve()
+    files = []
+    for name in names:
+        if not isinstance(name, str) or (directory / name).resolve().parent != root:
+            raise ValueError(f"{index} points at {name!r}, outside {directory}")
+        files.append(directory / name)
+    return files
+
+
+def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint, buffers excepted, checked to be finite (a NaN or
+    infinite weight gives NaN logits, whose argmax would look like a loop on token 0)."""
+    tensors = {}
+    for path in _weight_files(directory):
+        try:
+            with safe_open(path, framework="numpy") as f:
+                for name in f.keys():
+                    tensors[name] = f.get_tensor(name)
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    for name in [n for n in tensors if n.endswith(_BUFFERS)]:
+        del tensors[name]
+    for name, x in tensors.items():
+        if np.issubdtype(x.dtype, np.floating):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                raise ValueError(f"tensor {name} in {directory} holds {int(bad.sum())} "
+                                 f"non-finite value(s), e.g. {x[bad][0]}")
+    return tensors
+
+
+def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
+    """A dynsys model from a local Hugging Face checkpoint directory.
+
+    Missing, unexpected or mis-shaped tensors raise ValueError naming them.
+    """
+    directory = Path(directory)
+    cfg = load_config(directory, dtype)
+    tensors = _read_tensors(directory)
+    if cfg.tie_embeddings:  # some exports store the tied copy
+        tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
+    expected = jax.eval_shape(lambda: init_params(cfg, 0))
+    params: dict = {}
+    layout = list(_layout(cfg))
+    names = {t.hf for t in layout}
+    if cfg.family == "gpt_neox":
+        names |= {n for i in range(cfg.num_layers) for n in _fused_qkv_names(i)}
+    missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
+    if missing or extra:
+        raise ValueError(f"checkpoint {directory} does not match its config: missing tensors "
+                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected tensors "
+                         f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
+
+    def put(path: tuple[str, ...], value: np.ndarray) -> None:
+        _set(params, path, jnp.asarray(value, cfg.dtype))
+
+    for t in layout:
+        put(t.ours, t.from_hf(tensors[t.hf], _get(expected, t.ours).shape))
+    if cfg.family == "gpt_neox":
+        N, H, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        for i in range(cfg.num_layers):
+            w_name, b_name = _fused_qkv_names(i)
+            w, b = tensors[w_name], tensors[b_name]
+            if w.shape != (3 * N * H, D) or b.shape != (3 * N * H,):
+                raise ValueError(f"tensors {w_name} {tuple(w.shape)} / {b_name} "
+                                 f"{tuple(b.shape)}; the config implies {(3 * N * H, D)} / "
+                                 f"{(3 * N * H,)}")
+            w = w.reshape(N, 3, H, D)
+            b = b.reshape(N, 3, H)
+            for j, name in enumerate("qkv"):
+                put((f"blocks_{i}", "attn", name, "kernel"), w[:, j])
+                put((f"blocks_{i}", "attn", name, "bias"), b[:, j])
+    return Model(cfg, params)
+
+
+def checkpoint_digest(name_or_path: str | Path) -> str:
+    """What identifies a model's weights on disk: for a local checkpoint directory, the
+    SHA-256 of config.json, the safetensors index (if any) and every safetensors file it uses,
+    read in full, after checking that each file's header reads (ValueError naming the file);
+    for a preset, "preset:NAME" (its random weights follow from the name and seed)."""
+    if str(name_or_path) in PRESETS:
+        return f"preset:{name_or_path}"
+    directory = Path(name_or_path)
+    weights = _weight_files(directory)
+    for path in weights:
+        try:
+            with safe_open(path, framework="numpy"):
+                pass
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    index = [directory / _INDEX] if (directory / _INDEX).exists() else []
+    h = hashlib.sha256()
+    for path in [directory / "config.json", *index, *weights]:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+    return h.hexdigest()
+
+
+def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConfig:
+    """The config of a preset or of a local HF checkpoint directory, without its weights."""
+    if str(name_or_path) in PRESETS:
+        cfg = preset(str(name_or_path))
+    elif Path(name_or_path).is_dir():
+        path = Path(name_or_path) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        cfg = from_hf_config(json.loads(path.read_text()))
+    else:
+        raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                         "local checkpoint directory")
+    return cfg if dtype is None else cfg.replace(dtype=dtype)
+
+
+def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> Model:
+    """A preset with random Hugging Face-style initialisation (seeded), or a local HF
+    checkpoint directory."""
+    if str(name_or_path) in PRESETS:
+        return _random_model(str(name_or_path), seed, dtype).copy()
+    return load_hf(name_or_path, dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _random_model(name: str, seed: int, dtype: str | None) -> Model:
+    # Kept: initialisation takes seconds, and a session (dynsys verify) asks for the same
+    # model again and again. `load` hands out copies of the parameter tree.
+    cfg = load_config(name, dtype)
+    return Model(cfg, init_params(cfg, seed))

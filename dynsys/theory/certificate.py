@@ -1,0 +1,197 @@
+"""The multi-layer recursion along a trace and the certified horizon.
+
+The constants of the dilution theorems (proofs/) and the certified horizon.
+
+Single head (proofs/single_head.md): with the removed scores ≤ hi and the kept ones ≥ lo,
+a(R) ≤ r e^{hi} / (r e^{hi} + (s − r) e^{lo}).
+
+Multi-layer (proofs/multi_layer.md): at step t the real and the reference run differ only in
+the r = t−1 generated keys and in the query-position stream; δ_l = ‖x_l − x′_l‖ obeys a
+recursion whose constants are operator norms of the weights, norm-layer bounds and quantities
+of the reference run (the Markov map's own forward pass, computed exactly). `certify` runs it
+along a trace. `uniform_bound` replaces every measured quantity by a weight-only bound, which
+gives the explicit n₀ of the degeneration theorem (proofs/degeneration.md).
+
+All bounds hold in exact arithmetic; float32 rounding (≈1e-6 of the logits) is not included."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from scipy.special import expit
+
+from dynsys.nn import Model
+from dynsys.nn.cache import Prefix
+from dynsys.theory.constants import WeightConstants, weight_constants
+from dynsys.theory.lemmas import norm_curvature, norm_lipschitz
+from dynsys.theory.reference import MarkovStats, markov_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """Upper bounds along a trace: mass [G, L, N] on a_t(R) of the real query; residual [G, L]
+    on ‖x_l − x′_l‖ leaving block l; logits [G] on max_v |logits − logits′|."""
+
+    mass: np.ndarray
+    residual: np.ndarray
+    logits: np.ndarray
+
+
+def _attention(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray):
+    """Lemmas 3–4 of proofs/multi_layer.md for block i, all steps at once, given δ [G] entering
+    it: α [G, N] ≥ a(R); the centre [G, D] and radius [G] of the attention output's change
+    beyond the query-path term J_A c."""
+    cfg = w.config
+    D, H, eps = cfg.hidden_size, cfg.head_dim, cfg.norm_eps
+    kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
+    root = math.sqrt(H)
+    q_max, k_max, v_max = w.query_max[i], w.key_max[i][kv], w.value_max[i][kv]
+    floor = s.spread_in[:, i] - delta / math.sqrt(D)
+    du = (norm_lipschitz(w.norm1[i], floor, eps) * delta)[:, None]
+    dq = np.minimum(w.query[i] * du, s.query[:, i] + q_max)
+    dk = np.minimum(w.key[i][kv] * du, s.self_key[:, i] + k_max)
+    dv = np.minimum(w.value[i][kv] * du, 2 * v_max)
+    q_hat = np.minimum(s.query[:, i] + dq, q_max)
+    # Lemma 3, the prompt and the current token: o_h − o′ = C Δq/√H + (≤ rest)
+    zeta_p = dq * s.prefix_key[i] / root
+    zeta_s = (dq * s.self_key[:, i] + q_hat * dk) / root
+    a_self = expit(s.self_score[:, i] - s.prefix_lse[:, i])
+    a_hat = expit(s.self_score[:, i] + zeta_s - s.prefix_lse[:, i] + zeta_p)
+    z_lo = (1 - a_self) * np.exp(-zeta_p) + a_self * np.exp(-zeta_s)
+    z_hi = (1 - a_self) * np.exp(zeta_p) + a_self * np.exp(zeta_s)
+    z_gap = np.maximum(1 / z_lo - 1, 1 - 1 / z_hi)
+    s_gap = np.maximum(np.exp(zeta_s) / z_lo - 1, 1 - np.exp(-zeta_s) / z_hi)
+    m, sv = s.value_mean[:, i], s.self_value[:, i]
+    rest = ((np.expm1(zeta_p) - zeta_p) * m + z_gap * (a_self * sv + np.expm1(zeta_p) * m)
+            + a_self * s_gap * sv + a_hat * dv)
+    curve_q = (s.covariance[:, i] * w.query[i] / root
+               * norm_curvature(w.norm1[i], floor, eps, D)[:, None] * delta[:, None] ** 2 / 2)
+    e = s.covariance[:, i] * dq / root + rest  # ≥ ‖o_h − o′‖
+    # Lemma 4, the generated keys: key i < t is step i's current token
+    earlier = s.generated[None, None, :] < s.generated[:, None, None]  # [G, 1, G]
+    shift = (dq[:, :, None] * s.self_key[:, i].T[None] + q_hat[:, :, None] * dk.T[None]) / root
+    cap = (q_hat * k_max)[:, :, None] / root
+    hi = np.where(earlier, np.minimum(s.cross_score[:, i] + shift, cap), -np.inf)  # [G, N, G]
+    lo = np.where(earlier, np.maximum(s.cross_score[:, i] - shift, -cap), -np.inf)
+    low = np.logaddexp(s.prefix_lse[:, i] - zeta_p, s.self_score[:, i] - zeta_s)
+    high = np.logaddexp(s.prefix_lse[:, i] + zeta_p, s.self_score[:, i] + zeta_s)
+    with np.errstate(invalid="ignore"):
+        removed = np.logaddexp.reduce(hi, axis=-1)
+        alpha = expit(removed - low)
+        w_hi = expit(hi - low[..., None])  # w_lo ≤ a_i ≤ w_hi; both 0 off the earlier keys
+        w_lo = np.exp(lo - np.logaddexp(removed, high)[..., None])
+    centre = np.einsum("tni,tnid->td", (w_hi + w_lo) / 2, s.source[:, i])
+    radius = (curve_q + rest + alpha * e
+              + np.sum((w_hi - w_lo) / 2 * s.source_norm[:, i] + w_hi * dv.T[None], -1))
+    return alpha, centre, w.out[i] * np.linalg.norm(radius, axis=1)
+
+
+def _mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread):
+    """Lemma 5 for Φ(x) = x + MLP(norm₂ x) on the ball ‖x − x′‖ ≤ δ [G]: its Lipschitz bound
+    1 + Λ₂ Lip(MLP), and κ = κ_M Λ₂² + ‖J_M‖ κ_N with ‖Φ(x′ + d) − Φ(x′) − B d‖ ≤ ½ κ ‖d‖²."""
+    cfg = w.config
+    D, eps = cfg.hidden_size, cfg.norm_eps
+    floor = spread - delta / math.sqrt(D)
+    lam2 = norm_lipschitz(w.norm2[i], floor, eps)
+    up_abs = None
+    if s.up is not None:
+        ball = (lam2 * delta)[:, None]
+        up_abs = np.minimum(np.abs(s.up[:, i]) + w.up_cols[i] * ball,
+                            w.up_cols[i] * w.norm2_radius[i])
+    curve = (w.mlp_curvature(i, up_abs) * lam2 ** 2
+             + s.mlp_jacobian[:, i] * norm_curvature(w.norm2[i], floor, eps, D))
+    return 1 + lam2 * w.mlp_lipschitz(i), curve
+
+
+def _tighter(first, second):
+    """Of two enclosures (c, ρ) [G, D], [G] of the same vector, the smaller ‖c‖ + ρ per row."""
+    size = [np.linalg.norm(c, axis=1) + rho for c, rho in (first, second)]
+    pick = size[0] <= size[1]
+    return np.where(pick[:, None], first[0], second[0]), np.where(pick, first[1], second[1])
+
+
+def perturbation_bound(w: WeightConstants, s: MarkovStats) -> Bound:
+    """The recursion of proofs/multi_layer.md, all steps at once. The query stream's change is
+    enclosed in a ball x − x′ ∈ c + B(ρ), from c = 0, ρ = 0 (same token, same position); with
+    δ = ‖c‖ + ρ, per block (sequential residual)
+
+        c_mid = (I + J_A) c + S,   ρ_mid = ‖I + J_A‖ ρ + ρ_A                      (Lemmas 3–4)
+        c_out = B c_mid,           ρ_out = ‖B‖ ρ_mid + ½ κ δ_mid²,
+                     or c_out = 0, ρ_out = Lip(Φ) δ_mid, whichever is smaller        (Lemma 5)
+
+    (parallel residual: c_out = (B + J_A) c + S, ρ_out = ‖B + J_A‖ ρ + ρ_A + ½ κ δ², or
+    c_out = J_A c + S, ρ_out = Lip(Φ) δ + ‖J_A‖ ρ + ρ_A). Logits (Lemma 6): max_v |Δ_v| ≤
+    max_v |(W J_f c)_v| + max_v ‖w_v ⊙ w_f‖ ρ/rms′ + ½ κ_f δ² max_v ‖w_v‖.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _recursion(w, s)
+
+
+def _recursion(w: WeightConstants, s: MarkovStats) -> Bound:
+    """perturbation_bound's body; an overflow gives ∞ and a 0 · ∞ (NaN) radius is read as ∞:
+    a vacuous but valid bound."""
+    cfg = w.config
+    D, eps = cfg.hidden_size, cfg.norm_eps
+    parallel = cfg.parallel_residual
+    c, rho = np.zeros((len(s.generated), D)), np.zeros(len(s.generated))
+    masses, residual = [], []
+    for i in range(cfg.num_layers):
+        delta = np.linalg.norm(c, axis=1) + rho
+        alpha, source, radius = _attention(w, s, i, delta)
+        attn = np.einsum("tde,te->td", s.attn_jacobian[:, i], c) + source
+        if parallel:
+            lip, curve = _mlp_constants(w, s, i, delta, s.spread_in[:, i])
+            c, rho = _tighter(
+                (np.einsum("tde,te->td", s.block_jacobian[:, i], c) + attn,
+                 s.step_norm[:, i] * rho + radius + curve * delta ** 2 / 2),
+                (attn, lip * delta + s.attn_norm[:, i] * rho + radius))
+        else:
+            c, rho = c + attn, s.step_norm[:, i] * rho + radius
+            delta = np.linalg.norm(c, axis=1) + rho
+            lip, curve = _mlp_constants(w, s, i, delta, s.spread_mid[:, i])
+            c, rho = _tighter(
+                (np.einsum("tde,te->td", s.block_jacobian[:, i], c),
+                 s.block_norm[:, i] * rho + curve * delta ** 2 / 2),
+                (np.zeros_like(c), lip * delta))
+        rho = np.nan_to_num(rho, nan=np.inf)
+        masses.append(alpha)
+        residual.append(np.linalg.norm(c, axis=1) + rho)
+    delta = residual[-1]
+    centre = np.einsum("td,vd->tv", np.einsum("tde,te->td", s.final_jacobian, c), w.head_rows)
+    floor = s.spread_final - delta / math.sqrt(D)
+    logits = (np.abs(centre).max(1) + w.head * rho / np.sqrt(s.spread_final ** 2 + eps)
+              + norm_curvature(w.final, floor, eps, D) * delta ** 2 / 2 * w.head_norm)
+    return Bound(np.stack(masses, 1), np.stack(residual, 1), np.nan_to_num(logits, nan=np.inf))
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """The bound along a trace against the reference margins: step t is certified when
+    bound.logits < margin/2, which forces the real argmax to equal f_{P,t−1}(x_{n+t})."""
+
+    bound: Bound
+    margin: np.ndarray
+    markov_next: np.ndarray
+
+    @property
+    def certified(self) -> np.ndarray:
+        return self.bound.logits < self.margin / 2
+
+    @property
+    def horizon(self) -> int:
+        """Leading certified steps: the trace provably equals the Markov orbit that long."""
+        bad = ~self.certified
+        return int(np.argmax(bad)) if bad.any() else len(bad)
+
+
+def certify(model: Model, prompt, trace, prefix: Prefix | None = None,
+            weights: WeightConstants | None = None) -> Certificate:
+    """The multi-layer bound along a trace (proofs/multi_layer.md) and its certified horizon."""
+    stats = markov_stats(model, prompt, trace, prefix)
+    bound = perturbation_bound(weights or weight_constants(model), stats)
+    return Certificate(bound, stats.margin, stats.next)
+
+
+# --- the weight-only bound: n₀ of the degeneration theorem ---------------------------------------

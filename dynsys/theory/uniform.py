@@ -1,0 +1,72 @@
+"""The weight-only uniform bound: every measured quantity replaced by a bound from the
+weights alone, giving the explicit n0 of the degeneration theorem (proofs/degeneration.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dynsys.theory.constants import WeightConstants
+from dynsys.theory.lemmas import mass_bound, norm_lipschitz
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformBound:
+    """For every prompt of length n and every step with r generated keys, in exact arithmetic:
+    every head's a(R) ≤ α(n, r) = r e^S / (r e^S + n + 1) and max_v |Δlogit| ≤ gain · α(n, r).
+    score_range S = max over heads of 2 sup‖q‖ sup‖k‖/√H; gain from the linearised recursion
+    (proofs/degeneration.md); rms_floor the assumed floor of the query stream's rms (0: none,
+    the norm layers' ε alone bounds them)."""
+
+    score_range: float
+    gain: float
+    rms_floor: float
+
+    def mass(self, n, r):
+        return mass_bound(r, np.asarray(n) + np.asarray(r) + 1, -self.score_range / 2,
+                          self.score_range / 2)
+
+    def logits(self, n, r):
+        return self.gain * self.mass(n, r)
+
+    def n0(self, steps: int, margin: float) -> float:
+        """Least n₀ such that gain · α(n, steps − 1) < margin/2 for all n ≥ n₀: then the
+        greedy trace equals the Markov orbit for `steps` steps wherever the margins on the
+        visited tokens are ≥ margin. A float: it may exceed any machine integer (inf)."""
+        c = margin / (2 * self.gain)
+        if steps <= 1 or c >= 1:
+            return 0.0
+        log_n = math.log(steps - 1) + self.score_range + math.log1p(-c) - math.log(c)
+        return float(math.floor(math.exp(log_n))) if log_n < 700 else math.inf
+
+
+def uniform_bound(w: WeightConstants, rms_floor: float = 0.0) -> UniformBound:
+    """Weight-only constants of the degeneration theorem. With α ≤ 1 the recursion is linear:
+    δ_l = c_l α with c₀ = 0 and, per block,
+
+        ‖Δh‖/α ≤ ‖W_o‖ (2 ‖(sup‖v_n‖)_n‖₂ + Λ₁ c ‖(a_n)_n‖₂),
+        a_n = 8 sup‖v‖ (‖W_q,n‖ sup‖k‖ + sup‖q_n‖ ‖W_k‖)/√H + ‖W_v‖,
+        c ← (c + ‖Δh‖/α)(1 + Lip Λ₂)  (parallel residual: c + ‖Δh‖/α + Lip Λ₂ c),
+
+    gain = max_v ‖w_v ⊙ w_f‖ c_L/√(rms_floor² + ε), every Λ = ‖w‖_∞/√(rms_floor² + ε)."""
+    cfg = w.config
+    kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
+    root = math.sqrt(cfg.head_dim)
+    q_max, k_max, v_max = w.query_max, w.key_max[:, kv], w.value_max[:, kv]
+    c = 0.0
+    for i in range(cfg.num_layers):
+        lam1 = norm_lipschitz(w.norm1[i], rms_floor, cfg.norm_eps)
+        lam2 = norm_lipschitz(w.norm2[i], rms_floor, cfg.norm_eps)
+        a = (8 * v_max[i] * (w.query[i] * k_max[i] + q_max[i] * w.key[i][kv]) / root
+             + w.value[i][kv])
+        dh = w.out[i] * (2 * np.linalg.norm(v_max[i]) + lam1 * c * np.linalg.norm(a))
+        lip = w.mlp_lipschitz(i) * lam2
+        if cfg.parallel_residual:
+            c = c + dh + lip * c
+        else:
+            c = (c + dh) * (1 + lip)
+    gain = w.head * norm_lipschitz(1.0, rms_floor, cfg.norm_eps) * c
+    score_range = float(np.max(2 * q_max * k_max / root))
+    return UniformBound(score_range, float(gain), rms_floor)

@@ -1,0 +1,234 @@
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import hf_greedy
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from transformers import (NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+from dynsys.decode import generate
+from dynsys.decode.sampling import GREEDY, Sampler, margin, process, select
+
+B, C, V = 4, 10, 24  # fixed shapes, so each sampler kind compiles once
+fast_process = jax.jit(process, static_argnames="kind")
+
+
+@st.composite
+def histories(draw):
+    """seq [B, C] and seen [B, C]: per row left padding, ≥ 1 real token, an unwritten tail;
+    slots that are not seen hold garbage ids. Small alphabets make n-gram repeats likely."""
+    alphabet = draw(st.sampled_from([2, 3, V]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    seq = rng.integers(0, V, (B, C))
+    seen = np.zeros((B, C), bool)
+    for b in range(B):
+        length = draw(st.integers(1, C))
+        pad = draw(st.integers(0, C - length))
+        seq[b, pad:pad + length] = rng.integers(0, alphabet, length)
+        seen[b, pad:pad + length] = True
+    return seq, seen
+
+
+def random_logits(seed, scale=3.0, shape=(B, V)):
+    """Continuous random logits, both signs, no ties."""
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
+
+
+def hf_process(processors, seq, seen, logits):
+    """transformers' processors applied row by row to the row's real tokens."""
+    out = []
+    for b in range(len(seq)):
+        ids = torch.as_tensor(seq[b][seen[b]])[None]
+        scores = torch.tensor(logits[b][None])
+        for proc in processors:
+            scores = proc(ids, scores.clone())
+        out.append(scores[0].numpy())
+    return np.stack(out)
+
+
+def ours_process(sampler, seq, seen, logits):
+    return np.asarray(fast_process(jnp.asarray(logits), jnp.asarray(seq), jnp.asarray(seen),
+                                   sampler.kind, sampler.values))
+
+
+@settings(deadline=None, max_examples=40)
+@given(histories(), st.floats(0.3, 3.0), st.integers(0, 2**31))
+def test_repetition_penalty_matches_transformers(history, rho, seed):
+    seq, seen = history
+    logits = random_logits(seed)
+    ours = ours_process(Sampler(repetition_penalty=rho), seq, seen, logits)
+    theirs = hf_process([RepetitionPenaltyLogitsProcessor(rho)], seq, seen, logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@settings(deadline=None, max_examples=40)
+@given(history=histories(), seed=st.integers(0, 2**31))
+def test_no_repeat_ngram_matches_transformers(n, history, seed):
+    seq, seen = history
+    logits = random_logits(seed)
+    ours = ours_process(Sampler(no_repeat_ngram_size=n), seq, seen, logits)
+    theirs = hf_process([NoRepeatNGramLogitsProcessor(n)], seq, seen, logits)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs))
+    np.testing.assert_array_equal(ours[np.isfinite(ours)], logits[np.isfinite(ours)])
+
+
+@settings(deadline=None, max_examples=20)
+@given(histories(), st.integers(0, 2**31))
+def test_penalty_then_ngram_matches_transformers(history, seed):
+    seq, seen = history
+    logits = random_logits(seed)
+    ours = ours_process(Sampler(repetition_penalty=1.3, no_repeat_ngram_size=2), seq, seen, logits)
+    theirs = hf_process([RepetitionPenaltyLogitsProcessor(1.3), NoRepeatNGramLogitsProcessor(2)],
+                        seq, seen, logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+
+
+def filtered_scores(scores, sampler):
+    """The scores `select` draws from (after temperature, top-k, top-p): captured from its call
+    of jax.random.categorical."""
+    captured = []
+
+    def categorical(key, logits, axis=-1):
+        captured.append(np.asarray(logits))
+        return jnp.argmax(logits, axis=axis)
+
+    with mock.patch.object(jax.random, "categorical", categorical):
+        select(jnp.asarray(scores), jax.random.PRNGKey(0), sampler.kind, sampler.values)
+    (out,) = captured
+    return out
+
+
+def hf_warp(scores, temperature, top_k, top_p):
+    warpers = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    out = torch.tensor(scores)
+    for w in warpers:
+        out = w(None, out)
+    return out.numpy()
+
+
+def top_p_is_ambiguous(scores, temperature, top_k, top_p):
+    """True if some cumulative probability lies within float noise of 1 − top_p."""
+    if top_p == 1.0:
+        return False
+    z = hf_warp(scores, temperature, top_k, 1.0).astype(np.float64)
+    z = np.sort(z, -1)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+    return bool((np.abs(cum - (1 - top_p)) < 1e-5).any())
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**31), temperature=st.sampled_from([1.0, 0.37, 2.5]),
+       top_k=st.sampled_from([0, 1, 3, 10, V, V + 5]),
+       top_p=st.sampled_from([1.0, 0.05, 0.5, 0.9, 0.99]), scale=st.sampled_from([0.5, 3.0]))
+def test_temperature_top_k_top_p_keep_the_tokens_transformers_keeps(seed, temperature, top_k,
+                                                                    top_p, scale):
+    scores = random_logits(seed, scale)
+    assume(not top_p_is_ambiguous(scores, temperature, top_k, top_p))
+    sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p)
+    ours, theirs = filtered_scores(scores, sampler), hf_warp(scores, temperature, top_k, top_p)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)], rtol=1e-6)
+
+
+def test_greedy_ties_break_to_lowest_id():
+    scores = np.array([[0, 2, 2, 1], [5, 5, 5, 5], [-np.inf, 1, 3, 3], [7, -1, 7, 0]], np.float32)
+    chosen = np.asarray(select(jnp.asarray(scores), jax.random.PRNGKey(0), GREEDY.kind,
+                               GREEDY.values))
+    expected = [min(i for i in range(4) if row[i] == row.max()) for row in scores]
+    np.testing.assert_array_equal(chosen, expected)
+    np.testing.assert_array_equal(np.asarray(margin(jnp.asarray(scores)))[[1, 2, 3]], 0)
+
+
+def test_seeded_sampling_is_reproducible(model_of):
+    model = model_of("llama-g1")
+    prompt = np.random.default_rng(0).integers(0, 257, (2, 12))  # shapes as in test_decode
+    hot = Sampler(temperature=1.0)
+    a = np.asarray(generate(model, prompt, 40, sampler=hot, seed=11))
+    np.testing.assert_array_equal(a, np.asarray(generate(model, prompt, 40, sampler=hot, seed=11)))
+    assert not np.array_equal(a, np.asarray(generate(model, prompt, 40, sampler=hot, seed=12)))
+    assert not np.array_equal(a, np.asarray(generate(model, prompt, 40)))
+
+
+@pytest.mark.parametrize("sampler", [Sampler(temperature=1.0), Sampler(temperature=0.6),
+                                     Sampler(temperature=1.5, top_k=4, top_p=0.9)],
+                         ids=["T=1", "T=0.6", "top-k+top-p"])
+def test_sampled_frequencies_match_probabilities(sampler):
+    n, logits = 20_000, random_logits(3, 1.0, (1, 7))
+    draws = np.asarray(select(jnp.asarray(np.repeat(logits, n, 0)), jax.random.PRNGKey(5),
+                              sampler.kind, sampler.values))
+    freq = np.bincount(draws, minlength=7) / n
+    z = hf_warp(logits, sampler.temperature, sampler.top_k, sampler.top_p)[0].astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    assert (freq[p == 0] == 0).all()
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-12)
+
+
+@pytest.mark.parametrize("name", ["llama-g1", "neox-rot25"])
+def test_penalised_greedy_matches_transformers(name, pair):
+    model, hf = pair(name)
+    prompts = np.random.default_rng(9).integers(0, 40, (2, 16))  # repeats in the prompt
+    sampler = Sampler(repetition_penalty=1.3, no_repeat_ngram_size=3)
+    ours, margins = generate(model, prompts, 40, sampler=sampler, return_margins=True)
+    theirs, scores = hf_greedy(hf, prompts, 40, with_scores=True, repetition_penalty=1.3,
+                               no_repeat_ngram_size=3)
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    top2 = np.sort(scores, -1)[..., -2:]
+    np.testing.assert_allclose(np.asarray(margins), top2[..., 1] - top2[..., 0], atol=1e-4)
+    for row, prompt in zip(np.asarray(ours), prompts):  # brute force: no 3-gram repeats
+        seq = list(prompt) + list(row)
+        grams = [tuple(seq[i:i + 3]) for i in range(len(seq) - 2)]
+        new = grams[len(prompt) - 2:]
+        assert all(g not in grams[:len(prompt) - 2 + j] for j, g in enumerate(new))
+
+
+BAD_SAMPLERS = {  # case: (fields, the bad value's repr in the message)
+    "top_k 2.5": (dict(top_k=2.5), "2.5"),
+    "top_k true": (dict(top_k=True), "True"),
+    "top_k -1": (dict(top_k=-1), "-1"),
+    "no_repeat_ngram_size 1.5": (dict(no_repeat_ngram_size=1.5), "1.5"),
+    "no_repeat_ngram_size true": (dict(no_repeat_ngram_size=True), "True"),
+    "temperature '0.5'": (dict(temperature="0.5"), "'0.5'"),
+    "temperature inf": (dict(temperature=float("inf")), "inf"),
+    "temperature nan": (dict(temperature=float("nan")), "nan"),
+    "temperature false": (dict(temperature=False), "False"),
+    "top_p nan": (dict(top_p=float("nan")), "nan"),
+    "top_p true": (dict(top_p=True), "True"),
+    "repetition_penalty inf": (dict(repetition_penalty=float("inf")), "inf"),
+    "repetition_penalty '1.3'": (dict(repetition_penalty="1.3"), "'1.3'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SAMPLERS)
+def test_bad_sampler_field_raises_naming_field_and_value(case):
+    fields, value = BAD_SAMPLERS[case]
+    with pytest.raises(ValueError) as info:
+        Sampler(**fields)
+    message = str(info.value)
+    (field,) = fields
+    assert f"{field}=" in message and value in message and "\n" not in message, message
+
+
+def test_sampler_accepts_ints_for_floats_and_numpy_scalars():
+    plain = Sampler(temperature=1.0, top_k=3, top_p=0.5, repetition_penalty=2.0,
+                    no_repeat_ngram_size=2)
+    numpy = Sampler(temperature=np.float32(1), top_k=np.int64(3), top_p=np.float64(0.5),
+                    repetition_penalty=2, no_repeat_ngram_size=np.int32(2))
+    assert numpy == plain and numpy.kind == plain.kind and hash(numpy.kind) == hash(plain.kind)
+    assert [type(getattr(numpy, f)) for f in ("temperature", "top_k", "top_p",
+                                              "repetition_penalty", "no_repeat_ngram_size")] \
+        == [float, int, float, float, int]
+    assert Sampler(temperature=0).kind == GREEDY.kind

@@ -1,0 +1,221 @@
+import json
+import re
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import CONFIGS, hf_logits
+from safetensors.numpy import load_file, save_file
+
+from dynsys.config import to_hf_config
+from dynsys.decode import forward
+from dynsys.io import load, load_hf, save_hf
+
+
+def assert_same_params(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_export_import_round_trip_is_exact(name, model_of, tmp_path):
+    model = model_of(name)
+    back = load_hf(save_hf(model, tmp_path))
+    assert back.config == model.config
+    assert_same_params(back.params, model.params)
+
+
+def test_sharded_export_writes_index_and_round_trips(model_of, tmp_path):
+    model = model_of("neox-rot25")
+    save_hf(model, tmp_path, max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2 and not (tmp_path / "model.safetensors").exists()
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    for shard in shards:  # within the limit, unless a single tensor exceeds it alone
+        sizes = [x.nbytes for x in load_file(shard).values()]
+        assert sum(sizes) <= 40_000 or len(sizes) == 1
+    assert_same_params(load_hf(tmp_path).params, model.params)
+    assert_same_params(load(tmp_path).params, model.params)
+
+
+def transformers_model(cfg, seed):
+    """A model built and initialised by transformers itself, every parameter redrawn."""
+    torch.manual_seed(seed)
+    hf = transformers.AutoModelForCausalLM.from_config(
+        transformers.AutoConfig.for_model(**to_hf_config(cfg)), attn_implementation="eager")
+    for name, p in hf.named_parameters():
+        z = torch.randn_like(p)
+        if "norm" in name and name.endswith("weight"):
+            p.copy_(1 + 0.2 * z)
+        elif name.endswith("bias"):
+            p.copy_(0.2 * z)
+        else:
+            p.copy_(cfg.initializer_range * z)
+    return hf.eval()
+
+
+@pytest.mark.parametrize("name", ["llama-g4-tied-llama3", "llama-g2-narrow", "qwen2-g2-tied",
+                                  "qwen2-g1-llama3", "neox-rot25", "neox-rot50-tied-seq"])
+def test_checkpoint_saved_by_transformers_imports(name, tmp_path):
+    hf = transformers_model(CONFIGS[name], seed=1)
+    hf.save_pretrained(tmp_path)
+    model = load_hf(tmp_path)
+    assert model.config == CONFIGS[name]
+    tokens = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 33))
+    np.testing.assert_allclose(np.asarray(forward(model, tokens)), hf_logits(hf, tokens),
+                               atol=1e-4, rtol=0)
+
+
+def _rewrite(directory, change):
+    tensors = load_file(directory / "model.safetensors")
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+
+
+BROKEN = {
+    "missing": ("llama-g1", "model.layers.1.mlp.up_proj.weight",
+                lambda t, k: t.pop(k)),
+    "missing qkv": ("neox-rot25", "gpt_neox.layers.0.attention.query_key_value.bias",
+                    lambda t, k: t.pop(k)),
+    "extra": ("qwen2-g2-tied", "model.layers.0.self_attn.extra_proj.weight",
+              lambda t, k: t.__setitem__(k, np.zeros((2, 2), np.float32))),
+    "mis-shaped": ("llama-g1", "model.layers.0.self_attn.k_proj.weight",
+                   lambda t, k: t.__setitem__(k, t[k][:-1])),
+    "mis-shaped bias": ("qwen2-g2-tied", "model.layers.1.self_attn.v_proj.bias",
+                        lambda t, k: t.__setitem__(k, t[k][:-2])),
+    "mis-shaped qkv": ("neox-rot25", "gpt_neox.layers.1.attention.query_key_value.weight",
+                       lambda t, k: t.__setitem__(k, t[k][:, :-1])),
+    "mis-shaped embedding": ("neox-rot25", "gpt_neox.embed_in.weight",
+                             lambda t, k: t.__setitem__(k, t[k][:-1])),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_checkpoint_raises_naming_the_tensor(case, model_of, tmp_path):
+    name, tensor, change = BROKEN[case]
+    save_hf(model_of(name), tmp_path)
+    _rewrite(tmp_path, lambda t: change(t, tensor))
+    with pytest.raises(ValueError, match=tensor.replace(".", r"\.")):
+        load_hf(tmp_path)
+
+
+IGNORABLE = {  # a stored copy of the tied embedding, and buffers some checkpoints carry
+    "qwen2-g2-tied": ("lm_head.weight", "model.embed_tokens.weight",
+                      ["model.layers.0.self_attn.rotary_emb.inv_freq"]),
+    "neox-rot50-tied-seq": ("embed_out.weight", "gpt_neox.embed_in.weight",
+                            ["gpt_neox.layers.0.attention.rotary_emb.inv_freq",
+                             "gpt_neox.layers.1.attention.bias",
+                             "gpt_neox.layers.1.attention.masked_bias"]),
+}
+
+
+@pytest.mark.parametrize("name", IGNORABLE)
+def test_tied_copy_and_buffers_are_ignored(name, model_of, tmp_path):
+    model = model_of(name)
+    save_hf(model, tmp_path)
+    head, embedding, buffers = IGNORABLE[name]
+
+    def add(t):
+        t[head] = t[embedding].copy()
+        t.update(dict.fromkeys(buffers, np.ones(4, np.float32)))
+
+    _rewrite(tmp_path, add)
+    assert_same_params(load_hf(tmp_path).params, model.params)
+
+
+def test_missing_files_raise_file_not_found(model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    (tmp_path / "config.json").rename(tmp_path / "elsewhere.json")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_hf(tmp_path)
+    (tmp_path / "elsewhere.json").rename(tmp_path / "config.json")
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")  # never unpickled
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_hf(tmp_path)
+
+
+
+def test_save_replaces_a_sharded_checkpoint_whole(model_of, tmp_path):
+    old, new = model_of("llama-g1"), model_of("llama-g1").copy()
+    new.params["final_norm"]["scale"] = new.params["final_norm"]["scale"] * 2
+    save_hf(old, tmp_path, max_shard_bytes=1 << 14)
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    save_hf(new, tmp_path)  # one file now: the old index and shards must not survive
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert_same_params(load_hf(tmp_path).params, new.params)
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))  # no temporary left behind
+
+
+def test_save_refuses_a_foreign_directory(model_of, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing to overwrite"):
+        save_hf(model_of("llama-g1"), tmp_path)
+    other = tmp_path.parent / "neox"
+    save_hf(model_of("neox-rot25"), other)
+    with pytest.raises(ValueError, match="not a llama checkpoint"):
+        save_hf(model_of("llama-g1"), other)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert load_hf(other).config.family == "gpt_neox"
+
+
+def test_index_beside_single_file_or_pointing_outside_is_refused(model_of, tmp_path):
+    model = model_of("llama-g1")
+    save_hf(model, tmp_path / "a", max_shard_bytes=1 << 14)
+    save_hf(model, tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").rename(tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ValueError, match="both model.safetensors and"):
+        load_hf(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").unlink()
+    index = tmp_path / "a" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["weight_map"]))
+    data["weight_map"][first] = "../b/stolen.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="outside"):
+        load_hf(tmp_path / "a")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_tensor_is_refused_at_load(value, model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    name = "model.layers.1.mlp.down_proj.weight"
+
+    def poison(t):
+        t[name] = t[name].copy()
+        t[name][3, 5] = value
+
+    _rewrite(tmp_path, poison)
+    with pytest.raises(ValueError, match=re.escape(name) + ".*non-finite"):
+        load_hf(tmp_path)
+
+
+def test_corrupt_safetensors_is_a_value_error_naming_the_file(model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="model.safetensors is not a readable"):
+        load_hf(tmp_path)
+
+
+def test_loaded_presets_do_not_share_a_mutable_tree():
+    first = load("tiny")
+    kept = first.params["embed"]["embedding"]
+    first.params["embed"]["embedding"] = first.params["embed"]["embedding"] * 0
+    del first.params["final_norm"]
+    second = load("tiny")
+    assert "final_norm" in second.params
+    assert second.params["embed"]["embedding"] is kept
+
+
+def test_digest_covers_every_parameter(model_of):
+    model = model_of("llama-g1")
+    edited = model.copy()
+    assert edited.digest == model.digest
+    head = edited.params["lm_head"]["kernel"]
+    edited.params["lm_head"]["kernel"] = head.at[-1, -1].add(1e-3)  # the last leaf, last entry
+    assert edited.digest != model.digest
+    assert model.with_rope(False).digest != model.digest
+    assert model.with_rope(False).params_digest == model.params_digest

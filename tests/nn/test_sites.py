@@ -1,0 +1,105 @@
+"""Named sites: recording and edits as data, at no cost when unused."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_model, small
+
+import dynsys.decode
+import dynsys.decode.engine
+import dynsys.nn
+import dynsys.nn.transformer
+from dynsys.nn.cache import empty_rows
+from dynsys.decode import logits, run, step
+from dynsys.nn.sites import BLOCK_SITES, edits
+
+CFG = small("llama", vocab_size=64, num_kv_heads=2)
+NEOX = small("gpt_neox", vocab_size=64, rotary_pct=0.5)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(CFG, seed=1)
+
+
+def inputs(cfg, B=2, T=5, seed=0):
+    tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
+    return tokens, np.broadcast_to(np.arange(T, dtype=np.int32), (B, T))
+
+
+def lowered(cfg, params, tokens, positions):
+    def call(p):
+        out = run(cfg, p, tokens, positions, empty_rows(cfg, *tokens.shape),
+                  jnp.ones(tokens.shape, bool), None)
+        return logits(cfg, p, out.hidden)
+    return jax.jit(call).lower(params).as_text()
+
+
+@pytest.mark.parametrize("cfg", [CFG, NEOX], ids=["llama", "neox"])
+def test_unused_sites_leave_the_compiled_program_unchanged(cfg, monkeypatch):
+    params = random_model(cfg, seed=2).params
+    tokens, positions = inputs(cfg)
+    with_sites = lowered(cfg, params, tokens, positions)
+    monkeypatch.setattr(dynsys.nn.transformer, "site", lambda module, name, x: x)
+    assert lowered(cfg, params, tokens, positions) == with_sites
+
+
+def test_recorded_sites_are_the_model_s_own_values(model):
+    tokens, positions = inputs(CFG)
+    out = run(CFG, model.params, tokens, positions, empty_rows(CFG, *tokens.shape),
+              jnp.ones(tokens.shape, bool), None, record=True)
+    rec = out.recorded
+    for layer in range(CFG.num_layers):
+        for name in BLOCK_SITES:
+            assert rec(name, layer).shape[:2] == tokens.shape
+        np.testing.assert_allclose(rec("resid_mid", layer) + rec("mlp_out", layer),
+                                   rec("resid_post", layer), rtol=1e-6, atol=1e-6)
+    x_prev = rec("embed_out")
+    np.testing.assert_allclose(rec("resid_mid", 0), x_prev + rec("attn_out", 0), atol=1e-6)
+    final = dynsys.nn.norm_layer(CFG).apply({"params": model.params["final_norm"]},
+                                               rec("resid_post", CFG.num_layers - 1))
+    np.testing.assert_allclose(final, out.hidden, atol=1e-6)
+    with pytest.raises(KeyError, match="not recorded"):
+        run(CFG, model.params, tokens, positions, empty_rows(CFG, *tokens.shape),
+            jnp.ones(tokens.shape, bool), None, record=True).recorded("query", 99)
+
+
+def test_edits_equal_the_same_change_made_to_the_weights(model):
+    """Zeroing layer 0's MLP branch = zero down projection; flipping neuron 7's activation in
+    layer 1 = negating column 7 of its down projection."""
+    tokens, positions = inputs(CFG)
+    down0 = model.params["blocks_0"]["mlp"]["down"]["kernel"]
+    down1 = model.params["blocks_1"]["mlp"]["down"]["kernel"]
+    edited = model.copy()
+    edited.params["blocks_0"]["mlp"]["down"]["kernel"] = down0 * 0
+    edited.params["blocks_1"]["mlp"]["down"]["kernel"] = down1.at[:, 7].multiply(-1)
+    flip = np.ones(CFG.intermediate_size, np.float32)
+    flip[7] = -1
+    tree = edits({("mlp_out", 0): {"scale": 0.0}, ("mlp_hidden", 1): {"scale": flip}},
+                 CFG.num_layers)
+    np.testing.assert_allclose(step(model, None, tokens, positions, edits=tree)[0],
+                               step(edited, None, tokens, positions)[0], atol=1e-5)
+    greedy = dynsys.decode.generate(model, tokens, 6, edits=tree)
+    np.testing.assert_array_equal(greedy, dynsys.decode.generate(edited, tokens, 6))
+
+
+def test_new_edit_values_reuse_the_compiled_program(model):
+    tokens, positions = inputs(CFG, seed=3)
+    step(model, None, tokens, positions, edits=edits({("heads", 1): {"scale": 0.5}}, 2))
+    compiled = dynsys.decode.engine._step._cache_size()
+    a = step(model, None, tokens, positions, edits=edits({("heads", 1): {"scale": 0.25}}, 2))[0]
+    b = step(model, None, tokens, positions, edits=edits({("heads", 1): {"scale": 2.0}}, 2))[0]
+    assert dynsys.decode.engine._step._cache_size() == compiled
+    assert not np.allclose(a, b)
+
+
+def test_bad_edits_name_the_problem():
+    with pytest.raises(ValueError, match="layer=5"):
+        edits({("mlp_out", 5): {"scale": 0.0}}, 2)
+    with pytest.raises(ValueError, match="unknown site 'mlp_gate'"):
+        edits({("mlp_gate", 0): {"scale": 0.0}}, 2)
+    with pytest.raises(ValueError, match="per layer"):
+        edits({("mlp_out", None): {"scale": 0.0}}, 2)
+    with pytest.raises(ValueError, match="'bias'"):
+        edits({("mlp_out", 0): {"bias": 0.0}}, 2)

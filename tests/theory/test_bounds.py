@@ -1,0 +1,242 @@
+"""The constants of proofs/multi_layer.md and proofs/degeneration.md: activation and norm-layer
+bounds, MLP bounds, and the multi-layer bound against measured perturbations."""
+
+import functools
+import math
+
+import jax
+import numpy as np
+import pytest
+from conftest import randomize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import erf, expit
+
+from dynsys import theory as bounds
+from dynsys.theory import (
+    Bound,
+    Certificate,
+    UniformBound,
+    certify,
+    markov_stats,
+    norm_curvature,
+    norm_lipschitz,
+    uniform_bound,
+    weight_constants,
+)
+from dynsys.config import ModelConfig
+from dynsys.decode import prefill
+from dynsys.theory.dilution import probe_trace
+from dynsys.nn import MLP, Model, init_params, norm_layer
+from dynsys.dynamics.traces import periodicity
+
+LLAMA = ModelConfig(family="llama", vocab_size=61, hidden_size=16, intermediate_size=32,
+                    num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
+                    max_position_embeddings=256, initializer_range=0.2)
+NEOX = ModelConfig(family="gpt_neox", vocab_size=61, hidden_size=32, intermediate_size=64,
+                   num_layers=2, num_heads=4, num_kv_heads=4, head_dim=8, rotary_pct=0.5,
+                   max_position_embeddings=256, initializer_range=0.2)
+
+
+def test_activation_constants():
+    x = np.linspace(-40, 40, 800001)
+    s = expit(x)
+    silu1, silu2 = s * (1 + x * (1 - s)), s * (1 - s) * (2 + x * (1 - 2 * s))
+    phi, Phi = np.exp(-x * x / 2) / math.sqrt(2 * math.pi), (1 + erf(x / math.sqrt(2))) / 2
+    gelu1, gelu2 = Phi + x * phi, (2 - x * x) * phi
+    assert np.abs(silu1).max() <= bounds.SILU_SLOPE and np.abs(silu2).max() <= bounds.SILU_CURVE
+    assert np.abs(gelu1).max() <= bounds.GELU_SLOPE and np.abs(gelu2).max() <= bounds.GELU_CURVE
+
+
+# --- norm layers and MLPs, in float64 -------------------------------------------------------
+
+
+def norm64(x, w, b, eps, centred):
+    """RMSNorm (centred=False) or LayerNorm, its Jacobian and the spread (rms or std) of x."""
+    D = x.shape[-1]
+    P = np.eye(D) - (np.ones((D, D)) / D if centred else 0)
+    c = P @ x
+    mu = c @ c / D + eps
+    y = w * c / math.sqrt(mu) + b
+    J = (w[:, None] * (np.eye(D) - np.outer(c, c) / (D * mu)) @ P) / math.sqrt(mu)
+    return y, J, math.sqrt(c @ c / D)
+
+
+@settings(deadline=None, max_examples=150)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([False, True]),
+       st.floats(-3, 1), st.floats(-4, 0.5))
+def test_norm_lipschitz_and_curvature(seed, centred, log_rms, log_step):
+    """Λ = ‖w‖_∞/√((rms x′ − ‖d‖/√D)₊² + ε) bounds the difference quotient and
+    ½ κ ‖d‖², κ = 6‖w‖_∞/(√D (floor² + ε)), the first-order remainder."""
+    rng = np.random.default_rng(seed)
+    D, eps = int(rng.integers(4, 64)), 1e-5
+    w, b = 1 + 0.5 * rng.standard_normal(D), 0.3 * rng.standard_normal(D)
+    x = 10 ** log_rms * rng.standard_normal(D)
+    d = rng.standard_normal(D)
+    d *= 10 ** log_step * np.linalg.norm(x) / np.linalg.norm(d)
+    y0, J, spread = norm64(x, w, b, eps, centred)
+    y1 = norm64(x + d, w, b, eps, centred)[0]
+    gain, size = np.abs(w).max(), np.linalg.norm(d)
+    floor = spread - size / math.sqrt(D)
+    assert np.linalg.norm(y1 - y0) <= norm_lipschitz(gain, floor, eps) * size * (1 + 1e-9)
+    assert np.linalg.norm(y1 - y0 - J @ d) <= (norm_curvature(gain, floor, eps, D) * size ** 2
+                                               / 2 * (1 + 1e-9) + 1e-12)
+
+
+def mlp64(y, p, family):
+    """The MLP and its Jacobian in float64 (w: the kernels as [in, out] matrices, [D, F] and
+    [F, D])."""
+    w = {name: p[name]["kernel"].T for name in p}
+    if family == "gpt_neox":
+        h = y @ w["up"] + p["up"]["bias"]
+        phi = np.exp(-h * h / 2) / math.sqrt(2 * math.pi)
+        g, g1 = h * (1 + erf(h / math.sqrt(2))) / 2, (1 + erf(h / math.sqrt(2))) / 2 + h * phi
+        out = g @ w["down"] + p["down"]["bias"]
+        return out, (w["up"] * g1) @ w["down"]
+    g, u = y @ w["gate"], y @ w["up"]
+    s = expit(g)
+    silu, silu1 = g * s, s * (1 + g * (1 - s))
+    jac = (w["gate"] * silu1 * u + w["up"] * silu) @ w["down"]
+    return (silu * u) @ w["down"], jac
+
+
+@functools.cache
+def base_params(cfg: ModelConfig):
+    """The parameter tree's shapes (randomize redraws every leaf)."""
+    return jax.eval_shape(lambda: init_params(cfg, 0))
+
+
+def model_of(cfg: ModelConfig, seed: int, std: float) -> Model:
+    return Model(cfg, randomize(base_params(cfg), seed, std))
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.sampled_from([LLAMA, NEOX]), st.integers(0, 2**32 - 1), st.sampled_from([0.1, 0.5]),
+       st.floats(-4, 0))
+def test_mlp_lipschitz_and_curvature(cfg, seed, std, log_step):
+    """On outputs y, y′ of the norm layer: ‖M(y) − M(y′)‖ ≤ Lip ‖y − y′‖ (weights only) and
+    ‖J_M(y) − J_M(y′)‖ ≤ κ_M ‖y − y′‖ with |u_i| bounded on the segment."""
+    model = model_of(cfg, seed % 1000, std)
+    w = weight_constants(model)
+    p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()}
+         for k, v in model.params["blocks_0"]["mlp"].items()}
+    scale = np.asarray(model.params["blocks_0"]["norm2"]["scale"], np.float64)
+    shift = np.asarray(model.params["blocks_0"]["norm2"].get("bias", 0 * scale), np.float64)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(cfg.hidden_size)
+    x2 = x + 10 ** log_step * np.linalg.norm(x) * rng.standard_normal(cfg.hidden_size)
+    centred = cfg.family == "gpt_neox"
+    y, y2 = (norm64(v, scale, shift, cfg.norm_eps, centred)[0] for v in (x, x2))
+    (m, jm), (m2, jm2) = mlp64(y, p, cfg.family), mlp64(y2, p, cfg.family)
+    size = np.linalg.norm(y2 - y)
+    assert np.linalg.norm(m2 - m) <= w.mlp_lipschitz(0) * size * (1 + 1e-9)
+    up_abs = None
+    if w.up_cols is not None:
+        up_abs = np.abs(p["up"]["kernel"] @ y) + w.up_cols[0] * size
+    assert np.linalg.norm(jm2 - jm, 2) <= w.mlp_curvature(0, up_abs) * size * (1 + 1e-9)
+
+
+def test_float64_layers_match_the_model():
+    """The float64 norm and MLP above are the model's (so the checks above are about it)."""
+    for cfg in (LLAMA, NEOX):
+        model = model_of(cfg, 1, 0.3)
+        block = model.params["blocks_0"]
+        x = np.random.default_rng(2).standard_normal((3, cfg.hidden_size)).astype(np.float32)
+        y = np.asarray(norm_layer(cfg).apply({"params": block["norm2"]}, x))
+        scale = np.asarray(block["norm2"]["scale"], np.float64)
+        shift = np.asarray(block["norm2"].get("bias", 0 * scale), np.float64)
+        ours = np.stack([norm64(r.astype(np.float64), scale, shift, cfg.norm_eps,
+                                cfg.family == "gpt_neox")[0] for r in x])
+        np.testing.assert_allclose(y, ours, atol=1e-4)
+        p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()}
+             for k, v in block["mlp"].items()}
+        np.testing.assert_allclose(np.asarray(MLP(cfg).apply({"params": block["mlp"]}, y)),
+                                   np.stack([mlp64(r, p, cfg.family)[0] for r in y]), atol=1e-4)
+
+
+# --- the multi-layer bound --------------------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.sampled_from([LLAMA, NEOX]), st.integers(0, 2**32 - 1),
+       st.sampled_from([0.05, 0.2, 0.5]), st.integers(4, 58))
+def test_multi_layer_bound_holds(cfg, seed, std, n):
+    """On random models and random traces (any tokens), the bound of proofs/multi_layer.md is
+    above the measured a(R), residual-stream and logit perturbations at every step and layer
+    (up to float32 rounding, ~1e-6), certified steps do not flip, and the weight-only bound of
+    proofs/degeneration.md is above them too."""
+    model = model_of(cfg, seed % 1000, std)
+    rng = np.random.default_rng(seed)
+    prompt, trace = rng.integers(0, cfg.vocab_size, n), rng.integers(0, cfg.vocab_size, 6)
+    prefix = prefill(model, prompt, capacity=64)
+    probe = probe_trace(model, prompt, trace, prefix)
+    w = weight_constants(model)
+    cert = certify(model, prompt, trace, prefix, w)
+    tol = 1e-5 * (1 + probe.residual.max())
+    assert (cert.bound.mass >= probe.mass - 1e-6).all()
+    assert (cert.bound.residual >= probe.residual - tol).all()
+    assert (cert.bound.logits >= probe.logit_change - 2e-5).all()
+    assert not (cert.certified & probe.flipped).any() and cert.horizon <= probe.agreement
+    np.testing.assert_array_equal(cert.markov_next, probe.markov_next)
+    uniform = uniform_bound(w)
+    generated = np.arange(6)
+    assert (uniform.mass(n, generated)[:, None, None] >= probe.mass - 1e-6).all()
+    assert (uniform.logits(n, generated) >= probe.logit_change - 2e-5).all()
+
+
+def test_reference_quantities_within_weight_bounds():
+    """The measured query and key norms never exceed the weight-only sup bounds."""
+    model = model_of(NEOX, 4, 0.5)
+    w = weight_constants(model)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, 61, 50)
+    s = markov_stats(model, prompt, rng.integers(0, 61, 6), prefill(model, prompt, capacity=64))
+    kv = np.arange(NEOX.num_heads) // NEOX.heads_per_kv
+    assert (s.query <= w.query_max[None] * (1 + 1e-5)).all()
+    assert (s.self_key <= w.key_max[None][..., kv] * (1 + 1e-5)).all()
+    assert (s.prefix_key <= w.key_max[..., kv] * (1 + 1e-5)).all()
+
+
+def test_certificate_counts_leading_certified_steps():
+    logits = np.array([0.0, 0.01, 0.3, 0.01])
+    cert = Certificate(Bound(None, None, logits), np.array([0.1, 0.1, 0.1, 0.5]), None)
+    np.testing.assert_array_equal(cert.certified, [True, True, False, True])
+    assert cert.horizon == 2
+    assert Certificate(Bound(None, None, logits[:2]), np.ones(2), None).horizon == 2
+
+
+def test_n0_is_the_threshold():
+    """gain · α(n, G − 1) < margin/2 exactly from n₀ on."""
+    u = UniformBound(score_range=3.0, gain=40.0, rms_floor=0.0)
+    for steps, margin in [(2, 0.5), (16, 0.1), (64, 0.01)]:
+        n0 = int(u.n0(steps, margin))
+        assert u.logits(n0, steps - 1) < margin / 2 <= u.logits(n0 - 1, steps - 1)
+    assert u.n0(1, 0.1) == 0 and u.n0(10, 100.0) == 0
+    assert UniformBound(800.0, 1.0, 0.0).n0(10, 0.1) == math.inf
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, NEOX])
+def test_uniform_bound_shrinks_with_a_floor(cfg):
+    """A floor on the query stream's rms only lowers the weight-only constants."""
+    w = weight_constants(model_of(cfg, 0, 0.2))
+    loose, tight = uniform_bound(w), uniform_bound(w, rms_floor=0.5)
+    assert tight.gain < loose.gain and tight.n0(8, 0.1) <= loose.n0(8, 0.1)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.integers(1, 40), st.integers(0, 2**32 - 1), st.integers(0, 30))
+def test_orbit_periodicity_is_tail_and_cycle(size, seed, extra):
+    """The corollary's combinatorial half: an orbit of a map on a finite set, long enough for
+    3 copies of its cycle, has period = cycle length and onset = tail (proofs/degeneration.md)."""
+    rng = np.random.default_rng(seed)
+    f = rng.integers(0, size, size)
+    orbit, first = [int(rng.integers(0, size))], {}
+    while orbit[-1] not in first:
+        first[orbit[-1]] = len(orbit) - 1
+        orbit.append(int(f[orbit[-1]]))
+    tail = first[orbit[-1]]
+    cycle = len(orbit) - 1 - tail
+    while len(orbit) < tail + 3 * cycle + extra:
+        orbit.append(int(f[orbit[-1]]))
+    found = periodicity(np.asarray(orbit), k=3)
+    assert (found.period, found.onset) == (cycle, tail) and found.repeats >= 3
