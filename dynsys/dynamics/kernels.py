@@ -164,19 +164,31 @@ def _lu_is_cheap(M: sp.csr_array) -> bool:
     return bool(envelope <= _ENVELOPE_PER_NNZ * M.nnz)
 
 
-def solve_m_matrix(Q: sp.csr_array, b: np.ndarray, rtol: float = 1e-12) -> np.ndarray:
-    """Solve ``(I - Q) x = b`` for substochastic ``Q`` from which every state can escape.
+def solve_m_matrix(rows: sp.csr_array, states: np.ndarray, b: np.ndarray,
+                   rtol: float = 1e-12) -> np.ndarray:
+    """Solve ``(I - Q) x = b`` with ``Q = P[states, states]``, given the full rows
+    ``P[states, :]`` of a kernel from whose states every state can escape.
 
     ``I - Q`` is then a nonsingular M-matrix: LU with diagonal pivots is
-    stable. LU when it is sure to be cheap (:func:`_lu_is_cheap`); otherwise
-    (expander-like: LU fills in) restarted GMRES, which converges in a few
-    dozen iterations there, with LU as the fallback. ``b`` is 1-D or 2-D.
+    stable. Its diagonal is formed as the sum of each row's other entries
+    (the mass that leaves the state, escape included), never as ``1 - P_ii``,
+    which cancels for nearly absorbing states. LU when it is sure to be cheap
+    (:func:`_lu_is_cheap`); otherwise (expander-like: LU fills in) restarted
+    GMRES, which converges in a few dozen iterations there, with LU as the
+    fallback. ``b`` is 1-D or 2-D.
     """
-    m = Q.shape[0]
+    m = len(states)
     b = np.asarray(b, np.float64)
     if m == 0:
         return np.zeros(b.shape)
-    M = (sp.identity(m, format="csr") - Q).tocsr()
+    r, c = kernel_edges(rows)
+    stay = c == states[r]
+    leave = np.bincount(r[~stay], weights=rows.data[~stay], minlength=m)
+    inside = ~stay & np.isin(c, states)
+    position = np.searchsorted(states, c[inside])
+    M = sp.csr_array((np.r_[leave, -rows.data[inside]],
+                      (np.r_[np.arange(m), r[inside]], np.r_[np.arange(m), position])),
+                     shape=(m, m))
     M.sum_duplicates()
     if not _lu_is_cheap(M):
         cols = b.reshape(m, -1)
@@ -197,12 +209,14 @@ def absorption_times(
 ) -> np.ndarray:
     """``(V,)`` mean number of steps before entering a closed class; 0 on recurrent states.
 
-    On the transient states ``T``: ``(I - Q) t = 1`` with ``Q = P[T, T]``.
+    On the transient states ``T``: ``(I - Q) t = 1`` with ``Q = P[T, T]``
+    (see :func:`solve_m_matrix` for how nearly absorbing states keep their
+    accuracy).
     """
     A, cls = prepare_kernel(P, classes, tol)
     transient = np.flatnonzero(~cls.recurrent)
     t = np.zeros(A.shape[0])
-    t[transient] = solve_m_matrix(A[transient][:, transient], np.ones(transient.size))
+    t[transient] = solve_m_matrix(A[transient], transient, np.ones(transient.size))
     return t
 
 
@@ -232,5 +246,5 @@ def absorption_probabilities(
         hit = recurrent[c]
         R = np.zeros((transient.size, closed.size))
         np.add.at(R, (r[hit], column[cls.labels[c[hit]]]), rows.data[hit])
-        out[transient] = solve_m_matrix(rows[:, transient], R)
+        out[transient] = solve_m_matrix(rows, transient, R)
     return out

@@ -507,3 +507,18 @@ def test_censored_rates_below_float_range_raise():
     P = np.array([[0.0, 1.0, 0.0], [0.0, 1 - 1e-200, 1e-200], [1e-200, 1 - 1e-200, 0.0]])
     with pytest.raises(RuntimeError, match="below the float range"):
         stationary_distributions(P)
+
+
+@pytest.mark.parametrize("eps", [1e-13, 3e-15])
+def test_nearly_absorbing_states_keep_their_escape_rate(eps):
+    """State 0 stays with probability 1 − ε and leaves to the closed states 2 (ε/3) and 3
+    (2ε/3) directly or through state 1: the mean time 1/ε and the split 1/3 : 2/3 are exact;
+    forming 1 − P_00 in floating point would lose ~1e-3 of them."""
+    P = np.zeros((4, 4))
+    P[0, 0], P[0, 2], P[0, 3] = 1 - eps, eps / 3, 2 * eps / 3
+    P[1, 0], P[1, 1] = 0.5, 0.5
+    P[2, 2] = P[3, 3] = 1.0
+    times = absorption_times(sp.csr_array(P))
+    np.testing.assert_allclose(times[:2], [1 / eps, 1 / eps + 2], rtol=1e-12)
+    probs = absorption_probabilities(sp.csr_array(P))
+    np.testing.assert_allclose(probs[:2], [[1 / 3, 2 / 3]] * 2, rtol=1e-12)
