@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import Counter
 import shutil
 import time
 from pathlib import Path
@@ -85,11 +86,12 @@ def _settings(config: Path | None, assignments: list[str]) -> dict:
 
 def _verdict_table(title: str, found: list[Finding]) -> Table:
     table = Table(title=title)
-    for column in ("exp", "claim", "measured", "holds"):
+    for column in ("exp", "claim", "measured", "verdict"):
         table.add_column(column, overflow="fold")
+    marks = {"holds": "[green]holds[/green]", "fails": "[red]fails[/red]",
+             "inconclusive": "[yellow]inconclusive[/yellow]", None: "-"}
     for f in found:
-        mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "-"}[f.holds]
-        table.add_row(f.experiment, f.claim, f.measured, mark)
+        table.add_row(f.experiment, f.claim, f.measured, marks[f.verdict])
     return table
 
 
@@ -109,10 +111,11 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
     found = studies.findings(out)
     console.print(_verdict_table("dynsys verify: the Markov-degeneration argument on tiny "
                                  "random-init models", found))
-    held = sum(f.holds is True for f in found)
-    tested = sum(f.holds is not None for f in found)
-    console.print(f"{held} of {tested} tested claims hold. Run directory: {out} "
-                  f"(figures in {out}/*/figures); {time.perf_counter() - start:.0f} s.")
+    counts = Counter(f.verdict for f in found if f.verdict is not None)
+    console.print(f"{sum(counts.values())} tested claims: {counts['holds']} hold, "
+                  f"{counts['fails']} fail, {counts['inconclusive']} inconclusive. Run "
+                  f"directory: {out} (figures in {out}/*/figures); "
+                  f"{time.perf_counter() - start:.0f} s.")
 
 
 @command()

@@ -35,3 +35,8 @@ def assert_figures(run, names, min_bytes: int = 1000) -> None:
             path = run.figures / f"{name}{suffix}"
             assert path.read_bytes()[:len(magic)] == magic, path
             assert path.stat().st_size > min_bytes, path
+
+
+def decided(passed: bool) -> str:
+    """The verdict of a decided test."""
+    return "holds" if passed else "fails"

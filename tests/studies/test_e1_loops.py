@@ -9,7 +9,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import e1_loops, run_study
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
-from study_helpers import assert_figures, small_study
+from study_helpers import assert_figures, decided, small_study
 
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
 
@@ -106,9 +106,9 @@ def test_figures_and_findings(study):
     for rope, finding in zip((True, False), found):
         p = np.array([brute_min_cycle(t) for N in config.ngrams
                       for t in stored(run, config)[rope, N][1]])
-        assert finding.holds == ((p > 0).mean() > 0.5)
+        assert finding.verdict == decided((p > 0).mean() > 0.5)
         assert finding.measured.startswith(f"{(p > 0).sum()}/{len(p)} traces loop")
-    assert isinstance(found[2].holds, bool) and [f.holds for f in found[3:]] == [None, None]
+    assert found[2].verdict in ("holds", "fails") and [f.verdict for f in found[3:]] == [None, None]
 
 
 def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):

@@ -101,7 +101,7 @@ def test_findings(done):
     assert len(found) == 6 and all(f.experiment == "e3" for f in found.values())
     sound = next(f for c, f in found.items() if "never exceeds" in c)
     bound = next(f for c, f in found.items() if "is above the measured" in c)
-    assert sound.holds is True and bound.holds is True and bound.measured == "4 of 4 traces"
+    assert sound.verdict == "holds" and bound.verdict == "holds" and bound.measured == "4 of 4 traces"
 
 
 def test_findings_report_a_violated_certificate(done, tmp_path):
@@ -110,7 +110,7 @@ def test_findings_report_a_violated_certificate(done, tmp_path):
     rows[0]["certified"] = rows[0]["agreement"] + 1
     run.write_table("units", rows)
     sound = next(f for f in e3_dilution.findings(run) if "never exceeds" in f.claim)
-    assert sound.holds is False
+    assert sound.verdict == "fails"
 
 
 def test_resume_recomputes_nothing(done, tmp_path, monkeypatch):

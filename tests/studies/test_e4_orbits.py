@@ -9,7 +9,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import e4_orbits, run_study
 from dynsys.data.prompts import make_prompt
-from study_helpers import assert_figures
+from study_helpers import assert_figures, decided
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"lengths": [48, 64], "prompts": 2, "shuffles": 3, "null_samples": 300}
@@ -119,7 +119,7 @@ def test_findings_follow_the_table(done):
                   and r["statistic"] in ("cycles", "cyclic_nodes")]
         tested = [f for f in found if "fewer cycles" in f.claim
                   and f"RoPE {'on' if rope else 'off'}" in f.claim]
-        assert len(tested) == 1 and tested[0].holds == all(x < 1 for x in ratios)
+        assert len(tested) == 1 and tested[0].verdict == decided(all(x < 1 for x in ratios))
 
 
 def test_resume_recomputes_nothing(done, loads, monkeypatch):

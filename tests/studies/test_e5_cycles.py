@@ -9,7 +9,7 @@ import dynsys as ds
 from dynsys.studies import e5_cycles, run_study
 from dynsys.studies.e5_cycles import unit_name
 from dynsys.data.prompts import make_prompt
-from study_helpers import CFG, assert_figures, small_study
+from study_helpers import CFG, assert_figures, decided, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
@@ -105,7 +105,7 @@ def test_figures_and_findings(study):
                                             for r in (True, False)]):
         lo, hi = (next(s[key] for s in summary if s["rope"] == rope and s["n"] == n)
                   for n in (32, 200))
-        assert finding.holds == (hi >= 0.5 and hi >= lo)
+        assert finding.verdict == decided(hi >= 0.5 and hi >= lo)
         assert finding.measured == f"{lo:.2f} at n=32 -> {hi:.2f} at n=200"
 
 

@@ -7,7 +7,7 @@ import pytest
 import dynsys as ds
 from dynsys.studies import config_for, e6_drift, run_study
 from dynsys.data.prompts import make_prompt
-from study_helpers import assert_figures
+from study_helpers import assert_figures, decided
 
 # 40 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"periods": [1, 2, 3], "lengths": [40, 64], "offsets": 4, "prompts": 1}
@@ -120,12 +120,13 @@ def test_findings_follow_the_table(done):
     assert [f.experiment for f in found] == ["e6"] * 4 and all(f.measured for f in found)
     rows = {(r["rope"], r["N"], r["n"]): r for r in done.read_table("period")}
     without, drifts, shift, periodic = found
-    assert without.claim.startswith("without RoPE") and without.holds is True
-    assert drifts.holds == any(r["max_changed"] > 0 for k, r in rows.items() if k[0])
-    assert shift.holds == all(rows[True, N, 64]["period_defect"] < rows[True, N, 40]
-                              ["period_defect"] for N in (1, 2, 3))
-    assert periodic.holds == all(rows[True, N, 64]["ratio_at_period"] < rows[True, N, 40]
-                                 ["ratio_at_period"] for N in (2, 3))
+    assert without.claim.startswith("without RoPE") and without.verdict == "holds"
+    assert drifts.verdict == decided(any(r["max_changed"] > 0 for k, r in rows.items() if k[0]))
+    assert shift.verdict == decided(all(rows[True, N, 64]["period_defect"]
+                                        < rows[True, N, 40]["period_defect"] for N in (1, 2, 3)))
+    assert periodic.verdict == decided(all(rows[True, N, 64]["ratio_at_period"]
+                                           < rows[True, N, 40]["ratio_at_period"]
+                                           for N in (2, 3)))
 
 
 def test_resume_recomputes_only_missing_units(done, model, monkeypatch):
