@@ -29,8 +29,9 @@ _EXPORTS = {
                       "probe_trace", "uniform_bound", "weight_constants"),
 }
 _MODULES = {"prompts": "dynsys.data.prompts", "traces": "dynsys.dynamics.traces",
-            "theory": "dynsys.theory", "data": "dynsys.data", "train": "dynsys.train",
-            "studies": "dynsys.studies"}
+            **{name: f"dynsys.{name}" for name in ("config", "nn", "decode", "io", "data",
+                                                   "dynamics", "theory", "stats", "train",
+                                                   "studies")}}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted([*_WHERE, *_MODULES])
