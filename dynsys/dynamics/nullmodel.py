@@ -188,3 +188,24 @@ def compare_to_null(
             shuffled_sd=float(values.std(ddof=1)) if shuffles > 1 else math.nan,
         )
     return table
+
+
+def random_map_null(vocab_size: int, G: int, repeats: int) -> dict[str, np.ndarray]:
+    """The exact law of a trace's loop statistics when it is the orbit x, f(x), .. (G tokens)
+    of a uniform random map f on `vocab_size` tokens, from any fixed start x:
+    {"cycle": P(minimal cycle length = c), "rho": P(onset + period = r)}, indexed 0..G (0
+    unused); the missing mass is orbits not seen to loop (tail + repeats·cycle > G).
+
+    Until the first repeat the orbit's tokens are i.i.d. uniform, so ρ (distinct tokens
+    visited) has P(ρ >= r) = q_r = prod_{j<r} (1 − j/V), and given ρ = r the cycle length is
+    uniform on 1..r: P(tail = t, cycle = c) = P(ρ = t + c)/(t + c). The tail's tokens are
+    distinct and off the cycle, so the orbit, read as a trace, has minimal cycle length and
+    period c and onset t, and loops (c repeated `repeats` times) iff t + repeats·c <= G."""
+    r = np.arange(1, vocab_size + 1)
+    q = np.concatenate([np.cumprod(1 - (r - 1) / vocab_size), [0.0]])  # q_1 .. q_{V+1}
+    rho_law = (q[:-1] - q[1:]) / r  # P(ρ = r)/r = P(tail = r − c, cycle = c) for each c
+    t, c = np.meshgrid(np.arange(G + 1), np.arange(G + 1), indexing="ij")
+    rho = t + c
+    seen = (c >= 1) & (t + repeats * c <= G) & (rho <= vocab_size)
+    joint = np.where(seen, rho_law[np.minimum(rho, vocab_size) - 1], 0.0)
+    return {"cycle": joint.sum(0), "rho": np.bincount(rho[seen], joint[seen], G + 1)}

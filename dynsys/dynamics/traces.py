@@ -19,13 +19,20 @@ period, and ``p`` *qualifies* when ``repeats(p) >= k``, i.e. when the last
 When no period qualifies, period and minimal cycle length are 0, onset is
 ``n`` and repeats is 0. Traces are 1-D arrays of non-negative integer token ids;
 ``periodicity_batch`` takes a 2-D array (traces x tokens).
+
+The **loop timeline** of a trace (:func:`loop_segments`) reads the whole trace,
+not its end: its loops in order, each a segment ``s[start:end]`` of smallest
+period ``p`` holding at least ``k`` whole copies of it.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,8 +40,10 @@ __all__ = [
     "Collapse",
     "LoopFlag",
     "Periodicity",
+    "Segment",
     "collapse",
     "holtzman_loop",
+    "loop_segments",
     "min_cycle_length",
     "periodicity",
     "periodicity_batch",
@@ -230,6 +239,82 @@ def _periodicity_chunk(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, n
         length[rows[better]] = (p + z)[better]
         last[rows] = p
     return period, length, shortest
+
+
+class Segment(NamedTuple):
+    """One loop of a trace: ``s[start:end]`` has smallest period ``period`` and holds
+    ``repeats = (end - start) // period`` whole copies of it."""
+
+    start: int
+    end: int
+    period: int
+    repeats: int
+
+
+def loop_segments(x: Sequence[int] | np.ndarray, k: int = 3) -> list[Segment]:
+    """The loop timeline of one trace: its loops in order, disjoint.
+
+    A *k-run* is a maximal interval ``s[b:e]`` with smallest period ``p`` and
+    ``e - b >= k*p`` (maximal: ``s[b-1] != s[b-1+p]`` and ``s[e] != s[e-p]``
+    where those exist). Segments are chosen greedily: repeatedly the longest
+    part of a k-run not yet covered by a chosen segment (ties: the earliest
+    start, then the smaller period), as long as it still holds ``k`` copies of
+    its period. A part of a run keeps the run's smallest period (Fine and
+    Wilf), so every segment has smallest period ``period``. The longest-first
+    rule lets a loop win over the shorter loops inside it and over the ones
+    that overlap its ends: ``(0, 0, 0, 1) * 3`` is one segment of period 4, and
+    a uni-gram loop followed by a 3-gram loop gives both, in order.
+
+    Cost: the k-runs come from the runs of ``s[i] == s[i+p]`` for every
+    ``p <= n/k``, vectorised over ``i``: ``O(n * n/k)`` time (not
+    ``O(n log n)``), in blocks of at most ``2^22`` comparisons. The choice is
+    a heap over the ``R < n`` runs (the runs theorem), a run returning to it
+    only when a chosen segment has trimmed it.
+    """
+    _check_k(k)
+    s = _trace(x)
+    heap = [(b - e, b, p, e) for b, e, p in _k_runs(s, k)]
+    heapq.heapify(heap)
+    chosen: list[Segment] = []  # disjoint, sorted by start
+    starts: list[int] = []  # their starts
+    while heap:
+        _, b, p, e = heapq.heappop(heap)
+        # The uncovered part of [b, e): no chosen segment lies strictly inside it (each was
+        # the longest part when chosen, and parts only shrink), so it is one interval.
+        i = bisect.bisect_right(starts, b) - 1
+        lo = max(b, chosen[i].end) if i >= 0 else b
+        j = bisect.bisect_left(starts, lo)
+        hi = min(e, starts[j]) if j < len(starts) else e
+        if hi - lo < k * p:
+            continue
+        if (lo, hi) != (b, e):
+            heapq.heappush(heap, (lo - hi, lo, p, hi))
+            continue
+        starts.insert(j, b)
+        chosen.insert(j, Segment(b, e, p, (e - b) // p))
+    return chosen
+
+
+def _k_runs(s: np.ndarray, k: int, block: int = 1 << 22) -> list[tuple[int, int, int]]:
+    """Every k-run of ``s`` as ``(start, end, smallest period)`` (see :func:`loop_segments`).
+
+    A maximal run of ``s[i] == s[i+p]`` over ``i in [b, c)`` is the maximal ``p``-periodic
+    interval ``[b, c + p)``. An interval that is ``p``-periodic this way for several ``p``
+    is found once per multiple of its smallest period; the smallest is kept."""
+    n = s.size
+    found: dict[tuple[int, int], int] = {}
+    shifted = np.lib.stride_tricks.sliding_window_view(np.concatenate([s, np.full(n, -1)]), n)
+    rows = max(1, block // n)
+    for first in range(1, n // k + 1, rows):
+        ps = np.arange(first, min(first + rows, n // k + 1))
+        equal = shifted[ps] == s  # [p, i]: s[i] == s[i + p], never past the end (-1)
+        edges = np.diff(equal.astype(np.int8), axis=1, prepend=0, append=0)
+        row, b = np.nonzero(edges == 1)
+        c = np.nonzero(edges == -1)[1]  # row-major: the i-th end closes the i-th start
+        p = ps[row]
+        for bb, ee, pp in zip(*(v[c - b >= (k - 1) * p].tolist() for v in (b, c + p, p))):
+            found.setdefault((bb, ee), pp)
+    return [(b, e, p) for (b, e), p in found.items()]
 
 
 def holtzman_loop(x: Sequence[int] | np.ndarray, max_n: int = 90) -> LoopFlag:

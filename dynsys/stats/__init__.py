@@ -1,9 +1,9 @@
 """Statistics for findings: intervals (intervals), tests (tests) and the three-valued verdict
 of a preregistered claim (verdict)."""
 
-from dynsys.stats.intervals import bootstrap_interval, proportion_interval
+from dynsys.stats.intervals import bootstrap_interval, difference_interval, proportion_interval
 from dynsys.stats.tests import mcnemar, paired_equivalence
 from dynsys.stats.verdict import FAILS, HOLDS, INCONCLUSIVE, VERDICTS, decide
 
 __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "VERDICTS", "bootstrap_interval", "decide",
-           "mcnemar", "paired_equivalence", "proportion_interval"]
+           "difference_interval", "mcnemar", "paired_equivalence", "proportion_interval"]

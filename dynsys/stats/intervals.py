@@ -28,3 +28,13 @@ def bootstrap_interval(samples, statistic: Callable[..., float], level: float = 
                           confidence_level=level, n_resamples=resamples, method="percentile",
                           random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def difference_interval(k1: int, n1: int, k2: int, n2: int,
+                        level: float = 0.95) -> tuple[float, float]:
+    """Interval of p1 − p2 for independent proportions k1/n1 and k2/n2: Newcombe's square-and-
+    add (MOVER) combination of the two exact (Clopper–Pearson) intervals (l_i, u_i),
+    d − sqrt((p1 − l1)² + (u2 − p2)²) and d + sqrt((u1 − p1)² + (p2 − l2)²), d = p1 − p2."""
+    (l1, u1), (l2, u2) = proportion_interval(k1, n1, level), proportion_interval(k2, n2, level)
+    p1, p2 = k1 / n1, k2 / n2
+    return (p1 - p2 - np.hypot(p1 - l1, u2 - p2), p1 - p2 + np.hypot(u1 - p1, p2 - l2))

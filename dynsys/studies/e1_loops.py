@@ -2,10 +2,31 @@
 
 A randomly initialised model (Hugging Face initialisation), once with RoPE and once with RoPE
 replaced by the identity (same weights), continues prompts made of a random N-gram repeated
-(N = 1..4) by greedy decoding. For each trace x_1..x_G, the minimal cycle length is the
-smallest p whose last 3p tokens are p-periodic (0: the trace does not loop); the terminal
-cycle is then {x_{G−p+1}, .., x_G}. The argument predicts that most traces loop (claim 1)
-and that this does not depend on the positional encoding (claim 4).
+(N = 1..4) by greedy decoding. For each trace x_1..x_G: the minimal cycle length (the smallest
+p whose last k·p tokens are p-periodic, k = `repeats`; 0: the trace does not loop), the
+terminal cycle {x_{G−p+1}, .., x_G}, the onset and period of its periodic suffix
+(dynsys.dynamics.traces.periodicity), and its loop timeline (loop_segments: the loops in
+order, each >= k copies of its smallest period).
+
+Any memory-1 map on V loops within its tail + cycle, about sqrt(π|V|/2) steps for a uniform
+random one, so that a trace loops says nothing by itself. The claims, each decided by
+dynsys.stats.decide on an exact interval against a threshold fixed here before the run:
+
+1. the traces end in shorter cycles than the orbits of a uniform random map on V, read the
+   same way (the null, `random_map_null`): more than the null's share of them end in a cycle
+   no longer than the null's median. The argument predicts it: decoding follows a memory-1
+   map, and those maps have far fewer cyclic points than a uniform random one (E4);
+2. they settle into their final loop sooner than such an orbit: onset + period (= tail +
+   cycle length for an orbit) is at most the null's median in more than the null's share.
+   The argument predicts it in its regime (G ≪ n), where a trace is the orbit of one map
+   with few cyclic points; a trace that leaves its loop for another settles late;
+3. looping does not depend on the positional encoding: on the same prompts, the loop shares
+   with RoPE on and off differ by less than MARGIN (paired TOST; McNemar's test alongside);
+4. H. Fan's observation of the loop timeline: most traces start with a uni-gram loop
+   (share > MOST) ...
+5. ... and move on to longer loops: in most traces the last loop has a longer period than
+   the first. A memory-1 map keeps its first loop for ever, so this measures how far the
+   traces are from the argument's regime.
 """
 
 from __future__ import annotations
@@ -16,19 +37,27 @@ import itertools
 from collections import Counter
 
 import numpy as np
+from matplotlib.patches import Patch
 
 from dynsys import figstyle
 from dynsys.data import prompts
 from dynsys.decode import generate
-from dynsys.dynamics.traces import periodicity_batch
-from dynsys.io import load
+from dynsys.dynamics.nullmodel import random_map_null
+from dynsys.dynamics.traces import Periodicity, loop_segments, periodicity_batch
+from dynsys.io import load, load_config
 from dynsys.runs import Run
+from dynsys.stats import decide, mcnemar, paired_equivalence, proportion_interval
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
 NAME = "e1"
 TITLE = "Loops of an untrained model: minimal cycle lengths, RoPE on and off"
 ROPES = (True, False)
+MARGIN = 0.1  # claim 3: equivalence margin of the paired difference of loop shares
+MOST = 0.5  # claims 4 and 5: "most traces" is a share above this
+TIMELINE_ROWS = 2  # traces per N drawn in the timeline figure
+# Period bins of the timeline figure, coloured with the palette after the two RoPE colours.
+PERIOD_BINS = ((1, 1), (2, 2), (3, 3), (4, 4), (5, 8), (9, None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +80,13 @@ class Config(Settings):
         return self.length + self.new_tokens
 
 
-SCALES = {"small": Config(model="tiny", length=256, new_tokens=256, prompts=8, batch=8),
+# Claim 3's paired TOST (margin 0.1, α = 0.05, no true difference) has power
+# 2Φ(0.1·sqrt(n/ψ) − z_0.95) − 1 >= 0.8 with n >= ψ·((z_0.95 + z_0.90)/0.1)² = 857·ψ pairs,
+# ψ the share of discordant pairs (loops with one setting only). The small scale's 4 · 32 = 128
+# pairs reach it for ψ <= 0.15 (loop shares >= 0.93 on both sides), at about 15 s of greedy
+# decoding on 2 cores; the paper's 1024 pairs for every ψ. 128 traces per RoPE setting give
+# the exact intervals of claims 1, 2, 4 and 5 a half-width of at most 0.09.
+SCALES = {"small": Config(model="tiny", length=256, new_tokens=256, prompts=32, batch=32),
           "paper": Config()}
 
 
@@ -88,14 +123,25 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
 
     run.fill(_units(config), lambda ngram, batch, rope: unit_name(rope, ngram, batch), compute,
              "E1 untrained loops", progress)
+    write_tables(run, config, load_config(config.model).vocab_size)
+
+
+def write_tables(run: Run, config: Config, vocab_size: int) -> None:
+    """The tables of the stored traces, and the null of a uniform random map on vocab_size
+    tokens. `segments` and `attractors` are absent when no trace loops."""
     traces = stored_traces(run, config)
-    shortest = {key: periodicity_batch(t, config.repeats).shortest
-                for key, t in traces.items()}
+    found = {key: periodicity_batch(t, config.repeats) for key, t in traces.items()}
+    shortest = {key: f.shortest for key, f in found.items()}
+    timelines = {key: [loop_segments(x, config.repeats) for x in t]
+                 for key, t in traces.items()}
     run.write_table("loops", loop_table(shortest))
     run.write_table("cycle_lengths", cycle_length_table(shortest))
-    attractors = attractor_table(traces, shortest, config.top)
-    if attractors:  # absent when no trace loops
-        run.write_table("attractors", attractors)
+    run.write_table("traces", trace_table(found, timelines))
+    run.write_table("null", null_table(vocab_size, config.new_tokens, config.repeats))
+    for name, rows in (("segments", segment_table(timelines)),
+                       ("attractors", attractor_table(traces, shortest, config.top))):
+        if rows:
+            run.write_table(name, rows)
 
 
 def stored_traces(run: Run, config: Config) -> dict[tuple[bool, int], np.ndarray]:
@@ -129,6 +175,41 @@ def cycle_length_table(shortest: dict) -> list[dict]:
     return rows
 
 
+def trace_table(found: dict[tuple[bool, int], Periodicity], timelines: dict) -> list[dict]:
+    """Per trace (rope, N, prompt): minimal cycle length, period and onset of its periodic
+    suffix (0, 0, G if it does not loop), its number of loops, and the periods of its first
+    and last loop (0 if none)."""
+    rows = []
+    for (rope, ngram), f in found.items():
+        for j, loops in enumerate(timelines[rope, ngram]):
+            rows.append({"rope": rope, "N": ngram, "prompt": j, "shortest": int(f.shortest[j]),
+                         "period": int(f.period[j]), "onset": int(f.onset[j]),
+                         "loops": len(loops),
+                         "first_period": loops[0].period if loops else 0,
+                         "last_period": loops[-1].period if loops else 0})
+    return rows
+
+
+def segment_table(timelines: dict) -> list[dict]:
+    """Per loop of every trace (rope, N, prompt), in order: start, end, period, repeats."""
+    return [{"rope": rope, "N": ngram, "prompt": j, **loop._asdict()}
+            for (rope, ngram), rows in timelines.items()
+            for j, loops in enumerate(rows) for loop in loops]
+
+
+def null_table(vocab_size: int, G: int, repeats: int) -> list[dict]:
+    """Per statistic of `random_map_null`: its median m (the least value with P(<= m) >=
+    1/2; an orbit not seen to loop counts as longer than any, and m = G when most are not)
+    and P(<= m), the thresholds of claims 1 and 2."""
+    rows = []
+    for statistic, law in random_map_null(vocab_size, G, repeats).items():
+        cdf = np.cumsum(law)
+        median = int(np.argmax(cdf >= 0.5)) if cdf[-1] >= 0.5 else G  # G: any loop counts
+        rows.append({"statistic": statistic, "median": median, "share": float(cdf[median]),
+                     "vocab_size": vocab_size, "G": G, "repeats": repeats})
+    return rows
+
+
 def attractor_table(traces: dict, shortest: dict, top: int) -> list[dict]:
     """Per RoPE setting, pooled over N: the `top` tokens found in the most terminal cycles,
     with that number of traces, its share of the looping traces, and how many of those
@@ -145,33 +226,81 @@ def attractor_table(traces: dict, shortest: dict, top: int) -> list[dict]:
     return rows
 
 
-def _pooled(rows: list[dict], rope: bool) -> tuple[int, int]:
-    """(looping traces, traces) of one RoPE setting, pooled over N."""
-    sel = [r for r in rows if r["rope"] == rope]
-    return sum(r["looping"] for r in sel), sum(r["traces"] for r in sel)
+def _optional_table(run: Run, name: str) -> list[dict]:
+    """A table that is absent when no trace loops (segments, attractors): its rows, or []."""
+    return run.read_table(name) if (run.path / "tables" / f"{name}.csv").exists() else []
+
+
+def _share(k: int, n: int) -> tuple[str, tuple[float, float]]:
+    """"k/n = share [lo, hi]" with the exact (Clopper–Pearson) 95% interval, and the interval."""
+    lo, hi = proportion_interval(k, n)
+    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]", (lo, hi)
+
+
+def _proportion(claim: str, hits: np.ndarray, threshold: float, detail: str) -> Finding:
+    """The claim "the share of traces with `hits` is above `threshold`", decided on its exact
+    interval."""
+    text, interval = _share(int(hits.sum()), hits.size)
+    return Finding(NAME, claim, f"{text}; {detail}", decide(interval, threshold, "above"))
+
+
+def _rope_finding(rows: dict) -> Finding:
+    """Claim 3: paired TOST of loop / no loop on the same (N, prompt), RoPE on vs off."""
+    pairs = sorted(key for key in rows if key[0] and (False, *key[1:]) in rows)
+    on = np.array([rows[key]["shortest"] > 0 for key in pairs])
+    off = np.array([rows[(False, *key[1:])]["shortest"] > 0 for key in pairs])
+    test = paired_equivalence(on, off, MARGIN)
+    lo, hi = test.interval
+    return Finding(
+        NAME, f"looping does not depend on the positional encoding: on the same prompts, the "
+              f"shares of traces that loop with RoPE on and off differ by less than {MARGIN} "
+              f"(paired TOST, 90% interval)",
+        f"{on.mean():.2f} on vs {off.mean():.2f} off; paired difference {test.difference:+.3f} "
+        f"[{lo:.3f}, {hi:.3f}], n = {test.n} pairs, {int((on != off).sum())} discordant "
+        f"(McNemar p = {mcnemar(on, off):.2f})", test.verdict)
+
+
+def _claims(null: dict, repeats: int) -> list[tuple[str, object, float, object]]:
+    """Claims 1, 2, 4 and 5 as (claim, hits, threshold, detail): the claim is that the share
+    of traces t with hits(t) is above threshold; detail(t) says more about the sample."""
+    cycle, rho = null["cycle"], null["rho"]
+    vs = f"orbits of a uniform random map on V = {cycle['vocab_size']} tokens"
+    return [
+        ((f"the traces end in shorter cycles than {vs} (memory-1 null): more than the null's "
+          f"{cycle['share']:.2f} of them end in a cycle of length <= {cycle['median']}, its "
+          "median"),
+         lambda t: (t["shortest"] > 0) & (t["shortest"] <= cycle["median"]), cycle["share"],
+         lambda t: f"{int((t['shortest'] > 0).sum())} loop at all"),
+        ((f"the traces settle into their final loop sooner than {vs}: onset + period (tail + "
+          f"cycle length for an orbit) <= {rho['median']}, the null's median, in more than its "
+          f"{rho['share']:.2f}"),
+         lambda t: (t["period"] > 0) & (t["onset"] + t["period"] <= rho["median"]),
+         rho["share"],
+         lambda t: f"median onset + period {np.median(t['onset'] + t['period']):.0f}"),
+        ((f"the first loop is a uni-gram loop (H. Fan): in most traces the first loop (>= "
+          f"{repeats} copies of its period) has period 1"),
+         lambda t: t["first_period"] == 1, MOST,
+         lambda t: f"{int((t['loops'] > 0).sum())} have a loop"),
+        (("later loops are longer (H. Fan): in most traces the last loop has a longer period "
+          "than the first (a memory-1 map keeps its first loop)"),
+         lambda t: t["last_period"] > t["first_period"], MOST,
+         lambda t: f"{int((t['loops'] > 1).sum())} have more than one loop"),
+    ]
 
 
 def findings(run: Run) -> list[Finding]:
-    loops = run.read_table("loops")
-    out = []
-    for rope in ROPES:
-        looping, total = _pooled(loops, rope)
-        per_n = ", ".join(f"N={r['N']}: {r['loop_share']:.2f}" for r in loops
-                          if r["rope"] == rope)
-        out.append(Finding(
-            NAME, f"an untrained transformer loops: most greedy traces end in a cycle "
-                  f"repeated >= {run.config['repeats']} times ({figstyle.rope_label(rope)})",
-            f"{looping}/{total} traces loop ({per_n})", looping / total > 0.5))
-    (a, n_a), (b, n_b) = (_pooled(loops, rope) for rope in ROPES)
-    p_a, p_b = a / n_a, b / n_b
-    se = np.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
-    out.append(Finding(
-        NAME, "looping does not depend on the positional encoding: the loop share with RoPE "
-              "off is within 2 standard errors of the share with RoPE on",
-        f"{p_a:.2f} on vs {p_b:.2f} off (difference {p_a - p_b:+.2f}, 2 s.e. = {2 * se:.2f})",
-        bool(abs(p_a - p_b) <= 2 * se)))
+    rows = {(r["rope"], r["N"], r["prompt"]): r for r in run.read_table("traces")}
+    columns = ("shortest", "period", "onset", "loops", "first_period", "last_period")
+    per_rope = {rope: {c: np.array([r[c] for key, r in rows.items() if key[0] == rope])
+                       for c in columns} for rope in ROPES}
+    null = {r["statistic"]: r for r in run.read_table("null")}
+    tested = [_proportion(f"{claim} ({figstyle.rope_label(rope)})", hits(per_rope[rope]),
+                          threshold, detail(per_rope[rope]))
+              for claim, hits, threshold, detail in _claims(null, run.config["repeats"])
+              for rope in ROPES]
+    out = [*tested[:4], _rope_finding(rows), *tested[4:]]
     lengths = run.read_table("cycle_lengths")
-    attractors = run.read_table("attractors") if a + b else []
+    attractors = _optional_table(run, "attractors")
     for rope in ROPES:
         counts = Counter()
         for r in lengths:
@@ -189,7 +318,7 @@ def findings(run: Run) -> list[Finding]:
 
 
 def figures(run: Run):
-    return [*_histograms(run), *_loop_shares(run)]
+    return [*_histograms(run), *_loop_shares(run), *_timeline(run)]
 
 
 def length_bins(top: int) -> list[tuple[int, int]]:
@@ -244,3 +373,38 @@ def _loop_shares(run: Run):
     ax.set_ylabel("share of traces that loop\n(hatched: fixed point)")
     ax.legend(loc="upper center", ncols=2)
     return figstyle.save(fig, run.figures, "e1_loop_share")
+
+
+def _period_bin(period: int) -> int:
+    """The index of the PERIOD_BINS bin that holds `period`."""
+    return next(i for i, (lo, hi) in enumerate(PERIOD_BINS) if lo <= period
+                and (hi is None or period <= hi))
+
+
+def _timeline(run: Run):
+    """The loops of the first TIMELINE_ROWS traces of each N along the generated tokens, one
+    row per trace, coloured by period; RoPE on and off side by side."""
+    segments = _optional_table(run, "segments")
+    ngrams, G = run.config["ngrams"], run.config["new_tokens"]
+    traces = [(N, j) for N in ngrams for j in range(min(TIMELINE_ROWS, run.config["prompts"]))]
+    colours = figstyle.PALETTE[2:]
+    fig, axes = figstyle.figure(ncols=len(ROPES), width=figstyle.FULL,
+                                aspect=0.1 * len(traces) + 0.2, sharey=True)
+    for ax, rope in zip(axes[0], ROPES):
+        for y, (N, j) in enumerate(traces):
+            loops = [r for r in segments if (r["rope"], r["N"], r["prompt"]) == (rope, N, j)]
+            ax.broken_barh([(r["start"], r["end"] - r["start"]) for r in loops], (y - 0.4, 0.8),
+                           color=[colours[_period_bin(r["period"])] for r in loops],
+                           edgecolor="white", linewidth=0.5)  # white: where one loop ends
+        ax.set_xlim(0, G)
+        ax.set_title(figstyle.rope_label(rope))
+        ax.set_xlabel("generated token t")
+        ax.grid(axis="y", visible=False)
+    axes[0][0].set_yticks(range(len(traces)), [f"N={N} #{j}" for N, j in traces])
+    axes[0][0].invert_yaxis()
+    labels = [f"{lo}" if lo == hi else f"{lo}+" if hi is None else f"{lo}–{hi}"
+              for lo, hi in PERIOD_BINS]
+    fig.legend(handles=[Patch(color=c, label=f"period {label}")
+                        for c, label in zip(colours, labels)],
+               loc="outside lower center", ncols=len(PERIOD_BINS))
+    return figstyle.save(fig, run.figures, "e1_timeline")

@@ -11,6 +11,7 @@ import pytest
 from scipy.integrate import quad
 from scipy.special import exp1
 
+import dynsys as ds
 from dynsys.dynamics.nullmodel import (
     LARGEST_COMPONENT,
     LONGEST_CYCLE,
@@ -18,6 +19,7 @@ from dynsys.dynamics.nullmodel import (
     compare_to_null,
     indegree_shuffle,
     mapping_statistics,
+    random_map_null,
     random_mapping,
     random_mapping_expectations,
 )
@@ -161,3 +163,22 @@ def test_bad_input():
         indegree_shuffle([0, 9, 1])
     with pytest.raises(ValueError, match=r"f\[0\] = -1"):
         compare_to_null([-1, 0])
+
+
+def test_random_map_null_is_exact_on_every_map_of_a_few_tokens():
+    """random_map_null against the orbits of 0 under all V^V maps on V tokens, read as
+    traces by periodicity: the same law, to rounding."""
+    for V, G, k in ((4, 12, 3), (5, 9, 2), (5, 20, 3)):
+        cycle, rho = np.zeros(G + 1), np.zeros(G + 1)
+        for f in itertools.product(range(V), repeat=V):
+            trace, x = [], 0
+            for _ in range(G):
+                trace.append(x)
+                x = f[x]
+            found = ds.traces.periodicity(trace, k)
+            if found.period:
+                cycle[found.shortest] += V ** -V
+                rho[found.onset + found.period] += V ** -V
+        law = random_map_null(V, G, k)
+        np.testing.assert_allclose(law["cycle"], cycle, atol=1e-12)
+        np.testing.assert_allclose(law["rho"], rho, atol=1e-12)

@@ -11,6 +11,7 @@ import dynsys.dynamics.traces as tr
 from dynsys.dynamics.traces import (
     collapse,
     holtzman_loop,
+    loop_segments,
     min_cycle_length,
     periodicity,
     periodicity_batch,
@@ -129,6 +130,71 @@ def test_the_one_zero_zero_trap():
     assert as_tuple(periodicity([1, 2, 3, 4], 2)) == (0, 4, 0, 0)
 
 
+def smallest_period(s: list[int], b: int, e: int, k: int) -> int:
+    """The smallest period p of s[b:e] with e - b >= k·p, by direct comparison; 0 if none."""
+    return next((p for p in range(1, (e - b) // k + 1) if s[b:e - p] == s[b + p:e]), 0)
+
+
+def brute_segments(s: list[int], k: int) -> list[tuple[int, int, int, int]]:
+    """loop_segments by its definition: every interval's smallest period by direct checks
+    (O(n^3) slice comparisons), the maximal ones with >= k copies, then the longest uncovered
+    piece of any of them (ties: earliest, then smaller period) until none holds k copies;
+    each chosen piece's smallest period found again by direct checks."""
+    n = len(s)
+    runs = []
+    for b in range(n):
+        for e in range(b + 1, n + 1):
+            p = smallest_period(s, b, e, k)
+            if p and (b == 0 or s[b - 1] != s[b - 1 + p]) and (e == n or s[e] != s[e - p]):
+                runs.append((b, e, p))
+    covered, chosen = [False] * n, []
+    while True:
+        pieces = [(lo, hi, p) for b, e, p in runs for lo in range(b, e) for hi in range(lo, e + 1)
+                  if not any(covered[lo:hi]) and (lo == b or covered[lo - 1])
+                  and (hi == e or covered[hi]) and hi - lo >= k * p]
+        if not pieces:
+            return sorted(chosen)
+        lo, hi, _ = min(pieces, key=lambda q: (q[0] - q[1], q[0], q[2]))
+        covered[lo:hi] = [True] * (hi - lo)
+        p = smallest_period(s, lo, hi, k)
+        chosen.append((lo, hi, p, (hi - lo) // p))
+
+
+@st.composite
+def timelines(draw) -> list[int]:
+    """Loops one after another, as in generated text: blocks repeated a few times, with
+    short stretches of other tokens between them, on a small alphabet."""
+    alphabet = draw(st.sampled_from([2, 3, 5]))
+    token = st.integers(0, alphabet - 1)
+    out: list[int] = []
+    for _ in range(draw(st.integers(1, 4))):
+        out += draw(st.lists(token, max_size=3))
+        out += draw(st.lists(token, min_size=1, max_size=4)) * draw(st.integers(1, 5))
+    return out[:40]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(traces().map(lambda s: s[:40]), timelines()), st.sampled_from([2, 3, 4]))
+def test_loop_segments_match_brute_force(s, k):
+    found = loop_segments(s, k)
+    assert [tuple(g) for g in found] == brute_segments(s, k)
+    for g in found:
+        assert g.repeats == (g.end - g.start) // g.period >= k
+
+
+def test_loop_segments_examples():
+    """A loop wins over the shorter loops inside it; a uni-gram loop, some nonsense, then a
+    3-gram loop give both, in order; an orbit of a map (tail, then cycle) gives its cycle."""
+    assert loop_segments([0, 0, 0, 1] * 3) == [(0, 12, 4, 3)]
+    assert loop_segments([5] * 10 + [7, 8] + [1, 2, 3] * 5) == [(0, 10, 1, 10), (12, 27, 3, 5)]
+    assert loop_segments([9, 4, 6] + [1, 2, 3] * 4 + [1]) == [(3, 16, 3, 4)]
+    assert loop_segments([1, 2, 3, 4]) == [] == loop_segments([1, 1], k=3)
+    assert loop_segments([0] * 5, k=2) == [(0, 5, 1, 5)]
+    x = np.random.default_rng(0).integers(0, 1000, 2000)
+    x[600:] = np.resize([3, 1, 4, 1, 5, 9, 2], 1400)  # 7-periodic from 600 on
+    assert [s for s in loop_segments(x) if s.end - s.start > 50] == [(600, 2000, 7, 200)]
+
+
 def brute_holtzman(s: list[int], max_n: int = 90) -> tuple[bool, int, int]:
     best_n, best = 1, 0
     for n in range(1, min(max_n, len(s)) + 1):
@@ -227,7 +293,8 @@ def test_collapse_delimiters_and_empty_entries():
 
 
 @pytest.mark.parametrize(
-    "fn", [periodicity, min_cycle_length, holtzman_loop, seq_rep_n, rep_w, rep_r, rep_l]
+    "fn", [periodicity, min_cycle_length, holtzman_loop, seq_rep_n, rep_w, rep_r, rep_l,
+           loop_segments]
 )
 def test_bad_traces(fn):
     with pytest.raises(ValueError, match="empty trace"):
@@ -249,6 +316,8 @@ def test_bad_batches_and_parameters():
         periodicity_batch([[0, 1], [-1, 2]])
     with pytest.raises(ValueError, match="k must be"):
         periodicity([1, 1, 1], k=1)
+    with pytest.raises(ValueError, match="k must be"):
+        loop_segments([1, 1, 1], k=1)
     with pytest.raises(ValueError, match="predictions has length 2"):
         rep_l([1, 2, 3], predictions=[1, 2])
     with pytest.raises(ValueError, match="window"):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, bootstrap_interval, decide, mcnemar,
+from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, bootstrap_interval, decide,
+                          difference_interval, mcnemar,
                           paired_equivalence, proportion_interval)
 
 
@@ -53,3 +54,16 @@ def test_equivalence_holds_fails_and_is_inconclusive():
     assert paired_equivalence(far, ~far, 0.1).verdict == FAILS
     few = rng.random(12) < 0.5
     assert paired_equivalence(few, rng.random(12) < 0.5, 0.05).verdict == INCONCLUSIVE
+
+
+def test_difference_interval_covers_and_contains_the_estimate():
+    rng = np.random.default_rng(0)
+    for n1, n2, p1, p2 in ((40, 40, 0.3, 0.5), (104, 104, 0.9, 0.6), (20, 60, 0.05, 0.1)):
+        draws = np.stack([rng.binomial(n1, p1, 400), rng.binomial(n2, p2, 400)], 1)
+        pairs, times = np.unique(draws, axis=0, return_counts=True)
+        covered = 0
+        for (k1, k2), count in zip(pairs.tolist(), times):
+            lo, hi = difference_interval(k1, n1, k2, n2)
+            assert lo <= k1 / n1 - k2 / n2 <= hi and -1 <= lo and hi <= 1
+            covered += count * (lo <= p1 - p2 <= hi)
+        assert covered / 400 >= 0.93  # >= 0.95 expected; binomial noise below

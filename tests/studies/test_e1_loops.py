@@ -1,15 +1,22 @@
 """E1, the untrained-model experiment: its tables against a brute-force recomputation from
-the stored units, its traces against full forward passes, figures, findings, and resuming."""
+the stored units, the random-map null against every map on a few tokens, its traces against
+full forward passes, figures, findings (on the run, and on synthetic traces where each claim
+must hold, fail, or be undecided), and resuming."""
 
+import itertools
 from collections import Counter
 
 import numpy as np
 import pytest
 
 import dynsys as ds
+from dynsys.dynamics.nullmodel import random_mapping
+from dynsys.runs import open_run
+from dynsys.stats import decide, proportion_interval
 from dynsys.studies import e1_loops, run_study
+from dynsys.dynamics.nullmodel import random_map_null
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
-from study_helpers import assert_figures, decided, small_study
+from study_helpers import CFG, assert_figures, small_study
 
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
 
@@ -52,9 +59,36 @@ def test_prompts_are_repeated_ngrams_split_into_batches():
     assert not np.array_equal(other, batches[0])
 
 
+def brute_suffix(trace, k=3) -> tuple[int, int]:
+    """(period, onset) of the longest periodic suffix holding >= k copies (ties: smallest
+    period); (0, len) if none."""
+    G, best, onset = len(trace), 0, len(trace)
+    for p in range(1, G // k + 1):
+        start = G - p
+        while start > 0 and trace[start - 1] == trace[start - 1 + p]:
+            start -= 1
+        if G - start >= k * p and start < onset:
+            best, onset = p, start
+    return best, onset
+
+
 def test_tables_match_brute_force(study):
     run, config, _ = study
     data = stored(run, config)
+    traces_table = {(r["rope"], r["N"], r["prompt"]): r for r in run.read_table("traces")}
+    segments = run.read_table("segments")
+    for (rope, N), (_, traces) in data.items():
+        for j, t in enumerate(traces):
+            row = traces_table[rope, N, j]
+            loops = ds.traces.loop_segments(t, config.repeats)
+            period, onset = brute_suffix(t)
+            assert (row["shortest"], row["period"], row["onset"]) == (
+                brute_min_cycle(t), period, onset)
+            assert (row["loops"], row["first_period"], row["last_period"]) == (
+                len(loops), loops[0].period if loops else 0, loops[-1].period if loops else 0)
+            assert [(r["start"], r["end"], r["period"], r["repeats"]) for r in segments
+                    if (r["rope"], r["N"], r["prompt"]) == (rope, N, j)] == loops
+    assert len(traces_table) == 2 * len(config.ngrams) * config.prompts
     loops = {(r["rope"], r["N"]): r for r in run.read_table("loops")}
     lengths = run.read_table("cycle_lengths")
     attractors = run.read_table("attractors")
@@ -98,17 +132,91 @@ def test_traces_are_greedy_continuations(study):
     assert any(not np.array_equal(data[True, N][1], data[False, N][1]) for N in config.ngrams)
 
 
+def test_random_map_null_medians_at_the_small_scale():
+    """V = 512, G = 256, k = 3: medians 12 (cycle) and 26 (tail + cycle); and the orbits of
+    4000 sampled random maps agree with the law."""
+    null = {r["statistic"]: r for r in e1_loops.null_table(512, 256, 3)}
+    assert (null["cycle"]["median"], null["rho"]["median"]) == (12, 26)
+    assert null["cycle"]["share"] == pytest.approx(0.5307, abs=1e-4)
+    law = random_map_null(512, 256, 3)
+    rng = np.random.default_rng(0)
+    maps = np.stack([random_mapping(512, rng) for _ in range(4000)])
+    orbits = np.zeros((4000, 256), int)  # orbits of token 0
+    for t in range(1, 256):
+        orbits[:, t] = maps[np.arange(4000), orbits[:, t - 1]]
+    short = ds.traces.periodicity_batch(orbits, 3).shortest
+    sample = np.mean((short > 0) & (short <= 12))
+    assert abs(sample - law["cycle"][1:13].sum()) < 3 * np.sqrt(0.25 / 4000)
+
+
 def test_figures_and_findings(study):
     run, config, _ = study
-    assert_figures(run, ("e1_cycle_lengths", "e1_loop_share"))
+    assert_figures(run, ("e1_cycle_lengths", "e1_loop_share", "e1_timeline"))
     found = e1_loops.findings(run)
-    assert len(found) == 5 and all(f.experiment == "e1" for f in found)
-    for rope, finding in zip((True, False), found):
-        p = np.array([brute_min_cycle(t) for N in config.ngrams
-                      for t in stored(run, config)[rope, N][1]])
-        assert finding.verdict == decided((p > 0).mean() > 0.5)
-        assert finding.measured.startswith(f"{(p > 0).sum()}/{len(p)} traces loop")
-    assert found[2].verdict in ("holds", "fails") and [f.verdict for f in found[3:]] == [None, None]
+    assert len(found) == 11 and all(f.experiment == "e1" for f in found)
+    null = {r["statistic"]: r for r in e1_loops.null_table(CFG.vocab_size, config.new_tokens,
+                                                           3)}
+    data = stored(run, config)
+    for rope, finding in zip((True, False), found[:2]):
+        p = np.array([brute_min_cycle(t) for N in config.ngrams for t in data[rope, N][1]])
+        hits = int(((p > 0) & (p <= null["cycle"]["median"])).sum())
+        assert finding.verdict == decide(proportion_interval(hits, len(p)),
+                                         null["cycle"]["share"])
+        assert finding.measured.startswith(f"{hits}/{len(p)} = ")
+    assert found[4].verdict in ("holds", "fails", "inconclusive")
+    assert f"n = {len(config.ngrams) * config.prompts} pairs" in found[4].measured
+    assert [f.verdict for f in found[9:]] == [None, None]
+
+
+def trace_of(*pieces: list[int], G: int = 256) -> list[int]:
+    """The pieces one after another, the last one repeated up to G tokens."""
+    head = [t for piece in pieces[:-1] for t in piece]
+    return (head + pieces[-1] * G)[:G]
+
+
+def synthetic_findings(tmp_path, traces: dict, prompts: int, ngrams=(1, 2)) -> list[str]:
+    """The verdicts of E1's tested claims (1, 2 on/off; 3; 4, 5 on/off) on a run directory
+    holding traces[rope](N, j) for each N and prompt j, V = 512 and G = 256 as at the small
+    scale."""
+    config = Config(model="synthetic", ngrams=ngrams, length=8, new_tokens=256, prompts=prompts,
+                    batch=prompts)
+    run = open_run(tmp_path / "run", "e1", config)
+    for rope, N in itertools.product((True, False), ngrams):
+        rows = np.array([traces[rope](N, j) for j in range(prompts)])
+        run.save(unit_name(rope, N, 0), prompts=np.zeros((prompts, 8), int), traces=rows)
+    e1_loops.write_tables(run, config, 512)
+    return [f.verdict for f in e1_loops.findings(run)[:9]]
+
+
+def settles(N, j):
+    """Five copies of one token, then a 3-gram loop to the end: a short cycle entered early
+    (onset + period = 8 <= 26), first a uni-gram loop, then a longer one."""
+    a = 10 * (4 * N + j)
+    return trace_of([a] * 5, [a + 1, a + 2, a + 3])
+
+
+def test_e1_claims_hold_on_traces_that_settle_into_short_loops(tmp_path):
+    """32 prompts per RoPE setting, the same trace with RoPE on and off."""
+    assert synthetic_findings(tmp_path, {True: settles, False: settles}, 16) == ["holds"] * 9
+
+
+def test_e1_claims_fail_on_long_or_missing_loops(tmp_path):
+    """RoPE on: 100 distinct tokens, then a 20-cycle (longer than the null's median, entered
+    late, its first and only loop); RoPE off: 256 distinct tokens, no loop."""
+    def late(N, j):
+        return trace_of(list(range(100)), list(range(100, 120)))
+
+    def never(N, j):
+        return list(range(256))
+
+    assert synthetic_findings(tmp_path, {True: late, False: never}, 16) == ["fails"] * 9
+
+
+def test_e1_claims_are_undecided_on_two_prompts(tmp_path):
+    """The traces of the holding case, but 2 prompts per RoPE setting: every interval spans
+    its threshold."""
+    found = synthetic_findings(tmp_path, {True: settles, False: settles}, 2, ngrams=(1,))
+    assert found == ["inconclusive"] * 9
 
 
 def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):

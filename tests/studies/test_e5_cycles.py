@@ -1,15 +1,20 @@
 """E5, trace cycles vs orbits of f_P: its tables against a brute-force recomputation from
 the stored traces and maps, the stored maps and traces against full forward passes, figures,
-findings, and resuming."""
+findings (on the run, and on synthetic tables where each claim must hold, fail, or be
+undecided), the sample size and the interval of a difference, and resuming."""
+
+import itertools
 
 import numpy as np
 import pytest
 
 import dynsys as ds
+from dynsys.runs import open_run
+from dynsys.stats import proportion_interval
 from dynsys.studies import e5_cycles, run_study
-from dynsys.studies.e5_cycles import unit_name
+from dynsys.studies.e5_cycles import CELL, Config, unit_name
 from dynsys.data.prompts import make_prompt
-from study_helpers import CFG, assert_figures, decided, small_study
+from study_helpers import CFG, assert_figures, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
@@ -96,17 +101,77 @@ def test_stored_map_and_trace_against_forward(study):
 
 
 def test_figures_and_findings(study):
-    run, config, _ = study
+    """Cells of 4 traces (2 prompts of 2 kinds) decide nothing; measured names the counts."""
+    run, _, _ = study
     assert_figures(run, ("e5_scatter", "e5_shares"))
     found = e5_cycles.findings(run)
     assert len(found) == 6 and all(f.experiment == "e5" for f in found)
-    summary = run.read_table("summary")
-    for finding, (key, rope) in zip(found, [(k, r) for k in e5_cycles.SHARES
-                                            for r in (True, False)]):
-        lo, hi = (next(s[key] for s in summary if s["rope"] == rope and s["n"] == n)
-                  for n in (32, 200))
-        assert finding.verdict == decided(hi >= 0.5 and hi >= lo)
-        assert finding.measured == f"{lo:.2f} at n=32 -> {hi:.2f} at n=200"
+    rows = run.read_table("cycles")
+    counts = {"cycle_is_orbit": lambda r: r["cycle_is_orbit"],
+              "period_is_cycle": lambda r: r["trace_period"] == r["map_cycle"],
+              "onset_is_tail": lambda r: r["trace_onset"] == r["map_tail"]}
+    for finding, (key, rope) in zip(found, itertools.product(counts, (True, False))):
+        k = {n: sum(bool(counts[key](r)) for r in rows if r["rope"] == rope and r["n"] == n)
+             for n in (32, 200)}
+        assert finding.verdict == "inconclusive"
+        assert finding.measured.startswith(f"n=200: {k[200]}/4 = ")
+        assert f"n=32: {k[32]}/4 = " in finding.measured
+        assert ("(RoPE on)" if rope else "(RoPE off)") in finding.claim
+
+
+def test_cell_is_the_least_sample_for_a_half_width_of_a_tenth():
+    def widest(n):
+        return max(hi - lo for lo, hi in (proportion_interval(k, n) for k in range(n + 1))) / 2
+    assert widest(CELL) <= 0.1 < widest(CELL - 1)
+
+
+def synthetic_findings(tmp_path, cells: dict) -> list[str]:
+    """The verdicts of E5's findings on a run directory whose cycles table holds, per
+    (rope, n) in cells, (traces that follow f_P, traces): a trace that follows it has its
+    terminal cycle on an orbit of f_P, period = cycle length and onset = tail; the others
+    none of these."""
+    run = open_run(tmp_path / "run", "e5", Config(lengths=(64, 1024), prompts=1))
+    rows = []
+    for (rope, n), (follow, traces) in cells.items():
+        for seed in range(traces):
+            ok = seed < follow
+            rows.append({"rope": rope, "kind": "random", "n": n, "seed": seed,
+                         "trace_period": 2, "trace_onset": 5, "map_tail": 5 if ok else 9,
+                         "map_cycle": 2 if ok else 3, "cycle_is_orbit": ok,
+                         "first_divergence": 40, "agreement": 1.0 if ok else 0.5})
+    run.write_table("cycles", rows)
+    run.write_table("summary", e5_cycles.summary_table(rows))
+    return [f.verdict for f in e5_cycles.findings(run)]
+
+
+def cells(small: tuple[int, int], large: tuple[int, int]) -> dict:
+    """The same counts for RoPE on and off: small at n = 64, large at n = 1024."""
+    return {(rope, n): counts for rope in (True, False)
+            for n, counts in ((64, small), (1024, large))}
+
+
+def test_e5_claims_hold_when_traces_follow_f_p_at_large_n_only(tmp_path):
+    assert synthetic_findings(tmp_path, cells((10, CELL), (90, CELL))) == ["holds"] * 6
+
+
+def test_e5_claims_fail_below_one_half_or_when_the_share_falls(tmp_path):
+    assert synthetic_findings(tmp_path / "low", cells((0, CELL), (30, CELL))) == ["fails"] * 6
+    assert synthetic_findings(tmp_path / "falls", cells((CELL, CELL), (70, CELL))) == \
+        ["fails"] * 6
+
+
+def test_e5_ties_never_hold(tmp_path):
+    """Equal shares above 1/2 at both n: no growth shown (a tie at or below 1/2 fails)."""
+    assert synthetic_findings(tmp_path / "high", cells((80, CELL), (80, CELL))) == \
+        ["inconclusive"] * 6
+    assert synthetic_findings(tmp_path / "low", cells((40, CELL), (40, CELL))) == ["fails"] * 6
+
+
+def test_e5_claims_are_undecided_on_cells_under_the_planned_size(tmp_path):
+    """Unanimous cells of 6 traces (the small scale's) or one short of CELL decide nothing."""
+    assert synthetic_findings(tmp_path / "six", cells((0, 6), (6, 6))) == ["inconclusive"] * 6
+    assert synthetic_findings(tmp_path / "short", cells((10, CELL), (90, CELL - 1))) == \
+        ["inconclusive"] * 6
 
 
 def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
