@@ -1,4 +1,4 @@
-"""The `dynsys` command line: verify, run, figures, generate, map, orbits, sweep.
+"""The `dynsys` command line: verify, run, train, figures, generate, map, orbits, sweep.
 
 A user error (a bad setting, value or file) ends a command with one line, `error: ...`,
 naming it, and exit status 2; nothing is left half-written.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections import Counter
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ from dynsys.dynamics.orbits import check_map
 from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
-from dynsys.runs import load_npz, save_npz_atomic
+from dynsys.runs import load_npz, open_run, save_npz_atomic
+from dynsys.studies import training
 from dynsys.studies.finding import Finding
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -135,6 +136,33 @@ def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> 
     console.print(_verdict_table(f"{experiment} ({scale}): {studies.study(experiment).TITLE}",
                                  found))
     console.print(f"wrote {out}")
+
+
+@command()
+def train(out: Path = typer.Option(Path("runs/train"), help="run directory (resumes)"),
+          scale: str = typer.Option("small", help="'small' (a 0.2M model, a minute) or 'paper' "
+                                                   "(~13M parameters, an hour on 2 cores)"),
+          config: Path = typer.Option(None, help="JSON or TOML file of settings"),
+          set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
+          ) -> None:
+    """Train a model from scratch on the offline corpus: tokenizer, training with checkpoints
+    through time (Hugging Face directories under OUT/train/checkpoints), held-out losses.
+    The settings are those of E7 and E8 (dynsys.studies.training.Training)."""
+    if scale not in ("small", "paper"):
+        raise ValueError(f"scale {scale!r} is not one of small, paper")
+    overrides = {**(training.SMALL if scale == "small" else {}), **_settings(config, set_)}
+    settings = studies.with_overrides(training.Training(), overrides, "train")
+    run = open_run(out, "train", settings, seeds={"seed": settings.seed})
+    training.checkpoints(run, settings)
+    training.write_training_tables(run, settings)
+    unigram = run.read_table("tokens")[0]["unigram_heldout_loss"]
+    table = Table(title=f"{out}: held-out loss through training (unigram model: {unigram:.2f})")
+    for column in ("step", "tokens", "held-out loss"):
+        table.add_column(column, justify="right")
+    for row in run.read_table("training"):
+        table.add_row(str(row["step"]), str(row["tokens"]), f"{row['heldout_loss']:.3f}")
+    console.print(table)
+    console.print(f"checkpoints in {training.training_dir(run, settings) / 'checkpoints'}")
 
 
 @command()

@@ -98,7 +98,7 @@ def test_map_and_orbits(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "e7"], "unknown experiment 'e7'"),
+    (["run", "e99"], "unknown experiment 'e99'"),
     (["run", "e2", "--set", "steps=3"], "unknown setting(s) 'steps'"),
     (["run", "e2", "--set", "G"], "--set 'G' must look like key=value"),
     (["run", "e2", "--set", "model=nope"], "'nope' is neither a preset"),
@@ -223,3 +223,19 @@ def test_figures_refuses_a_read_only_figures_directory(tmp_path, narrow):
         assert not list(run.figures.iterdir())
     finally:
         os.chmod(run.figures, 0o755)
+
+
+def test_train_writes_checkpoints_through_time_and_resumes(tmp_path, narrow):
+    out = tmp_path / "train"
+    tiny = ("--set", "steps=3", "--set", "checkpoint_every=2", "--set", "hidden=32",
+            "--set", "ffn=64")
+    result = invoke("train", "--out", str(out), *tiny)
+    assert result.exit_code == 0, result.output
+    steps = sorted(p.name for p in (out / "train" / "checkpoints").iterdir())
+    assert steps == ["step_0000000", "step_0000001", "step_0000002", "step_0000003"]
+    assert (out / "train" / "checkpoints" / "step_0000003" / "tokenizer.json").exists()
+    log = (out / "train" / "log.csv").read_text()
+    again = invoke("train", "--out", str(out), *tiny)  # finished: nothing is trained again
+    assert again.exit_code == 0 and (out / "train" / "log.csv").read_text() == log
+    refused(invoke("train", "--out", str(tmp_path / "x"), "--scale", "huge"), "huge")
+    assert not (tmp_path / "x").exists()

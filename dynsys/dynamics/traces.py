@@ -427,3 +427,21 @@ def collapse(
         len(entries) >= 2 * window and distinct[0] >= diverse * window and modal_share > share
     )
     return Collapse(len(entries), distinct, modal_entry, modal_share, bool(is_collapse))
+
+
+def min_cycle_anywhere(traces: np.ndarray, k: int = 3) -> np.ndarray:
+    """Per row of traces [B, G]: the smallest p such that some k·p consecutive tokens are
+    p-periodic (x_i = x_{i+p} on a run of (k−1)·p consecutive i); 0 if there is none."""
+    traces = np.asarray(traces)
+    out = np.zeros(len(traces), np.int64)
+    todo = np.arange(len(traces))
+    for p in range(1, traces.shape[1] // k + 1):
+        same = traces[todo, p:] == traces[todo, :-p]  # same[:, i]: x_i == x_{i+p}
+        index = np.arange(same.shape[1])
+        last_break = np.maximum.accumulate(np.where(same, -1, index), axis=1)
+        hit = (index - last_break).max(axis=1) >= (k - 1) * p
+        out[todo[hit]] = p
+        todo = todo[~hit]
+        if not todo.size:
+            break
+    return out

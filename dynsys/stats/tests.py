@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 from scipy import stats
 
+from dynsys.stats.intervals import proportion_interval
 from dynsys.stats.verdict import FAILS, HOLDS, INCONCLUSIVE, Verdict
 
 
@@ -59,3 +60,16 @@ def paired_equivalence(x, y, margin: float, alpha: float = 0.05) -> Equivalence:
     else:
         verdict = INCONCLUSIVE
     return Equivalence(d, (float(lo), float(hi)), margin, n, verdict)
+
+
+def paired_difference(x, y, level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """d = mean(x) − mean(y) of paired binary outcomes (one prompt at two checkpoints) and an
+    exact conditional interval of it: given the m discordant pairs, b = #(x and not y) is
+    Binomial(m, π) and d = (2π − 1)·m/n, so the Clopper–Pearson interval of π gives one of d
+    (no discordant pair: [0, 0]). Under the null of no change π = 1/2, d = 0 (exact McNemar)."""
+    x, y = np.asarray(x, bool), np.asarray(y, bool)
+    n, b, c = x.size, int((x & ~y).sum()), int((~x & y).sum())
+    if b + c == 0:
+        return 0.0, (0.0, 0.0)
+    lo, hi = proportion_interval(b, b + c, level)
+    return (b - c) / n, ((2 * lo - 1) * (b + c) / n, (2 * hi - 1) * (b + c) / n)

@@ -1,4 +1,5 @@
-"""The paper's experiments E1–E6, each a module with the same face:
+"""The paper's experiments E1–E8 (E7 and E8 train their own models, through training.py), each a
+module with the same face:
 
     NAME, TITLE
     Config                 frozen dataclass of the experiment's knobs; defaults = paper scale.
@@ -26,11 +27,13 @@ from pathlib import Path
 from dynsys import figstyle
 from dynsys.io import checkpoint_digest, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
-from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift)
+from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
+                            e7_training, e8_paths)
 from dynsys.studies.finding import Finding
 
 STUDIES: dict[str, types.ModuleType] = {
-    m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift)}
+    m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
+                        e7_training, e8_paths)}
 
 
 def study(name: str) -> types.ModuleType:
@@ -60,7 +63,12 @@ def config_for(name: str, scale: str = "small", overrides: dict | None = None):
     module = study(name)
     if scale not in module.SCALES:
         raise ValueError(f"scale {scale!r} is not one of {', '.join(module.SCALES)}")
-    base = module.SCALES[scale]
+    return with_overrides(module.SCALES[scale], overrides, name)
+
+
+def with_overrides(base, overrides: dict | None, name: str):
+    """The settings `base` (a frozen Settings dataclass) with `overrides`; unknown keys and
+    values outside the types and limits are errors naming them, prefixed by `name`."""
     fields = [f.name for f in dataclasses.fields(base)]
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(fields))

@@ -1,0 +1,311 @@
+"""E7: loops through training (H. Fan's claim 2: pretraining strengthens looping very early,
+then removes the short loops).
+
+A model is trained from scratch (dynsys.studies.training) with checkpoints at steps 0, 1, 2,
+4, ..., 512 and then every `checkpoint_every` steps. At every checkpoint, the same prompts are
+continued by G greedy tokens: `prompts` prompts of `length` i.i.d. uniform token ids (the
+blog's random 10-token prompts) and as many random N-grams repeated to `length` tokens, for
+each N in `ngrams`. Per checkpoint and prompt kind: the histogram of minimal cycle lengths
+(cycles repeated >= `repeats` times; read at the end of the trace and anywhere in it, see
+training), the loop share (end reading) with its exact interval, the share of traces with no
+loop, and the mean cycle length of the looping traces with a bootstrap interval. The first
+`maps` random prompts also get their Markov map f_P on all of V, whose cycles, cyclic points
+and largest basin are set against a uniform random mapping. The held-out loss of each
+checkpoint comes from the training log.
+
+The three claims are tested on the random prompts, end reading, each by the paired
+difference of one indicator between two checkpoints on the same prompts (exact conditional
+interval, `paired_difference`): (a) the loop share at the early peak (the early checkpoint,
+0 < step <= EARLY · final step, with the largest loop share) exceeds the share at step 0;
+(b) the share of traces caught in a cycle of length <= SHORT is lower at the final checkpoint
+than at the early peak; (c) the share of traces with no loop is higher at the final checkpoint
+than at the early peak. The null of each is a difference of 0; the threshold is 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import numpy as np
+
+from dynsys import figstyle
+from dynsys.decode import generate
+from dynsys.dynamics.markov import markov_map
+from dynsys.dynamics.nullmodel import compare_to_null
+from dynsys.io import load
+from dynsys.runs import Run
+from dynsys.stats import bootstrap_interval, decide, paired_difference, proportion_interval
+from dynsys.studies.finding import Finding
+from dynsys.studies.training import (READINGS, SMALL, Training, bin_labels, bins, checkpoints,
+                                     cycle_lengths, make_prompts, read_lengths, step_axis,
+                                     trace_table, write_training_tables)
+
+NAME = "e7"
+TITLE = "Loops through training: minimal cycle lengths at every checkpoint"
+MAPS = "maps"  # the unit kind holding a checkpoint's Markov maps
+EARLY = 0.25  # early checkpoints: 0 < step <= EARLY · final step
+SHORT = 2  # a short loop: minimal cycle length 1 or 2
+LEVEL = 0.95  # confidence of every interval (Bonferroni-divided for the peak's choice)
+STATS = {"cycles": "cycles", "cyclic_nodes": "cyclic points",
+         "largest_component": "largest basin"}  # orbit statistics of f_P, vs the null
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Training):
+    prompts: int = 256  # prompts per kind, the same at every checkpoint
+    length: int = 10  # prompt tokens
+    ngrams: tuple[int, ...] = (1, 2, 3, 4)  # N of the repeated N-gram prompts
+    G: int = 246  # greedy tokens per prompt
+    repeats: int = 3  # a cycle counts when it is repeated at least this many times
+    maps: int = 4  # random prompts per checkpoint whose Markov map is computed on all of V
+    shuffles: int = 10  # in-degree-preserving shuffles per map
+
+    LIMITS = {**Training.LIMITS, "prompts": 1, "length": 1, "ngrams": 1, "G": 2, "repeats": 2,
+              "maps": 1, "shuffles": 0, "seq_len": lambda c: c.positions()}
+
+    def positions(self) -> int:
+        """Positions of a unit's longest sequence: the prompt and the tokens after it."""
+        return self.length + self.G
+
+    def kinds(self) -> tuple[str, ...]:
+        return ("random", *(f"ngram{n}" for n in self.ngrams))
+
+
+SCALES = {"small": Config(**SMALL, prompts=64, G=64, maps=2, shuffles=5),
+          "paper": Config()}
+
+
+def unit_name(step: int, kind: str) -> str:
+    return f"s{step:07d}_{kind}"
+
+
+def units(config: Config) -> list[tuple[int, str]]:
+    """(step, kind) in computing order: a checkpoint's traces, then its maps."""
+    return list(itertools.product(config.steps_saved(), (*config.kinds(), MAPS)))
+
+
+def run(run: Run, config: Config, progress: bool = True) -> None:
+    paths = dict(checkpoints(run, config, progress))
+    model = functools.lru_cache(maxsize=1)(load)  # one checkpoint at a time, only if needed
+
+    def compute(step: int, kind: str) -> dict:
+        net = model(paths[step])
+        if kind == MAPS:
+            prompts = make_prompts("random", config.vocab, config.length, config.maps,
+                                   config.seed)
+            maps = [markov_map(net, p, progress=False) for p in prompts]
+            return {"prompts": prompts, "next": np.stack([m.next for m in maps]),
+                    "margin": np.stack([m.margin for m in maps])}
+        prompts = make_prompts(kind, config.vocab, config.length, config.prompts, config.seed)
+        return {"prompts": prompts, "traces": np.asarray(generate(net, prompts, config.G))}
+
+    run.fill(units(config), unit_name, compute, "E7 traces through training", progress)
+    write_training_tables(run, config)
+    lengths = {(step, kind): cycle_lengths(run.load(unit_name(step, kind))["traces"],
+                                           config.repeats)
+               for step, kind in itertools.product(config.steps_saved(), config.kinds())}
+    run.write_table("traces", trace_table(lengths, ("step", "kind")))
+    run.write_table("loops", loop_table(lengths, config.seed))
+    run.write_table("cycle_lengths", cycle_length_table(lengths))
+    run.write_table("orbits", orbit_table(
+        {step: run.load(unit_name(step, MAPS))["next"] for step in config.steps_saved()},
+        config.shuffles, config.seed))
+
+
+def loop_table(lengths: dict, seed: int) -> list[dict]:
+    """Per (step, kind, reading): traces, looping traces (minimal cycle length > 0), the loop
+    share and its exact (Clopper–Pearson) interval, the shares with no loop and with a short
+    loop (1 <= p <= SHORT), and the mean cycle length of the looping traces with a percentile
+    bootstrap interval (NaN with fewer than 2 looping traces)."""
+    rows = []
+    for (step, kind), found in lengths.items():
+        for reading in READINGS:
+            p = found[reading]
+            looping = p[p > 0]
+            lo, hi = proportion_interval(looping.size, p.size, LEVEL)
+            mean_lo, mean_hi = (bootstrap_interval(looping, np.mean, LEVEL, seed=seed)
+                                if looping.size > 1 else (np.nan, np.nan))
+            rows.append({"step": step, "kind": kind, "reading": reading, "traces": p.size,
+                         "looping": looping.size, "loop_share": looping.size / p.size,
+                         "loop_lo": lo, "loop_hi": hi, "no_loop_share": float((p == 0).mean()),
+                         "short_share": float(((p > 0) & (p <= SHORT)).mean()),
+                         "mean_cycle": looping.mean() if looping.size else np.nan,
+                         "mean_lo": mean_lo, "mean_hi": mean_hi})
+    return rows
+
+
+def cycle_length_table(lengths: dict) -> list[dict]:
+    """Per (step, kind, reading, p): traces whose minimal cycle length is p (0: none) and
+    their share."""
+    rows = []
+    for (step, kind), found in lengths.items():
+        for reading in READINGS:
+            values, counts = np.unique(found[reading], return_counts=True)
+            rows += [{"step": step, "kind": kind, "reading": reading, "length": int(v),
+                      "count": int(c), "share": c / found[reading].size}
+                     for v, c in zip(values, counts)]
+    return rows
+
+
+def orbit_table(maps: dict[int, np.ndarray], shuffles: int, seed: int) -> list[dict]:
+    """Per (step, prompt): each statistic of its f_P (STATS), the uniform random mapping's
+    expectation and the mean over in-degree-preserving shuffles."""
+    rows = []
+    for step, nexts in maps.items():
+        for j, nxt in enumerate(nexts):
+            null = compare_to_null(nxt, shuffles=shuffles, seed=[seed, j])
+            rows.append({"step": step, "prompt": j, "vocab": nxt.size,
+                         **{k: null[k].observed for k in STATS},
+                         **{f"{k}_expected": null[k].expected for k in STATS},
+                         **{f"{k}_shuffled": null[k].shuffled_mean for k in STATS}})
+    return rows
+
+
+# --- findings ------------------------------------------------------------------------------
+
+def _compared(name: str, before: np.ndarray, after: np.ndarray, steps: tuple[int, int],
+              side: str, level: float = LEVEL) -> tuple[str, str]:
+    """(measured text, verdict) of "the share of `name` at steps[1] is `side` that at
+    steps[0]": the paired difference after − before against 0."""
+    d, interval = paired_difference(after, before, level)
+    text = (f"{name}: {before.mean():.2f} at step {steps[0]} -> {after.mean():.2f} at step "
+            f"{steps[1]}; paired difference {d:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+            f", n={after.size} prompts")
+    return text, decide(interval, 0.0, side)
+
+
+def loop_findings(lengths: dict[int, np.ndarray]) -> list[Finding]:
+    """Claims (a), (b), (c) of the module docstring from {step: minimal cycle length (end
+    reading) of each random prompt's trace, prompts in the same order at every step}."""
+    steps = sorted(lengths)
+    final = steps[-1]
+    early = [s for s in steps if 0 < s <= EARLY * final] or steps[1:2]
+    loops = {s: lengths[s] > 0 for s in steps}
+    peak = min(early, key=lambda s: (-loops[s].mean(), s))  # largest share, earliest on ties
+    level = 1 - (1 - LEVEL) / len(early)  # Bonferroni over the early checkpoints searched
+    measured, verdict = _compared("loop share", loops[0], loops[peak], (0, peak), "above",
+                                  level)
+    out = [Finding(NAME, f"training first strengthens looping: the loop share of random "
+                         f"prompts at the early peak (step {peak}, of the {len(early)} "
+                         f"checkpoints <= {EARLY:g} x {final}) exceeds that at step 0 (null: "
+                         f"no change; {level:.4g} interval, Bonferroni)", measured, verdict)]
+    short = {s: (lengths[s] > 0) & (lengths[s] <= SHORT) for s in (peak, final)}
+    measured, verdict = _compared(f"cycle length <= {SHORT}", short[peak], short[final],
+                                  (peak, final), "below")
+    out.append(Finding(NAME, f"later, short loops are removed: fewer traces end in a cycle of "
+                             f"length <= {SHORT} at the final checkpoint than at the early "
+                             "peak (null: no change)", measured, verdict))
+    none = {s: lengths[s] == 0 for s in (peak, final)}
+    measured, verdict = _compared("no loop", none[peak], none[final], (peak, final), "above")
+    out.append(Finding(NAME, "more traces have no loop at the end of training than at the "
+                             "early peak (null: no change)", measured, verdict))
+    return out
+
+
+def findings(run: Run) -> list[Finding]:
+    out = loop_findings({step: p for (step, kind), p in read_lengths(
+        run.read_table("traces"), ("step", "kind")).items() if kind == "random"})
+    training = run.read_table("training")
+    first, last = training[0], training[-1]
+    unigram = run.read_table("tokens")[0]
+    out.append(Finding(
+        NAME, "the final model is trained: its held-out loss is below the held-out loss of "
+              "the unigram model (the best context-free prediction)",
+        f"{first['heldout_loss']:.2f} at step 0 -> {last['heldout_loss']:.2f} at step "
+        f"{last['step']} nats/token; unigram {unigram['unigram_heldout_loss']:.2f} (entropy "
+        f"{unigram['unigram_entropy']:.2f})",
+        last["heldout_loss"] < unigram["unigram_heldout_loss"]))
+    orbits = run.read_table("orbits")
+    at = {s: [r for r in orbits if r["step"] == s] for s in (first["step"], last["step"])}
+    out.append(Finding(
+        NAME, "orbits of f_P (random prompts) at step 0 and at the final step, mean over "
+              "prompts vs a uniform random mapping",
+        "; ".join(f"{STATS[k]}: " + " -> ".join(
+            f"{np.mean([r[k] for r in sel]):.1f}" for sel in at.values())
+            + f" (random mapping {at[first['step']][0][f'{k}_expected']:.1f})" for k in STATS),
+        None))
+    return out
+
+
+# --- figures -------------------------------------------------------------------------------
+
+def figures(run: Run):
+    return [*_histograms(run), *_curves(run)]
+
+
+def _histograms(run: Run):
+    """The blog's figure: one panel per checkpoint, the share of the random prompts' traces by
+    minimal cycle length (binned), end and anywhere readings."""
+    rows = [r for r in run.read_table("cycle_lengths") if r["kind"] == "random"]
+    steps = sorted({r["step"] for r in rows})
+    edges = bins(run.config["G"], run.config["repeats"])
+    x = np.arange(len(edges))
+    ncols = min(len(steps), 5)
+    nrows = -(-len(steps) // ncols)
+    fig, axes = figstyle.figure(ncols=ncols, nrows=nrows, width=figstyle.FULL, aspect=1.0,
+                                sharex=True, sharey=True)
+    for ax in axes.flat[len(steps):]:
+        ax.set_visible(False)
+    for ax, step in zip(axes.flat, steps):
+        for shift, reading, colour in zip((-0.2, 0.2), READINGS, figstyle.PALETTE):
+            sel = [r for r in rows if r["step"] == step and r["reading"] == reading]
+            share = [sum(r["share"] for r in sel if lo <= r["length"] <= hi) for lo, hi in edges]
+            ax.bar(x + shift, share, 0.4, color=colour, label=READINGS[reading])
+        ax.set_title(f"step {step}")
+        ax.set_xticks(x, bin_labels(edges), rotation=90)
+    for ax in axes[-1]:
+        ax.set_xlabel("minimal cycle length")
+    fig.supylabel("share of traces", fontsize=8)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               title=f"minimal cycle repeated >= {run.config['repeats']} times")
+    return figstyle.save(fig, run.figures, "e7_cycle_lengths")
+
+
+def _curves(run: Run):
+    """Against the training step: loop share and mean cycle length (end reading) per prompt
+    kind, with their intervals; held-out loss and the unigram model's; the orbit statistics
+    of f_P over the uniform random mapping's expectation."""
+    loops = [r for r in run.read_table("loops") if r["reading"] == "end"]
+    kinds = list(dict.fromkeys(r["kind"] for r in loops))
+    fig, axes = figstyle.figure(ncols=2, nrows=2, width=figstyle.FULL, aspect=0.6, sharex=True)
+    (share_ax, mean_ax), (loss_ax, orbit_ax) = axes
+    for kind, colour in zip(kinds, figstyle.PALETTE):
+        sel = sorted((r for r in loops if r["kind"] == kind), key=lambda r: r["step"])
+        steps = [r["step"] for r in sel]
+        share_ax.plot(steps, [r["loop_share"] for r in sel], marker="o", color=colour,
+                      label=kind)
+        share_ax.fill_between(steps, [r["loop_lo"] for r in sel], [r["loop_hi"] for r in sel],
+                              color=colour, alpha=0.15, lw=0)
+        mean = np.array([r["mean_cycle"] for r in sel])
+        spread = np.array([[m - r["mean_lo"], r["mean_hi"] - m] for m, r in zip(mean, sel)]).T
+        mean_ax.errorbar(steps, mean, np.nan_to_num(spread), marker="o", color=colour,
+                         capsize=1.5, label=kind)
+    share_ax.set_ylabel("share of traces that loop")
+    share_ax.set_ylim(0, 1.05)
+    share_ax.legend(loc="lower right", ncols=2)
+    mean_ax.set_ylabel("mean cycle length\n(looping traces)")
+    training = run.read_table("training")
+    unigram = run.read_table("tokens")[0]
+    loss_ax.plot([r["step"] for r in training], [r["heldout_loss"] for r in training],
+                 marker="o", color="0.2", label="held-out loss")
+    loss_ax.axhline(unigram["unigram_heldout_loss"], color="0.5", ls="--",
+                    label="unigram model")
+    loss_ax.set_ylabel("nats per token")
+    loss_ax.legend(loc="upper right")
+    orbits = run.read_table("orbits")
+    steps = sorted({r["step"] for r in orbits})
+    for k, colour in zip(STATS, figstyle.PALETTE[4:]):
+        ratio = [np.mean([r[k] / r[f"{k}_expected"] for r in orbits if r["step"] == s])
+                 for s in steps]
+        orbit_ax.plot(steps, ratio, marker="s", color=colour, label=STATS[k])
+    orbit_ax.axhline(1, color="0.5", lw=0.8)
+    orbit_ax.set_yscale("log")
+    orbit_ax.set_ylabel("f_P / random mapping")
+    orbit_ax.legend(loc="best")
+    for ax in axes.flat:
+        step_axis(ax, steps[-1])
+    for ax in axes[0]:
+        ax.set_xlabel("")
+    return figstyle.save(fig, run.figures, "e7_training")
