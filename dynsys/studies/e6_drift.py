@@ -2,11 +2,19 @@
 
 f_{P,τ}(v) = argmax logits(P + [v]) with v at position n+τ. For P a random N-gram repeated to
 n tokens, and τ = 0..T: the share of V with f_{P,τ}(v) ≠ f_{P,0}(v) and the logit change
-max_u |logits_{P,τ}(v)_u − logits_{P,0}(v)_u| (dynsys.theory.dilution.position_drift). Without RoPE
-f_{P,τ} = f_P exactly (proofs/position_drift.md, Prop. 0). With RoPE a shift by the period
-exchanges only N keys, so logits_{P,τ+N} − logits_{P,τ} = O(N/n) (Prop. 1, one layer): the
-period defect, the share of V with f_{P,τ+N}(v) ≠ f_{P,τ}(v), → 0 as n → ∞ and the map depends
-on τ only through τ mod N; shifts by τ ≢ 0 (mod N) are not diluted.
+max_u |logits_{P,τ}(v)_u − logits_{P,0}(v)_u| (dynsys.theory.dilution.position_drift), RoPE on.
+Without RoPE f_{P,τ} = f_P exactly (proofs/position_drift.md, Prop. 0): a code invariant,
+tested in tests/dynamics/test_invariants.py, not measured here. With RoPE a shift by the
+period exchanges only N keys, so logits_{P,τ+N} − logits_{P,τ} = O(N/n) (Prop. 1, proved for
+one layer): the map depends on τ only through τ mod N as n → ∞, while shifts by τ ≢ 0 (mod N)
+are not diluted. Claims, per N, on the mean over V of the logit change, with bootstrap
+intervals over prompts (sweep.exponent_estimate):
+  period    the change at τ = N falls like n^−β with β > PERIOD (Prop. 1: β = 1 for one
+            layer; deeper layers are measured);
+  periodic  for N > 1, the ratio of the change at τ = N to its mean over τ = 1..N−1 falls like
+            n^−γ with γ > 0: the drift becomes N-periodic (measured; not a theorem).
+How far the argmax moves (the share of V with f_{P,τ} ≠ f_P) is reported, not tested: with
+RoPE some token moves almost surely.
 """
 
 from __future__ import annotations
@@ -27,10 +35,13 @@ from dynsys.nn import Model, init_params
 from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
+from dynsys.studies.sweep import by_length, exponent_estimate
 from dynsys.theory.dilution import position_drift
 
 NAME = "e6"
 TITLE = "RoPE position drift: f_{P,τ} against τ for prompts of period N"
+PERIOD = 0.5  # period: the exponent of the change at τ = N is above this
+PERIODIC = 0.0  # periodic: the exponent of the ratio (at τ = N over τ < N) is above this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +55,7 @@ class Config(Settings):
     periods: tuple[int, ...] = (1, 2, 3, 4, 5)  # N
     lengths: tuple[int, ...] = (256, 1024, 4096, 16384)  # n
     offsets: int = 16  # T: τ = 0..T
-    prompts: int = 4  # random N-grams per (rope, N, n)
+    prompts: int = 16  # random N-grams per (N, n)
 
     # T reaches the longest period: the period defect compares τ with τ + N
     LIMITS = {"seed": 0, "initializer_range": 0, "periods": 1, "lengths": 1,
@@ -56,27 +67,30 @@ class Config(Settings):
         return max(self.lengths) + self.offsets + 1
 
 
-SCALES = {"small": Config(periods=(2, 3), lengths=(256, 1024), offsets=6, prompts=1),
+# Small: 8 prompts per (N, n), the fewest a bootstrap verdict takes (sweep.MIN_PROMPTS), and
+# τ up to T = 3 (what the claims use for N <= 3). The per-prompt logit changes vary by ±30%
+# around their mean, and the exponents' intervals over n = 256 -> 1024 came out about ±0.07
+# wide: enough to tell β from 1/2 and γ from 0 unless γ is within ~0.07 of 0.
+SCALES = {"small": Config(periods=(2, 3), lengths=(256, 1024), offsets=3, prompts=8),
           "paper": Config()}
 
 
 def build_model(config: Config) -> Model:
-    """The checkpoint or preset `config.model`; a preset drawn with weight std
+    """The checkpoint or preset `config.model` with RoPE on; a preset drawn with weight std
     `config.initializer_range` when that is non-zero."""
     if config.model not in PRESETS or not config.initializer_range:
-        return load(config.model, seed=config.seed)
+        return load(config.model, seed=config.seed).with_rope(True)
     cfg = PRESETS[config.model].replace(initializer_range=config.initializer_range)
     return Model(cfg, init_params(cfg, config.seed))
 
 
-def unit_name(rope: bool, N: int, n: int, seed: int) -> str:
-    return f"rope{int(rope)}_N{N}_n{n}_s{seed}"
+def unit_name(N: int, n: int, seed: int) -> str:
+    return f"N{N}_n{n}_s{seed}"
 
 
-def units(config: Config) -> list[tuple[bool, int, int, int]]:
-    """Every (rope, N, n, prompt seed) of the sweep."""
-    return list(itertools.product((True, False), config.periods, config.lengths,
-                                  range(config.prompts)))
+def units(config: Config) -> list[tuple[int, int, int]]:
+    """Every (N, n, prompt seed) of the sweep."""
+    return list(itertools.product(config.periods, config.lengths, range(config.prompts)))
 
 
 def drift_unit(model: Model, prompt: np.ndarray, T: int) -> dict[str, np.ndarray]:
@@ -95,14 +109,15 @@ def drift_unit(model: Model, prompt: np.ndarray, T: int) -> dict[str, np.ndarray
 def run(run: Run, config: Config, progress: bool = True) -> None:
     model = functools.cache(lambda: build_model(config))  # only if a unit is missing
 
-    def compute(rope: bool, N: int, n: int, seed: int) -> dict:
+    def compute(N: int, n: int, seed: int) -> dict:
         prompt = make_prompt("ngram", model().config.vocab_size, n, seed, ngram=N)
-        return drift_unit(model().with_rope(rope), prompt, config.offsets)
+        return drift_unit(model(), prompt, config.offsets)
 
     run.fill(units(config), unit_name, compute, "E6 maps f_{P,τ}", progress)
-    drift = drift_table(run, config)
-    run.write_table("drift", drift)
-    run.write_table("period", period_table(run, config, drift))
+    prompts = prompt_table(run, config)
+    run.write_table("drift", drift_table(run, config))
+    run.write_table("prompts", prompts)
+    run.write_table("period", period_table(prompts))
 
 
 def shift_defect(f: np.ndarray, s: int) -> float:
@@ -114,81 +129,81 @@ def drift_table(run: Run, config: Config) -> list[dict]:
     """Per stored unit and τ = 1..T: share of V with f_{P,τ} ≠ f_{P,0}, the logit change's mean
     and max over V, and whether τ is a multiple of N."""
     rows = []
-    for rope, N, n, seed in units(config):
-        unit = run.load(unit_name(rope, N, n, seed))
+    for N, n, seed in units(config):
+        unit = run.load(unit_name(N, n, seed))
         f, change = unit["next"], unit["logit_change"]
         for tau in range(1, f.shape[0]):
-            rows.append({"rope": rope, "N": N, "n": n, "seed": seed, "tau": tau,
+            rows.append({"N": N, "n": n, "seed": seed, "tau": tau,
                          "multiple": tau % N == 0, "changed": float((f[tau] != f[0]).mean()),
                          "logit_change_mean": float(change[tau - 1].mean()),
                          "logit_change_max": float(change[tau - 1].max())})
     return rows
 
 
-def period_table(run: Run, config: Config, drift: list[dict]) -> list[dict]:
-    """Per (rope, N, n), over prompts: period_defect = shift_defect(f, N) and step_defect =
-    shift_defect(f, 1); the mean logit change at τ = N against its mean over τ = 1..N−1
-    (ratio_at_period; NaN for N = 1 and where nothing drifts); whether every f_{P,τ} equals
-    f_{P,0}."""
+def prompt_table(run: Run, config: Config) -> list[dict]:
+    """Per stored unit (N, n, seed): the mean logit change over V at τ = N (at_period) and
+    its mean over τ = 1..N−1 (before), their ratio (NaN for N = 1), the period and one-step
+    defects (shift_defect) and the largest share of V with f_{P,τ} ≠ f_P."""
     rows = []
-    for rope, N, n in itertools.product((True, False), config.periods, config.lengths):
-        maps = [run.load(unit_name(rope, N, n, s))["next"] for s in range(config.prompts)]
-        sel = [r for r in drift if (r["rope"], r["N"], r["n"]) == (rope, N, n)]
-        at_period = np.mean([r["logit_change_mean"] for r in sel if r["tau"] == N])
-        before = [r["logit_change_mean"] for r in sel if r["tau"] < N]
-        base = np.mean(before) if before else 0.0  # 0: N = 1, or no drift at all (RoPE off)
-        rows.append({"rope": rope, "N": N, "n": n,
-                     "period_defect": np.mean([shift_defect(f, N) for f in maps]),
-                     "step_defect": np.mean([shift_defect(f, 1) for f in maps]),
-                     "logit_change_at_period": at_period,
-                     "ratio_at_period": at_period / base if base > 0 else float("nan"),
-                     "max_changed": max(r["changed"] for r in sel),
-                     "max_logit_change": max(r["logit_change_max"] for r in sel),
-                     "identical": all(bool((f == f[0]).all()) for f in maps)})
+    for N, n, seed in units(config):
+        unit = run.load(unit_name(N, n, seed))
+        change = unit["logit_change"].mean(1)  # τ = 1..T
+        before = float(change[:N - 1].mean()) if N > 1 else float("nan")
+        rows.append({"N": N, "n": n, "seed": seed, "at_period": float(change[N - 1]),
+                     "before": before, "ratio": float(change[N - 1]) / before,
+                     "period_defect": shift_defect(unit["next"], N),
+                     "step_defect": shift_defect(unit["next"], 1),
+                     "max_changed": float((unit["next"][1:] != unit["next"][0]).mean(1).max())})
     return rows
 
 
-def findings(run: Run) -> list[Finding]:
-    rows = run.read_table("period")
-    off = [r for r in rows if not r["rope"]]
-    on = [r for r in rows if r["rope"]]
-    lo, hi = min(r["n"] for r in rows), max(r["n"] for r in rows)
-    periods = sorted({r["N"] for r in rows})
+def period_table(prompts: list[dict]) -> list[dict]:
+    """Per (N, n): the mean over prompts of every column of `prompt_table`."""
     out = []
-    if off:
-        change = max(r["max_logit_change"] for r in off)
+    for N, n in dict.fromkeys((r["N"], r["n"]) for r in prompts):
+        sel = [r for r in prompts if (r["N"], r["n"]) == (N, n)]
+        out.append({"N": N, "n": n, "prompts": len(sel),
+                    **{k: float(np.mean([r[k] for r in sel])) for k in sel[0]
+                       if k not in ("N", "n", "seed")}})
+    return out
+
+
+def findings(run: Run) -> list[Finding]:
+    return verdicts(run.read_table("prompts"))
+
+
+def verdicts(rows: list[dict]) -> list[Finding]:
+    """Per N: the descriptive drift, then the period and periodic claims (module docstring),
+    from the rows of the prompts table; the claims need two lengths or more."""
+    out = []
+    for N in dict.fromkeys(r["N"] for r in rows):
+        sel = [r for r in rows if r["N"] == N]
+        lengths, change = by_length(sel, "at_period", "seed")
+        top = [r for r in sel if r["n"] == lengths[-1]]
         out.append(Finding(
-            NAME, "without RoPE f_{P,τ} = f_P for every τ (proofs/position_drift.md, Prop. 0)",
-            f"max share of V changed {max(r['max_changed'] for r in off):.3g}, max logit "
-            f"change {change:.3g} over {len(off)} (N, n)",
-            all(r["identical"] for r in off) and change == 0))
-    if not on:
-        return out
-    by = {(r["N"], r["n"]): r for r in on}
-    out.append(Finding(
-        NAME, "with RoPE the map drifts with the position of the current token",
-        f"n={hi}: max share of V with f_{{P,τ}} ≠ f_P " + ", ".join(
-            f"{by[N, hi]['max_changed']:.1%} (N={N})" for N in periods),
-        any(r["max_changed"] > 0 for r in on)))
-    if lo == hi:
-        return out
-    out.append(Finding(
-        NAME, "a shift by the period N moves f_{P,τ} less and less as n grows (Prop. 1: "
-              "f_{P,τ+N} → f_{P,τ})",
-        f"share of (τ, v) with f_{{P,τ+N}}(v) ≠ f_{{P,τ}}(v), n={lo} → {hi}: " + ", ".join(
-            f"{by[N, lo]['period_defect']:.2%} → {by[N, hi]['period_defect']:.2%} (N={N})"
-            for N in periods),
-        all(by[N, hi]["period_defect"] < by[N, lo]["period_defect"] for N in periods)))
-    periodic = [N for N in periods if N > 1]
-    if periodic:
+            NAME, f"with RoPE the map drifts with the position of the current token (N={N})",
+            f"n={lengths[-1]}: share of V with f_{{P,τ}} ≠ f_P up to "
+            f"{np.mean([r['max_changed'] for r in top]):.1%} (mean over {len(top)} prompts)",
+            None))
+        if len(lengths) < 2:
+            continue
+        span = f"n={lengths[0]} -> {lengths[-1]}, bootstrap over {len(top)} prompts per n"
+        beta = exponent_estimate(lengths, change, threshold=PERIOD)
         out.append(Finding(
-            NAME, "the drift becomes N-periodic: logit change at τ = N over that at τ < N "
-                  "falls as n grows (shifts τ ≢ 0 mod N are not diluted)",
-            f"n={lo} → {hi}: " + ", ".join(
-                f"{by[N, lo]['ratio_at_period']:.2f} → {by[N, hi]['ratio_at_period']:.2f} "
-                f"(N={N})" for N in periodic),
-            all(by[N, hi]["ratio_at_period"] < by[N, lo]["ratio_at_period"]
-                for N in periodic)))
+            NAME, f"a shift by the period moves the logits less and less as n grows: the logit "
+                  f"change at τ = N = {N} falls like n^-β, β > {PERIOD:g} (Prop. 1: β = 1, "
+                  "proved for one layer; measured here)",
+            f"β = {beta.text()}; mean change {change[0].mean():.3g} -> {change[-1].mean():.3g}, "
+            f"{span}", beta.verdict))
+        if N > 1:
+            ratio = by_length(sel, "ratio", "seed")[1]
+            gamma = exponent_estimate(lengths, ratio, threshold=PERIODIC)
+            out.append(Finding(
+                NAME, f"the drift becomes N-periodic (N={N}): the logit change at τ = N over its "
+                      f"mean at τ < N falls like n^-γ, γ > {PERIODIC:g} (measured; shifts "
+                      "τ ≢ 0 mod N are not diluted)",
+                f"γ = {gamma.text()}; ratio {ratio[0].mean():.2f} -> {ratio[-1].mean():.2f}, "
+                f"{span}", gamma.verdict))
     return out
 
 
@@ -204,7 +219,7 @@ def figures(run: Run):
 
 
 def _drift_figure(run: Run):
-    """Share of V changed (top) and mean logit change (bottom, RoPE on) against τ, per N."""
+    """Share of V changed (top) and mean logit change (bottom) against τ, per N."""
     rows = run.read_table("drift")
     periods = sorted({r["N"] for r in rows})
     lengths = sorted({r["n"] for r in rows})
@@ -219,31 +234,26 @@ def _drift_figure(run: Run):
             for k in range(N, T + 1, N):
                 ax.axvline(k, color="0.6", lw=0.6, ls=":")
         for n in lengths:
-            sel = [r for r in rows if r["N"] == N and r["n"] == n and r["rope"]]
-            if sel:
-                top.plot(*_mean_curve(sel, "changed"), color=figstyle.ROPE_COLOURS[True],
-                         alpha=shade[n], marker="o", label=f"RoPE on, n={n}")
-                tau, change = _mean_curve(sel, "logit_change_mean")
-                bottom.plot(tau[1:], change[1:], color=figstyle.ROPE_COLOURS[True],
-                            alpha=shade[n], marker="o", label=f"n={n}")
-        flat = [r for r in rows if r["N"] == N and r["n"] == lengths[-1] and not r["rope"]]
-        if flat:
-            top.plot(*_mean_curve(flat, "changed"), color=figstyle.ROPE_COLOURS[False],
-                     ls="--", marker="s", mfc="white", label=f"RoPE off, n={lengths[-1]}")
+            sel = [r for r in rows if r["N"] == N and r["n"] == n]
+            top.plot(*_mean_curve(sel, "changed"), color=figstyle.ROPE_COLOURS[True],
+                     alpha=shade[n], marker="o", label=f"n={n}")
+            tau, change = _mean_curve(sel, "logit_change_mean")
+            bottom.plot(tau[1:], change[1:], color=figstyle.ROPE_COLOURS[True],
+                        alpha=shade[n], marker="o", label=f"n={n}")
         top.set_title(f"period N = {N}")
         bottom.set_yscale("log")
     fig.supxlabel(r"offset $\tau$ of the current token (dotted: multiples of N)", fontsize=8)
     axes[0][0].set_ylabel("share of $V$ with\n" r"$f_{P,\tau}(v) \neq f_P(v)$")
-    axes[1][0].set_ylabel("mean logit change\n(RoPE on; off: 0)")
+    axes[1][0].set_ylabel("mean logit change\n(RoPE on; off: 0, Prop. 0)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5))
     return figstyle.save(fig, run.figures, "e6_drift")
 
 
 def _period_figure(run: Run):
-    """RoPE on, against n: the period defect next to the one-step defect (left), and the logit
-    change at τ = N relative to τ < N (right)."""
-    rows = [r for r in run.read_table("period") if r["rope"]]
+    """Against n: the period defect next to the one-step defect (left), and the logit change
+    at τ = N relative to τ < N (right)."""
+    rows = run.read_table("period")
     periods = sorted({r["N"] for r in rows})
     colours = dict(zip(periods, figstyle.PALETTE))
     fig, axes = figstyle.figure(ncols=2, width=figstyle.FULL, aspect=0.75)
@@ -256,7 +266,7 @@ def _period_figure(run: Run):
         if N > 1:
             left.plot(n, [r["step_defect"] for r in sel], color=colours[N], ls="--",
                       marker="s", mfc="white", label=f"N={N}: shift by 1")
-            right.plot(n, [r["ratio_at_period"] for r in sel], color=colours[N], marker="o",
+            right.plot(n, [r["ratio"] for r in sel], color=colours[N], marker="o",
                        label=f"N={N}")
     lengths = sorted({r["n"] for r in rows})
     for ax in (left, right):

@@ -1,5 +1,7 @@
 """E4 (orbits of f_P vs the random-mapping null): tables against brute-force orbits of the
-stored maps, the stored maps against f_P, figures, findings, and resumption after a kill."""
+stored maps, the stored maps against f_P, the Monte Carlo tests against a recomputation, the
+null draws against their laws, figures, findings (on the run, and on synthetic draws where each
+claim must hold, fail, or be undecided), and resumption after a kill."""
 
 import math
 
@@ -7,9 +9,13 @@ import numpy as np
 import pytest
 
 import dynsys as ds
+from dynsys.dynamics.nullmodel import random_mapping_expectations
+from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, decide, proportion_interval
 from dynsys.studies import e4_orbits, run_study
+from dynsys.studies.e4_orbits import (ALPHA, cyclic_points, mc_pvalue, shuffle_draws,
+                                      mc_finding, uniform_draws)
 from dynsys.data.prompts import make_prompt
-from study_helpers import assert_figures, decided
+from study_helpers import assert_figures
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"lengths": [48, 64], "prompts": 2, "shuffles": 3, "null_samples": 300}
@@ -110,16 +116,102 @@ def test_figures_are_written(done):
     assert_figures(done, ["e4_orbits"], min_bytes=10_000)
 
 
+def test_cyclic_points_match_the_orbits(done):
+    rng = np.random.default_rng(1)
+    maps = np.concatenate([rng.integers(0, 512, (20, 512)), np.tile(np.arange(512), (1, 1)),
+                           np.zeros((1, 512), int)])
+    stored = np.stack([done.load(e4_orbits.unit_name(True, kind, 64, s))["next"]
+                       for kind in ("ngram", "random") for s in (0, 1)])
+    for f in (*maps, *stored):
+        assert cyclic_points(f) == brute_force(f)["cyclic_nodes"]
+    np.testing.assert_array_equal(cyclic_points(maps.reshape(2, 11, 512)).ravel(),
+                                  [brute_force(f)["cyclic_nodes"] for f in maps])
+    assert cyclic_points(np.array([0])) == 1
+
+
+def test_null_draws_follow_their_laws(done):
+    """The uniform draws' mean cyclic points match the exact expectation to 4 standard errors;
+    the shuffles keep every token's in-degree."""
+    draws = done.load("null")["cyclic"]
+    assert draws.shape == (300,)
+    expected = random_mapping_expectations(512).cyclic_nodes
+    assert abs(draws.mean() - expected) < 4 * draws.std(ddof=1) / math.sqrt(draws.size)
+    f = done.load(e4_orbits.unit_name(True, "random", 64, 0))["next"]
+    shuffled = shuffle_draws(np.stack([f, f[::-1]]), np.random.default_rng(0))(5)
+    assert shuffled.shape == (5, 2, 512)
+    for row in shuffled[:, 0]:
+        np.testing.assert_array_equal(np.bincount(row, minlength=512),
+                                      np.bincount(f, minlength=512))
+    assert uniform_draws(512, 3, np.random.default_rng(0))(4).shape == (4, 3, 512)
+
+
+def test_tests_table_against_a_recomputation(done):
+    rows = done.read_table("tests")
+    assert len(rows) == 2 * 2 * 2 * 2  # rope × kind × n × null
+    cells = list(dict.fromkeys((r["rope"], r["kind"], r["n"]) for r in rows))
+    uniform = done.load("null")["cyclic"]
+    for r in rows:
+        maps = np.stack([done.load(e4_orbits.unit_name(r["rope"], r["kind"], r["n"], s))["next"]
+                         for s in (0, 1)])
+        observed = np.mean([brute_force(f)["cyclic_nodes"] for f in maps])
+        assert r["observed"] == pytest.approx(observed) and r["draws"] == 300
+        if r["null"] == "uniform":
+            draws, k = uniform, (uniform <= observed).sum()
+            assert r["tail"] == "lower"
+        else:
+            rng = np.random.default_rng([0, 1, cells.index((r["rope"], r["kind"], r["n"]))])
+            draws = np.array([np.mean([brute_force(f)["cyclic_nodes"] for f in d])
+                              for d in shuffle_draws(maps, rng)(300)])
+            k = min((draws <= observed).sum(), (draws >= observed).sum())
+            assert r["tail"] == "two-sided"
+        factor = 1 if r["null"] == "uniform" else 2
+        assert r["null_mean"] == pytest.approx(draws.mean())
+        assert r["p"] == pytest.approx(min(1, factor * (k + 1) / 301))
+        lo, hi = proportion_interval(int(k), 300)
+        assert (r["p_lo"], r["p_hi"]) == pytest.approx((min(1, factor * lo), min(1, factor * hi)))
+
+
 def test_findings_follow_the_table(done):
     found = e4_orbits.findings(done)
-    assert found and all(f.experiment == "e4" and f.measured for f in found)
-    rows = done.read_table("orbits")
-    for rope in (True, False):
-        ratios = [r["ratio"] for r in rows if r["rope"] == rope and r["n"] == 64
-                  and r["statistic"] in ("cycles", "cyclic_nodes")]
-        tested = [f for f in found if "fewer cycles" in f.claim
-                  and f"RoPE {'on' if rope else 'off'}" in f.claim]
-        assert len(tested) == 1 and tested[0].verdict == decided(all(x < 1 for x in ratios))
+    tested = [r for r in done.read_table("tests") if r["n"] == 64]
+    assert len(found) == len(tested) + 2 + 1  # the tests, basin per RoPE setting, on / off
+    for f, r in zip(found, tested):
+        assert f.experiment == "e4" and f"{r['kind']} prompts" in f.claim
+        assert f.verdict == decide((r["p_lo"], r["p_hi"]), ALPHA, "below")
+    assert found[0].claim.startswith("f_P has fewer cyclic points than a uniform random mapping")
+    assert found[1].claim.startswith("f_P has a different number of cyclic points than its "
+                                     "in-degree-preserving shuffles")
+    assert all(f.verdict is None for f in found[len(tested):])
+
+
+def synthetic_row(observed: float, draws: np.ndarray, null: str) -> dict:
+    p, (lo, hi) = mc_pvalue(observed, draws, e4_orbits.NULLS[null][0])
+    return {"rope": True, "kind": "random", "n": 1024, "null": null, "prompts": 8,
+            "observed": observed, "null_mean": draws.mean(), "draws": len(draws), "p": p,
+            "p_lo": lo, "p_hi": hi}
+
+
+@pytest.mark.parametrize("null", ["uniform", "shuffle"])
+def test_claims_on_synthetic_draws(null):
+    """Draws ~ N(28, 5): an observation 6 sd out holds; one at the centre fails; one at the
+    two-sided 5% point with 40 draws cannot be told from the level."""
+    draws = 28 + 5 * np.random.default_rng(0).standard_normal(999)
+    assert mc_finding(synthetic_row(-2.0, draws, null)).verdict == HOLDS
+    assert mc_finding(synthetic_row(28.0, draws, null)).verdict == FAILS
+    few = 28 + 5 * np.random.default_rng(1).standard_normal(40)
+    edge = np.sort(few)[0 if null == "shuffle" else 1]  # p = 3/41 (lower), 4/41 (two-sided)
+    found = mc_finding(synthetic_row(edge, few, null))
+    assert found.verdict == INCONCLUSIVE and "(40 draws)" in found.measured
+
+
+def test_mc_pvalue():
+    draws = np.arange(1, 100.0)  # 99 draws
+    assert mc_pvalue(0.5, draws, "lower") == (0.01, pytest.approx(proportion_interval(0, 99)))
+    p, (lo, hi) = mc_pvalue(99.5, draws, "two-sided")  # none at or above: k = 0
+    assert p == 0.02 and lo == 0 and hi == pytest.approx(2 * proportion_interval(0, 99)[1])
+    assert mc_pvalue(50, draws, "two-sided")[0] == 1.0
+    with pytest.raises(ValueError, match="tail='upper'"):
+        mc_pvalue(1, draws, "upper")
 
 
 def test_resume_recomputes_nothing(done, loads, monkeypatch):

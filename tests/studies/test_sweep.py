@@ -1,4 +1,5 @@
-"""The agreement sweep: values against compare(), and resumption after a kill."""
+"""The agreement sweep: values against compare(), and resumption after a kill; the scaling
+statistics the studies share."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import dynsys as ds
 from dynsys.studies import sweep
 from dynsys.runs import open_run
 from dynsys.data.prompts import make_prompt
-from dynsys.studies.sweep import agreement_sweep, agreement_table
+from dynsys.stats import HOLDS, INCONCLUSIVE
+from dynsys.studies.sweep import (MIN_PROMPTS, agreement_sweep, agreement_table,
+                                  bootstrap_estimate, exponent, exponent_estimate)
 
 CFG = ds.ModelConfig("llama", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=1,
                      num_heads=2, num_kv_heads=1, head_dim=16, max_position_embeddings=4096)
@@ -62,3 +65,28 @@ def test_bad_input(model):
         agreement_sweep(model, kinds=("words",), progress=False)
     with pytest.raises(ValueError, match="G=1"):
         agreement_sweep(model, G=1, progress=False)
+
+
+def test_exponent_of_a_power_law():
+    n = np.array([64, 256, 1024, 4096])
+    assert exponent(n, 3.0 * n ** -0.75) == pytest.approx(0.75)
+    assert exponent(n, n ** 0.5) == pytest.approx(-0.5)
+
+
+def test_exponent_estimate_pairs_the_prompts_across_lengths():
+    """Prompt k's level at every n is c_k n^−1 with c_k spread over a factor 10: the
+    exponent is exactly 1 in every resample, though the levels vary far more than that."""
+    n = (64, 256, 1024)
+    c = np.random.default_rng(0).uniform(1, 10, MIN_PROMPTS)
+    estimate = exponent_estimate(n, tuple(c / m for m in n), threshold=0.9)
+    assert estimate.value == pytest.approx(1.0)
+    assert estimate.interval == pytest.approx((1.0, 1.0))
+    assert estimate.verdict == HOLDS and estimate.text() == "1.00 [1.00, 1.00]"
+
+
+def test_bootstrap_estimate_needs_min_prompts():
+    x = np.full(MIN_PROMPTS - 1, 5.0)
+    small = bootstrap_estimate((x,), np.mean, 1.0)
+    assert (small.value, small.interval, small.verdict) == (5.0, None, INCONCLUSIVE)
+    assert small.text() == f"5.00 (no interval: under {MIN_PROMPTS} prompts)"
+    assert bootstrap_estimate((np.full(MIN_PROMPTS, 5.0),), np.mean, 1.0).verdict == HOLDS
