@@ -38,7 +38,7 @@ import numpy as np
 from dynsys import figstyle
 from dynsys.data import prompts
 from dynsys.decode import generate, prefill
-from dynsys.io import load
+from dynsys.io import load, load_config
 from dynsys.nn.cache import bucket
 from dynsys.runs import Run
 from dynsys.stats import INCONCLUSIVE
@@ -145,7 +145,8 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     bounded = {key: u for key, u in units.items() if key[1] < config.certified}
     if not run.has("theorem"):
         floor = min(float(u["floor"]) for u in bounded.values())
-        margin = float(np.median(np.concatenate([u["margin"] for u in units.values()])))
+        # the theorem needs the margin at every visited token: the smallest along the traces
+        margin = float(np.min(np.concatenate([u["margin"] for u in units.values()])))
         run.save("theorem", **theorem(weights(), floor, margin, config.G))
     rows = [unit_row(n, k, u) for (n, k), u in units.items()]
     bound_rows = [bound_row(n, k, u) for (n, k), u in bounded.items()]
@@ -258,6 +259,7 @@ def findings(run: Run) -> list[Finding]:
     rows, bounds = run.read_table("summary"), run.read_table("bounds")
     G, top = run.config["G"], rows[-1]
     layers = [r["ratio_r1"] for r in run.read_table("layers") if r["n"] == top["n"]]
+    limit = load_config(run.config["model"]).max_position_embeddings
     return [
         *measured_findings(run.read_table("units"), G),
         bound_finding(bounds),
@@ -270,10 +272,13 @@ def findings(run: Run) -> list[Finding]:
                 f"bound/measured ||x_l - x'_l|| by layer "
                 f"at r=1, n={top['n']}: {' '.join(f'{x:.2g}' for x in layers)}", None),
         horizon_finding(bounds, G),
-        Finding(NAME, "the weight-only n0 of the degeneration theorem",
+        Finding(NAME, "the weight-only n0 of the degeneration theorem (minimum margin along "
+                      "the traces); vacuous where it exceeds the model's max positions",
                 "; ".join(f"rms floor {r['rms_floor']:.2g}: S={r['score_range']:.2g}, gain "
                           f"{r['gain']:.2g}, n0 = {r['n0']:.2g} (G={G}, margin "
-                          f"{r['margin']:.2g})" for r in run.read_table("theorem")), None),
+                          f"{r['margin']:.2g}; "
+                          f"{'vacuous: ' if r['n0'] > limit else ''}max positions {limit})"
+                          for r in run.read_table("theorem")), None),
     ]
 
 
