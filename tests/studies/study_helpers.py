@@ -40,3 +40,11 @@ def assert_figures(run, names, min_bytes: int = 1000) -> None:
 def decided(passed: bool) -> str:
     """The verdict of a decided test."""
     return "holds" if passed else "fails"
+
+
+def counting(calls: list, name: str, original):
+    """`original`, appending `name` to `calls` at each call (to check what a resume recomputes)."""
+    def call(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+    return call

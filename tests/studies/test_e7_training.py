@@ -15,7 +15,7 @@ from dynsys.dynamics.traces import min_cycle_anywhere
 from dynsys.stats import paired_difference
 from dynsys.studies.e7_training import MAPS, Config, loop_findings, unit_name
 from dynsys.train import checkpoint_steps, read_log
-from study_helpers import assert_figures, decided
+from study_helpers import assert_figures, counting, decided
 
 # A 1-layer model trained for 40 steps: 9 checkpoints (0, 1, 2, 4, 8, 16, 20, 32, 40).
 TRAINING = {"vocab": 300, "hidden": 32, "layers": 1, "heads": 2, "kv_heads": 1, "ffn": 64,
@@ -190,14 +190,8 @@ def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
                    for p in (run.path / "train" / "checkpoints").rglob("*")}
     calls = []
 
-    def counting(name, original):
-        def call(*args, **kwargs):
-            calls.append(name)
-            return original(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(e7_training, "generate", counting("generate", e7_training.generate))
-    monkeypatch.setattr(e7_training, "markov_map", counting("map", e7_training.markov_map))
+    monkeypatch.setattr(e7_training, "generate", counting(calls, "generate", e7_training.generate))
+    monkeypatch.setattr(e7_training, "markov_map", counting(calls, "map", e7_training.markov_map))
     monkeypatch.setattr(training, "train_tokenizer", lambda *a: pytest.fail("corpus rebuilt"))
     run_study("e7", run.path, "small", E7, progress=False, draw=False)
     assert calls == []

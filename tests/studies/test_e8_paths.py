@@ -11,7 +11,7 @@ import dynsys as ds
 from dynsys.data import load_tokenizer, split
 from dynsys.studies import e8_paths, render_run, run_study, training
 from dynsys.studies.e8_paths import LANGUAGES, Config, loss_finding, nearest_finding, step_unit
-from study_helpers import assert_figures
+from study_helpers import assert_figures, counting
 from test_e7_training import STEPS, TRAINING, brute_anywhere, brute_end, shared_e7
 
 E8 = {**TRAINING, "prompts": 6, "length": 16, "reference_length": 10, "G": 30, "windows": 4,
@@ -136,14 +136,8 @@ def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
     tables = {p.name: p.read_bytes() for p in (run.path / "tables").iterdir()}
     calls = []
 
-    def counting(name, original):
-        def call(*args, **kwargs):
-            calls.append(name)
-            return original(*args, **kwargs)
-        return call
-
-    monkeypatch.setattr(e8_paths, "generate", counting("generate", e8_paths.generate))
-    monkeypatch.setattr(e8_paths, "heldout_loss", counting("loss", e8_paths.heldout_loss))
+    monkeypatch.setattr(e8_paths, "generate", counting(calls, "generate", e8_paths.generate))
+    monkeypatch.setattr(e8_paths, "heldout_loss", counting(calls, "loss", e8_paths.heldout_loss))
     monkeypatch.setattr(e8_paths, "japanese", lambda *a: pytest.fail("text rebuilt"))
     monkeypatch.setattr(training, "train_tokenizer", lambda *a: pytest.fail("corpus rebuilt"))
     run_study("e8", run.path, "small", E8, progress=False, draw=False)
