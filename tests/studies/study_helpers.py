@@ -48,3 +48,16 @@ def counting(calls: list, name: str, original):
         calls.append(name)
         return original(*args, **kwargs)
     return call
+
+
+def brute_periodicity(trace, k=3) -> tuple[int, int]:
+    """(period, onset): among p whose periodic suffix holds >= k copies, the longest suffix,
+    ties to the smallest p; (0, len) if none."""
+    G, best, onset = len(trace), 0, len(trace)
+    for p in range(1, G // k + 1):
+        start = G - p
+        while start > 0 and trace[start - 1] == trace[start - 1 + p]:
+            start -= 1
+        if G - start >= k * p and start < onset:
+            best, onset = p, start
+    return best, onset

@@ -16,7 +16,7 @@ from dynsys.stats import decide, proportion_interval
 from dynsys.studies import e1_loops, run_study
 from dynsys.dynamics.nullmodel import random_map_null
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
-from study_helpers import CFG, assert_figures, small_study
+from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
 
@@ -59,19 +59,6 @@ def test_prompts_are_repeated_ngrams_split_into_batches():
     assert not np.array_equal(other, batches[0])
 
 
-def brute_suffix(trace, k=3) -> tuple[int, int]:
-    """(period, onset) of the longest periodic suffix holding >= k copies (ties: smallest
-    period); (0, len) if none."""
-    G, best, onset = len(trace), 0, len(trace)
-    for p in range(1, G // k + 1):
-        start = G - p
-        while start > 0 and trace[start - 1] == trace[start - 1 + p]:
-            start -= 1
-        if G - start >= k * p and start < onset:
-            best, onset = p, start
-    return best, onset
-
-
 def test_tables_match_brute_force(study):
     run, config, _ = study
     data = stored(run, config)
@@ -81,7 +68,7 @@ def test_tables_match_brute_force(study):
         for j, t in enumerate(traces):
             row = traces_table[rope, N, j]
             loops = ds.traces.loop_segments(t, config.repeats)
-            period, onset = brute_suffix(t)
+            period, onset = brute_periodicity(t)
             assert (row["shortest"], row["period"], row["onset"]) == (
                 brute_min_cycle(t), period, onset)
             assert (row["loops"], row["first_period"], row["last_period"]) == (

@@ -14,7 +14,7 @@ from dynsys.stats import proportion_interval
 from dynsys.studies import e5_cycles, run_study
 from dynsys.studies.e5_cycles import CELL, Config, unit_name
 from dynsys.data.prompts import make_prompt
-from study_helpers import CFG, assert_figures, small_study
+from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
@@ -23,19 +23,6 @@ SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 def study(tmp_path_factory):
     """(run, its config, the model): the small E5 made smaller, on CFG."""
     return small_study(tmp_path_factory, "e5", 4, SMALLER)
-
-
-def brute_periodicity(trace, k=3) -> tuple[int, int]:
-    """(period, onset): among p whose periodic suffix holds >= k copies, the longest suffix,
-    ties to the smallest p; (0, len) if none."""
-    G, best, onset = len(trace), 0, len(trace)
-    for p in range(1, G // k + 1):
-        start = G - p
-        while start > 0 and trace[start - 1] == trace[start - 1 + p]:
-            start -= 1
-        if G - start >= k * p and start < onset:
-            best, onset = p, start
-    return best, onset
 
 
 def brute_orbit(f, x) -> tuple[int, int]:
