@@ -3,7 +3,8 @@
 The package reads top-down as the data flows: config -> nn (the model) -> decode (the
 engine) -> dynamics (maps, traces, orbits, kernels) and theory (dilution, bounds) ->
 studies (the experiments) -> cli; io, data and train bring checkpoints, text and trained
-models in. The names below are re-exported lazily: `import dynsys` loads none of them.
+models in, and surgery edits a model's weights. The names below are re-exported lazily:
+`import dynsys` loads none of them.
 """
 
 import importlib
@@ -27,11 +28,13 @@ _EXPORTS = {
     "dynsys.dynamics.stationary": ("stationary_distributions",),
     "dynsys.theory": ("Certificate", "Drift", "Probe", "certify", "position_drift",
                       "probe_trace", "uniform_bound", "weight_constants"),
+    "dynsys.surgery": ("NeuronEdit", "ablation_sweep", "apply_edit", "confirm",
+                       "neuron_attribution", "save_edited"),
 }
 _MODULES = {"prompts": "dynsys.data.prompts", "traces": "dynsys.dynamics.traces",
             **{name: f"dynsys.{name}" for name in ("config", "nn", "decode", "io", "data",
                                                    "dynamics", "theory", "stats", "train",
-                                                   "studies")}}
+                                                   "studies", "surgery")}}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted([*_WHERE, *_MODULES])
