@@ -11,7 +11,12 @@ training), the loop share (end reading) with its exact interval, the share of tr
 loop, and the mean cycle length of the looping traces with a bootstrap interval. The first
 `maps` random prompts also get their Markov map f_P on all of V, whose cycles, cyclic points
 and largest basin are set against a uniform random mapping. The held-out loss of each
-checkpoint comes from the training log.
+checkpoint comes from the training log. Two probes of the model itself, per checkpoint, on
+`spans` windows of the held-out English text (dynsys.theory): the attention concentration of
+the last token of a window of seq_len / 2 tokens (excess n·max a, score s.d., entropy / ln n:
+is the test bed trivial?), and the self-reinforcement curve TP_k of Xu et al. 2022, the
+probability of repeating a window of `span_length` tokens for the k-th time, k = 0..K−1 with
+K = seq_len // span_length (at most 16), also for windows of i.i.d. uniform ids.
 
 The three claims are tested on the random prompts, end reading, each by the paired
 difference of one indicator between two checkpoints on the same prompts (exact conditional
@@ -19,7 +24,9 @@ interval, `paired_difference`): (a) the loop share at the early peak (the early 
 0 < step <= EARLY · final step, with the largest loop share) exceeds the share at step 0;
 (b) the share of traces caught in a cycle of length <= SHORT is lower at the final checkpoint
 than at the early peak; (c) the share of traces with no loop is higher at the final checkpoint
-than at the early peak. The null of each is a difference of 0; the threshold is 0.
+than at the early peak. The null of each is a difference of 0; the threshold is 0. And (d),
+Xu et al.'s self-reinforcement at the final checkpoint: TP_{K−1} − TP_1 > 0 for English
+windows (mean over windows, percentile bootstrap interval; null 0).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import itertools
 import numpy as np
 
 from dynsys import figstyle
+from dynsys.data import encode, english, load_tokenizer, split
 from dynsys.decode import generate
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.nullmodel import compare_to_null
@@ -40,11 +48,15 @@ from dynsys.stats import bootstrap_interval, decide, paired_difference, proporti
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import (READINGS, SMALL, Training, bin_labels, bins, checkpoints,
                                      cycle_lengths, make_prompts, read_lengths, step_axis,
-                                     trace_table, write_training_tables)
+                                     tokenizer_dir, trace_table, write_training_tables)
+from dynsys.theory.concentration import attention_concentration
+from dynsys.theory.reinforcement import repetition_probability
 
 NAME = "e7"
 TITLE = "Loops through training: minimal cycle lengths at every checkpoint"
 MAPS = "maps"  # the unit kind holding a checkpoint's Markov maps
+PROBES = "probes"  # the unit kind holding a checkpoint's attention and repetition probes
+SPAN_KINDS = ("english", "random")  # windows whose repetition is probed
 EARLY = 0.25  # early checkpoints: 0 < step <= EARLY · final step
 SHORT = 2  # a short loop: minimal cycle length 1 or 2
 LEVEL = 0.95  # confidence of every interval (Bonferroni-divided for the peak's choice)
@@ -61,9 +73,12 @@ class Config(Training):
     repeats: int = 3  # a cycle counts when it is repeated at least this many times
     maps: int = 4  # random prompts per checkpoint whose Markov map is computed on all of V
     shuffles: int = 10  # in-degree-preserving shuffles per map
+    spans: int = 32  # held-out English windows (and random ones) probed per checkpoint
+    span_length: int = 12  # tokens of a repeated window
 
     LIMITS = {**Training.LIMITS, "prompts": 1, "length": 1, "ngrams": 1, "G": 2, "repeats": 2,
-              "maps": 1, "shuffles": 0, "seq_len": lambda c: c.positions()}
+              "maps": 1, "shuffles": 0, "spans": 2, "span_length": 2,
+              "seq_len": lambda c: max(c.positions(), 2 * c.span_length)}
 
     def positions(self) -> int:
         """Positions of a unit's longest sequence: the prompt and the tokens after it."""
@@ -71,6 +86,10 @@ class Config(Training):
 
     def kinds(self) -> tuple[str, ...]:
         return ("random", *(f"ngram{n}" for n in self.ngrams))
+
+    def span_repeats(self) -> int:
+        """K: copies of a window in the self-reinforcement probe."""
+        return min(16, self.seq_len // self.span_length)
 
 
 SCALES = {"small": Config(**SMALL, prompts=64, G=64, maps=2, shuffles=5),
@@ -82,16 +101,45 @@ def unit_name(step: int, kind: str) -> str:
 
 
 def units(config: Config) -> list[tuple[int, str]]:
-    """(step, kind) in computing order: a checkpoint's traces, then its maps."""
-    return list(itertools.product(config.steps_saved(), (*config.kinds(), MAPS)))
+    """(step, kind) in computing order: a checkpoint's traces, then its maps and probes."""
+    return list(itertools.product(config.steps_saved(), (*config.kinds(), MAPS, PROBES)))
+
+
+def probe_windows(run: Run, config: Config) -> dict[str, np.ndarray]:
+    """The probes' windows: `spans` English windows of seq_len // 2 tokens (the attention
+    probe), and per SPAN_KINDS `spans` windows of span_length tokens (the repetition probe),
+    drawn from the held-out English text (seed) or uniform ids."""
+    ids = encode(load_tokenizer(tokenizer_dir(run)),
+                 split((english(),), config.held_out, config.seed)[1].documents)
+    rng = np.random.default_rng([config.seed, 7])
+
+    def windows(length: int) -> np.ndarray:
+        starts = rng.choice(len(ids) - length, config.spans, replace=False)
+        return np.stack([ids[s:s + length] for s in starts])
+
+    return {"attention": windows(config.seq_len // 2), "english": windows(config.span_length),
+            "random": make_prompts("random", config.vocab, config.span_length, config.spans,
+                                   config.seed + 7)}
+
+
+def probes(net, windows: dict[str, np.ndarray], repeats: int) -> dict[str, np.ndarray]:
+    """A checkpoint's probes: attention concentration [spans, L, N] each, and TP_k [spans, K]
+    per span kind."""
+    found = attention_concentration(net, windows["attention"])
+    return {"excess": found.excess, "score_sd": found.score_sd, "entropy": found.entropy,
+            **{f"tp_{kind}": repetition_probability(net, windows[kind], repeats)
+               for kind in SPAN_KINDS}}
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
     paths = dict(checkpoints(run, config, progress))
     model = functools.lru_cache(maxsize=1)(load)  # one checkpoint at a time, only if needed
+    windows = functools.cache(lambda: probe_windows(run, config))
 
     def compute(step: int, kind: str) -> dict:
         net = model(paths[step])
+        if kind == PROBES:
+            return probes(net, windows(), config.span_repeats())
         if kind == MAPS:
             prompts = make_prompts("random", config.vocab, config.length, config.maps,
                                    config.seed)
@@ -112,6 +160,23 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     run.write_table("orbits", orbit_table(
         {step: run.load(unit_name(step, MAPS))["next"] for step in config.steps_saved()},
         config.shuffles, config.seed))
+    run.write_table("probes", probe_table(
+        {step: run.load(unit_name(step, PROBES)) for step in config.steps_saved()}))
+
+
+def probe_table(found: dict[int, dict]) -> list[dict]:
+    """Per step: the attention concentration (means over windows, layers and heads; the
+    largest excess of any head) and, per span kind and k, the mean TP_k over windows."""
+    rows = []
+    for step, f in found.items():
+        row = {"step": step, "excess": float(f["excess"].mean()),
+               "max_excess": float(f["excess"].max()), "score_sd": float(f["score_sd"].mean()),
+               "entropy": float(f["entropy"].mean())}
+        for kind in SPAN_KINDS:
+            row.update({f"tp_{kind}_{k}": float(v)
+                        for k, v in enumerate(f[f"tp_{kind}"].mean(0))})
+        rows.append(row)
+    return rows
 
 
 def loop_table(lengths: dict, seed: int) -> list[dict]:
@@ -217,6 +282,7 @@ def findings(run: Run) -> list[Finding]:
         f"{last['step']} nats/token; unigram {unigram['unigram_heldout_loss']:.2f} (entropy "
         f"{unigram['unigram_entropy']:.2f})",
         last["heldout_loss"] < unigram["unigram_heldout_loss"]))
+    out += probe_findings(run, first["step"], last["step"])
     orbits = run.read_table("orbits")
     at = {s: [r for r in orbits if r["step"] == s] for s in (first["step"], last["step"])}
     out.append(Finding(
@@ -229,10 +295,67 @@ def findings(run: Run) -> list[Finding]:
     return out
 
 
+def probe_findings(run: Run, first: int, last: int) -> list[Finding]:
+    """The test bed at step 0 and at the final step (attention concentration, no verdict),
+    and claim (d): self-reinforcement of English windows at the final step."""
+    rows = {r["step"]: r for r in run.read_table("probes")}
+    out = [Finding(
+        NAME, "attention concentration of the last token of held-out English windows (1, 0, "
+              "1 for uniform attention)",
+        " -> ".join(f"step {s}: excess {rows[s]['excess']:.2f} (max {rows[s]['max_excess']:.1f})"
+                    f", score s.d. {rows[s]['score_sd']:.2f}, entropy/ln n "
+                    f"{rows[s]['entropy']:.2f}" for s in (first, last)), None)]
+    tp = run.load(unit_name(last, PROBES))["tp_english"]
+    gain = tp[:, -1] - tp[:, 1]
+    lo, hi = bootstrap_interval(gain, np.mean, LEVEL, seed=run.config["seed"])
+    out.append(Finding(
+        NAME, "self-reinforcement (Xu et al. 2022): at the final step, the probability of "
+              f"repeating an English window rises from its 2nd to its {tp.shape[1]}th "
+              "occurrence (null: no change)",
+        f"TP_1 {tp[:, 1].mean():.3f} -> TP_{tp.shape[1] - 1} {tp[:, -1].mean():.3f}; mean "
+        f"gain {gain.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap), n={gain.size} windows",
+        decide((lo, hi), 0.0, "above")))
+    return out
+
+
 # --- figures -------------------------------------------------------------------------------
 
 def figures(run: Run):
-    return [*_histograms(run), *_curves(run)]
+    return [*_histograms(run), *_curves(run), *_probes(run)]
+
+
+def _probes(run: Run):
+    """Left: the attention concentration against the step. Right: the self-reinforcement
+    curves TP_k of a few checkpoints, English windows solid, random ones dashed."""
+    rows = sorted(run.read_table("probes"), key=lambda r: r["step"])
+    steps = [r["step"] for r in rows]
+    fig, ((attn_ax, tp_ax),) = figstyle.figure(ncols=2, width=figstyle.FULL, aspect=0.6)
+    attn_ax.plot(steps, [r["excess"] for r in rows], marker="o", color=figstyle.PALETTE[0],
+                 label="excess n·max a (mean)")
+    attn_ax.plot(steps, [r["max_excess"] for r in rows], marker="^", color=figstyle.PALETTE[1],
+                 label="excess (largest head)")
+    attn_ax.axhline(1, color="0.5", lw=0.8)
+    attn_ax.set_yscale("log")
+    attn_ax.set_ylabel("last token's attention\nover uniform")
+    entropy_ax = attn_ax.twinx()
+    entropy_ax.plot(steps, [r["entropy"] for r in rows], marker="s", color=figstyle.PALETTE[2],
+                    label="entropy / ln n")
+    entropy_ax.set_ylim(0, 1.05)
+    entropy_ax.set_ylabel("entropy / ln n")
+    attn_ax.legend(handles=[*attn_ax.get_lines()[:2], *entropy_ax.get_lines()], loc="best")
+    step_axis(attn_ax, steps[-1])
+    shown = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
+    for step, colour in zip(shown, figstyle.PALETTE[3:]):
+        row = next(r for r in rows if r["step"] == step)
+        for kind, style in zip(SPAN_KINDS, ("-", "--")):
+            tp = [v for k, v in row.items() if k.startswith(f"tp_{kind}_")]
+            tp_ax.plot(range(len(tp)), tp, style, marker="o", ms=2.5, color=colour,
+                       label=f"step {step}, {kind}")
+    tp_ax.set_xlabel("earlier copies of the window in the context (k)")
+    tp_ax.set_ylabel("P(repeat the window again)")
+    tp_ax.set_ylim(0, 1.02)
+    tp_ax.legend(loc="best", fontsize=6)
+    return figstyle.save(fig, run.figures, "e7_probes")
 
 
 def _histograms(run: Run):

@@ -13,7 +13,10 @@ from dynsys.io import load_config
 from dynsys.studies import e7_training, render_run, run_study, training
 from dynsys.dynamics.traces import min_cycle_anywhere
 from dynsys.stats import paired_difference
+from dynsys.data import EOT, english, split
 from dynsys.studies.e7_training import MAPS, Config, loop_findings, unit_name
+from dynsys.theory.concentration import attention_concentration
+from dynsys.theory.reinforcement import repetition_probability
 from dynsys.train import checkpoint_steps, read_log
 from study_helpers import assert_figures, counting, decided
 
@@ -168,16 +171,36 @@ def test_traces_and_maps_follow_the_checkpoints(study):
                                   .argmax(-1))
 
 
+def test_probes_are_the_theory_functions_on_held_out_windows(study):
+    """The probe unit of the final checkpoint: attention concentration and TP_k recomputed
+    from its windows; the English windows are held-out text, the table their means."""
+    run, config = study
+    model = ds.load(run.path / "train" / "checkpoints" / f"step_{STEPS[-1]:07d}")
+    windows = e7_training.probe_windows(run, config)
+    unit = run.load(unit_name(STEPS[-1], e7_training.PROBES))
+    attention = attention_concentration(model, windows["attention"])
+    np.testing.assert_allclose(unit["excess"], attention.excess, rtol=1e-6)
+    np.testing.assert_allclose(unit["tp_english"], repetition_probability(
+        model, windows["english"], config.span_repeats()), rtol=1e-6)
+    assert unit["tp_random"].shape == (config.spans, config.seq_len // config.span_length)
+    held = split((english(),), config.held_out, config.seed)[1].documents
+    text = model.tokenizer.decode(windows["attention"][0].tolist(), skip_special_tokens=False)
+    assert text in EOT.join(held)  # EOT joins documents in the encoded text
+    row = next(r for r in run.read_table("probes") if r["step"] == STEPS[-1])
+    assert row["excess"] == pytest.approx(unit["excess"].mean())
+    assert row["tp_random_1"] == pytest.approx(unit["tp_random"][:, 1].mean())
+
+
 def test_figures_and_findings(study):
     run, config = study
     render_run(run)
-    assert_figures(run, ("e7_cycle_lengths", "e7_training"))
+    assert_figures(run, ("e7_cycle_lengths", "e7_training", "e7_probes"))
     found = e7_training.findings(run)
-    assert len(found) == 5 and all(f.experiment == "e7" for f in found)
-    assert all(f.verdict in ("holds", "fails", "inconclusive") for f in found[:3])
+    assert len(found) == 7 and all(f.experiment == "e7" for f in found)
+    assert all(f.verdict in ("holds", "fails", "inconclusive") for f in found[:3] + found[5:6])
     final, unigram = run.read_table("training")[-1], run.read_table("tokens")[0]
     assert found[3].verdict == decided(final["heldout_loss"] < unigram["unigram_heldout_loss"])
-    assert found[4].verdict is None
+    assert found[4].verdict is None and found[6].verdict is None
     lengths = {step: np.array([brute_end(t) for t in run.load(unit_name(step, "random"))
                                ["traces"]]) for step in STEPS}
     assert [f.measured for f in loop_findings(lengths)] == [f.measured for f in found[:3]]
