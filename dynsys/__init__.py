@@ -28,7 +28,7 @@ _EXPORTS = {
     "dynsys.dynamics.stationary": ("stationary_distributions",),
     "dynsys.theory": ("Certificate", "Drift", "Probe", "certify", "position_drift",
                       "probe_trace", "uniform_bound", "weight_constants"),
-    "dynsys.surgery": ("NeuronEdit", "ablation_sweep", "apply_edit", "confirm",
+    "dynsys.surgery": ("NeuronEdit", "ablation_sweep", "apply_edit", "confirm", "judge",
                        "neuron_attribution", "save_edited"),
 }
 _MODULES = {"prompts": "dynsys.data.prompts", "traces": "dynsys.dynamics.traces",

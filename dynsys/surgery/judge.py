@@ -1,0 +1,292 @@
+"""Judge a fix three ways: loop and collapse rates, held-out loss, and the attractors of the
+Markov map, each before and after on the same inputs.
+
+(a) **Rates** (`rate_changes`), on greedy continuations of G tokens of held-out prompts:
+
+- a trace is a **verbatim loop** when it ends in a minimal cycle repeated at least k = 3 times
+  (`dynsys.surgery.loops.looping`);
+- a trace is a **list collapse** when, split at the `delimiter` token(s) into non-empty entries
+  (compared verbatim), it has at least 2w entries, its first w entries hold at least w/2
+  distinct ones, and one entry holds a strict majority (share > 1/2) of its last w entries
+  (`dynsys.dynamics.traces.collapse`, window w; a two-entry alternation is a loop, not a
+  collapse). Without a delimiter no collapse rate is reported;
+- each rate r = #flagged / B has its exact (Clopper–Pearson) 95% interval; the change
+  d = r_after − r_before on the same prompts is a paired difference with its exact conditional
+  interval (`dynsys.stats.paired_difference`: only discordant prompts count).
+
+(b) **Held-out loss** (`loss_change`), on windows x [n, T + 1]: per window i,
+
+    ℓ_i = −(1/T) Σ_{t<T} log softmax(f_θ(x_i,0..t))[x_i,t+1]
+
+(f_θ the logits at positions 0..T−1, as `dynsys.train.step.loss`); L = mean_i ℓ_i before and
+after, and the paired change D = mean_i (ℓ_i^after − ℓ_i^before) with a paired t interval
+D ± t_{n−1, 0.975} · s_δ / √n (s_δ the sample standard deviation of the differences δ_i), or a
+percentile bootstrap over windows (`method="bootstrap"`, `dynsys.stats.bootstrap_interval`).
+An unchanged model gives δ_i = 0: D = 0 and the interval [0, 0].
+
+(c) **Attractors of the Markov map** f_P before and after, and whether the edited model's
+greedy trace (or a sampled loop breaker's) leaves f_P's attractor or only changes its surface:
+`dynsys.surgery.attractors`.
+
+`judge` runs the three on a before and an after model and returns a `Judgement` whose
+`table()` has one row per quantity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from dynsys.checks import check_tokens
+from dynsys.config import ModelConfig
+from dynsys.decode.engine import generate, sequence_logits
+from dynsys.dynamics.markov import markov_map
+from dynsys.dynamics.traces import collapse
+from dynsys.nn import Model
+from dynsys.stats import bootstrap_interval, paired_difference, proportion_interval
+from dynsys.surgery.attractors import AttractorChange, Surface, compare_attractors, surface
+from dynsys.surgery.loops import (K, as_prompts, check_length, check_pair, check_prompts,
+                                  looping)
+
+__all__ = ["LOSS_METHODS", "Judgement", "LossChange", "RateChange", "collapsing", "judge",
+           "loss_change", "rate_changes", "window_losses"]
+
+LOSS_METHODS: tuple[str, ...] = ("t", "bootstrap")
+
+
+# --- (a) loop and collapse rates -----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RateChange:
+    """One failure mode ("loop" or "collapse") flagged per prompt before and after.
+
+    Attributes:
+        name: "loop" or "collapse".
+        flags_before, flags_after: [B] bool, the trace of prompt b is flagged.
+        before, after: the rates #flagged / B; before_interval, after_interval their exact 95%
+            intervals.
+        change: d = after − before; change_interval its exact paired interval.
+    """
+
+    name: str
+    flags_before: np.ndarray
+    flags_after: np.ndarray
+    before: float
+    before_interval: tuple[float, float]
+    after: float
+    after_interval: tuple[float, float]
+    change: float
+    change_interval: tuple[float, float]
+
+    @classmethod
+    def of(cls, name: str, before, after) -> RateChange:
+        before, after = np.asarray(before, bool), np.asarray(after, bool)
+        n = before.size
+        d, interval = paired_difference(after, before)
+        return cls(name, before, after, float(before.mean()),
+                   proportion_interval(int(before.sum()), n), float(after.mean()),
+                   proportion_interval(int(after.sum()), n), float(d), interval)
+
+    def row(self) -> dict:
+        return {"part": "rate", "quantity": self.name, "prompt": None,
+                "n": int(self.flags_before.size), "before": self.before,
+                "before_lo": self.before_interval[0], "before_hi": self.before_interval[1],
+                "after": self.after, "after_lo": self.after_interval[0],
+                "after_hi": self.after_interval[1], "change": self.change,
+                "change_lo": self.change_interval[0], "change_hi": self.change_interval[1]}
+
+
+def collapsing(traces, delimiter, window: int = 8) -> np.ndarray:
+    """[B] bool: trace b is a list collapse (module docstring; `dynsys.dynamics.traces.collapse`
+    with this `delimiter` token or tokens and `window`)."""
+    traces = np.asarray(traces)
+    if traces.ndim != 2 or traces.shape[1] < 1:
+        raise ValueError(f"traces must be 2-D [batch, G], got shape {traces.shape}")
+    if not isinstance(window, int | np.integer) or isinstance(window, bool) or window < 1:
+        raise ValueError(f"window={window!r} must be a positive integer")
+    return np.array([collapse(t, delimiter, window).is_collapse for t in traces], bool)
+
+
+def _check_delimiter(delimiter, vocab_size: int):
+    if delimiter is None:
+        return None
+    ids = np.atleast_1d(np.asarray(delimiter))
+    if ids.ndim != 1 or not ids.size or not np.issubdtype(ids.dtype, np.integer) or (
+            (ids < 0) | (ids >= vocab_size)).any():
+        raise ValueError(f"delimiter={delimiter!r} must be token ids in [0, {vocab_size})")
+    return ids
+
+
+def rate_changes(before: Model, after: Model, prompts, G: int, *, delimiter=None,
+                 window: int = 8, k: int = K) -> tuple[RateChange, ...]:
+    """Greedy continuations of G tokens of `prompts` by both models, and the loop rate (and,
+    with a `delimiter`, the collapse rate with `window`) before and after with the paired
+    change. Returns (loop,) or (loop, collapse)."""
+    cfg = check_pair(before, after)
+    prompts, G = as_prompts(prompts), check_length(G)
+    check_prompts(cfg, prompts, G)
+    delimiter = _check_delimiter(delimiter, cfg.vocab_size)
+    x0, x1 = (np.asarray(generate(m, prompts, G)) for m in (before, after))
+    out = [RateChange.of("loop", looping(x0, k), looping(x1, k))]
+    if delimiter is not None:
+        out.append(RateChange.of("collapse", collapsing(x0, delimiter, window),
+                                 collapsing(x1, delimiter, window)))
+    return tuple(out)
+
+
+# --- (b) held-out loss ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LossChange:
+    """Held-out cross-entropy before and after on the same windows.
+
+    Attributes:
+        losses_before, losses_after: [n] per-window mean cross-entropy ℓ_i (nats per token).
+        before, after: their means L.
+        change: D = mean(after − before); change_interval its paired interval (`method`).
+        method: "t" (paired t) or "bootstrap" (paired percentile bootstrap over windows).
+    """
+
+    losses_before: np.ndarray
+    losses_after: np.ndarray
+    before: float
+    after: float
+    change: float
+    change_interval: tuple[float, float]
+    method: str
+
+    def row(self) -> dict:
+        return {"part": "loss", "quantity": "heldout_loss", "prompt": None,
+                "n": int(self.losses_before.size), "before": self.before, "after": self.after,
+                "change": self.change, "change_lo": self.change_interval[0],
+                "change_hi": self.change_interval[1], "method": self.method}
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _window_losses(cfg: ModelConfig, params, windows) -> jnp.ndarray:
+    lg = sequence_logits(cfg, params, windows[:, :-1])
+    picked = jnp.take_along_axis(lg, windows[:, 1:, None], axis=-1)[..., 0]
+    return (jax.nn.logsumexp(lg, axis=-1) - picked).mean(1)
+
+
+def _check_windows(cfg: ModelConfig, windows) -> np.ndarray:
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2:
+        raise ValueError(f"windows must be 2-D [n, T + 1] with T >= 1, got shape "
+                         f"{windows.shape}")
+    if windows.shape[1] - 1 > cfg.max_position_embeddings:
+        raise ValueError(f"window length T={windows.shape[1] - 1} exceeds "
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
+    return check_tokens(windows, cfg.vocab_size, "windows", ndim=2)
+
+
+def window_losses(model: Model, windows, batch: int = 16) -> np.ndarray:
+    """[n] ℓ_i, the mean next-token cross-entropy of each window x_i [T + 1] (module
+    docstring), `batch` windows per call (the last call padded, so one compile)."""
+    cfg = model.config
+    windows = _check_windows(cfg, windows)
+    if not isinstance(batch, int | np.integer) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch={batch!r} must be a positive integer")
+    n = len(windows)
+    batch = min(int(batch), n)
+    out = np.zeros(n, np.float64)
+    for start in range(0, n, batch):
+        rows = windows[start:start + batch]
+        padded = np.concatenate([rows, np.repeat(rows[:1], batch - len(rows), 0)])
+        out[start:start + len(rows)] = np.asarray(
+            _window_losses(cfg, model.params, jnp.asarray(padded, jnp.int32)))[:len(rows)]
+    return out
+
+
+def _paired_t(delta: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    d, sd = float(delta.mean()), float(delta.std(ddof=1))
+    half = stats.t.ppf(0.5 + level / 2, delta.size - 1) * sd / math.sqrt(delta.size)
+    return d - half, d + half
+
+
+def loss_change(before: Model, after: Model, windows, *, method: str = "t",
+                batch: int = 16, seed: int = 0) -> LossChange:
+    """Per-window held-out losses of both models on `windows` [n, T + 1] (n >= 2) and the
+    paired change D = mean(ℓ^after − ℓ^before) with a 95% paired t interval ("t") or paired
+    percentile bootstrap interval ("bootstrap", 2000 resamples, `seed`)."""
+    check_pair(before, after)
+    if method not in LOSS_METHODS:
+        raise ValueError(f"method={method!r} must be one of {', '.join(LOSS_METHODS)}")
+    windows = _check_windows(before.config, windows)
+    if len(windows) < 2:
+        raise ValueError(f"{len(windows)} window(s): a paired interval needs at least 2")
+    l0, l1 = window_losses(before, windows, batch), window_losses(after, windows, batch)
+    delta = l1 - l0
+    if not delta.any():
+        interval = (0.0, 0.0)
+    elif method == "t":
+        interval = _paired_t(delta)
+    else:
+        interval = bootstrap_interval(delta, np.mean, seed=seed)
+    return LossChange(l0, l1, float(l0.mean()), float(l1.mean()), float(delta.mean()),
+                      (float(interval[0]), float(interval[1])), method)
+
+
+# --- all three -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    """`judge`'s result: rates (loop[, collapse]), loss, one AttractorChange per map prompt,
+    and per map prompt the Surfaces of the after model's greedy trace and of any sampled
+    traces, in the before model's f_P."""
+
+    rates: tuple[RateChange, ...]
+    loss: LossChange
+    attractors: tuple[AttractorChange, ...]
+    surfaces: tuple[tuple[Surface, ...], ...]
+
+    def table(self) -> list[dict]:
+        """One dict per quantity; every row has part, quantity, prompt (map prompt index or
+        None); before/after/change where they apply."""
+        rows = [r.row() for r in self.rates] + [self.loss.row()]
+        for i, (att, surfs) in enumerate(zip(self.attractors, self.surfaces)):
+            rows += att.rows(i) + [s.row(i) for s in surfs]
+        return rows
+
+
+def judge(before: Model, after: Model, prompts, G: int, heldout_windows, map_prompts=(), *,
+          sampled: Sequence | None = None, delimiter=None, window: int = 8,
+          near_steps: int = 1, method: str = "t", k: int = K) -> Judgement:
+    """Judge `after` (e.g. `apply_edit(before, ...)`) against `before` three ways:
+
+    (a) loop (and, with `delimiter`, collapse) rates of greedy G-token continuations of the
+        held-out `prompts` (`rate_changes`);
+    (b) held-out loss on `heldout_windows` [n, T + 1] (`loss_change`, `method`);
+    (c) for each of `map_prompts`: the attractors of f_P before and after
+        (`attractor_change`), and the Surfaces, in the before f_P relative to the cycle the
+        before model's greedy G-token trace of P ends in, of the after model's greedy trace
+        ("after greedy") and of `sampled[i]` ([S, G] traces from P, e.g. a loop-breaking
+        sampler; "sampled").
+    """
+    map_prompts = as_prompts(map_prompts)
+    if sampled is not None and len(sampled) != len(map_prompts):
+        raise ValueError(f"{len(sampled)} sampled trace sets but {len(map_prompts)} map "
+                         "prompts")
+    rates = rate_changes(before, after, prompts, G, delimiter=delimiter, window=window, k=k)
+    loss = loss_change(before, after, heldout_windows, method=method)
+    changes, surfaces = [], []
+    for i, prompt in enumerate(map_prompts):
+        f = markov_map(before, prompt).next
+        change = compare_attractors(f, markov_map(after, prompt).next)
+        g0, g1 = (np.asarray(generate(m, [prompt], G))[0] for m in (before, after))
+        surfs = [surface(f, g0, g1, "after greedy", near_steps)]
+        if sampled is not None:
+            surfs.append(surface(f, g0, sampled[i], "sampled", near_steps))
+        changes.append(change)
+        surfaces.append(tuple(surfs))
+    return Judgement(rates, loss, tuple(changes), tuple(surfaces))
