@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import time
 from collections import Counter
@@ -32,8 +33,10 @@ from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
 from dynsys.runs import load_npz, open_run, save_npz_atomic
+from dynsys.sharding import parse_mesh
 from dynsys.studies import training
 from dynsys.studies.finding import Finding
+from dynsys.surgery import NeuronEdit, save_edited
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")
@@ -45,6 +48,8 @@ errors = Console(stderr=True)
 USER_ERRORS = (ValueError, OSError, SafetensorError)
 MODEL = typer.Option("tiny", help="preset name or local Hugging Face checkpoint directory")
 SEED = typer.Option(0, help="seed of the random initialisation (presets)")
+MESH = typer.Option(None, help="device mesh DATAxMODEL, e.g. 2x4 (as many devices as its size): "
+                    "rows split over DATA, the model tensor-parallel over MODEL")
 
 
 @app.callback()
@@ -191,11 +196,11 @@ def map_(model: str = MODEL, seed: int = SEED,
          prompt_seed: int = typer.Option(0, help="seed of the random prompt"),
          offset: int = typer.Option(0, help="position offset τ of the current token"),
          rope: bool = typer.Option(True, help="RoPE on (--rope) or off (--no-rope)"),
-         out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt")
-         ) -> None:
+         out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt"),
+         mesh: str = MESH) -> None:
     """The Markov map f_{P,τ} on all of V, written as an .npz (resumable: finished chunks
     are kept in OUT.chunks, which is removed once OUT is written)."""
-    net = load(model, seed=seed).with_rope(rope)
+    net = load(model, seed=seed, mesh=None if mesh is None else parse_mesh(mesh)).with_rope(rope)
     prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
     chunks = out.with_name(out.stem + ".chunks")
     fmap = markov_map(net, prompt, offset=offset, resume_dir=chunks)
@@ -246,13 +251,21 @@ def generate(
     rope: str = typer.Option("both", help="'on', 'off' or 'both'"),
     temperature: float = typer.Option(0.0, help="0 is greedy"),
     repeats: int = typer.Option(3, help="copies a period needs to count as a cycle"),
+    text: str = typer.Option(None, help="a text prompt instead of the N-gram prompts (a "
+                             "checkpoint with a tokenizer.json): its continuation as ids and text"),
+    mesh: str = MESH,
 ) -> None:
-    """Generate from repeated-N-gram prompts and print each trace's period, onset and repeats."""
+    """Generate from repeated-N-gram prompts (or --text) and print each trace's period, onset
+    and repeats."""
+    devices = None if mesh is None else parse_mesh(mesh)
+    if text is not None:
+        return _generate_text(load(model, seed=seed, mesh=devices), text, new_tokens,
+                              temperature, seed, repeats)
     if rope not in ("on", "off", "both"):
         raise ValueError(f"rope={rope!r} must be 'on', 'off' or 'both'")
     if prompts_per_n < 1:
         raise ValueError(f"--prompts-per-n={prompts_per_n} must be at least 1")
-    base = load(model, seed=seed)
+    base = load(model, seed=seed, mesh=devices)
     cfg = base.config
     batch = np.stack([prompts.repeated_ngram(cfg.vocab_size, n, length, seed=1000 * n + i)
                       for n in ngram for i in range(prompts_per_n)])
@@ -275,6 +288,61 @@ def generate(
                           str(found.onset[j]), str(found.repeats[j]),
                           " ".join(map(str, traces[j, -6:])))
     console.print(table)
+
+
+def _generate_text(model, text: str, new_tokens: int, temperature: float, seed: int,
+                   repeats: int) -> None:
+    """Continue one text prompt; print the prompt's and the continuation's ids beside their
+    text, and the continuation's period, onset and repeats."""
+    if model.tokenizer is None:
+        raise ValueError("--text needs a checkpoint directory holding a tokenizer.json; the "
+                         "model has none")
+    if not text:
+        raise ValueError("--text='' is empty")
+    ids = np.asarray(model.tokenizer.encode(text).ids, np.int32)
+    trace = np.asarray(generate_tokens(model, ids[None], new_tokens,
+                                       sampler=Sampler(temperature=temperature), seed=seed))[0]
+    found = periodicity_batch(trace[None], k=repeats)
+    table = Table(title=f"{len(ids)} prompt tokens, {new_tokens} new tokens, temperature "
+                        f"{temperature}: period {found.period[0]}, onset {found.onset[0]}, "
+                        f"repeats {found.repeats[0]}", show_lines=True)
+    table.add_column("", style="bold")
+    table.add_column("ids")
+    table.add_column("text")
+    for name, part in (("prompt", ids), ("continuation", trace)):
+        table.add_row(name, " ".join(map(str, part)),
+                      Text(model.tokenizer.decode(part.tolist(), skip_special_tokens=False)))
+    console.print(table)
+
+
+def _neurons(specs: list[str]) -> list[tuple[int, int]]:
+    """--neuron values, each LAYER:INDEX or a comma list of them, as (layer, index) pairs."""
+    pairs = []
+    for item in ",".join(specs).split(","):
+        found = re.fullmatch(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*", item)
+        if not found:
+            raise ValueError(f"--neuron {item!r} must look like LAYER:INDEX, e.g. 3:1027")
+        pairs.append((int(found[1]), int(found[2])))
+    return pairs
+
+
+@command()
+def edit(checkpoint: str = typer.Argument(..., help="preset name or local Hugging Face "
+                                                    "checkpoint directory"),
+         neuron: list[str] = typer.Option(..., help="MLP neuron LAYER:INDEX (repeatable, or "
+                                                    "a comma list)"),
+         op: str = typer.Option(..., help="zero, flip (sign-invert) or scale"),
+         factor: float = typer.Option(None, help="the factor of --op scale"),
+         out: Path = typer.Option(..., help="directory of the new checkpoint (must not exist)"),
+         seed: int = SEED) -> None:
+    """Zero, sign-flip or scale MLP neurons in the weights (neuron j of layer i writes
+    h_j · W_down[:, j]; the column is scaled, and a zeroed neuron's input rows are zeroed
+    too) and write the result as a new checkpoint, with edit.json recording the source, its
+    digest and the edit."""
+    change = NeuronEdit(_neurons(neuron), op, factor)
+    save_edited(checkpoint, change, out, seed=seed)
+    console.print(f"wrote {out}: {op}{'' if factor is None else f' x{factor:g}'} of "
+                  f"{len(change.neurons)} neuron(s) of {checkpoint}")
 
 
 if __name__ == "__main__":

@@ -239,3 +239,25 @@ def test_train_writes_checkpoints_through_time_and_resumes(tmp_path, narrow):
     assert again.exit_code == 0 and (out / "train" / "log.csv").read_text() == log
     refused(invoke("train", "--out", str(tmp_path / "x"), "--scale", "huge"), "huge")
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_text_prints_ids_beside_their_text(tmp_path):
+    """--text encodes with the checkpoint's tokenizer, and the continuation printed is
+    generate's, as ids and as their decoded text; a model without a tokenizer is refused."""
+    from conftest import CONFIGS, random_model
+
+    from dynsys.data import english, train_tokenizer
+    from dynsys.nn import Model
+
+    tokenizer = train_tokenizer(english().documents[:20], 257)
+    base = random_model(CONFIGS["llama-g1"])
+    ds.save_hf(Model(base.config, base.params, tokenizer), tmp_path / "ckpt")
+    ids = tokenizer.encode("The with statement").ids
+    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6))[0]
+    result = runner.invoke(app, ["generate", "--model", str(tmp_path / "ckpt"), "--text",
+                                 "The with statement", "--new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert says(result, " ".join(map(str, ids))) and says(result, "The with statement")
+    assert says(result, " ".join(map(str, expected)))
+    assert says(result, tokenizer.decode(expected.tolist(), skip_special_tokens=False).strip())
+    refused(runner.invoke(app, ["generate", "--text", "hello"]), "--text needs a checkpoint")

@@ -19,9 +19,10 @@ from dynsys.checks import check_finite, check_positions, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
-from dynsys.nn.cache import (Prefix, RowCache, bucket, digest_words, empty_rows, prefix_of,
-                             source_digest, words_digest)
-from dynsys.nn.sites import Recorded
+from dynsys.nn.cache import (PREFIX_KEY_AXES, PREFIX_VALUE_AXES, Prefix, RowCache, bucket,
+                             digest_words, empty_rows, prefix_of, source_digest, words_digest)
+from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded
+from dynsys.sharding import constrain, use
 
 SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
 
@@ -78,30 +79,44 @@ def prefill_chunk(cfg: ModelConfig, batch: int, length: int, capacity: int) -> i
     return chunk
 
 
+def _recorded_sites(cfg: ModelConfig, recorded: Recorded | None, record: tuple[str, ...],
+                    index: int) -> dict:
+    """{site: its value at token `index` of the call}: [B, L, ...] for a block site (L layers),
+    [B, ...] for a model site; {} when `record` is empty."""
+    return {name: recorded(name)[:, index] if name in MODEL_SITES else
+            jnp.stack([recorded(name, layer)[:, index] for layer in range(cfg.num_layers)], 1)
+            for name in record}
+
+
 def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
-                  chunk: int, edits: dict | None = None):
+                  chunk: int, edits: dict | None = None, record: tuple[str, ...] = ()):
     """Write tokens [B, T] into an empty RowCache, `chunk` (dividing T) at a time; returns
-    the last hidden state [B, D] and the cache."""
+    the last hidden state [B, D], the cache and the `record` sites at the last token (see
+    `_recorded_sites`)."""
     B, T = tokens.shape
 
     def body(i, carry):
-        _, rows = carry
+        rows = carry[1]
         piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
                  for x in (tokens, positions, write_mask)]
-        out = run(cfg, params, *piece[:2], rows, piece[2], None, edits)
-        return out.hidden[:, -1], out.rows
+        out = run(cfg, params, *piece[:2], rows, piece[2], None, edits, bool(record))
+        return out.hidden[:, -1], out.rows, _recorded_sites(cfg, out.recorded, record, -1)
 
     hidden = jnp.zeros((B, cfg.hidden_size), cfg.dtype)
-    return jax.lax.fori_loop(0, T // chunk, body, (hidden, rows))
+    sites = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         jax.eval_shape(body, 0, (hidden, rows, None))[2]) if record else {}
+    return jax.lax.fori_loop(0, T // chunk, body, (hidden, rows, sites))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "chunk"))
 def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length, source) -> Prefix:
     capacity = tokens.shape[0]
     positions = jnp.arange(capacity, dtype=jnp.int32)[None]
-    _, rows = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
+    _, rows, _ = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
                             empty_rows(cfg, 1, capacity), chunk)
-    return prefix_of(rows.replace(end=length), source)
+    prefix = prefix_of(rows.replace(end=length), source)
+    return prefix.replace(k=tuple(constrain(k, PREFIX_KEY_AXES) for k in prefix.k),
+                          v=tuple(constrain(v, PREFIX_VALUE_AXES) for v in prefix.v))
 
 
 def prefill(model: Model, prompt, capacity: int | None = None,
@@ -109,7 +124,8 @@ def prefill(model: Model, prompt, capacity: int | None = None,
     """The shared prefix of a 1-D prompt: its keys and values at positions 0..n−1.
 
     Capacity defaults to bucket(n); the prompt is processed `chunk` tokens at a time
-    (default `prefill_chunk`; it must divide the capacity).
+    (default `prefill_chunk`; it must divide the capacity). With the parameters on a mesh
+    (dynsys.sharding) the prefix's keys and values are split over "model" by kv head.
     """
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
@@ -126,8 +142,9 @@ def prefill(model: Model, prompt, capacity: int | None = None,
     if chunk < 1 or capacity % chunk:
         raise ValueError(f"chunk={chunk} must be a positive divisor of the capacity {capacity}")
     source = digest_words(source_digest(model.digest, prompt))
-    return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n),
-                    jnp.asarray(source))
+    with use(model.params):
+        return _prefill(cfg, chunk, model.params, jnp.asarray(tokens), jnp.int32(n),
+                        jnp.asarray(source))
 
 
 def prefix_for(model: Model, prompt, prefix: Prefix | None = None) -> Prefix:
@@ -166,8 +183,9 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
     elif int(rows.end) + tokens.shape[1] > rows.capacity:
         raise ValueError(f"{tokens.shape[1]} tokens do not fit: the row cache holds "
                          f"{int(rows.end)} of {rows.capacity} slots")
-    return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions), rows,
-                 edits)
+    with use(model.params):
+        return _step(cfg, model.params, prefix, jnp.asarray(tokens), jnp.asarray(positions),
+                     rows, edits)
 
 
 def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
@@ -200,14 +218,16 @@ class DecodeState:
     position: jnp.ndarray  # [B] position of the next token
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "kind", "with_margins"))
+@functools.partial(jax.jit,
+                   static_argnames=("cfg", "max_new_tokens", "kind", "with_margins", "record"))
 def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
-              tokens, write_mask, values, key, edits):
+              tokens, write_mask, values, key, edits, record: tuple[str, ...] = ()):
     B, T = tokens.shape
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
-    hidden, rows = _prefill_rows(cfg, params, tokens, positions, write_mask,
-                                 empty_rows(cfg, B, T + max_new_tokens),
-                                 prefill_chunk(cfg, B, T, T + max_new_tokens), edits)
+    hidden, rows, first = _prefill_rows(cfg, params, tokens, positions, write_mask,
+                                        empty_rows(cfg, B, T + max_new_tokens),
+                                        prefill_chunk(cfg, B, T, T + max_new_tokens), edits,
+                                        record)
     state = DecodeState(logits=logits(cfg, params, hidden),
                         seq=jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens),
                         rows=rows, position=positions[:, -1] + 1)
@@ -222,17 +242,20 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     def body(state: DecodeState, i):
         token, margin, finite = choose(state, i)
         out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
-                  jnp.ones((B, 1), bool), None, edits)
+                  jnp.ones((B, 1), bool), None, edits, bool(record))
         state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
                             rows=out.rows, position=state.position + 1)
-        return state, (token, margin, finite)
+        return state, (token, margin, finite, _recorded_sites(cfg, out.recorded, record, 0))
 
-    state, steps = jax.lax.scan(body, state, jnp.arange(max_new_tokens - 1))
+    state, (*steps, sites) = jax.lax.scan(body, state, jnp.arange(max_new_tokens - 1))
     last = choose(state, max_new_tokens - 1)
-    # [B, G] each: tokens, margins, finite logits
-    return tuple(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last))
+    # [B, G] each: tokens, margins, finite logits; then {site: [B, G, ...]}, entry 0 from the
+    # last prompt token, entry i > 0 from step i − 1 (which fed token i − 1)
+    return (*(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last)),
+            jax.tree.map(lambda x, y: jnp.concatenate([x[:, None], jnp.moveaxis(y, 0, 1)], 1),
+                         first, sites))
 
 
 def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,14 +274,24 @@ def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray
 
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
-             return_margins: bool = False, edits: dict | None = None):
+             return_margins: bool = False, edits: dict | None = None,
+             record: Sequence[str] = ()):
     """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
-    (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]).
+    (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]; then,
+    with `record`, the recorded sites): `tokens`, `(tokens, margins)`, `(tokens, recorded)` or
+    `(tokens, margins, recorded)`.
+
+    record: site names (`dynsys.nn.sites`; a str is one name). recorded[name] is [B, G, L, ...]
+    for a block site (L layers), [B, G, ...] for "embed_out": entry [b, i] is the site's value
+    at the position whose logits token i was chosen from, the last prompt token for i = 0 and
+    generated token i − 1 (fed at step i − 1) for i > 0, i.e. position p_b + i − 1 for a prompt
+    of length p_b. record=() compiles the program generation has without recording.
 
     prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
     and masked). `edits` (a `dynsys.nn.sites.edits` tree) changes named sites at every step,
     prompt included; new edit values reuse the compiled program. One compile per (B, length
-    bucket, max_new_tokens, sampler kind, edit structure).
+    bucket, max_new_tokens, sampler kind, edit structure). With the parameters on a mesh
+    (dynsys.sharding) the rows are split over "data" and the model and KV cache over "model".
     """
     cfg = model.config
     if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
@@ -266,14 +299,22 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     if (not isinstance(max_new_tokens, int | np.integer) or isinstance(max_new_tokens, bool)
             or max_new_tokens < 1):
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
+    record = tuple(dict.fromkeys((record,) if isinstance(record, str) else record))
+    for name in record:
+        if name not in BLOCK_SITES and name not in MODEL_SITES:
+            raise ValueError(f"record names an unknown site {name!r}; sites: "
+                             f"{[*MODEL_SITES, *BLOCK_SITES]}")
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     longest = int(mask.sum(1).max())
     if longest + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
             f"max_position_embeddings={cfg.max_position_embeddings}")
-    out, margins, finite = _generate(cfg, int(max_new_tokens), sampler.kind, return_margins,
-                                     model.params, jnp.asarray(tokens), jnp.asarray(mask),
-                                     sampler.values, jax.random.PRNGKey(seed), edits)
+    with use(model.params):
+        out, margins, finite, recorded = _generate(
+            cfg, int(max_new_tokens), sampler.kind, return_margins, model.params,
+            jnp.asarray(tokens), jnp.asarray(mask), sampler.values, jax.random.PRNGKey(seed),
+            edits, record=record)
     check_finite(finite, "generate ([row, step])")
-    return (out, margins) if return_margins else out
+    extra = ((margins,) if return_margins else ()) + ((recorded,) if record else ())
+    return (out, *extra) if extra else out

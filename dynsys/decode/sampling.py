@@ -1,5 +1,7 @@
 """Next-token selection with Hugging Face semantics, in Hugging Face's order:
-repetition penalty, no-repeat-n-gram, temperature, top-k, top-p, then argmax or a draw.
+repetition penalty, DRY, no-repeat-n-gram, temperature, top-k, top-p, then argmax or a draw.
+DRY (not in transformers) follows text-generation-webui's DRYLogitsProcessor, placed where
+that tool's default sampler order has it: after the repetition penalty, before temperature.
 
 The Sampler's *kind* (greedy or not, which filters are on, the n-gram size) is static; its
 values are traced arrays, so a sweep over temperatures or top-p compiles once.
@@ -22,56 +24,123 @@ class Sampler:
     no_repeat_ngram_size n: a token that would complete an n-gram already in the sequence
     is banned.
 
-    Accepted: temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0, finite numbers (ints
-    and numpy scalars too, stored as float); top_k >= 0 and no_repeat_ngram_size >= 0, integers
-    (numpy integers too, stored as int; never bools or floats). Anything else is a ValueError."""
+    DRY ("Don't Repeat Yourself", text-generation-webui's DRYLogitsProcessor; dry_multiplier
+    m = 0 is off): in the last dry_penalty_last_n tokens x (0: all), L_v is the max over slots
+    i < last with x_{i+1} = v, v not a sequence breaker, of the length of the longest common
+    suffix of x_{..i} and x_{..last} holding no breaker, capped at DRY_MAX_MATCH (webui's cap);
+    if L_v >= dry_allowed_length a, the score s_v becomes s_v − m·dry_base^(L_v − a). Matches
+    may overlap the suffix (x = 1 1 1: L_1 = 2).
+
+    Accepted: temperature >= 0, 0 < top_p <= 1, repetition_penalty > 0, dry_multiplier >= 0 and
+    dry_base >= 1, finite numbers (ints and numpy scalars too, stored as float); top_k >= 0,
+    no_repeat_ngram_size >= 0, dry_allowed_length >= 1 and dry_penalty_last_n >= 0, integers
+    (numpy integers too, stored as int; never bools or floats); dry_sequence_breakers, a tuple or
+    list of token ids >= 0 (stored as a tuple of int). Anything else is a ValueError."""
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_sequence_breakers: tuple[int, ...] = ()
+    dry_penalty_last_n: int = 0
 
     def __post_init__(self):
+        if not isinstance(self.dry_sequence_breakers, tuple | list):
+            raise ValueError(f"dry_sequence_breakers={self.dry_sequence_breakers!r} must be a "
+                             "tuple of token ids")
         set_frozen(
             self, temperature=check_float("temperature", self.temperature, at_least=0),
             top_k=check_int("top_k", self.top_k, minimum=0),
             top_p=check_float("top_p", self.top_p, above=0, at_most=1),
             repetition_penalty=check_float("repetition_penalty", self.repetition_penalty, above=0),
             no_repeat_ngram_size=check_int("no_repeat_ngram_size", self.no_repeat_ngram_size,
-                                           minimum=0))
+                                           minimum=0),
+            dry_multiplier=check_float("dry_multiplier", self.dry_multiplier, at_least=0),
+            dry_base=check_float("dry_base", self.dry_base, at_least=1),
+            dry_allowed_length=check_int("dry_allowed_length", self.dry_allowed_length,
+                                         minimum=1),
+            dry_sequence_breakers=tuple(check_int("dry_sequence_breakers", t, minimum=0)
+                                        for t in self.dry_sequence_breakers),
+            dry_penalty_last_n=check_int("dry_penalty_last_n", self.dry_penalty_last_n,
+                                         minimum=0))
 
     @property
-    def kind(self) -> tuple[bool, bool, bool, bool, int]:
-        """The static part: (greedy, top_k on, top_p on, penalty on, n-gram size)."""
+    def kind(self) -> tuple[bool, bool, bool, bool, int, bool]:
+        """The static part: (greedy, top_k on, top_p on, penalty on, n-gram size, DRY on)."""
         return (self.temperature == 0, self.top_k > 0, self.top_p < 1,
-                self.repetition_penalty != 1, self.no_repeat_ngram_size)
+                self.repetition_penalty != 1, self.no_repeat_ngram_size, self.dry_multiplier > 0)
 
     @property
     def values(self) -> dict[str, jnp.ndarray]:
+        """The traced part (the breakers' count is a shape: one compile per count)."""
         return {"temperature": jnp.float32(self.temperature), "top_k": jnp.int32(self.top_k),
                 "top_p": jnp.float32(self.top_p),
-                "repetition_penalty": jnp.float32(self.repetition_penalty)}
+                "repetition_penalty": jnp.float32(self.repetition_penalty),
+                "dry_multiplier": jnp.float32(self.dry_multiplier),
+                "dry_base": jnp.float32(self.dry_base),
+                "dry_allowed_length": jnp.int32(self.dry_allowed_length),
+                "dry_sequence_breakers": jnp.asarray(self.dry_sequence_breakers, jnp.int32),
+                "dry_penalty_last_n": jnp.int32(self.dry_penalty_last_n)}
 
 
 GREEDY = Sampler()
+DRY_MAX_MATCH = 50  # text-generation-webui's cap on a DRY match length
 
 
 def process(logits: jnp.ndarray, seq: jnp.ndarray, seen: jnp.ndarray, kind: tuple,
             values: dict) -> jnp.ndarray:
-    """Scores [B, V] after the penalty and the n-gram ban (the scores greedy takes argmax of).
+    """Scores [B, V] after the penalty, DRY and the n-gram ban (the scores greedy takes argmax
+    of).
 
-    seq [B, C]: the tokens so far; seen [B, C]: which slots hold a real token, the last one
-    being the current token (slots fill left to right)."""
-    _, _, _, penalty_on, ngram = kind
+    seq [B, C]: the tokens so far; seen [B, C]: which slots hold a real token, one contiguous
+    run, the last one being the current token (slots fill left to right)."""
+    _, _, _, penalty_on, ngram, dry_on = kind
     B, V = logits.shape
     if penalty_on:
         rho = values["repetition_penalty"]
         present = jnp.zeros((B, V), bool).at[jnp.arange(B)[:, None], seq].max(seen)
         logits = jnp.where(present, jnp.where(logits > 0, logits / rho, logits * rho), logits)
+    if dry_on:
+        length = _dry_match_lengths(seq, seen, values, V)
+        allowed = values["dry_allowed_length"]
+        penalty = values["dry_multiplier"] * values["dry_base"] ** (length - allowed)
+        logits = jnp.where(length >= allowed, logits - penalty, logits)
     if ngram:
         logits = jnp.where(_banned_ngram_completions(seq, seen, ngram, V), -jnp.inf, logits)
     return logits
+
+
+def _dry_match_lengths(seq, seen, values, vocab: int) -> jnp.ndarray:
+    """L [B, V] of the Sampler's DRY rule (0 where v follows no match), in O(C·DRY_MAX_MATCH):
+    with usable slots u = [start, last] (the last dry_penalty_last_n real ones) and tail
+    t_k = x_{last−k}, the match ending at slot i has length min{k : x_{i−k} ≠ t_k, or slot i−k
+    or last−k is not usable, or t_k is a breaker}, capped; L_v is its max over i < last with
+    x_{i+1} = v not a breaker."""
+    B, C = seq.shape
+    first = jnp.argmax(seen, axis=1)
+    last = first + jnp.sum(seen, axis=1) - 1
+    n = values["dry_penalty_last_n"]
+    start = jnp.where(n > 0, jnp.maximum(first, last - n + 1), first)
+    slots = jnp.arange(C)
+    rows = jnp.arange(B)[:, None]
+    usable = (slots >= start[:, None]) & (slots <= last[:, None])  # [B, C]
+    breaker = (seq[..., None] == values["dry_sequence_breakers"]).any(-1)  # [B, C]
+    k = jnp.arange(min(C, DRY_MAX_MATCH))
+    tail = jnp.maximum(last[:, None] - k, 0)  # [B, K] slot last − k
+    tail_ok = usable[rows, tail] & ~breaker[rows, tail] & (last[:, None] >= k)
+    back = slots[:, None] - k  # [C, K] slot i − k
+    agree = ((seq[rows[..., None], jnp.maximum(back, 0)] == seq[rows, tail][:, None])
+             & usable[rows[..., None], jnp.maximum(back, 0)] & (back >= 0)
+             & tail_ok[:, None])  # [B, C, K]
+    length = jnp.cumprod(agree.astype(jnp.int32), axis=-1).sum(-1)  # [B, C] match ending at slot i
+    follower = jnp.roll(seq, -1, axis=1)  # x_{i+1}
+    counts = usable & (slots < last[:, None]) & ~jnp.roll(breaker, -1, axis=1)
+    return jnp.zeros((B, vocab), length.dtype).at[rows, follower].max(
+        jnp.where(counts, length, 0))
 
 
 def _banned_ngram_completions(seq, seen, n: int, vocab: int) -> jnp.ndarray:
@@ -93,7 +162,7 @@ def _banned_ngram_completions(seq, seen, n: int, vocab: int) -> jnp.ndarray:
 
 def select(scores: jnp.ndarray, key: jax.Array, kind: tuple, values: dict) -> jnp.ndarray:
     """The next token [B] from processed scores: argmax, or a draw after temperature/top-k/top-p."""
-    greedy, top_k_on, top_p_on, _, _ = kind
+    greedy, top_k_on, top_p_on, *_ = kind
     if greedy:
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
     scores = scores / values["temperature"]

@@ -23,6 +23,7 @@ from dynsys.decode import last_logits, prefix_for, sampling
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix, source_digest
 from dynsys.runs import chunked
+from dynsys.sharding import use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +85,10 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
     `offset` τ is one integer or one per row.
 
     Rows are processed `chunk` at a time through the shared-prefix step (the prefix is cached
-    once and never copied per row). With `resume_dir`, each finished chunk is written
-    atomically there and a rerun recomputes only the missing chunks.
+    once and never copied per row); with the parameters on a mesh (dynsys.sharding) each
+    chunk's rows are split over "data", the model and the prefix over "model". With
+    `resume_dir`, each finished chunk is written atomically there and a rerun recomputes only
+    the missing chunks.
     """
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
@@ -111,8 +114,9 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
     def compute(start: int, stop: int) -> dict[str, np.ndarray]:
         padded, at = np.zeros((chunk, k), np.int32), np.zeros((chunk, k), np.int32)
         padded[:stop - start], at[:stop - start] = suffixes[start:stop], positions[start:stop]
-        out = _map_chunk(cfg, kernel_k, model.params, prefix, jnp.asarray(padded),
-                         jnp.asarray(at), jnp.float32(temperature))
+        with use(model.params):
+            out = _map_chunk(cfg, kernel_k, model.params, prefix, jnp.asarray(padded),
+                             jnp.asarray(at), jnp.float32(temperature))
         *part, finite = (np.asarray(x)[:stop - start] for x in out)
         check_finite(finite, f"the map's rows {start}..{stop - 1}")
         return dict(zip(("next", "margin", "ids", "probs"), part))

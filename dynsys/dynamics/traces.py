@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dynsys.config import check_int
+
 __all__ = [
     "Collapse",
     "LoopFlag",
@@ -48,6 +50,7 @@ __all__ = [
     "periodicity",
     "periodicity_batch",
     "rep_l",
+    "repetition_stop",
     "rep_r",
     "rep_w",
     "seq_rep_n",
@@ -436,12 +439,40 @@ def min_cycle_anywhere(traces: np.ndarray, k: int = 3) -> np.ndarray:
     out = np.zeros(len(traces), np.int64)
     todo = np.arange(len(traces))
     for p in range(1, traces.shape[1] // k + 1):
-        same = traces[todo, p:] == traces[todo, :-p]  # same[:, i]: x_i == x_{i+p}
-        index = np.arange(same.shape[1])
-        last_break = np.maximum.accumulate(np.where(same, -1, index), axis=1)
-        hit = (index - last_break).max(axis=1) >= (k - 1) * p
+        hit = _periodic_runs(traces[todo], p).max(axis=1) >= (k - 1) * p
         out[todo[hit]] = p
         todo = todo[~hit]
         if not todo.size:
             break
     return out
+
+
+def _periodic_runs(traces: np.ndarray, p: int) -> np.ndarray:
+    """run [B, G − p]: run[:, i] = how many consecutive i' <= i (ending at i) have
+    x_{i'} == x_{i'+p}; 0 where x_i != x_{i+p}."""
+    same = traces[:, p:] == traces[:, :-p]
+    index = np.arange(same.shape[1])
+    return index - np.maximum.accumulate(np.where(same, -1, index), axis=1)
+
+
+def repetition_stop(traces: np.ndarray, min_pattern: int, max_pattern: int,
+                    min_count: int) -> np.ndarray:
+    """vLLM's repetition detection as a stop criterion, read off finished traces [B, G]: per
+    row, the length t at which generation would have been ended, the smallest t such that
+    x_0..x_{t−1} ends in min_count copies of a pattern of size p ∈ [min_pattern, max_pattern]
+    (x_{t−1−j} = x_{t−1−j−p} for 0 <= j < (min_count − 1)·p); G if there is none. Stopping
+    changes no token before it, so the stopped output is traces[b, :t]."""
+    traces = np.asarray(traces)
+    if traces.ndim != 2:
+        raise ValueError(f"expected traces [B, G], got shape {traces.shape}")
+    traces = _token_ids(traces)
+    min_pattern = check_int("min_pattern", min_pattern, minimum=1)
+    max_pattern = check_int("max_pattern", max_pattern, minimum=min_pattern)
+    min_count = check_int("min_count", min_count, minimum=2)
+    B, G = traces.shape
+    stop = np.full(B, G, np.int64)
+    for p in range(min_pattern, min(max_pattern, G // min_count) + 1):
+        hit = _periodic_runs(traces, p) >= (min_count - 1) * p  # hit[:, i]: stop at t = i+p+1
+        first = np.where(hit.any(axis=1), hit.argmax(axis=1) + p + 1, G)
+        stop = np.minimum(stop, first)
+    return stop

@@ -18,11 +18,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+from tokenizers import Tokenizer
 
 from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
-from dynsys.nn import Model, init_params
+from dynsys.nn import Model, init_params, param_axes
+from dynsys.sharding import place
 
 _INDEX = "model.safetensors.index.json"
 # Buffers some checkpoints carry that are not parameters (recomputed from the config).
@@ -139,7 +142,8 @@ def _check_target(directory: Path, cfg: ModelConfig) -> None:
 
 
 def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
-    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json).
+    """Write config.json and model.safetensors (or shards plus model.safetensors.index.json),
+    and tokenizer.json when the model carries a tokenizer.
 
     The checkpoint is written to a temporary directory beside `directory` and renamed into
     place, replacing an earlier checkpoint there as a whole (no stale shards or index); a
@@ -165,6 +169,8 @@ def save_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30)
 
 def _write_checkpoint(model: Model, directory: Path, max_shard_bytes: int) -> None:
     (directory / "config.json").write_text(json.dumps(to_hf_config(model.config), indent=2))
+    if model.tokenizer is not None:
+        model.tokenizer.save(str(directory / "tokenizer.json"))
     state = hf_state_dict(model)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
@@ -234,8 +240,11 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
-    """A dynsys model from a local Hugging Face checkpoint directory.
+def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None = None
+            ) -> Model:
+    """A dynsys model from a local Hugging Face checkpoint directory; with `mesh`
+    (dynsys.sharding.make_mesh) each parameter goes straight from the file onto the mesh, split
+    over its "model" axis (dynsys.sharding.place).
 
     Missing, unexpected or mis-shaped tensors raise ValueError naming them.
     """
@@ -257,7 +266,7 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
                          f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
 
     def put(path: tuple[str, ...], value: np.ndarray) -> None:
-        _set(params, path, jnp.asarray(value, cfg.dtype))
+        _set(params, path, np.asarray(value, jnp.dtype(cfg.dtype)))
 
     for t in layout:
         put(t.ours, t.from_hf(tensors[t.hf], _get(expected, t.ours).shape))
@@ -275,7 +284,24 @@ def load_hf(directory: str | Path, dtype: str | None = None) -> Model:
             for j, name in enumerate("qkv"):
                 put((f"blocks_{i}", "attn", name, "kernel"), w[:, j])
                 put((f"blocks_{i}", "attn", name, "bias"), b[:, j])
-    return Model(cfg, params)
+    params = jax.device_put(params) if mesh is None else place(params, param_axes(cfg), mesh)
+    return Model(cfg, params, _tokenizer(directory, cfg))
+
+
+def _tokenizer(directory: Path, cfg: ModelConfig) -> Tokenizer | None:
+    """The checkpoint's tokenizer.json, if it has one; a ValueError if it does not read or
+    holds ids the model has no embedding for."""
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise ValueError(f"{path} is not a readable tokenizer: {e}") from None
+    if tokenizer.get_vocab_size() > cfg.vocab_size:
+        raise ValueError(f"{path} has {tokenizer.get_vocab_size()} tokens; the model's "
+                         f"vocab_size is {cfg.vocab_size}")
+    return tokenizer
 
 
 def checkpoint_digest(name_or_path: str | Path) -> str:
@@ -318,12 +344,18 @@ def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConf
     return cfg if dtype is None else cfg.replace(dtype=dtype)
 
 
-def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None) -> Model:
+def load(name_or_path: str | Path, seed: int = 0, dtype: str | None = None,
+         mesh: Mesh | None = None) -> Model:
     """A preset with random Hugging Face-style initialisation (seeded), or a local HF
-    checkpoint directory."""
-    if str(name_or_path) in PRESETS:
-        return _random_model(str(name_or_path), seed, dtype).copy()
-    return load_hf(name_or_path, dtype)
+    checkpoint directory; with `mesh` (dynsys.sharding.make_mesh) the parameters are placed on
+    it, split over its "model" axis (dynsys.sharding.place), and every entry point taking the
+    model runs on the mesh."""
+    if str(name_or_path) not in PRESETS:
+        return load_hf(name_or_path, dtype, mesh)
+    model = _random_model(str(name_or_path), seed, dtype).copy()
+    if mesh is None:
+        return model
+    return dataclasses.replace(model, params=place(model.params, param_axes(model.config), mesh))
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -11,10 +12,15 @@ import numpy as np
 from dynsys.config import ModelConfig
 from dynsys.nn.transformer import Transformer
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A configuration and its parameters; pass `model.params` into jitted functions.
+    """A configuration and its parameters; pass `model.params` into jitted functions. A model
+    loaded from a checkpoint directory that holds a tokenizer.json carries its `tokenizer` (text
+    in and out only: it takes no part in the digest or in any computation).
 
     Parameter leaves are treated as immutable (jax arrays): `digest` is cached against the
     identity of the leaves, so replacing a leaf in the tree is noticed, mutating a numpy leaf
@@ -23,6 +29,7 @@ class Model:
 
     config: ModelConfig
     params: dict
+    tokenizer: Tokenizer | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def module(self) -> Transformer:
@@ -30,7 +37,7 @@ class Model:
 
     def with_rope(self, use_rope: bool) -> Model:
         """The same weights with the rotary embedding on, or replaced by the identity."""
-        other = Model(self.config.with_rope(use_rope), self.params)
+        other = Model(self.config.with_rope(use_rope), self.params, self.tokenizer)
         other.__dict__["_params_digest"] = self.__dict__.get("_params_digest")
         return other
 
@@ -63,4 +70,5 @@ class Model:
     def copy(self) -> Model:
         """The same model with a fresh parameter tree (the immutable leaves are shared), so
         editing one tree's structure leaves the other alone."""
-        return Model(self.config, jax.tree_util.tree_map(lambda x: x, self.params))
+        return Model(self.config, jax.tree_util.tree_map(lambda x: x, self.params),
+                     self.tokenizer)

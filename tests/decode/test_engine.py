@@ -150,3 +150,66 @@ def test_max_new_tokens_must_be_a_true_integer(model_of):
     for bad in (True, 2.0, 0, -3):
         with pytest.raises(ValueError, match="max_new_tokens"):
             generate(model, tokens(model, 1, 5), bad)
+
+
+RECORDED = ("embed_out", "heads", "mlp_hidden", "resid_post")
+
+
+def test_recorded_generation_matches_teacher_forced_forward(model_of):
+    """Entry [b, i] of a recorded site is its value at position p_b − 1 + i of a forward pass
+    over prompt_b + tokens[b, :G − 1] (rows right-padded: causal attention ignores the
+    padding; generate left-pads)."""
+    import jax
+    model = model_of("llama-g2-narrow")
+    cfg, G = model.config, 6
+    prompts = [tokens(model, 16, seed=6), tokens(model, 11, seed=7)]
+    out, margins, recorded = generate(model, prompts, G, return_margins=True,
+                                      record=(*RECORDED, "resid_post"))
+    assert list(recorded) == list(RECORDED) and margins.shape == (2, G)
+    n = 16 + G - 1
+    seq = np.zeros((2, n), np.int32)
+    for b, prompt in enumerate(prompts):
+        seq[b, :len(prompt) + G - 1] = np.concatenate([prompt, np.asarray(out[b, :G - 1])])
+    whole = jax.jit(dynsys.decode.engine.run, static_argnames=("cfg", "record"))(
+        cfg, model.params, seq, np.tile(np.arange(n), (2, 1)), empty_rows(cfg, 2, n),
+        np.ones((2, n), bool), None, record=True).recorded
+    for b, prompt in enumerate(prompts):
+        steps = slice(len(prompt) - 1, len(prompt) - 1 + G)
+        np.testing.assert_allclose(np.asarray(recorded["embed_out"][b]),
+                                   np.asarray(whole("embed_out")[b, steps]), atol=1e-5)
+        for name in RECORDED[1:]:
+            assert recorded[name].shape[:3] == (2, G, cfg.num_layers)
+            for layer in range(cfg.num_layers):
+                np.testing.assert_allclose(np.asarray(recorded[name][b, :, layer]),
+                                           np.asarray(whole(name, layer)[b, steps]),
+                                           rtol=1e-5, atol=1e-5, err_msg=f"{name} {layer}")
+
+
+def lowered_generation(model, record):
+    """The text of generate's program (a fresh jit each call, so patches take effect)."""
+    import jax
+    cfg, sampler = model.config, Sampler()
+    prompts, mask = np.zeros((2, 16), np.int32), np.ones((2, 16), bool)
+    generation = dynsys.decode.engine._generate.__wrapped__
+    return jax.jit(lambda *args: generation(cfg, 4, sampler.kind, False, *args, record=record)
+                   ).lower(model.params, prompts, mask, sampler.values, jax.random.PRNGKey(0),
+                           None).as_text()
+
+
+def test_generation_without_record_compiles_no_recording(model_of, monkeypatch):
+    """record=() gives the program of a model with no sites and no recording code at all."""
+    import dynsys.nn.transformer
+    model = model_of("llama-g1")
+    plain = lowered_generation(model, ())
+    assert lowered_generation(model, ("mlp_hidden",)) != plain
+    monkeypatch.setattr(dynsys.nn.transformer, "site", lambda module, name, x: x)
+    monkeypatch.setattr(dynsys.decode.engine, "_recorded_sites", lambda *args: {})
+    assert lowered_generation(model, ()) == plain
+
+
+@pytest.mark.parametrize("record", [("resid_post", "mlp_gate"), "resid"])
+def test_recording_an_unknown_site_raises_naming_it(model_of, record):
+    model = model_of("llama-g1")
+    bad = record[-1] if isinstance(record, tuple) else record
+    with pytest.raises(ValueError, match=f"unknown site '{bad}'"):
+        generate(model, tokens(model, 1, 5), 2, record=record)

@@ -13,6 +13,7 @@ from transformers import (NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsP
 
 from dynsys.decode import generate
 from dynsys.decode.sampling import GREEDY, Sampler, margin, process, select
+from dynsys.dynamics.traces import repetition_stop
 
 B, C, V = 4, 10, 24  # fixed shapes, so each sampler kind compiles once
 fast_process = jax.jit(process, static_argnames="kind")
@@ -209,6 +210,12 @@ BAD_SAMPLERS = {  # case: (fields, the bad value's repr in the message)
     "top_p true": (dict(top_p=True), "True"),
     "repetition_penalty inf": (dict(repetition_penalty=float("inf")), "inf"),
     "repetition_penalty '1.3'": (dict(repetition_penalty="1.3"), "'1.3'"),
+    "dry_multiplier -1": (dict(dry_multiplier=-1), "-1"),
+    "dry_base 0.5": (dict(dry_base=0.5), "0.5"),
+    "dry_allowed_length 0": (dict(dry_allowed_length=0), "0"),
+    "dry_sequence_breakers (-1,)": (dict(dry_sequence_breakers=(-1,)), "-1"),
+    "dry_sequence_breakers 5": (dict(dry_sequence_breakers=5), "5"),
+    "dry_penalty_last_n 2.0": (dict(dry_penalty_last_n=2.0), "2.0"),
 }
 
 
@@ -232,3 +239,129 @@ def test_sampler_accepts_ints_for_floats_and_numpy_scalars():
                                               "repetition_penalty", "no_repeat_ngram_size")] \
         == [float, int, float, float, int]
     assert Sampler(temperature=0).kind == GREEDY.kind
+
+
+def dry_reference(ids, scores, m, base, allowed, breakers, last_n):
+    """text-generation-webui's DRYLogitsProcessor on one row, transcribed as plain Python."""
+    ids, scores = list(ids[-last_n:] if last_n else ids), np.array(scores, np.float64)
+    if ids[-1] in breakers:
+        return scores
+    lengths = {}
+    for i in range(len(ids) - 1):
+        if ids[i] != ids[-1] or ids[i + 1] in breakers:
+            continue
+        length = 1
+        while length < 50 and i - length >= 0:
+            previous = ids[-(length + 1)]
+            if ids[i - length] != previous or previous in breakers:
+                break
+            length += 1
+        lengths[ids[i + 1]] = max(length, lengths.get(ids[i + 1], 0))
+    for v, length in lengths.items():
+        if length >= allowed:
+            scores[v] -= m * base ** (length - allowed)
+    return scores
+
+
+def dry_expected(sampler, seq, seen, logits):
+    return np.stack([dry_reference(seq[b][seen[b]], logits[b], sampler.dry_multiplier,
+                                   sampler.dry_base, sampler.dry_allowed_length,
+                                   sampler.dry_sequence_breakers, sampler.dry_penalty_last_n)
+                     for b in range(len(seq))])
+
+
+@settings(deadline=None, max_examples=40)
+@given(history=histories(), seed=st.integers(0, 2**31), m=st.floats(0.1, 3.0),
+       base=st.floats(1.0, 3.0), allowed=st.integers(1, 4),
+       breakers=st.sampled_from([(), (1,), (0, 2)]), last_n=st.integers(0, C))
+def test_dry_matches_brute_force(history, seed, m, base, allowed, breakers, last_n):
+    seq, seen = history
+    logits = random_logits(seed)
+    sampler = Sampler(dry_multiplier=m, dry_base=base, dry_allowed_length=allowed,
+                      dry_sequence_breakers=breakers, dry_penalty_last_n=last_n)
+    np.testing.assert_allclose(ours_process(sampler, seq, seen, logits),
+                               dry_expected(sampler, seq, seen, logits), rtol=1e-5, atol=1e-5)
+
+
+def test_dry_caps_matches_at_fifty_and_follows_the_penalty():
+    """Rows longer than the cap (a run of one token, a period-2 cycle, random), after the
+    repetition penalty and before the n-gram ban."""
+    rng = np.random.default_rng(4)
+    seq = np.stack([np.full(64, 5), np.tile([1, 2], 32), rng.integers(0, 3, 64),
+                    rng.integers(0, 3, 64)])
+    seen = np.ones_like(seq, bool)
+    seen[3, :7] = False
+    logits = random_logits(1, shape=(4, V))
+    sampler = Sampler(repetition_penalty=1.3, no_repeat_ngram_size=4, dry_multiplier=0.8,
+                      dry_base=1.1, dry_penalty_last_n=60)
+    expected = hf_process([RepetitionPenaltyLogitsProcessor(1.3)], seq, seen, logits)
+    expected = dry_expected(sampler, seq, seen, expected)
+    expected = hf_process([NoRepeatNGramLogitsProcessor(4)], seq, seen,
+                          expected.astype(np.float32))
+    ours = ours_process(sampler, seq, seen, logits)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(expected))
+    np.testing.assert_allclose(ours[np.isfinite(ours)], expected[np.isfinite(ours)], rtol=1e-5)
+    assert ours[0, 5] < logits[0, 5] / 1.3 - 0.8 * 1.1 ** 47  # capped at L = 50 (60 uncapped)
+
+
+def dry_lengths(ids):
+    """L_v of every v for one sequence (DRY with no breakers, no window), by brute force."""
+    lengths = {}
+    for i in range(len(ids) - 1):
+        length = 0
+        while length <= i and ids[i - length] == ids[len(ids) - 1 - length]:
+            length += 1
+        lengths[ids[i + 1]] = max(length, lengths.get(ids[i + 1], 0))
+    return lengths
+
+
+def test_dry_generation_never_makes_the_repeat_greedy_made(model_of):
+    model = model_of("neox-rot25")  # greedy loops within 24 tokens on these prompts
+    prompts = np.random.default_rng(2).integers(0, 257, (3, 12))
+    greedy = np.asarray(generate(model, prompts, 24))
+    dry = np.asarray(generate(model, prompts, 24, sampler=Sampler(dry_multiplier=1e6)))
+
+    def repeats(prompt, row):  # steps whose token continues a match of length >= 2
+        return [t for t in range(len(row))
+                if dry_lengths([*prompt, *row[:t]]).get(row[t], 0) >= 2]
+
+    made = [(b, repeats(p, g)[0]) for b, (p, g) in enumerate(zip(prompts, greedy))
+            if repeats(p, g)]
+    assert made, "greedy made no repeat: the test would be vacuous"
+    for b, t in made:
+        np.testing.assert_array_equal(dry[b, :t], greedy[b, :t])
+        assert dry[b, t] != greedy[b, t]
+    assert all(repeats(p, d) == [] for p, d in zip(prompts, dry))
+
+
+def stop_reference(trace, min_pattern, max_pattern, min_count):
+    """The first t whose prefix ends in min_count copies of its last p tokens (vLLM's check
+    after each token), by list comparison; len(trace) if none."""
+    trace = list(trace)
+    for t in range(1, len(trace) + 1):
+        for p in range(min_pattern, max_pattern + 1):
+            if t >= p * min_count and trace[t - p * min_count:t] == trace[t - p:t] * min_count:
+                return t
+    return len(trace)
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), alphabet=st.sampled_from([1, 2, 3, 50]),
+       sizes=st.tuples(st.integers(1, 5), st.integers(0, 4)), min_count=st.integers(2, 4))
+def test_repetition_stop_matches_brute_force(seed, alphabet, sizes, min_count):
+    rng = np.random.default_rng(seed)
+    traces = rng.integers(0, alphabet, (6, 24))
+    traces[0] = np.resize(rng.integers(0, 50, 4), 24)  # a period-4 loop from the start
+    traces[1, 10:] = np.resize(traces[1, 10:13], 14)  # a period-3 loop after a transient
+    min_pattern, max_pattern = sizes[0], sizes[0] + sizes[1]
+    np.testing.assert_array_equal(
+        repetition_stop(traces, min_pattern, max_pattern, min_count),
+        [stop_reference(row, min_pattern, max_pattern, min_count) for row in traces])
+
+
+@pytest.mark.parametrize("args, bad", [((0, 2, 2), "min_pattern=0"), ((3, 2, 2), "max_pattern=2"),
+                                       ((1, 2, 1), "min_count=1"), ((1.5, 2, 2), "1.5"),
+                                       ((1, 2, True), "min_count=True")])
+def test_repetition_stop_rejects_bad_sizes(args, bad):
+    with pytest.raises(ValueError, match=bad):
+        repetition_stop(np.zeros((2, 8), int), *args)

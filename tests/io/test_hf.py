@@ -219,3 +219,26 @@ def test_digest_covers_every_parameter(model_of):
     assert edited.digest != model.digest
     assert model.with_rope(False).digest != model.digest
     assert model.with_rope(False).params_digest == model.params_digest
+
+
+def test_checkpoint_carries_its_tokenizer(model_of, tmp_path):
+    """save_hf writes the model's tokenizer.json and load_hf picks it up (kept by copy and
+    with_rope); a tokenizer with ids beyond the model's vocabulary is refused at load."""
+    from dynsys.data import english, train_tokenizer
+    from dynsys.nn import Model
+
+    tokenizer = train_tokenizer(english().documents[:20], 257)
+    base = model_of("llama-g1")
+    back = load_hf(save_hf(Model(base.config, base.params, tokenizer), tmp_path / "a"))
+    text = "The with statement wraps a block."
+    assert back.tokenizer.encode(text).ids == tokenizer.encode(text).ids
+    assert back.copy().tokenizer is back.tokenizer is back.with_rope(False).tokenizer
+    assert load_hf(save_hf(base, tmp_path / "b")).tokenizer is None
+    narrow = model_of("llama-g2-narrow")  # vocab_size 131
+    (save_hf(narrow, tmp_path / "c") / "tokenizer.json").write_text(
+        (tmp_path / "a" / "tokenizer.json").read_text())
+    with pytest.raises(ValueError, match="has 257 tokens; the model's vocab_size is 131"):
+        load_hf(tmp_path / "c")
+    (tmp_path / "c" / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not a readable tokenizer"):
+        load_hf(tmp_path / "c")
