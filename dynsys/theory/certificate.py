@@ -12,7 +12,9 @@ of the reference run (the Markov map's own forward pass, computed exactly). `cer
 along a trace. `uniform_bound` replaces every measured quantity by a weight-only bound, which
 gives the explicit n₀ of the degeneration theorem (proofs/degeneration.md).
 
-All bounds hold in exact arithmetic; float32 rounding (≈1e-6 of the logits) is not included."""
+All bounds hold in exact arithmetic; float32 rounding (≈1e-6 of the logits) is not included.
+The margin certificate (dynsys.theory.margin) reuses this recursion's stages but bounds each
+margin ℓ_top − ℓ_v through the reference Jacobians instead of max_v |Δℓ_v| with a factor 2."""
 
 from __future__ import annotations
 
@@ -39,10 +41,27 @@ class Bound:
     logits: np.ndarray
 
 
-def _attention(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray):
-    """Lemmas 3–4 of proofs/multi_layer.md for block i, all steps at once, given δ [G] entering
-    it: α [G, N] ≥ a(R); the centre [G, D] and radius [G] of the attention output's change
-    beyond the query-path term J_A c."""
+@dataclasses.dataclass(frozen=True)
+class AttentionBounds:
+    """Lemmas 3–4 for one block along a trace (G steps, N heads, earlier steps i < t).
+
+    mass [G, N]: α ≥ a_t(R). low, high [G, N, G]: w_lo ≤ a_{t,i} ≤ w_hi, the real weight of
+    generated key i (0 for i ≥ t). query_path [G, N]: e ≥ ‖o_h − o′‖, the real query over the
+    prompt and the real current key against the reference output. centre [G, D], radius [G]:
+    the attention output's change is J_A c + centre + (a vector of norm ≤ radius)."""
+
+    mass: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    query_path: np.ndarray
+    centre: np.ndarray
+    radius: np.ndarray
+
+
+def attention_bounds(w: WeightConstants, s: MarkovStats, i: int,
+                     delta: np.ndarray) -> AttentionBounds:
+    """Lemmas 3–4 of proofs/multi_layer.md for block i, all steps at once, given δ [G] ≥
+    ‖x − x′‖ entering it (every step's, since key i is step i's own stream)."""
     cfg = w.config
     D, H, eps = cfg.hidden_size, cfg.head_dim, cfg.norm_eps
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
@@ -85,10 +104,11 @@ def _attention(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray):
     centre = np.einsum("tni,tnid->td", (w_hi + w_lo) / 2, s.source[:, i])
     radius = (curve_q + rest + alpha * e
               + np.sum((w_hi - w_lo) / 2 * s.source_norm[:, i] + w_hi * dv.T[None], -1))
-    return alpha, centre, w.out[i] * np.linalg.norm(radius, axis=1)
+    return AttentionBounds(alpha, np.where(earlier, w_lo, 0.0), np.where(earlier, w_hi, 0.0), e,
+                           centre, w.out[i] * np.linalg.norm(radius, axis=1))
 
 
-def _mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread):
+def mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread):
     """Lemma 5 for Φ(x) = x + MLP(norm₂ x) on the ball ‖x − x′‖ ≤ δ [G]: its Lipschitz bound
     1 + Λ₂ Lip(MLP), and κ = κ_M Λ₂² + ‖J_M‖ κ_N with ‖Φ(x′ + d) − Φ(x′) − B d‖ ≤ ½ κ ‖d‖²."""
     cfg = w.config
@@ -139,10 +159,11 @@ def _recursion(w: WeightConstants, s: MarkovStats) -> Bound:
     masses, residual = [], []
     for i in range(cfg.num_layers):
         delta = np.linalg.norm(c, axis=1) + rho
-        alpha, source, radius = _attention(w, s, i, delta)
-        attn = np.einsum("tde,te->td", s.attn_jacobian[:, i], c) + source
+        heads = attention_bounds(w, s, i, delta)
+        alpha, radius = heads.mass, heads.radius
+        attn = np.einsum("tde,te->td", s.attn_jacobian[:, i], c) + heads.centre
         if parallel:
-            lip, curve = _mlp_constants(w, s, i, delta, s.spread_in[:, i])
+            lip, curve = mlp_constants(w, s, i, delta, s.spread_in[:, i])
             c, rho = _tighter(
                 (np.einsum("tde,te->td", s.block_jacobian[:, i], c) + attn,
                  s.step_norm[:, i] * rho + radius + curve * delta ** 2 / 2),
@@ -150,7 +171,7 @@ def _recursion(w: WeightConstants, s: MarkovStats) -> Bound:
         else:
             c, rho = c + attn, s.step_norm[:, i] * rho + radius
             delta = np.linalg.norm(c, axis=1) + rho
-            lip, curve = _mlp_constants(w, s, i, delta, s.spread_mid[:, i])
+            lip, curve = mlp_constants(w, s, i, delta, s.spread_mid[:, i])
             c, rho = _tighter(
                 (np.einsum("tde,te->td", s.block_jacobian[:, i], c),
                  s.block_norm[:, i] * rho + curve * delta ** 2 / 2),

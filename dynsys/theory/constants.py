@@ -7,6 +7,7 @@ import math
 
 import jax
 import numpy as np
+from scipy.special import erf, expit
 
 from dynsys.config import ModelConfig
 from dynsys.nn import Model
@@ -27,8 +28,10 @@ class WeightConstants:
     mlp_in = ‖W_g‖, ‖W_u‖, ‖[W_g W_u]‖; GELU: up = mlp_in = ‖W_up‖. mlp_out [L]: ‖W_down‖.
     gate_cols, up_cols [L, F]: the norms ‖W_g[f, :]‖, ‖W_u[f, :]‖ of each unit's weights (the
     columns of W_g, W_u acting on row vectors; SwiGLU). final: ‖w_f‖_∞ of the final
-    norm. head_rows [V, D]: the LM head's rows w_v; head_norm: max_v ‖w_v‖; head: max_v
-    ‖w_v ⊙ w_f‖.
+    norm; final_radius: sup ‖N_f(x)‖ = ‖w_f‖_∞ √D (+ ‖b_f‖ for LayerNorm). head_rows [V, D]:
+    the LM head's rows w_v; head_norm: max_v ‖w_v‖; head: max_v ‖w_v ⊙ w_f‖. mlp_params [L]:
+    each block's "norm2" and "mlp" parameters, final_params: the final norm's (float64 numpy
+    trees, for `mlp_branch` and `final_norm`).
     """
 
     config: ModelConfig
@@ -50,9 +53,12 @@ class WeightConstants:
     gate_cols: np.ndarray | None
     up_cols: np.ndarray | None
     final: float
+    final_radius: float
     head_rows: np.ndarray
     head_norm: float
     head: float
+    mlp_params: tuple
+    final_params: dict
 
     @property
     def query_max(self) -> np.ndarray:
@@ -90,6 +96,32 @@ class WeightConstants:
         g, u = self.gate[layer], self.up[layer]
         return self.mlp_out[layer] * (SILU_CURVE * np.max(up_abs, axis=-1) * g * g
                                       + 2 * SILU_SLOPE * g * u)
+
+
+    def _norm(self, tree: dict, x: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if cfg.norm == "layer":
+            x = x - x.mean(-1, keepdims=True)
+        y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg.norm_eps) * tree["scale"]
+        return y + tree["bias"] if "bias" in tree else y
+
+    def mlp_branch(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """x ↦ MLP(norm₂ x) of block `layer` in float64, on streams x [..., D] (the model's
+        modules in numpy: SwiGLU silu(W_g y) ⊙ W_u y, or GELU (erf) with biases)."""
+        tree = self.mlp_params[layer]
+        p = tree["mlp"]
+        y = self._norm(tree["norm2"], x)
+        up = y @ p["up"]["kernel"].T + p["up"].get("bias", 0.0)
+        if self.gate is not None:
+            g = y @ p["gate"]["kernel"].T
+            hidden = g * expit(g) * up
+        else:
+            hidden = up * (1 + erf(up / math.sqrt(2))) / 2
+        return hidden @ p["down"]["kernel"].T + p["down"].get("bias", 0.0)
+
+    def final_norm(self, x: np.ndarray) -> np.ndarray:
+        """The final norm N_f in float64 on streams x [..., D]."""
+        return self._norm(self.final_params, x)
 
 
 def weight_constants(model: Model) -> WeightConstants:
@@ -137,11 +169,15 @@ def weight_constants(model: Model) -> WeightConstants:
             rows["up_cols"].append(np.linalg.norm(up, axis=1))
     head = p["embed"]["embedding"] if cfg.tie_embeddings else p["lm_head"]["kernel"]  # [V, D]
     scale = p["final_norm"]["scale"]
+    final, final_radius = norm(p["final_norm"])
     arrays = {k: np.asarray(v) if v else None for k, v in rows.items()}
     return WeightConstants(
-        config=cfg, final=float(np.abs(scale).max()), head_rows=head,
+        config=cfg, final=final, final_radius=final_radius, head_rows=head,
         head_norm=float(np.linalg.norm(head, axis=1).max()),
-        head=float(np.linalg.norm(head * scale, axis=1).max()), **arrays)
+        head=float(np.linalg.norm(head * scale, axis=1).max()),
+        mlp_params=tuple({k: p[f"blocks_{i}"][k] for k in ("norm2", "mlp")}
+                         for i in range(cfg.num_layers)),
+        final_params=p["final_norm"], **arrays)
 
 
 # --- the reference run --------------------------------------------------------------------------

@@ -37,7 +37,10 @@ class MarkovStats:
     J_N₂, the derivative of x ↦ x + MLP(norm₂ x); step_norm [G, L]: ‖I + J_A‖ (‖B + J_A‖ with a
     parallel residual); attn_norm: ‖J_A‖; block_norm: ‖B‖; mlp_jacobian: ‖J_M‖ at the MLP's
     reference input. final_jacobian [G, D, D]: of the final norm. up [G, L, F]: the MLP's up
-    projection (SwiGLU). margin, next [G]: top-1 − top-2 and argmax of the reference logits.
+    projection (SwiGLU). margin, next [G]: top-1 − top-2 and argmax of the reference logits;
+    logits [G, V]: the reference logits themselves (float32, as the model computes them).
+    mlp_input [G, L, D]: the MLP branch's reference input stream (x + attention; the block's
+    input with a parallel residual); final_input [G, D]: the stream entering the final norm.
     """
 
     generated: np.ndarray
@@ -65,6 +68,9 @@ class MarkovStats:
     up: np.ndarray | None
     margin: np.ndarray
     next: np.ndarray
+    logits: np.ndarray
+    mlp_input: np.ndarray
+    final_input: np.ndarray
 
 
 def _spread(cfg: ModelConfig, x):
@@ -162,7 +168,7 @@ def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
         step = stats["attn_jacobian"] + (jb if parallel else eye)
         stats.update(spread_mid=_spread(cfg, mid), block_jacobian=jb, block_norm=_opnorm(jb),
                      attn_norm=_opnorm(stats["attn_jacobian"]), step_norm=_opnorm(step),
-                     mlp_jacobian=mlp_jacobian)
+                     mlp_jacobian=mlp_jacobian, mlp_input=xs[i] if parallel else mid)
         if cfg.mlp == "swiglu":
             stats["up"] = recorded("mlp_up", i)[:, 0]
         for name, x in stats.items():
@@ -175,7 +181,8 @@ def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
     logits = logits[:, 0]
     return dict(out, spread_in=jnp.stack([_spread(cfg, x) for x in xs[:-1]], 1),
                 spread_final=_spread(cfg, xs[-1]), final_jacobian=final_jacobian,
-                margin=margin(logits), next=jnp.argmax(logits, -1))
+                margin=margin(logits), next=jnp.argmax(logits, -1), logits=logits,
+                final_input=xs[-1])
 
 
 def markov_stats(model: Model, prompt, trace, prefix: Prefix | None = None) -> MarkovStats:

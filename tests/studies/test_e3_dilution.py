@@ -15,6 +15,7 @@ from dynsys.studies import config_for, e3_dilution, findings, render, run_study
 from dynsys.studies.e3_dilution import (DECAY, EXCESS, RTOL, bound_finding, horizon_finding,
                                         measured_findings, violations)
 from dynsys.studies.sweep import MIN_PROMPTS
+from dynsys.theory.margin import certify_margin
 
 # 40 and 64 share one prefix capacity and one generation bucket: one compile per function.
 # Prompt 0 of each n is bounded (certified=1 at small scale), prompt 1 only probed.
@@ -56,6 +57,12 @@ def test_stored_units_against_direct_probe_and_certificate(done, model):
     np.testing.assert_allclose(unit["logit_bound"], cert.bound.logits, rtol=1e-4)
     np.testing.assert_allclose(unit["margin"], cert.margin, atol=1e-5)
     assert int(unit["certified"]) == cert.horizon
+    margins = certify_margin(model, prompt, unit["trace"])
+    rows = np.arange(4)[:, None]
+    assert int(unit["margin_certified"]) == margins.horizon
+    assert int(unit["margin_estimated"]) == margins.estimated_horizon
+    np.testing.assert_allclose(unit["margin_bound"], margins.change[rows, margins.near].max(1),
+                               rtol=1e-4)
 
 
 def test_bound_above_measured_everywhere(done):
@@ -67,6 +74,8 @@ def test_bound_above_measured_everywhere(done):
         assert (u["logit_change"][1:] <= u["logit_bound"][1:]).all()
         assert (u["residual"][1:] <= u["residual_bound"][1:]).all()
         assert 1 <= u["certified"] <= u["agreement"] <= 4
+        assert 1 <= u["margin_certified"] <= u["agreement"] and u["margin_violations"] == 0
+        assert (u["margin_bound"][1:] >= u["margin_change"][1:]).all()
     assert all(r["violations"] == 0 for r in done.read_table("bounds"))
 
 
@@ -102,6 +111,9 @@ def test_tables_are_built_from_the_units(done, model):
         assert row["compared"] == 3 * 16 + 3 + 3 * 4  # steps r >= 1 × (heads·layers, 1, layers)
         assert row["rounding"] == pytest.approx(u["logit_change"][0])
         assert row["certified"] == u["certified"]
+        assert row["margin_certified"] == u["margin_certified"]
+        assert row["margin_ratio"] == pytest.approx(
+            np.median(u["margin_bound"][1:] / u["margin_change"][1:]))
     summary = done.read_table("summary")
     assert [(s["n"], s["prompts"], s["bounded"]) for s in summary] == [(40, 2, 1), (64, 2, 1)]
     for s in summary:
@@ -159,6 +171,19 @@ def test_findings_report_a_violated_certificate_and_bound(done, tmp_path):
 
 def test_universal_claims_on_no_bounded_trace_decide_nothing():
     assert bound_finding([]).verdict == horizon_finding([], 8).verdict == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("change, verdict", [
+    ({}, HOLDS), ({"margin_certified": 5}, FAILS), ({"margin_violations": 1}, FAILS),
+    ({"certified": 5}, FAILS)])
+def test_horizon_claim_covers_both_certificates(change, verdict):
+    """The horizon claim fails when either certificate exceeds the measured horizon or the
+    margin enclosure is violated; its line gives old / margin / estimate vs measured per n."""
+    row = dict(n=64, certified=1, margin_certified=2, margin_estimated=4, agreement=4,
+               margin_ratio=3.0, margin_violations=0)
+    found = horizon_finding([dict(row, **change)], 4)
+    assert found.verdict == verdict
+    assert "n=64:" in found.measured and "estimate, not proved" in found.measured
 
 
 def units_table(beta: float, excess: float, prompts: int, spread: float = 0.01,

@@ -1,0 +1,281 @@
+"""The margin certificate: a bound on the change of each reference margin ℓ_top − ℓ_v, pulled
+back through the reference Jacobians (proofs/multi_layer.md, "The margin bound").
+
+At step t the real and the reference run differ by x_l − x′_l at the query position. It is
+enclosed stage by stage (the attention, then the MLP of every block) as
+
+    x_l − x′_l = c_l + Σ_k Q_k u_k,    ‖u_k‖ ≤ e_k,    Q_k = M_K ⋯ M_{k+1},
+
+with M_k the stage's reference Jacobian (I + J_A, B = I + J_M J_N₂; B + J_A with a parallel
+residual). An attention stage maps c ↦ (I + J_A) c + S (S: the generated keys' contribution at
+the midpoint weights, Lemma 4) and adds a source bounded by Lemmas 3–4. An MLP stage
+Φ(x) = x + MLP(N₂ x) maps the centre exactly, c ↦ Φ(x′ + c) − Φ(x′) (evaluated in float64),
+and the sources through B, adding one of size κ ρ (‖c‖ + ρ/2) (Lemma 5's κ, ρ ≥ ‖Σ Q_k u_k‖):
+the ½ κ ‖c‖² of the old recursion is computed, not bounded. Or, whichever is smaller, the
+global Lipschitz step (c = 0, one fresh source Lip·δ), as in `perturbation_bound`. For
+g_v = w_top − w_v (top the reference argmax) and the final norm N_f the same way,
+
+    Δ(ℓ_top − ℓ_v) = g_vᵀ (N_f(x′_L + c_L) − N_f(x′_L)) + r_v,
+    |r_v| ≤ Σ_k ‖Q_kᵀ J_f(x′_L)ᵀ g_v‖ e_k + κ_f ρ_L (‖c_L‖ + ρ_L/2) ‖g_v‖ + ε_v,
+
+where the pulled-back covector Q_kᵀ J_fᵀ g_v is one vector–Jacobian product per token and
+source (exact, no operator norm), and ε_v the float32 slack below. No factor 2: each margin
+is compared with its own change, not with max_v |Δℓ_v|. The sizes need δ_l ≥ ‖x_l − x′_l‖
+entering each stage: δ_l = ‖c_l‖ + min(ρ_l, Σ_k ‖Q_k‖_F e_k), ρ_l the old recursion's
+radius (products of operator norms); both are upper bounds.
+
+Rigorous (`MarginBound.lower`, `.horizon`): in exact arithmetic the real margin is
+≥ m′_v + centre_v − radius_v, given the reference run. Estimate (`MarginBound.estimate`,
+`.estimated_horizon`): m′_v + centre_v, the margin of the propagated centre with every
+remainder dropped (first order in the attention, exact in the MLPs); not a bound.
+
+Rounding: the bound is evaluated in float64 (a relative slack F64 per float64 branch
+evaluation) from the model's float32 reference quantities, and each margin gets an explicit
+float32 slack ε_v = 2 γ_D r_f (‖w_top‖ + ‖w_v‖), γ_D = D u/(1 − D u), u = 2⁻²⁴,
+r_f = sup ‖N_f(x)‖: the worst-case error of the LM head's length-D dot products
+(|fl(wᵀy) − wᵀy| ≤ γ_D ‖w‖ ‖y‖) in both runs. The rounding of the layers before the head is
+not bounded a priori; the tests check ε_v against its measured level (the real/reference margin
+change at step 1, exactly 0 in exact arithmetic).
+
+Only tokens that the cheap bound (‖J_fᵀ g_v‖ ρ_L in place of the pulled-back sum) cannot
+certify, and the NEAR tokens of smallest reference margin, get the pull-back."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsys.config import ModelConfig
+from dynsys.decode import logits as head_logits
+from dynsys.decode import run as run_model
+from dynsys.nn import Model
+from dynsys.nn.cache import Prefix, empty_rows
+from dynsys.theory.certificate import attention_bounds, mlp_constants
+from dynsys.theory.constants import WeightConstants, weight_constants
+from dynsys.theory.dilution import check_trace
+from dynsys.theory.lemmas import norm_curvature
+from dynsys.theory.reference import MarkovStats, markov_stats
+
+UNIT = 2.0 ** -24  # float32 unit roundoff
+F64 = 2.0 ** -40  # float64 evaluation slack, relative (≈ 8000 u₆₄: dot products up to ~10⁴)
+NEAR = 8  # tokens of smallest reference margin always pulled back (and compared in the ratios)
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginBound:
+    """Per step t (G), layer (L) and token v (V).
+
+    top [G]: the reference argmax f_{P,t−1}(x_{n+t}). residual [G, L]: δ_l ≥ ‖x_l − x′_l‖
+    leaving block l. margin [G, V]: reference margins m′_v = ℓ′_top − ℓ′_v. centre [G, V]:
+    g_vᵀ (N_f(x′_L + c_L) − N_f(x′_L)), the propagated centre's change of m′_v. radius
+    [G, V]: the bound on |Δm_v − centre_v|, float32 slack included. pulled [G, V]: where the
+    radius comes from the pull-back (elsewhere the cheap bound certifies). near [G, NEAR]: the
+    tokens ≠ top of smallest reference margin. Entries at top are 0 (its margin with itself).
+    """
+
+    top: np.ndarray
+    residual: np.ndarray
+    margin: np.ndarray
+    centre: np.ndarray
+    radius: np.ndarray
+    pulled: np.ndarray
+    near: np.ndarray
+
+    def _off_top(self, x: np.ndarray) -> np.ndarray:
+        out = x.copy()
+        out[np.arange(len(x)), self.top] = np.inf
+        return out
+
+    @property
+    def lower(self) -> np.ndarray:
+        """[G, V] rigorous lower bound on the real margin ℓ_top − ℓ_v (+inf at top)."""
+        return self._off_top(self.margin + self.centre - self.radius)
+
+    @property
+    def estimate(self) -> np.ndarray:
+        """[G, V] estimate of the real margin: the centre's, remainders dropped (not a bound)."""
+        return self._off_top(self.margin + self.centre)
+
+    @property
+    def change(self) -> np.ndarray:
+        """[G, V] rigorous bound on |Δ(ℓ_top − ℓ_v)| (0 at top)."""
+        return np.abs(self.centre) + self.radius
+
+    @property
+    def rigorous(self) -> np.ndarray:
+        """[G] bool: every real margin is provably > 0, so the real argmax is top (proved, in
+        exact arithmetic given the reference run; with the float32 slack of the LM head)."""
+        return (self.lower > 0).all(1)
+
+    @property
+    def estimated(self) -> np.ndarray:
+        """[G] bool: the estimate keeps every margin > 0 (not proved)."""
+        return (self.estimate > 0).all(1)
+
+    @property
+    def horizon(self) -> int:
+        """Leading rigorously certified steps: the trace provably follows f_{P,t−1} that long."""
+        return _leading(self.rigorous)
+
+    @property
+    def estimated_horizon(self) -> int:
+        """Leading steps where the estimate keeps every margin > 0 (not proved)."""
+        return _leading(self.estimated)
+
+
+def _leading(ok: np.ndarray) -> int:
+    return int(np.argmax(~ok)) if (~ok).any() else len(ok)
+
+
+def _frobenius(q: np.ndarray) -> np.ndarray:
+    """[K, G] ‖Q_k‖_F of the sources' maps [K, G, D, D] (≥ the spectral norm)."""
+    return np.sqrt(np.einsum("ktde,ktde->kt", q, q))
+
+
+def _enclosure(w: WeightConstants, s: MarkovStats):
+    """The stage-by-stage enclosure x_L − x′_L = c_L + Σ_k Q_k u_k, ‖u_k‖ ≤ e_k: returns c_L
+    [G, D], the maps Q [K, G, D, D], the sizes e [K, G], δ_L [G] and δ_l per block [G, L]."""
+    cfg = w.config
+    G, D = len(s.generated), cfg.hidden_size
+    eye = np.broadcast_to(np.eye(D), (1, G, D, D))
+    c, rho = np.zeros((G, D)), np.zeros(G)
+    q, e = np.zeros((0, G, D, D)), np.zeros((0, G))
+
+    def push(m, fresh):  # the sources through the map m [G, D, D], then a fresh one of size fresh
+        return np.concatenate([m[None] @ q, eye]), np.concatenate([e, fresh[None]])
+
+    def delta():
+        with np.errstate(invalid="ignore"):
+            ball = np.sum(np.nan_to_num(_frobenius(q) * e, nan=np.inf), 0)
+        return np.linalg.norm(c, axis=1) + np.minimum(rho, ball)
+
+    residual = []
+    for i in range(cfg.num_layers):
+        d = delta()
+        heads = attention_bounds(w, s, i, d)
+        ja, source, radius = s.attn_jacobian[:, i], heads.centre, heads.radius
+        if not cfg.parallel_residual:  # the attention stage: M = I + J_A
+            m = ja + np.eye(D)
+            c, rho = np.einsum("tde,te->td", m, c) + source, s.step_norm[:, i] * rho + radius
+            q, e = push(m, radius)
+            d = delta()
+        lip, curve = mlp_constants(w, s, i, d, s.spread_in[:, i] if cfg.parallel_residual
+                                    else s.spread_mid[:, i])
+        ball, size = d - np.linalg.norm(c, axis=1), np.linalg.norm(c, axis=1)
+        # Φ(x′ + c + u) − Φ(x′) = [Φ(x′ + c) − Φ(x′)] + B u + (≤ κ ρ (‖c‖ + ρ/2))
+        x = s.mlp_input[:, i]
+        branch = w.mlp_branch(i, x)
+        exact = c + w.mlp_branch(i, x + c) - branch
+        fresh = curve * ball * (size + ball / 2) + _f64(x, branch)
+        if cfg.parallel_residual:
+            m, kept = s.block_jacobian[:, i] + ja, s.step_norm[:, i]
+            centre = exact + np.einsum("tde,te->td", ja, c) + source
+            fresh = fresh + radius
+            crude = lip * d + s.attn_norm[:, i] * ball + radius
+            start = np.einsum("tde,te->td", ja, c) + source  # the Lipschitz step's centre
+        else:
+            m, kept, centre, crude = s.block_jacobian[:, i], s.block_norm[:, i], exact, lip * d
+            start = np.zeros_like(c)
+        fallback = (np.linalg.norm(centre, axis=1) + kept * rho + fresh
+                    > np.linalg.norm(start, axis=1) + crude)
+        q, e = push(m, np.where(fallback, crude, fresh))
+        c = np.where(fallback[:, None], start, centre)
+        rho = np.nan_to_num(np.where(fallback, crude, kept * rho + fresh), nan=np.inf)
+        e[:-1, fallback] = 0.0  # the fresh Lipschitz source replaces everything before it
+        e = np.nan_to_num(e, nan=np.inf)
+        residual.append(delta())
+    return c, q, e, residual[-1], np.stack(residual, 1)
+
+
+def _f64(*streams: np.ndarray) -> np.ndarray:
+    """[G] slack for evaluating a branch in float64 and differencing it, F64 times the norms of
+    its input and output streams [G, D]."""
+    return F64 * sum(np.linalg.norm(x, axis=-1) for x in streams)
+
+
+def margin_bound(w: WeightConstants, s: MarkovStats) -> MarginBound:
+    """The margin bound of the module docstring along a trace, all steps at once (float64).
+    An overflow gives ∞ (a vacuous but valid radius); a 0 · ∞ is read as ∞."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _margin_bound(w, s)
+
+
+def _margin_bound(w: WeightConstants, s: MarkovStats) -> MarginBound:
+    cfg = w.config
+    D, eps = cfg.hidden_size, cfg.norm_eps
+    c, q, e, delta, residual = _enclosure(w, s)
+    G, V = s.logits.shape
+    rows = np.arange(G)
+    top = s.next
+    logits = np.asarray(s.logits, np.float64)
+    margin = logits[rows, top][:, None] - logits  # [G, V]
+    head = np.asarray(w.head_rows, np.float64)  # [V, D]
+    g = head[top][:, None, :] - head[None]  # [G, V, D]: g_v = w_top − w_v
+    x = s.final_input
+    normed = w.final_norm(x + c) - w.final_norm(x)  # the centre through N_f, float64
+    centre = np.einsum("tvd,td->tv", g, normed)
+    pulled_back = g @ s.final_jacobian  # [G, V, D]: rows (J_f(x′)ᵀ g_v)ᵀ
+    g_norm = np.linalg.norm(g, axis=-1)
+    ball, size = delta - np.linalg.norm(c, axis=1), np.linalg.norm(c, axis=1)  # ‖u‖ ≤ ball
+    floor = s.spread_final - delta / math.sqrt(D)
+    # |g_vᵀ (N_f(x′+c+u) − N_f(x′+c) − J_f(x′) u)| ≤ κ_f ρ (‖c‖ + ρ/2) ‖g_v‖
+    curve = (norm_curvature(w.final, floor, eps, D) * ball * (size + ball / 2)
+             + _f64(x, x + c) * w.final / np.sqrt(eps))[:, None] * g_norm
+    gamma = D * UNIT / (1 - D * UNIT)
+    row_norm = np.linalg.norm(head, axis=1)
+    rounding = 2 * gamma * w.final_radius * (row_norm[top][:, None] + row_norm[None])
+    radius = np.linalg.norm(pulled_back, axis=-1) * ball[:, None] + curve + rounding
+    order = np.argsort(np.where(np.arange(V)[None] == top[:, None], np.inf, margin), axis=1)
+    near = order[:, :NEAR]
+    pulled = margin + centre - radius <= 0
+    pulled[rows[:, None], near] = True
+    pulled[rows, top] = False
+    for t in range(G):  # one pull-back per source and pulled token
+        tokens = np.flatnonzero(pulled[t])
+        y = pulled_back[t, tokens]  # [C, D]
+        exact = np.sum(np.linalg.norm(y[None] @ q[:, t], axis=-1) * e[:, t, None], 0)
+        exact = np.nan_to_num(exact, nan=np.inf)
+        radius[t, tokens] = np.minimum(radius[t, tokens],
+                                       exact + curve[t, tokens] + rounding[t, tokens])
+    radius[rows, top] = 0.0
+    centre[rows, top] = 0.0
+    return MarginBound(top=top, residual=residual, margin=margin, centre=centre,
+                       radius=np.nan_to_num(radius, nan=np.inf), pulled=pulled, near=near)
+
+
+def certify_margin(model: Model, prompt, trace, prefix: Prefix | None = None,
+                   weights: WeightConstants | None = None) -> MarginBound:
+    """The margin bound along a trace (any tokens): its `horizon` is the rigorous certified
+    horizon, `estimated_horizon` the centre estimate's (not proved)."""
+    stats = markov_stats(model, prompt, trace, prefix)
+    return margin_bound(weights or weight_constants(model), stats)
+
+
+# --- the measured margin change -----------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _both_logits(cfg: ModelConfig, params, prefix: Prefix, trace, positions):
+    G = trace.shape[0]
+    real = run_model(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
+                     jnp.ones((1, G), bool), prefix)
+    ref = run_model(cfg, params, trace[:, None], positions[:, None], empty_rows(cfg, G, 1),
+                    jnp.ones((G, 1), bool), prefix)
+    return (head_logits(cfg, params, real.hidden)[0],
+            head_logits(cfg, params, ref.hidden)[:, 0])
+
+
+def margin_change(model: Model, prompt, trace, prefix: Prefix | None = None) -> np.ndarray:
+    """[G, V] measured Δ(ℓ_top − ℓ_v), real minus reference step, top the reference argmax
+    (float32 model, differences in float64): what `MarginBound.centre` ± `radius` encloses."""
+    _, trace, prefix, positions = check_trace(model, prompt, trace, prefix)
+    real, ref = (np.asarray(x, np.float64) for x in _both_logits(
+        model.config, model.params, prefix, jnp.asarray(trace), jnp.asarray(positions)))
+    diff = real - ref
+    top = ref.argmax(1)
+    return diff[np.arange(len(top)), top][:, None] - diff
