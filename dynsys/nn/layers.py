@@ -39,10 +39,11 @@ class RMSNorm(nn.Module):
 
 
 def norm_layer(cfg: ModelConfig, name: str | None = None) -> nn.Module:
-    """The config's norm: LayerNorm w ⊙ (x − mean x)/√(var x + ε) + b (norm "layer", output
-    float32) or RMSNorm w ⊙ x/√(mean(x²) + ε) (norm "rms"); ε = cfg.norm_eps."""
+    """The config's norm: LayerNorm w ⊙ (x − mean x)/√(var x + ε) + b (norm "layer"; flax
+    reduces in float32) or RMSNorm w ⊙ x/√(mean(x²) + ε) (norm "rms"; computed in float32);
+    ε = cfg.norm_eps. Either returns cfg.dtype, as transformers' norms return the model's."""
     if cfg.norm == "layer":
-        return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, param_dtype=cfg.param_dtype,
+        return nn.LayerNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                             scale_init=partitioned(nn.initializers.ones, ("embed",)),
                             bias_init=partitioned(nn.initializers.zeros, ("embed",)), name=name)
     return RMSNorm(cfg.norm_eps, cfg.param_dtype, cfg.dtype, name=name)
