@@ -13,7 +13,11 @@ module with the same face:
 
 `run_study` checks the settings and the model, then opens (or resumes) a run directory and
 runs one; `render` redraws the figures of a run directory, or of every run directory under a
-directory.
+directory. Every run of E1–E6 also stores its model's attention concentration (table
+"attention": dynsys.theory.concentration on ATTENTION_PROMPTS random prompts of up to
+ATTENTION_LENGTH tokens), reported beside its findings, so that a trivial test bed (nearly
+uniform attention, as at random initialisation) is visible. E7 and E8 train their own models
+and probe them at every checkpoint instead.
 """
 
 from __future__ import annotations
@@ -24,12 +28,19 @@ import tomllib
 import types
 from pathlib import Path
 
+import numpy as np
+
 from dynsys import figstyle
-from dynsys.io import checkpoint_digest, load_config
+from dynsys.data.prompts import random_tokens
+from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
 from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
                             e7_training, e8_paths)
 from dynsys.studies.finding import Finding
+from dynsys.studies.training import Training
+
+ATTENTION = "attention"  # the table of a run's attention concentration
+ATTENTION_PROMPTS, ATTENTION_LENGTH = 8, 512
 
 STUDIES: dict[str, types.ModuleType] = {
     m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
@@ -105,9 +116,44 @@ def run_study(name: str, out, scale: str = "small", overrides: dict | None = Non
     run = open_run(out, module.NAME, config, seeds={"seed": getattr(config, "seed", None)},
                    inputs={"model": model_digest(name, config)})
     module.run(run, config, progress=progress)
+    if not isinstance(config, Training):
+        write_attention(run, config)
     if draw:
         render_run(run)
     return run
+
+
+def write_attention(run: Run, config) -> None:
+    """The table ATTENTION of the model config.model: per layer, the concentration of the last
+    token's attention over n = min(config.positions(), ATTENTION_LENGTH) keys, for
+    ATTENTION_PROMPTS prompts of i.i.d. uniform ids (seed 0): mean excess n·max a, its
+    largest value over prompts and heads, mean score s.d. and mean entropy / ln n."""
+    from dynsys.theory.concentration import attention_concentration
+
+    model = load(config.model, seed=getattr(config, "seed", 0))
+    n = min(config.positions(), ATTENTION_LENGTH, model.config.max_position_embeddings)
+    prompts = np.stack([random_tokens(model.config.vocab_size, n, seed=i)
+                        for i in range(ATTENTION_PROMPTS)])
+    found = attention_concentration(model, prompts)
+    run.write_table(ATTENTION, [
+        {"layer": layer, "keys": n, "excess": float(found.excess[:, layer].mean()),
+         "max_excess": float(found.excess[:, layer].max()),
+         "score_sd": float(found.score_sd[:, layer].mean()),
+         "entropy": float(found.entropy[:, layer].mean())}
+        for layer in range(model.config.num_layers)])
+
+
+def attention_finding(run: Run) -> Finding:
+    """What the ATTENTION table says about the test bed (a measurement, no verdict)."""
+    rows = run.read_table(ATTENTION)
+    return Finding(
+        run.experiment, f"the test bed: attention concentration of the model (last token of "
+                        f"{ATTENTION_PROMPTS} random prompts of {rows[0]['keys']} tokens; "
+                        "uniform attention gives excess 1, s.d. 0, entropy 1)",
+        f"excess n·max a {np.mean([r['excess'] for r in rows]):.2f} (largest head "
+        f"{max(r['max_excess'] for r in rows):.1f}), score s.d. "
+        f"{np.mean([r['score_sd'] for r in rows]):.3f}, entropy/ln n "
+        f"{np.mean([r['entropy'] for r in rows]):.3f}, mean over {len(rows)} layers", None)
 
 
 def render_run(run: Run) -> list[Path]:
@@ -133,4 +179,9 @@ def render(path) -> list[Path]:
 
 
 def findings(path) -> list[Finding]:
-    return [f for run in run_dirs(path) for f in study(run.experiment).findings(run)]
+    """The findings of the run directory `path` (or of every run directory in it), each run's
+    attention concentration after its findings when it has one."""
+    return [f for run in run_dirs(path) for f in [
+        *study(run.experiment).findings(run),
+        *([attention_finding(run)] if (run.path / "tables" / f"{ATTENTION}.csv").exists()
+          else [])]]

@@ -124,3 +124,26 @@ def test_verdicts_cover_every_rope_kind_and_map():
     assert all("f_{P,t−1} grows" not in f.claim for f in found if "RoPE off" in f.claim)
     single = [r for r in rows if r["n"] == LENGTHS[-1]]
     assert not any(f.claim.startswith("disagreement") for f in verdicts(single))
+
+
+def test_the_run_reports_its_test_bed(study):
+    """The attention table is the concentration of the model on the stated random prompts,
+    and the run's findings end with it (a measurement: no verdict)."""
+    from dynsys.data.prompts import random_tokens
+    from dynsys.studies import ATTENTION, ATTENTION_PROMPTS, findings
+    from dynsys.theory.concentration import attention_concentration
+
+    run, config, model = study
+    rows = run.read_table(ATTENTION)
+    n = rows[0]["keys"]
+    assert n == min(config.positions(), 512)
+    prompts = np.stack([random_tokens(model.config.vocab_size, n, seed=i)
+                        for i in range(ATTENTION_PROMPTS)])
+    found = attention_concentration(model, prompts)
+    assert len(rows) == model.config.num_layers
+    for layer, row in enumerate(rows):
+        assert row["excess"] == pytest.approx(found.excess[:, layer].mean(), rel=1e-6)
+        assert row["entropy"] == pytest.approx(found.entropy[:, layer].mean(), rel=1e-6)
+    last = findings(run.path)[-1]
+    assert last.verdict is None and "attention concentration" in last.claim
+    assert f"{np.mean([r['excess'] for r in rows]):.2f}" in last.measured
