@@ -26,6 +26,7 @@ from dynsys.data import prompts
 from dynsys.data.prompts import make_prompt
 from dynsys.decode import generate as generate_tokens
 from dynsys.decode.sampling import Sampler
+from dynsys.distributed import process
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.nullmodel import compare_to_null
 from dynsys.dynamics.orbits import check_map
@@ -199,13 +200,18 @@ def map_(model: str = MODEL, seed: int = SEED,
          out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt"),
          mesh: str = MESH) -> None:
     """The Markov map f_{P,τ} on all of V, written as an .npz (resumable: finished chunks
-    are kept in OUT.chunks, which is removed once OUT is written)."""
+    are kept in OUT.chunks, which is removed once OUT is written; with several processes
+    (DYNSYS_NUM_PROCESSES, docs/scaling.md) the chunks are shared out, process 0 writes OUT
+    and OUT.chunks stays, as another process may still be reading it)."""
     net = load(model, seed=seed, mesh=None if mesh is None else parse_mesh(mesh)).with_rope(rope)
     prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
     chunks = out.with_name(out.stem + ".chunks")
     fmap = markov_map(net, prompt, offset=offset, resume_dir=chunks)
-    save_npz_atomic(out, next=fmap.next, margin=fmap.margin, prompt=prompt)
-    shutil.rmtree(chunks)
+    index, count = process()
+    if index == 0:
+        save_npz_atomic(out, next=fmap.next, margin=fmap.margin, prompt=prompt)
+    if count == 1:
+        shutil.rmtree(chunks)
     _print_orbits(fmap.next)
     console.print(f"wrote {out}")
 

@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 import zipfile
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
+
+from dynsys import distributed
 
 FORMAT = 1  # bump when the layout or meaning of a run directory changes
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
@@ -57,7 +60,8 @@ def atomic_path(path) -> Iterator[Path]:
     """A temporary name beside `path` to write to: renamed to `path` when the block ends, and
     removed if the block (or the rename) fails, so `path` is as it was or complete."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())  # processes on other hosts
+    tmp = path.with_name(f".{path.stem}.{host}.{os.getpid()}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -91,8 +95,8 @@ def load_npz(path) -> dict[str, np.ndarray]:
 
 
 def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
-            fingerprint: str = "", description: str = "", progress: bool = True
-            ) -> list[dict[str, np.ndarray]]:
+            fingerprint: str = "", description: str = "", progress: bool = True,
+            share: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
     """[compute(start, stop) for each chunk of rows [start, stop) of range(total)], in order,
     with a progress bar over rows.
 
@@ -100,7 +104,14 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
     with the same `fingerprint` (what the chunks depend on) loads it instead of computing it
     again; a directory holding another fingerprint is an error, and an unreadable chunk is
     computed again.
+
+    With a store and several processes (dynsys.distributed: DYNSYS_NUM_PROCESSES, or
+    jax.distributed), chunk i is computed by process i mod P (`share` = (index, count)
+    overrides that); each process then waits for the others' chunks in the shared store and
+    returns them all. Without a store every process computes every chunk.
     """
+    index, count = ((distributed.process() if share is None else share) if store is not None
+                    else (0, 1))
     if store is not None:
         store = Path(store)
         store.mkdir(parents=True, exist_ok=True)
@@ -111,12 +122,20 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
         with atomic_path(meta) as tmp:
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "rows": total,
                                        "chunk": chunk}))
-    parts = []
+    starts = range(0, total, chunk)
+
+    def name(start: int) -> str:
+        return f"chunk_{start // chunk:06d}.npz"
+
+    mine = set(distributed.share(starts, (index, count)))
+    parts = {}
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=total)
-        for start in range(0, total, chunk):
+        for start in starts:
+            if start not in mine:
+                continue
             stop = min(start + chunk, total)
-            path = store / f"chunk_{start // chunk:06d}.npz" if store is not None else None
+            path = store / name(start) if store is not None else None
             try:
                 part = load_npz(path) if path is not None else None
             except (FileNotFoundError, UnreadableFile):
@@ -125,9 +144,19 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
                 part = compute(start, stop)
                 if path is not None:
                     save_npz_atomic(path, **part)
-            parts.append(part)
+            parts[start] = part
             bar.advance(task, stop - start)
-    return parts
+    if count > 1:  # the other processes' chunks, from the shared store
+        others = [s for s in starts if s not in mine]
+        distributed.wait_for(lambda: [name(s) for s in others if not (store / name(s)).exists()],
+                             f"{store}: process {index} of {count}")
+        for start in others:
+            try:
+                parts[start] = load_npz(store / name(start))
+            except UnreadableFile:  # damaged: compute it here
+                parts[start] = compute(start, min(start + chunk, total))
+                save_npz_atomic(store / name(start), **parts[start])
+    return [parts[start] for start in starts]
 
 
 def provenance(seeds: dict | None = None) -> dict:
@@ -226,11 +255,22 @@ class Run:
     def fill(self, keys, name, compute, description: str, progress: bool = True) -> None:
         """Save compute(*key) (a dict of arrays) as unit name(*key) for every key whose unit
         is not stored yet or cannot be read (see `has`), in order, with a progress bar over
-        the missing ones."""
-        todo = [key for key in keys if not self.has(name(*key))]
+        the missing ones.
+
+        With several processes (dynsys.distributed), key i is computed by process i mod P
+        only, and every process returns once all units are stored (each written atomically
+        into this shared directory); see `distributed.wait_for` for a process that died."""
+        keys = list(keys)
+        index, count = distributed.process()
+        todo = [key for key in distributed.share(keys, (index, count))
+                if not self.has(name(*key))]
         with Progress(disable=not progress or not todo) as bar:
             for key in bar.track(todo, description=description):
                 self.save(name(*key), **compute(*key))
+        if count > 1:
+            distributed.wait_for(lambda: [name(*key) for key in keys
+                                          if not self._unit(name(*key)).exists()],
+                                 f"{self.path}: process {index} of {count}")
 
     def units(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "units").glob("*.npz")
@@ -302,10 +342,18 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
     dataclass or mapping) and inputs; a difference raises RunError naming it, and nothing is
     written. A resumed session's provenance is appended to run.json's `resumed` list. A new
     run whose run.json cannot be written leaves no directory behind.
+
+    With several processes (dynsys.distributed) sharing `path`, process 0 creates or resumes
+    it as above; every other process waits for its run.json, checks it the same way and
+    writes nothing (the provenance is process 0's).
     """
     path = Path(path)
     config = _plain(config)
     inputs = _plain(inputs or {})
+    index, count = distributed.process()
+    if index > 0:
+        distributed.wait_for(lambda: [] if (path / "run.json").exists() else ["run.json"],
+                             f"{path}: process {index} of {count} waits for process 0")
     if (path / "run.json").exists():
         meta = _read_meta(path)
         if meta["experiment"] != experiment:
@@ -323,6 +371,10 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
             raise RunError(f"{path} was run on other inputs "
                            f"({_differences(meta['inputs'], inputs)}); nothing was changed; "
                            "use another directory to run on these")
+        if index > 0:
+            for sub in ("units", "tables", "figures"):
+                (path / sub).mkdir(exist_ok=True)
+            return Run(path=path, experiment=experiment, config=config, meta=meta)
         meta.setdefault("resumed", []).append(provenance(seeds))
     elif path.exists() and any(path.iterdir()):
         raise RunError(f"{path} exists, is not empty and is not a run directory; "
