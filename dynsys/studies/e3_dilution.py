@@ -7,7 +7,8 @@ a_t(R) of the generated keys and the logit change max_v |Δlogit_v| when they ar
 (dynsys.theory.dilution). On the first `certified` prompts per n it also computes the
 multi-layer bound on both and the certified horizon (dynsys.theory, proofs/multi_layer.md), and
 the measured agreement horizon (leading steps whose greedy token is f_{P,t−1}(x_{n+t})). The
-weight-only constants of the degeneration theorem (proofs/degeneration.md) give its explicit n₀.
+weight-only constants of the degeneration theorem (proofs/degeneration.md) give its explicit n₀,
+and with each bounded prompt's measured partition functions Z′_P its n₀(P) (proofs/prompt_n0.md).
 
 Proved: scores lie in [−S/2, S/2], so a(R) ≤ r e^S / (r e^S + n + 1), which falls like 1/n once
 n ≫ r e^S, whatever the attention pattern; the bounds hold on every step. Uniform attention
@@ -111,7 +112,8 @@ def measure(model, weights, prompt: np.ndarray, G: int, capacity: int, bounded: 
     margin_certified (rigorous) and margin_estimated (estimate, not proved) horizons, and per step
     margin_bound ≥ max |Δ(ℓ_top − ℓ_v)| over the NEAR tokens of smallest margin, margin_change
     that measured maximum, margin_violations: tokens whose measured change leaves the
-    enclosure."""
+    enclosure; prefix_lse [G, L, N]: log Σ_{j∈P} e^{z′_j} of the reference steps (for the
+    prompt-dependent n₀)."""
     prefix = prefill(model, prompt, capacity)
     trace = np.asarray(generate(model, prompt[None], G))[0]
     probe = probe_trace(model, prompt, trace, prefix)
@@ -131,6 +133,7 @@ def measure(model, weights, prompt: np.ndarray, G: int, capacity: int, bounded: 
     return dict(unit, mass_bound=cert.bound.mass, logit_bound=cert.bound.logits,
                 residual_bound=cert.bound.residual, certified=cert.horizon, floor=floor,
                 margin_certified=margins.horizon, margin_estimated=margins.estimated_horizon,
+                prefix_lse=stats.prefix_lse,
                 margin_bound=margins.change[rows, margins.near].max(1),
                 margin_change=np.abs(change[rows, margins.near]).max(1),
                 margin_violations=int((np.abs(change - margins.centre)
@@ -144,6 +147,19 @@ def theorem(weights, floor: float, margin: float, G: int) -> dict:
     return dict(rms_floor=[b.rms_floor for b in bounds],
                 score_range=[b.score_range for b in bounds], gain=[b.gain for b in bounds],
                 n0=[b.n0(G, margin) for b in bounds], margin=margin)
+
+
+def prompt_theorem(weights, units: dict, floor: float, margin: float, G: int) -> dict:
+    """Per bounded unit (n, prompt) that stored its prefix_lse and per rms floor (0, the measured
+    one): the prompt-dependent n₀(P) of the degeneration theorem (`UniformBound.prompt_n0`, the
+    measured Z′_P in place of (n + 1) e^{−S/2}) beside the weight-only n₀, same margin."""
+    keys = [key for key, u in units.items() if "prefix_lse" in u]
+    bounds = [uniform_bound(weights, rms_floor=f) for f in (0.0, floor)]
+    return dict(n=[n for n, _ in keys], prompt=[k for _, k in keys],
+                rms_floor=[b.rms_floor for b in bounds],
+                n0=[b.n0(G, margin) for b in bounds],
+                n0_prompt=[[b.prompt_n0(G, margin, units[key]["prefix_lse"], key[0])
+                            for key in keys] for b in bounds])
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
@@ -166,6 +182,10 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
         # the theorem needs the margin at every visited token: the smallest along the traces
         margin = float(np.min(np.concatenate([u["margin"] for u in units.values()])))
         run.save("theorem", **theorem(weights(), floor, margin, config.G))
+    if not run.has("theorem_prompt"):
+        t = run.load("theorem")
+        run.save("theorem_prompt", **prompt_theorem(weights(), bounded, float(t["rms_floor"][1]),
+                                                     float(t["margin"]), config.G))
     rows = [unit_row(n, k, u) for (n, k), u in units.items()]
     bound_rows = [bound_row(n, k, u) for (n, k), u in bounded.items()]
     run.write_table("units", rows)
@@ -173,6 +193,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     run.write_table("summary", summary(rows, bound_rows))
     run.write_table("layers", layer_rows(bounded))
     run.write_table("theorem", theorem_rows(run.load("theorem"), config.G))
+    run.write_table("theorem_prompt", prompt_rows(run.load("theorem_prompt"), config.lengths))
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -278,6 +299,19 @@ def theorem_rows(t: dict, G: int) -> list[dict]:
             for f, s, g, n0 in zip(t["rms_floor"], t["score_range"], t["gain"], t["n0"])]
 
 
+def prompt_rows(t: dict, lengths) -> list[dict]:
+    """Per n and rms floor: the weight-only n₀ and the prompt-dependent n₀(P), max over the
+    bounded prompts of that n (NaN where no unit stored prefix_lse), and whether n ≥ n₀(P)."""
+    out = []
+    for f, n0, per in zip(t["rms_floor"], t["n0"], t["n0_prompt"]):
+        for n in lengths:
+            sel = [x for m, x in zip(t["n"], per) if m == n]
+            worst = max(sel) if sel else np.nan
+            out.append(dict(n=n, rms_floor=f, n0=n0, n0_prompt=worst, prompts=len(sel),
+                            applies=bool(n >= worst)))
+    return out
+
+
 # --- findings and figures ----------------------------------------------------------------------
 
 
@@ -310,6 +344,11 @@ def findings(run: Run) -> list[Finding]:
                           f"{r['margin']:.2g}; "
                           f"{'vacuous: ' if r['n0'] > limit else ''}max positions {limit})"
                           for r in run.read_table("theorem")), None),
+        Finding(NAME, "the prompt-dependent n0(P) (measured prompt partition functions Z_P in "
+                      "place of (n+1) e^(-S/2); never above the weight-only n0): old vs new by n",
+                "; ".join(f"rms floor {r['rms_floor']:.2g}, n={r['n']}: {r['n0']:.2g} vs "
+                          f"{r['n0_prompt']:.2g}{' (n >= n0(P))' if r['applies'] else ''}"
+                          for r in run.read_table("theorem_prompt")), None),
     ]
 
 

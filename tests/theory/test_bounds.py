@@ -1,6 +1,7 @@
 """The constants of proofs/multi_layer.md and proofs/degeneration.md: activation and norm-layer
 bounds, MLP bounds, and the multi-layer bound against measured perturbations."""
 
+import dataclasses
 import functools
 import math
 
@@ -25,7 +26,7 @@ from dynsys.theory import (
     weight_constants,
 )
 from dynsys.config import ModelConfig
-from dynsys.decode import prefill
+from dynsys.decode import generate, prefill
 from dynsys.theory.dilution import probe_trace
 from dynsys.nn import MLP, Model, init_params, norm_layer
 from dynsys.dynamics.traces import periodicity
@@ -240,3 +241,64 @@ def test_orbit_periodicity_is_tail_and_cycle(size, seed, extra):
         orbit.append(int(f[orbit[-1]]))
     found = periodicity(np.asarray(orbit), k=3)
     assert (found.period, found.onset) == (cycle, tail) and found.repeats >= 3
+
+
+# --- the prompt-dependent n₀ (proofs/degeneration.md) ------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [LLAMA, NEOX])
+def test_prompt_n0_never_above_weight_only_and_is_the_threshold(cfg):
+    """n₀(P) ≤ n₀ whatever the measured log Z′ (below the floor e^{−S/2} per key too), and it is
+    the least n with (G−1) e^{S/2} / ((G−1) e^{S/2} + n m̃ + e^{−S/2}) < c, m̃ the floored
+    per-key mean of the docstring."""
+    u = uniform_bound(weight_constants(model_of(cfg, 0, 0.02)))
+    rng = np.random.default_rng(0)
+    half = u.score_range / 2
+    for steps, c in [(2, 0.5), (8, 0.1), (32, 0.01), (8, 0.9)]:
+        margin = 2 * u.gain * c
+        for n in (16, 1000):
+            lse = math.log(n) + rng.uniform(-1.5 * half, 1.5 * half, (steps, cfg.num_layers,
+                                                                     cfg.num_heads))
+            n0p, n0 = u.prompt_n0(steps, margin, lse, n), u.n0(steps, margin)
+            assert n0p <= n0
+            mean = np.exp(np.maximum(lse - c * u.score_drift - math.log(n), -half)).min()
+
+            def alpha(m):
+                return (steps - 1) * math.exp(half) / ((steps - 1) * math.exp(half) + m * mean
+                                                        + math.exp(-half))
+            assert alpha(n0p) < c * (1 + 1e-12) and (n0p == 0 or alpha(n0p - 1) >= c * (1 - 1e-12))
+
+
+def test_prompt_n0_theorem_end_to_end():
+    """A model whose attention scores spread (q, k weights of std 0.07: S ≈ 4.4) but whose values,
+    outputs and MLPs are small (std 5e-4), no RoPE, G = 8, n = 120: the weight-only n₀ (460) is
+    above n, the prompt-dependent n₀(P) from the reference run's Z′_P is below it, and the
+    greedy trace is the Markov orbit for all G steps, as the theorem with n₀(P) says. Inside the
+    proof: every head's measured a(R) ≤ r e^{S/2}/(r e^{S/2} + max(Z′ e^{−ω}, n e^{−S/2})
+    + e^{−S/2})."""
+    cfg = dataclasses.replace(LLAMA, use_rope=False)
+    model = model_of(cfg, 0, 5e-4)
+    params = jax.tree_util.tree_map(np.asarray, model.params)
+    rng = np.random.default_rng(1)
+    for i in range(cfg.num_layers):
+        for name in ("q", "k"):
+            dense = params[f"blocks_{i}"]["attn"][name]
+            dense["kernel"] = 0.07 * rng.standard_normal(dense["kernel"].shape)
+    params["embed"]["embedding"] = 0.2 * rng.standard_normal(params["embed"]["embedding"].shape)
+    params["lm_head"]["kernel"] = 0.2 * rng.standard_normal(params["lm_head"]["kernel"].shape)
+    model = Model(cfg, jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params))
+    steps, n = 8, 120
+    u = uniform_bound(weight_constants(model))
+    prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, n)
+    prefix = prefill(model, prompt, capacity=128)
+    trace = np.asarray(generate(model, prompt[None], steps + 1))[0]
+    stats = markov_stats(model, prompt, trace[:steps], prefix)
+    mu = stats.margin.min()
+    n0, n0p = u.n0(steps, mu), u.prompt_n0(steps, mu, stats.prefix_lse, n)
+    assert n < n0 and 10 < n0p <= n
+    np.testing.assert_array_equal(trace[1:], stats.next)  # trace = orbit of f_P, G steps
+    half, c = u.score_range / 2, mu / (2 * u.gain)
+    r = np.arange(steps)[:, None, None] * math.exp(half)
+    kept = np.maximum(np.exp(stats.prefix_lse - c * u.score_drift), n * math.exp(-half))
+    mass = probe_trace(model, prompt, trace[:steps], prefix).mass
+    assert (mass <= r / (r + kept + math.exp(-half)) * (1 + 1e-5)).all()
