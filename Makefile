@@ -34,7 +34,7 @@ gallery: $(VENV)/.core  # the README's figures: those of `make run`
 	mkdir -p docs/gallery && cp runs/verify/*/figures/*.png docs/gallery/
 
 paper: $(VENV)/.core
-	for e in e1 e2 e3 e4 e5 e6 e7 e8; do $(VENV)/bin/dynsys run $$e --scale paper || exit 1; done
+	for e in e1 e2 e3 e4 e5 e6 e7 e8 e9; do $(VENV)/bin/dynsys run $$e --scale paper || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -38,3 +38,14 @@ def difference_interval(k1: int, n1: int, k2: int, n2: int,
     (l1, u1), (l2, u2) = proportion_interval(k1, n1, level), proportion_interval(k2, n2, level)
     p1, p2 = k1 / n1, k2 / n2
     return (p1 - p2 - np.hypot(p1 - l1, u2 - p2), p1 - p2 + np.hypot(u1 - p1, p2 - l2))
+
+
+def mean_interval(samples, level: float = 0.95) -> tuple[float, float]:
+    """Student t interval of the mean of `samples` (n >= 2): m ± t_{n−1, (1+level)/2}·s/√n,
+    s the sample standard deviation; for paired data pass the differences."""
+    x = np.asarray(samples, np.float64)
+    if x.ndim != 1 or x.size < 2:
+        raise ValueError(f"mean_interval needs a 1-D sample of at least 2 values, got shape "
+                         f"{x.shape}")
+    half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
+    return float(x.mean() - half), float(x.mean() + half)

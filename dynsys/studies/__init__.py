@@ -35,7 +35,7 @@ from dynsys.data.prompts import random_tokens
 from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
 from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
-                            e7_training, e8_paths)
+                            e7_training, e8_paths, e9_surgery)
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import Training
 
@@ -44,7 +44,7 @@ ATTENTION_PROMPTS, ATTENTION_LENGTH = 8, 512
 
 STUDIES: dict[str, types.ModuleType] = {
     m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
-                        e7_training, e8_paths)}
+                        e7_training, e8_paths, e9_surgery)}
 
 
 def study(name: str) -> types.ModuleType:

@@ -36,13 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from dynsys.checks import check_tokens
 from dynsys.config import ModelConfig
@@ -50,7 +48,7 @@ from dynsys.decode.engine import generate, sequence_logits
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.traces import collapse
 from dynsys.nn import Model
-from dynsys.stats import bootstrap_interval, paired_difference, proportion_interval
+from dynsys.stats import bootstrap_interval, mean_interval, paired_difference, proportion_interval
 from dynsys.surgery.attractors import AttractorChange, Surface, compare_attractors, surface
 from dynsys.surgery.loops import (K, as_prompts, check_length, check_pair, check_prompts,
                                   looping)
@@ -207,12 +205,6 @@ def window_losses(model: Model, windows, batch: int = 16) -> np.ndarray:
     return out
 
 
-def _paired_t(delta: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    d, sd = float(delta.mean()), float(delta.std(ddof=1))
-    half = stats.t.ppf(0.5 + level / 2, delta.size - 1) * sd / math.sqrt(delta.size)
-    return d - half, d + half
-
-
 def loss_change(before: Model, after: Model, windows, *, method: str = "t",
                 batch: int = 16, seed: int = 0) -> LossChange:
     """Per-window held-out losses of both models on `windows` [n, T + 1] (n >= 2) and the
@@ -229,7 +221,7 @@ def loss_change(before: Model, after: Model, windows, *, method: str = "t",
     if not delta.any():
         interval = (0.0, 0.0)
     elif method == "t":
-        interval = _paired_t(delta)
+        interval = mean_interval(delta)
     else:
         interval = bootstrap_interval(delta, np.mean, seed=seed)
     return LossChange(l0, l1, float(l0.mean()), float(l1.mean()), float(delta.mean()),

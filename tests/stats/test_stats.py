@@ -67,3 +67,15 @@ def test_difference_interval_covers_and_contains_the_estimate():
             assert lo <= k1 / n1 - k2 / n2 <= hi and -1 <= lo and hi <= 1
             covered += count * (lo <= p1 - p2 <= hi)
         assert covered / 400 >= 0.93  # >= 0.95 expected; binomial noise below
+
+
+def test_mean_interval_is_scipys_one_sample_t_interval():
+    from scipy import stats as scipy_stats
+
+    from dynsys.stats import mean_interval
+
+    x = np.random.default_rng(4).normal(0.3, 2.0, 17)
+    expected = scipy_stats.ttest_1samp(x, 0.0).confidence_interval(0.9)
+    np.testing.assert_allclose(mean_interval(x, 0.9), tuple(expected), rtol=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_interval([1.0])
