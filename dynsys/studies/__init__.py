@@ -1,5 +1,5 @@
-"""The paper's experiments E1–E8 (E7 and E8 train their own models, through training.py), each a
-module with the same face:
+"""The paper's experiments E1–E9 (E7 and E8 train their own models, through training.py; E9
+works on E7's), each a module with the same face:
 
     NAME, TITLE
     Config                 frozen dataclass of the experiment's knobs; defaults = paper scale.
