@@ -147,8 +147,9 @@ def test_figures_are_drawn_from_stored_results_only(done, monkeypatch):
 
 def test_findings_of_the_run(done):
     found = findings(done.path)
-    assert [f.experiment for f in found] == ["e3"] * 8
-    decay, uniform, bound, _, _, horizon, _, test_bed = found
+    assert [f.experiment for f in found] == ["e3"] * 9
+    decay, uniform, bound, _, _, horizon, _, prompt_n0, test_bed = found
+    assert prompt_n0.verdict is None and "prompt-dependent n0" in prompt_n0.claim
     assert test_bed.verdict is None and "attention concentration" in test_bed.claim
     assert "falls like n^-β" in decay.claim and "uniform attention" in uniform.claim
     # 2 prompts per n: no bootstrap verdict
