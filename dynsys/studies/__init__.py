@@ -38,6 +38,7 @@ from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_c
                             e7_training, e8_paths, e9_surgery)
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import Training
+from dynsys.theory.concentration import attention_concentration
 
 ATTENTION = "attention"  # the table of a run's attention concentration
 ATTENTION_PROMPTS, ATTENTION_LENGTH = 8, 512
@@ -128,8 +129,6 @@ def write_attention(run: Run, config) -> None:
     token's attention over n = min(config.positions(), ATTENTION_LENGTH) keys, for
     ATTENTION_PROMPTS prompts of i.i.d. uniform ids (seed 0): mean excess n·max a, its
     largest value over prompts and heads, mean score s.d. and mean entropy / ln n."""
-    from dynsys.theory.concentration import attention_concentration
-
     model = load(config.model, seed=getattr(config, "seed", 0))
     n = min(config.positions(), ATTENTION_LENGTH, model.config.max_position_embeddings)
     prompts = np.stack([random_tokens(model.config.vocab_size, n, seed=i)

@@ -305,17 +305,23 @@ def probe_findings(run: Run, first: int, last: int) -> list[Finding]:
         " -> ".join(f"step {s}: excess {rows[s]['excess']:.2f} (max {rows[s]['max_excess']:.1f})"
                     f", score s.d. {rows[s]['score_sd']:.2f}, entropy/ln n "
                     f"{rows[s]['entropy']:.2f}" for s in (first, last)), None)]
-    tp = run.load(unit_name(last, PROBES))["tp_english"]
+    out.append(reinforcement_finding(run.load(unit_name(last, PROBES))["tp_english"],
+                                     run.config["seed"]))
+    return out
+
+
+def reinforcement_finding(tp: np.ndarray, seed: int) -> Finding:
+    """Claim (d) from TP_k [windows, K] of the English windows at the final step: the mean
+    gain TP_{K−1} − TP_1 over windows, its percentile bootstrap interval, against 0."""
     gain = tp[:, -1] - tp[:, 1]
-    lo, hi = bootstrap_interval(gain, np.mean, LEVEL, seed=run.config["seed"])
-    out.append(Finding(
+    lo, hi = bootstrap_interval(gain, np.mean, LEVEL, seed=seed)
+    return Finding(
         NAME, "self-reinforcement (Xu et al. 2022): at the final step, the probability of "
               f"repeating an English window rises from its 2nd to its {tp.shape[1]}th "
               "occurrence (null: no change)",
         f"TP_1 {tp[:, 1].mean():.3f} -> TP_{tp.shape[1] - 1} {tp[:, -1].mean():.3f}; mean "
         f"gain {gain.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap), n={gain.size} windows",
-        decide((lo, hi), 0.0, "above")))
-    return out
+        decide((lo, hi), 0.0, "above"))
 
 
 # --- figures -------------------------------------------------------------------------------

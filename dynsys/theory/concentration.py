@@ -28,7 +28,8 @@ from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
-from dynsys.theory.dilution import queries, run_recorded
+from dynsys.decode import run
+from dynsys.theory.dilution import queries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +52,15 @@ class Concentration:
 def _last_query_attention(cfg: ModelConfig, params, tokens):
     B, n = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (B, n))
-    logits, rows, recorded = run_recorded(cfg, params, tokens, positions, empty_rows(cfg, B, n),
-                                          None)
+    out = run(cfg, params, tokens, positions, empty_rows(cfg, B, n), jnp.ones((B, n), bool),
+              None, record=True)  # no LM head: only the attention scores are needed
     scores = []
     for layer in range(cfg.num_layers):
-        q = queries(cfg, recorded, layer)[:, -1]  # [B, K, G, H]
-        z = jnp.einsum("BKGH,BKHS->BKGS", q, rows.k[layer].astype(jnp.float32))
+        q = queries(cfg, out.recorded, layer)[:, -1]  # [B, K, G, H]
+        z = jnp.einsum("BKGH,BKHS->BKGS", q, out.rows.k[layer].astype(jnp.float32))
         scores.append(z.reshape(B, cfg.num_heads, n))
-    return jnp.stack(scores, 1), jnp.isfinite(logits).all((1, 2))  # [B, L, N, n], [B]
+    z = jnp.stack(scores, 1)  # [B, L, N, n]
+    return z, jnp.isfinite(z).all((1, 2, 3)) & jnp.isfinite(out.hidden).all((1, 2))
 
 
 def attention_concentration(model: Model, prompts) -> Concentration:

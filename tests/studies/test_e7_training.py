@@ -285,3 +285,16 @@ def test_paired_difference_is_exact_mcnemar_in_interval_form():
     assert (lo, hi) == pytest.approx(((2 * low - 1) * 0.35, (2 * high - 1) * 0.35))
     assert paired_difference(x, x) == (0.0, (0.0, 0.0))
     assert paired_difference(y, x)[1] == pytest.approx((-hi, -lo))
+
+
+def test_reinforcement_claim_holds_fails_and_is_undecided():
+    """Claim (d) on synthetic TP_k: rising with the copies -> holds, falling -> fails, no
+    change within noise on a few windows -> inconclusive; interval and n are printed."""
+    rng = np.random.default_rng(0)
+    k = np.arange(8)
+    rising = 0.2 + 0.05 * k + 0.01 * rng.standard_normal((32, 8))
+    falling = 0.6 - 0.05 * k + 0.01 * rng.standard_normal((32, 8))
+    flat = 0.3 + 0.05 * rng.standard_normal((4, 8))
+    found = [e7_training.reinforcement_finding(tp, seed=0) for tp in (rising, falling, flat)]
+    assert [f.verdict for f in found] == ["holds", "fails", "inconclusive"]
+    assert "n=32 windows" in found[0].measured and "(bootstrap)" in found[0].measured
