@@ -20,7 +20,8 @@ from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
 from dynsys.nn.cache import (PREFIX_KEY_AXES, PREFIX_VALUE_AXES, Prefix, RowCache, bucket,
-                             digest_words, empty_rows, prefix_of, source_digest, words_digest)
+                             digest_words, empty_rows, grow, prefix_of, source_digest,
+                             words_digest)
 from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded
 from dynsys.sharding import constrain, use
 
@@ -218,18 +219,42 @@ class DecodeState:
     position: jnp.ndarray  # [B] position of the next token
 
 
+# The decode loop attends to a cache that grows with the trace in at most DECODE_SEGMENTS
+# static steps (each segment a scan over a cache just large enough for it), so a step reads
+# the filled part of the cache rounded up to its segment's end, not the whole capacity: with
+# S equal segments the keys read fall from T·G + G² to about T·G + G²(S + 1)/(2S). Each
+# segment compiles its own loop body, so segments are at least MIN_SEGMENT steps long.
+DECODE_SEGMENTS = 4
+MIN_SEGMENT = 64
+
+
+def decode_segments(prompt: int, new_tokens: int) -> list[tuple[int, int, int]]:
+    """(first step, end step, cache capacity) of each segment of the decode loop.
+
+    The loop runs steps i = 0..G−2 (step i feeds token i at slot prompt + i); a segment
+    ending at step b needs prompt + b slots, the last one prompt + G (as a single loop has).
+    """
+    steps = new_tokens - 1
+    count = max(1, min(DECODE_SEGMENTS, steps // MIN_SEGMENT))
+    ends = [steps * (j + 1) // count for j in range(count)]
+    starts = [0, *ends[:-1]]
+    return [(a, b, prompt + (b if j < count - 1 else new_tokens))
+            for j, (a, b) in enumerate(zip(starts, ends))]
+
+
 @functools.partial(jax.jit,
                    static_argnames=("cfg", "max_new_tokens", "kind", "with_margins", "record"))
 def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
               tokens, write_mask, values, key, edits, record: tuple[str, ...] = ()):
     B, T = tokens.shape
+    segments = decode_segments(T, max_new_tokens)
+    capacity = segments[0][2]
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
     hidden, rows, first = _prefill_rows(cfg, params, tokens, positions, write_mask,
-                                        empty_rows(cfg, B, T + max_new_tokens),
-                                        prefill_chunk(cfg, B, T, T + max_new_tokens), edits,
-                                        record)
+                                        empty_rows(cfg, B, capacity),
+                                        prefill_chunk(cfg, B, T, capacity), edits, record)
     state = DecodeState(logits=logits(cfg, params, hidden),
-                        seq=jnp.zeros((B, rows.capacity), jnp.int32).at[:, :T].set(tokens),
+                        seq=jnp.zeros((B, capacity), jnp.int32).at[:, :T].set(tokens),
                         rows=rows, position=positions[:, -1] + 1)
 
     def choose(state: DecodeState, i):
@@ -249,7 +274,14 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
                             rows=out.rows, position=state.position + 1)
         return state, (token, margin, finite, _recorded_sites(cfg, out.recorded, record, 0))
 
-    state, (*steps, sites) = jax.lax.scan(body, state, jnp.arange(max_new_tokens - 1))
+    pieces = []
+    for start, end, size in segments:
+        extra = size - state.rows.capacity
+        state = state.replace(seq=jnp.pad(state.seq, [(0, 0), (0, extra)]),
+                              rows=grow(state.rows, size))
+        state, piece = jax.lax.scan(body, state, jnp.arange(start, end))
+        pieces.append(piece)
+    *steps, sites = jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
     last = choose(state, max_new_tokens - 1)
     # [B, G] each: tokens, margins, finite logits; then {site: [B, G, ...]}, entry 0 from the
     # last prompt token, entry i > 0 from step i − 1 (which fed token i − 1)

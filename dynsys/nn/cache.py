@@ -70,6 +70,19 @@ def empty_rows(cfg: ModelConfig, batch: int, capacity: int) -> RowCache:
                     end=jnp.zeros((), jnp.int32))
 
 
+def grow(rows: RowCache, capacity: int) -> RowCache:
+    """The same rows in a cache of a larger capacity: new slots empty (invalid, zero)."""
+    extra = capacity - rows.capacity
+    if extra < 0:
+        raise ValueError(f"cannot shrink a row cache of capacity {rows.capacity} to {capacity}")
+
+    def pad(x, axis: int):
+        return jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+
+    return rows.replace(k=tuple(pad(k, 3) for k in rows.k), v=tuple(pad(v, 2) for v in rows.v),
+                        valid=pad(rows.valid, 1))
+
+
 def prefix_of(rows: RowCache, source) -> Prefix:
     """The single row of a one-row cache (filled left to right, no padding) as a shared prefix
     computed from `source` (a digest as 8 uint32 words)."""

@@ -152,10 +152,10 @@ def step_hlo(params, fn=None) -> str:
     return (fn or decode_step()).lower(params, rows, token, token).compile().as_text()
 
 
-def generate_hlo(params, generate=engine._generate) -> str:
+def generate_hlo(params, generate=engine._generate, new: int = NEW) -> str:
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (B, PROMPT)),
                          jnp.int32)
-    return generate.lower(CFG, NEW, GREEDY.kind, False, params, tokens,
+    return generate.lower(CFG, new, GREEDY.kind, False, params, tokens,
                           jnp.ones(tokens.shape, bool), GREEDY.values, jax.random.PRNGKey(0),
                           None).compile().as_text()
 
@@ -175,6 +175,22 @@ def test_generate_loop_writes_each_cache_once_per_step_and_copies_nothing_large(
     # the cache whole (a pad, no dynamic-update-slice), so nothing else writes it.
     assert [n for n in per_loop if n] == [2 * CFG.num_layers]
     assert total == 2 * CFG.num_layers
+    assert materialized(hlo, caches | weight_shapes(params), loops_only=True) == []
+
+
+def test_a_segmented_decode_loop_reads_a_growing_cache_and_copies_nothing_per_step(params):
+    """A long generation runs one loop per segment over a cache just large enough for it
+    (engine.decode_segments); each loop writes each cache once per step, copies nothing, and
+    growing the cache between segments happens outside the loops."""
+    new = 3 * engine.MIN_SEGMENT + 1
+    segments = engine.decode_segments(PROMPT, new)
+    sizes = [size for _, _, size in segments]
+    assert len(segments) == 3 and sizes == sorted(set(sizes)) and sizes[-1] == PROMPT + new
+    hlo = generate_hlo(params, new=new)
+    caches = set().union(*(cache_shapes(CFG, B, size) for size in sizes))
+    total, per_loop = cache_writes(hlo, caches)
+    assert [n for n in per_loop if n] == [2 * CFG.num_layers] * len(segments)
+    assert total == 2 * CFG.num_layers * len(segments)
     assert materialized(hlo, caches | weight_shapes(params), loops_only=True) == []
 
 

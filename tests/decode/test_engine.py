@@ -97,6 +97,31 @@ def test_ragged_prompts_equal_each_prompt_alone(pair):
         np.testing.assert_array_equal(together[i], hf_greedy(hf, p[None], 24)[0])
 
 
+@pytest.mark.parametrize("name", ["llama-g4-tied-llama3", "neox-rot50-tied-seq"])
+def test_segmented_generation_matches_transformers(name, pair):
+    """A generation long enough for several decode loops over a growing cache
+    (engine.decode_segments) gives transformers' greedy tokens and margins."""
+    model, hf = pair(name)
+    new = 2 * dynsys.decode.engine.MIN_SEGMENT + 3
+    assert len(dynsys.decode.engine.decode_segments(16, new)) == 2
+    prompts = tokens(model, 2, 16, seed=6)
+    ours, margins = generate(model, prompts, new, return_margins=True)
+    theirs, scores = hf_greedy(hf, prompts, new, with_scores=True)
+    np.testing.assert_array_equal(np.asarray(ours), theirs)
+    top2 = np.sort(scores, -1)[..., -2:]
+    np.testing.assert_allclose(np.asarray(margins), top2[..., 1] - top2[..., 0], atol=1e-4)
+
+
+def test_decode_segments_cover_every_step_once():
+    for prompt, new in [(16, 1), (16, 2), (16, 64), (32, 129), (200, 256), (128, 1000)]:
+        segments = dynsys.decode.engine.decode_segments(prompt, new)
+        steps = [i for a, b, _ in segments for i in range(a, b)]
+        assert steps == list(range(new - 1))
+        assert all(size >= prompt + b for _, b, size in segments)
+        assert segments[-1][2] == prompt + new
+        assert len(segments) <= dynsys.decode.engine.DECODE_SEGMENTS
+
+
 def test_generate_compiles_once_per_bucket(model_of):
     model = model_of("llama-g1")
     compiled = dynsys.decode.engine._generate._cache_size
