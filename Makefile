@@ -28,6 +28,7 @@ bench: $(VENV)/.test
 	$(PY) experiments/bench_prefix_step.py
 	$(PY) experiments/bench_dynamics.py
 	$(PY) experiments/bench_markov.py
+	$(PY) experiments/profile_decode.py
 
 gallery: $(VENV)/.core  # the README's figures: those of `make run`
 	$(VENV)/bin/dynsys verify
