@@ -1,0 +1,400 @@
+"""The history-uniform certificate (proofs/history_uniform.md): for EVERY history h ∈ V^r of
+generated tokens, argmax logits(P, h, x) = f_{P,r}(x), the reference step (P followed
+directly by x at position n + r).
+
+The query's stream is enclosed in affine forms (dynsys.theory.history.domain) layer by layer,
+from the embedding of x (a point). In each attention block, per head:
+
+- the prompt's keys and values are the prefix's (causality: they do not depend on h);
+- o_h, the attention over the prompt and the query's own key, is linearised at the form's
+  centre (q_c, k_c, v_c) with Lemma 3 of proofs/multi_layer.md (any two evaluations, prompt
+  fixed): o_h ∈ o_c + C (q − q_c)/√H + B(T), C = Σ_P a_j (v_j − o_c) k_jᵀ, the linear term
+  applied to q's form (exact), T the lemma's remainder (from ‖q − q_c‖, ‖k − k_c‖, ‖v − v_c‖);
+- the r generated keys, wherever they come from, have k = R_p(W_k u + b_k), v = W_v u + b_v
+  with u a norm output, ‖u/γ‖ < √D: every score is ≤ s_max = max_p [√D ‖γ ⊙ W_kᵀ R_pᵀ q_c‖ +
+  ⟨R_pᵀ q_c, b_k⟩]/√H + ‖q − q_c‖ R_k/√H (R_k = √D ‖W_k diag γ‖ + ‖b_k‖; at layer 0 the exact
+  maximum over the vocabulary and the r positions), every value lies in the ellipsoid
+  b_v + S·ball, S = (D W_v diag γ² W_vᵀ)^½ (at layer 0, where smaller, the ball about the
+  vocabulary's mean value); their total weight is w ≤ w_max = σ(log r + s_max − low),
+  low ≤ log(Σ_P e^{z_j} + e^{z_s}), and o = o_h + w (v̄ − o_h) lies in o_h + w_max S·ball +
+  the segment {w (v₀ − o_c)} + a ball of radius w_max e, e ≥ ‖o_h − o_c‖.
+
+The norms, SiLU and the gate product go through the domain's relaxations. At the end the
+margins ℓ_top − ℓ_v = (w_top − w_v)ᵀ N_f(x_L) are bounded by the support function of the final
+form in the direction w_top − w_v (exact for the form), less the float32 LM-head slack
+2 γ_D r_f (‖w_top‖ + ‖w_v‖) of dynsys.theory.margin. All in float64 (jax x64, scoped), each
+stage widened by F64 = 2⁻⁴⁰ relative."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dynsys.config import ModelConfig
+from dynsys.config.model import check_int
+from dynsys.decode import step
+from dynsys.decode.engine import prefix_for
+from dynsys.nn import Model
+from dynsys.nn.cache import Prefix, bucket
+from dynsys.nn.rope import inverse_frequencies
+from dynsys.theory.history import domain as dm
+from dynsys.theory.margin import NEAR, UNIT
+
+FAMILIES = ("llama", "qwen2")  # RMSNorm, SwiGLU, sequential residual
+CHUNK = 8  # queries enclosed at once (memory: a form is D × (symbols) per query)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryBound:
+    """The certificate for B queries (token x at position n + r after r arbitrary generated
+    tokens), L layers, N heads, model dim D, vocabulary V; float64 numpy.
+
+    tokens, r, top [B]: the query token, its number of generated keys and the reference
+    argmax f_{P,r}(x) (the model's float32 step). margin [B, V]: reference margins
+    ℓ′_top − ℓ′_v. lower, upper [B, V]: bounds on ℓ_top − ℓ_v valid for every history (the
+    float32 LM-head slack included); lower is +inf and upper 0 at top. centre, radius
+    [B, L + 1, D]: the enclosure of the query's stream entering block l (l < L) and the final
+    norm (l = L): every history's stream lies in centre ± radius coordinatewise. mass [B, L, N]:
+    w_max ≥ the generated keys' total attention weight."""
+
+    tokens: np.ndarray
+    r: np.ndarray
+    top: np.ndarray
+    margin: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    centre: np.ndarray
+    radius: np.ndarray
+    mass: np.ndarray
+
+    @property
+    def certified(self) -> np.ndarray:
+        """[B] bool: every margin's lower bound is > 0, so for every history the argmax is top."""
+        return (self.lower > 0).all(1)
+
+    @property
+    def worst(self) -> np.ndarray:
+        """[B] the least certified margin lower bound, min_v lower (≤ the reference margin)."""
+        return self.lower.min(1)
+
+    @property
+    def change(self) -> np.ndarray:
+        """[B, V] a bound on |Δ(ℓ_top − ℓ_v)| against the reference over every history."""
+        out = np.maximum(self.margin - self.lower, self.upper - self.margin)
+        out[np.arange(len(self.top)), self.top] = 0.0
+        return out
+
+    @property
+    def near(self) -> np.ndarray:
+        """[B, NEAR] the tokens ≠ top of smallest reference margin."""
+        m = self.margin.copy()
+        m[np.arange(len(self.top)), self.top] = np.inf
+        return np.argsort(m, 1)[:, :NEAR]
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryHorizon:
+    """The Markov orbit x_1 = start, x_{t+1} = f_{P,t−1}(x_t) [steps + 1], the certificate of
+    each (x_t, r = t − 1) (`bound`, rows t = 1..steps) and the certified history-uniform
+    horizon: the leading certified steps (then the greedy trace from x_1 is the orbit there)."""
+
+    orbit: np.ndarray
+    bound: HistoryBound
+    horizon: int
+
+
+def _rope(cfg: ModelConfig, a, pos):
+    """R_pos applied along axis 0 of a (the head dimension), float64 cos/sin of the model's
+    float32 angles (the exact-arithmetic model's rotation)."""
+    if not cfg.use_rope:
+        return a
+    d = cfg.rotary_dim
+    angle = (jnp.asarray(pos).astype(jnp.float32) * jnp.asarray(inverse_frequencies(cfg)))
+    angle = angle.astype(jnp.float64).reshape((-1,) + (1,) * (a.ndim - 1))
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    x1, x2 = a[:d // 2], a[d // 2:d]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, a[d:]])
+
+
+def _rope_form(cfg, f, pos):
+    return tuple(_rope(cfg, a, pos) for a in f)
+
+
+def _norm(f, gamma, eps):
+    """RMSNorm γ ⊙ y (‖y‖²/D + ε)^(−1/2) on a form y = c + δ, ‖δ‖ ≤ ρ: ‖y‖² = ‖c‖² + 2cᵀδ + q,
+    q ∈ [0, ρ²] (a new symbol), so t = ‖y‖²/D + ε is a form whose range is also clipped to
+    [(‖c‖ − ρ)₊²/D + ε, (‖c‖ + ρ)²/D + ε]; then rsqrt relaxed on that range, and the product
+    y · s with its quadratic term δ δs in a ball of radius ρ rad_s."""
+    c = f[0]
+    D = c.shape[0]
+    rho, size = dm.norm_radius(f), jnp.linalg.norm(c)
+    quad = rho * rho / (2 * D)
+    t = dm.linear(f, (2 * c / D)[None], eps - size * size / D + quad)
+    t = dm.widen(t, jnp.reshape(quad + dm.F64 * (size * size / D + quad), (1,)))
+    r = dm.radius(t)
+    lo = jnp.maximum(jnp.maximum(t[0] - r, jnp.maximum(size - rho, 0.0) ** 2 / D + eps), eps)
+    hi = jnp.maximum(jnp.minimum(t[0] + r, (size + rho) ** 2 / D + eps), lo)
+    s = dm.relaxed(t, *dm.relax_rsqrt(lo, hi))
+    return dm.scale(dm.product(f, s, ball=True), gamma)
+
+
+def _slack(a, b):
+    """[D] the float64 slack of one stage from stream form a to b, relative F64."""
+    size = sum(jnp.linalg.norm(f[0]) + jnp.linalg.norm(dm.radius(f)) for f in (a, b))
+    return jnp.full(a[0].shape, dm.F64 * size)
+
+
+def _head(cfg, u, pos, logr, gen_pos, gen_mask, w, first):
+    """One query head: its output form o_h's linearisation plus the generated keys' segment
+    (its own box symbol), the two fresh ℓ2 blocks [H, 2, H] (w_max S for the values, and the
+    remainder T + w_max e as a ball) and w_max. w: this head's weights and constants."""
+    H, D = cfg.head_dim, cfg.hidden_size
+    root = math.sqrt(H)
+    q = _rope_form(cfg, dm.linear(u, w["wq"], w["bq"]), pos)
+    k = _rope_form(cfg, dm.linear(u, w["wk"], w["bk"]), pos)
+    v = dm.linear(u, w["wv"], w["bv"])
+    qc, kc, vc = q[0], k[0], v[0]
+    dq, dk, dv = dm.norm_radius(q), dm.norm_radius(k), dm.norm_radius(v)
+    kp, vp = w["kp"], w["vp"]  # [n, H]
+    zp, zs = kp @ qc / root, qc @ kc / root
+    lse = jax.nn.logsumexp(zp)
+    a = jax.nn.softmax(jnp.append(zp, zs))
+    ap, a_s = a[:-1], a[-1]
+    o = ap @ vp + a_s * vc
+    dev = vp - o
+    cov = (ap[:, None] * dev).T @ kp  # C = Σ_P a_j (v_j − o) k_jᵀ
+    m = ap @ jnp.linalg.norm(dev, axis=1)
+    sv = jnp.linalg.norm(vc - o)
+    # Lemma 3 (proofs/multi_layer.md), the centre as the reference point
+    zeta_p = dq * jnp.max(jnp.linalg.norm(kp, axis=1)) / root
+    zeta_s = (dq * jnp.linalg.norm(kc) + (jnp.linalg.norm(qc) + dq) * dk) / root
+    z_lo = (1 - a_s) * jnp.exp(-zeta_p) + a_s * jnp.exp(-zeta_s)
+    z_hi = (1 - a_s) * jnp.exp(zeta_p) + a_s * jnp.exp(zeta_s)
+    zt = jnp.maximum(1 / z_lo - 1, 1 - 1 / z_hi)
+    zts = jnp.maximum(jnp.exp(zeta_s) / z_lo - 1, 1 - jnp.exp(-zeta_s) / z_hi)
+    a_hat = jax.nn.sigmoid(zs + zeta_s - lse + zeta_p)
+    ep = jnp.expm1(zeta_p)
+    rest = (ep - zeta_p) * m + zt * (a_s * sv + ep * m) + a_s * zts * sv + a_hat * dv
+    lin = dm.linear((jnp.zeros_like(qc), q[1], q[2]), cov / root)
+    e = dm.norm_radius(lin) + rest
+    # the generated keys: scores ≤ s_max, values ≤ R_v, total weight ≤ w_max
+    back = jax.vmap(lambda p: _rope(cfg, qc, -p))(gen_pos)  # [R, H]: R_pᵀ q_c
+    if first:  # exact over the vocabulary's layer-0 keys k0 [V, H]
+        best = (w["k0"] @ back.T).max(0)
+        spread = w["k0_max"]
+    else:
+        best = (math.sqrt(D) * jnp.linalg.norm((back @ w["wk"]) * w["gamma"], axis=1)
+                + back @ w["bk"])
+        spread = w["rk"]
+    s_max = (jnp.where(gen_mask, best, -jnp.inf).max() + dq * spread) / root
+    s_max = jnp.where(jnp.isfinite(s_max), s_max + dm.F64 * (jnp.abs(s_max) + 1), s_max)
+    low = jnp.logaddexp(lse - zeta_p, zs - zeta_s)
+    w_max = jax.nn.sigmoid(logr + s_max - low)
+    # o − o_h = w (v̄ − o_h), v̄ ∈ v₀ + S·(unit ball): = w S β + w (v₀ − o_c) − w (o_h − o_c)
+    half = w_max / 2 * (w["v0"] - o)
+    segment = jax.nn.one_hot(w["index"], cfg.num_heads) * half[:, None]  # [H, N], own symbol
+    ball = rest + w_max * e + dm.F64 * (jnp.linalg.norm(o) + e + jnp.linalg.norm(w["v0"]))
+    blocks = jnp.stack([w_max * w["vs"], ball * jnp.eye(H)], 1)  # [H, 2, H]
+    return (o + half, lin[1], jnp.concatenate([lin[2], segment], 1)), blocks, w_max
+
+
+def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top):
+    """One query: the lower and upper margin bounds [V], the stream enclosure [L + 1, D] (centre,
+    radius) and w_max [L, N]. `weights`: float64 arrays (see `_constants`)."""
+    H, eps = cfg.head_dim, cfg.norm_eps
+    kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
+    x = dm.point(embed, H)
+    centres, radii, masses = [], [], []
+    for i, lw in enumerate(weights["layers"]):
+        centres.append(x[0])
+        radii.append(dm.radius(x))
+        u = _norm(x, lw["norm1"], eps)
+        per_head = {key: lw[key] for key in ("wq", "bq")}
+        per_head.update({key: lw[key][kv] for key in ("wk", "bk", "wv", "bv", "kp", "vp", "rk",
+                                                      "v0", "vs")})
+        if i == 0:
+            per_head.update(k0=weights["k0"][:, kv].transpose(1, 0, 2),
+                            k0_max=weights["k0_max"][kv])
+        per_head["gamma"] = jnp.broadcast_to(lw["norm1"], (cfg.num_heads, cfg.hidden_size))
+        per_head["index"] = jnp.arange(cfg.num_heads)
+        heads, blocks, w_max = jax.vmap(
+            lambda w: _head(cfg, u, pos, logr, gen_pos, gen_mask, w, i == 0))(per_head)
+        wo = lw["wo"]  # [D, N, H]
+        attn = (jnp.einsum("dnh,nh->d", wo, heads[0]) + lw["bo"],
+                jnp.einsum("dnh,nhjk->djk", wo, heads[1]), jnp.einsum("dnh,nhm->dm", wo, heads[2]))
+        attn = dm.add_blocks(attn, jnp.einsum("dnh,nhjk->dnjk", wo, blocks).reshape(
+            cfg.hidden_size, -1, H))
+        mid = dm.add(x, attn)
+        mid = dm.reduce(mid, _slack(x, mid))
+        y = _norm(mid, lw["norm2"], eps)
+        gate = dm.elementwise(dm.linear(y, lw["wg"]), dm.relax_grid(dm.silu, 0.5))
+        hidden = dm.product(gate, dm.linear(y, lw["wu"], lw["bu"]))
+        out = dm.add(mid, dm.linear(hidden, lw["wd"], lw["bd"]))
+        x = dm.reduce(out, _slack(mid, out))
+        masses.append(w_max)
+    centres.append(x[0])
+    radii.append(dm.radius(x))
+    y = _norm(x, weights["final"], eps)
+    head = weights["head"]  # [V, D]
+    c = head @ y[0] - head[top] @ y[0]  # (w_v − w_top)ᵀ c: minus the centre's margin
+    g = jnp.einsum("vd,djh->vjh", head, y[1])
+    g = g[top][None] - g
+    xs = head @ y[2]
+    xs = xs[top][None] - xs
+    support = jnp.sqrt(jnp.sum(g * g, -1)).sum(-1) + jnp.abs(xs).sum(-1)
+    rows = jnp.linalg.norm(head, axis=1)
+    gd = jnp.linalg.norm(head[top][None] - head, axis=1)
+    size = jnp.linalg.norm(y[0]) + jnp.linalg.norm(dm.radius(y))
+    slack = weights["gamma_f32"] * weights["final_radius"] * (rows[top] + rows) + dm.F64 * gd * size
+    lower, upper = -c - support - slack, -c + support + slack
+    lower = jnp.where(jnp.isnan(lower), -jnp.inf, lower)  # a vacuous enclosure: ±∞, not NaN
+    upper = jnp.where(jnp.isnan(upper), jnp.inf, upper)
+    radii = jnp.where(jnp.isnan(jnp.stack(radii)), jnp.inf, jnp.stack(radii))
+    return lower, upper, jnp.stack(centres), radii, jnp.stack(masses)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _enclose_batch(cfg, weights, embed, pos, logr, gen_pos, gen_mask, top):
+    return jax.vmap(lambda *a: _enclose(cfg, weights, *a[:3], gen_pos, *a[3:]))(
+        embed, pos, logr, gen_mask, top)
+
+
+def _constants(model: Model, prefix: Prefix, n: int) -> dict:
+    """The float64 arrays `_enclose` reads: per layer the weights, the prompt's keys kp and
+    values vp [K, n, H] (the prefix's), R_k, R_v [K]; the layer-0 keys k0 [V, K, H] (unrotated)
+    of every token with their largest norm and the largest value norm; the LM head."""
+    cfg = model.config
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.params)
+    D, N, K, H, F = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                     cfg.intermediate_size)
+    zeros = np.zeros
+    layers = []
+    for i in range(cfg.num_layers):
+        b = p[f"blocks_{i}"]
+        at, mlp, gamma = b["attn"], b["mlp"], b["norm1"]["scale"]
+        lw = dict(norm1=gamma, norm2=b["norm2"]["scale"],
+                  wq=at["q"]["kernel"], bq=at["q"].get("bias", zeros((N, H))),
+                  wk=at["k"]["kernel"], bk=at["k"].get("bias", zeros((K, H))),
+                  wv=at["v"]["kernel"], bv=at["v"].get("bias", zeros((K, H))),
+                  wo=at["o"]["kernel"], bo=at["o"].get("bias", zeros(D)),
+                  wg=mlp["gate"]["kernel"], wu=mlp["up"]["kernel"],
+                  bu=mlp["up"].get("bias", zeros(F)), wd=mlp["down"]["kernel"],
+                  bd=mlp["down"].get("bias", zeros(D)),
+                  kp=np.asarray(prefix.k[i], np.float64)[:, :, :n].transpose(0, 2, 1),
+                  vp=np.asarray(prefix.v[i], np.float64)[:, :n])
+        # R_k = √D ‖W_k diag γ‖ + ‖b_k‖; values: v ∈ b_v + S·(unit ball), S = (D M Mᵀ)^½,
+        # M = W_v diag γ (‖u/γ‖ < √D)
+        lw["rk"] = ((math.sqrt(D) * np.linalg.norm(lw["wk"] * gamma, 2, axis=(1, 2))
+                     + np.linalg.norm(lw["bk"], axis=1)) * (1 + dm.F64))
+        m = lw["wv"] * gamma
+        lw["v0"], lw["vs"] = lw["bv"], _sqrt_psd(D * m @ m.transpose(0, 2, 1))
+        layers.append(lw)
+    embed = p["embed"]["embedding"]
+    first = layers[0]
+    u0 = first["norm1"] * embed / np.sqrt(np.mean(embed * embed, 1, keepdims=True) + cfg.norm_eps)
+    k0 = np.einsum("khd,vd->vkh", first["wk"], u0) + first["bk"]
+    v0 = np.einsum("khd,vd->vkh", first["wv"], u0) + first["bv"]
+    # layer 0: the values are the vocabulary's; a ball about their mean where it is smaller
+    mean = v0.mean(0)
+    spread = np.linalg.norm(v0 - mean, axis=2).max(0) * (1 + dm.F64) + dm.F64  # [K]
+    smaller = spread * math.sqrt(H) < np.linalg.norm(first["vs"], axis=(1, 2))
+    first["v0"] = np.where(smaller[:, None], mean, first["v0"])
+    first["vs"] = np.where(smaller[:, None, None], spread[:, None, None] * np.eye(H), first["vs"])
+    head = embed if cfg.tie_embeddings else p["lm_head"]["kernel"]
+    gamma = D * UNIT / (1 - D * UNIT)
+    final = p["final_norm"]["scale"]
+    return dict(layers=layers, k0=k0, k0_max=np.linalg.norm(k0, axis=2).max(0) * (1 + dm.F64),
+                head=head,
+                final=final, gamma_f32=2 * gamma,
+                final_radius=float(np.abs(final).max() * math.sqrt(D))), embed
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """[..., H, H] the square root of symmetric PSD matrices, inflated by 1 + F64 (so its
+    ellipsoid contains the exact one)."""
+    lam, vec = np.linalg.eigh(a)
+    root = np.sqrt(np.maximum(lam, 0.0) + dm.F64 * lam.max(-1, keepdims=True))
+    return (vec * root[..., None, :]) @ np.swapaxes(vec, -1, -2) * (1 + dm.F64)
+
+
+def check_family(cfg: ModelConfig) -> None:
+    if cfg.family not in FAMILIES or cfg.parallel_residual or cfg.norm != "rms":
+        raise ValueError(f"history_bound: family {cfg.family!r} is not supported (RMSNorm, "
+                         f"SwiGLU, sequential residual only: {', '.join(FAMILIES)})")
+
+
+def history_bound(model: Model, prompt, tokens, r, prefix: Prefix | None = None,
+                  chunk: int = CHUNK) -> HistoryBound:
+    """The history-uniform certificate of each query token in `tokens` [B] at position n + r
+    after r arbitrary generated tokens (r an int ≥ 0, or one per token). One compile per
+    (prompt length, bucket of max r, chunk); `prefix` as `dynsys.decode.prefill(model, prompt)`."""
+    cfg = model.config
+    check_family(cfg)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be a non-empty 1-D integer array, got {tokens!r}")
+    bad = (tokens < 0) | (tokens >= cfg.vocab_size)
+    if bad.any():
+        raise ValueError(f"token {int(tokens[bad][0])} is outside the vocabulary "
+                         f"[0, {cfg.vocab_size})")
+    rs = np.broadcast_to(np.asarray(r), tokens.shape)
+    for value in np.unique(rs):
+        check_int("r", value.item(), 0)
+    prefix = prefix_for(model, prompt, prefix)
+    n = int(prefix.length)
+    pos = (n + rs).astype(np.int32)
+    if pos.max() >= cfg.max_position_embeddings:
+        raise ValueError(f"r={int(rs.max())} puts the query at position {int(pos.max())}, "
+                         f"beyond max_position_embeddings={cfg.max_position_embeddings}")
+    ref = np.asarray(step(model, prefix, tokens[:, None], pos[:, None])[0][:, 0], np.float64)
+    top = ref.argmax(1)
+    margin = ref[np.arange(len(top)), top][:, None] - ref
+    R = bucket(max(int(rs.max()), 1), 1)
+    gen_pos = n + np.arange(R)
+    mask = np.arange(R)[None] < rs[:, None]
+    with np.errstate(divide="ignore"):
+        logr = np.log(rs.astype(np.float64))
+    weights, embed = _constants(model, prefix, n)
+    B = len(tokens)
+    pad = -(-B // chunk) * chunk - B
+    args = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in
+            (embed[tokens], pos, logr, mask, top)]
+    parts = []
+    with jax.enable_x64(True):
+        w = jax.tree_util.tree_map(jnp.asarray, weights)
+        for s in range(0, B + pad, chunk):
+            out = _enclose_batch(cfg, w, *(jnp.asarray(a[s:s + chunk]) for a in args[:3]),
+                                 jnp.asarray(gen_pos), *(jnp.asarray(a[s:s + chunk])
+                                                         for a in args[3:]))
+            parts.append([np.asarray(o) for o in out])
+    lower, upper, centre, radius, mass = (np.concatenate(x)[:B] for x in zip(*parts))
+    rows = np.arange(B)
+    lower[rows, top], upper[rows, top], margin[rows, top] = np.inf, 0.0, 0.0
+    return HistoryBound(tokens=tokens.astype(np.int64), r=rs.astype(np.int64), top=top,
+                        margin=margin, lower=lower, upper=upper, centre=centre, radius=radius,
+                        mass=mass)
+
+
+def history_horizon(model: Model, prompt, start: int, steps: int,
+                    prefix: Prefix | None = None, chunk: int = CHUNK) -> HistoryHorizon:
+    """The certified history-uniform horizon of a start token: the orbit x_{t+1} = f_{P,t−1}(x_t)
+    (reference steps, the model's argmax) and the certificate of every (x_t, t − 1), t ≤ steps."""
+    check_family(model.config)
+    steps = check_int("steps", steps, 1)
+    prefix = prefix_for(model, prompt, prefix)
+    n = int(prefix.length)
+    orbit = [int(check_int("start", start, 0))]
+    if orbit[0] >= model.config.vocab_size:
+        raise ValueError(f"start={start} is outside the vocabulary [0, {model.config.vocab_size})")
+    for t in range(steps):
+        logits = step(model, prefix, np.array([[orbit[-1]]]), np.array([[n + t]]))[0]
+        orbit.append(int(np.asarray(logits)[0, 0].argmax()))
+    bound = history_bound(model, prompt, np.array(orbit[:steps]), np.arange(steps), prefix, chunk)
+    ok = bound.certified
+    return HistoryHorizon(orbit=np.array(orbit), bound=bound,
+                          horizon=int(np.argmax(~ok)) if (~ok).any() else steps)
