@@ -29,9 +29,11 @@ Claims:
   horizon  the certified horizon never exceeds the measured one, for the old certificate
            (max_v |Δlogit_v| < margin/2) and for the margin certificate (each margin's change
            bounded through the reference Jacobians, dynsys.theory.margin), whose enclosure of
-           the measured margin changes must also hold; the margin certificate's estimate (the
-           propagated centre's margins, remainders dropped: not a bound) is reported beside
-           them.
+           the measured margin changes must also hold, and for the history-uniform
+           certificate (dynsys.theory.history: every history of r tokens, along the Markov
+           orbit of the trace's first token; table `history`); the margin certificate's
+           estimate (the propagated centre's margins, remainders dropped: not a bound) is
+           reported beside them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ from dynsys.studies.sweep import bootstrap_estimate, by_length, exponent_estimat
 from dynsys.theory import (Certificate, markov_stats, perturbation_bound, uniform_bound,
                            weight_constants)
 from dynsys.theory.dilution import probe_trace
+from dynsys.theory.history import FAMILIES as HISTORY_FAMILIES
+from dynsys.theory.history import history_horizon
 from dynsys.theory.margin import margin_bound, margin_change
 
 NAME = "e3"
@@ -130,6 +134,8 @@ def measure(model, weights, prompt: np.ndarray, G: int, capacity: int, bounded: 
     margins = margin_bound(weights, stats)
     change = margin_change(model, prompt, trace, prefix)
     rows = np.arange(len(trace))[:, None]
+    if model.config.family in HISTORY_FAMILIES:
+        unit.update(history_columns(model, prompt, trace, prefix, change, probe.agreement))
     return dict(unit, mass_bound=cert.bound.mass, logit_bound=cert.bound.logits,
                 residual_bound=cert.bound.residual, certified=cert.horizon, floor=floor,
                 margin_certified=margins.horizon, margin_estimated=margins.estimated_horizon,
@@ -138,6 +144,25 @@ def measure(model, weights, prompt: np.ndarray, G: int, capacity: int, bounded: 
                 margin_change=np.abs(change[rows, margins.near]).max(1),
                 margin_violations=int((np.abs(change - margins.centre)
                                        > margins.radius * (1 + RTOL)).sum()))
+
+
+def history_columns(model, prompt, trace, prefix, change: np.ndarray, agreement: int) -> dict:
+    """The history-uniform certificate (dynsys.theory.history) along the Markov orbit of the
+    trace's first token: history_certified, its certified horizon; per step t, history_worst
+    [G] the least certified margin lower bound (over every history of t − 1 tokens),
+    history_margin [G] the reference margin (top-1 − top-2), history_bound [G] its bound on the
+    margin change (NEAR tokens) and history_change [G] the change measured on the real trace's
+    history (the same query while the trace follows the orbit, t ≤ agreement; NaN after)."""
+    h = history_horizon(model, prompt, int(trace[0]), len(trace), prefix)
+    b, G = h.bound, len(trace)
+    rows = np.arange(G)[:, None]
+    measured = np.abs(change[rows, b.near]).max(1)
+    measured[min(agreement, G):] = np.nan
+    margin = b.margin.copy()
+    margin[np.arange(G), b.top] = np.inf
+    return dict(history_certified=h.horizon, history_orbit=h.orbit, history_worst=b.worst,
+                history_margin=margin.min(1), history_bound=b.change[rows, b.near].max(1),
+                history_change=measured)
 
 
 def theorem(weights, floor: float, margin: float, G: int) -> dict:
@@ -192,6 +217,9 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     run.write_table("bounds", bound_rows)
     run.write_table("summary", summary(rows, bound_rows))
     run.write_table("layers", layer_rows(bounded))
+    history = history_rows(bounded)
+    if history:  # a family the history-uniform certificate refuses has none
+        run.write_table("history", history)
     run.write_table("theorem", theorem_rows(run.load("theorem"), config.G))
     run.write_table("theorem_prompt", prompt_rows(run.load("theorem_prompt"), config.lengths))
 
@@ -266,6 +294,30 @@ def margin_columns(u: dict) -> dict:
                 margin_violations=int(u["margin_violations"]))
 
 
+def history_rows(units: dict) -> list[dict]:
+    """Per bounded (n, prompt) with the history-uniform certificate: the start token, its
+    certified history-uniform horizon beside the measured agreement and the old and margin
+    certified horizons; the least certified margin lower bound against the reference margin
+    at r = 1 and at the last step; the median bound/measured margin change over the steps
+    2..agreement (measured on the real trace's history)."""
+    out = []
+    for (n, k), u in sorted(units.items()):
+        if "history_certified" not in u:
+            continue
+        ratio = u["history_bound"][1:] / u["history_change"][1:]
+        ratio = ratio[np.isfinite(ratio)]
+        out.append(dict(n=n, prompt=k, start=int(u["trace"][0]),
+                        history_certified=int(u["history_certified"]),
+                        agreement=int(u["agreement"]), certified=int(u["certified"]),
+                        margin_certified=int(u["margin_certified"]),
+                        worst_r1=float(u["history_worst"][1]),
+                        margin_r1=float(u["history_margin"][1]),
+                        worst_last=float(u["history_worst"][-1]),
+                        margin_last=float(u["history_margin"][-1]),
+                        history_ratio=float(np.median(ratio)) if ratio.size else np.nan))
+    return out
+
+
 def summary(rows: list[dict], bound_rows: list[dict]) -> list[dict]:
     """Per n: the mean over prompts of every column of `unit_row`, and over the bounded
     prompts of every column of `bound_row` (agreement: of all prompts)."""
@@ -336,7 +388,8 @@ def findings(run: Run) -> list[Finding]:
                 f"{top['logit_bound_r1'] / top['logit_r1']:.2g}x at n={top['n']}); "
                 f"bound/measured ||x_l - x'_l|| by layer "
                 f"at r=1, n={top['n']}: {' '.join(f'{x:.2g}' for x in layers)}", None),
-        horizon_finding(bounds, G),
+        horizon_finding(bounds, G, run.read_table("history")
+                        if (run.path / "tables" / "history.csv").exists() else []),
         Finding(NAME, "the weight-only n0 of the degeneration theorem (minimum margin along "
                       "the traces); vacuous where it exceeds the model's max positions",
                 "; ".join(f"rms floor {r['rms_floor']:.2g}: S={r['score_range']:.2g}, gain "
@@ -388,18 +441,20 @@ def bound_finding(bounds: list[dict]) -> Finding:
         bad == 0 if total else INCONCLUSIVE)
 
 
-def horizon_finding(bounds: list[dict], G: int) -> Finding:
-    """Certified ≤ measured horizon on every bounded trace, for both certificates, and the
-    margin enclosure never violated; with no bounded trace, inconclusive. The measured line
-    gives, per n, the old / margin (rigorous) / estimated horizons against the measured one
-    (means over the bounded prompts) and the margin bound/measured ratio."""
+def horizon_finding(bounds: list[dict], G: int, history: list[dict] = ()) -> Finding:
+    """Certified ≤ measured horizon on every bounded trace, for the old, the margin and the
+    history-uniform certificates (rows of the `history` table), and the margin enclosure never
+    violated; with no bounded trace, inconclusive. The measured line gives, per n, the old /
+    margin (rigorous) / estimated horizons against the measured one (means over the bounded
+    prompts) and the margin bound/measured ratio, then the history-uniform horizons."""
     claim = ("the certified horizon never exceeds the measured agreement horizon (proved; old "
-             "certificate max_v |dlogit_v| < margin/2 and margin certificate, whose enclosure "
-             "of every measured margin change must hold)")
+             "certificate max_v |dlogit_v| < margin/2, margin certificate, whose enclosure "
+             "of every measured margin change must hold, and history-uniform certificate)")
     if not bounds:
         return Finding(NAME, claim, "no bounded trace", INCONCLUSIVE)
     bad = sum(r["certified"] > r["agreement"] or r.get("margin_certified", 0) > r["agreement"]
               or r.get("margin_violations", 0) > 0 for r in bounds)
+    bad += sum(r["history_certified"] > r["agreement"] for r in history)
 
     def mean(rows, key):
         return np.mean([r.get(key, np.nan) for r in rows])
@@ -414,7 +469,18 @@ def horizon_finding(bounds: list[dict], G: int) -> Finding:
         f"{mean(bounds, 'certified'):.1f} (old), {mean(bounds, 'margin_certified'):.1f} (margin; "
         f"estimate, not proved: {mean(bounds, 'margin_estimated'):.1f}) vs measured "
         f"{mean(bounds, 'agreement'):.1f} steps of G={G} (mean); old / margin / estimate vs "
-        f"measured by n: {per_n}", bad == 0)
+        f"measured by n: {per_n}{history_line(history)}", bad == 0)
+
+
+def history_line(history: list[dict]) -> str:
+    """'; history-uniform certified vs measured by n: ...' (means over prompts), or ''."""
+    if not history:
+        return ""
+    return "; history-uniform certified vs measured by n: " + "; ".join(
+        f"n={n}: {np.mean([r['history_certified'] for r in sel]):.1f} vs "
+        f"{np.mean([r['agreement'] for r in sel]):.1f}"
+        for n in sorted({r["n"] for r in history})
+        for sel in [[r for r in history if r["n"] == n]])
 
 
 OFF_SCALE = 1e4  # the logit panel shows bounds up to this many times the largest measured value

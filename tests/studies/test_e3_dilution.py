@@ -75,6 +75,7 @@ def test_bound_above_measured_everywhere(done):
         assert (u["residual"][1:] <= u["residual_bound"][1:]).all()
         assert 1 <= u["certified"] <= u["agreement"] <= 4
         assert 1 <= u["margin_certified"] <= u["agreement"] and u["margin_violations"] == 0
+        assert 0 <= u["history_certified"] <= u["agreement"]
         assert (u["margin_bound"][1:] >= u["margin_change"][1:]).all()
     assert all(r["violations"] == 0 for r in done.read_table("bounds"))
 
@@ -114,6 +115,12 @@ def test_tables_are_built_from_the_units(done, model):
         assert row["margin_certified"] == u["margin_certified"]
         assert row["margin_ratio"] == pytest.approx(
             np.median(u["margin_bound"][1:] / u["margin_change"][1:]))
+    history = {(r["n"], r["prompt"]): r for r in done.read_table("history")}
+    assert sorted(history) == BOUNDED
+    for key, row in history.items():
+        u = done.load(e3_dilution.unit_name(*key))
+        assert row["history_certified"] == u["history_certified"] <= row["agreement"]
+        assert row["start"] == u["trace"][0] and row["certified"] == u["certified"]
     summary = done.read_table("summary")
     assert [(s["n"], s["prompts"], s["bounded"]) for s in summary] == [(40, 2, 1), (64, 2, 1)]
     for s in summary:
@@ -177,15 +184,20 @@ def test_universal_claims_on_no_bounded_trace_decide_nothing():
 
 @pytest.mark.parametrize("change, verdict", [
     ({}, HOLDS), ({"margin_certified": 5}, FAILS), ({"margin_violations": 1}, FAILS),
-    ({"certified": 5}, FAILS)])
-def test_horizon_claim_covers_both_certificates(change, verdict):
-    """The horizon claim fails when either certificate exceeds the measured horizon or the
-    margin enclosure is violated; its line gives old / margin / estimate vs measured per n."""
+    ({"certified": 5}, FAILS), ({"history_certified": 5}, FAILS)])
+def test_horizon_claim_covers_every_certificate(change, verdict):
+    """The horizon claim fails when any certificate (old, margin, history-uniform) exceeds the
+    measured horizon or the margin enclosure is violated; its line gives old / margin /
+    estimate vs measured per n, then the history-uniform horizon."""
     row = dict(n=64, certified=1, margin_certified=2, margin_estimated=4, agreement=4,
                margin_ratio=3.0, margin_violations=0)
-    found = horizon_finding([dict(row, **change)], 4)
+    history = dict(n=64, history_certified=2, agreement=4)
+    history.update({k: v for k, v in change.items() if k.startswith("history")})
+    found = horizon_finding([dict(row, **{k: v for k, v in change.items()
+                                          if not k.startswith("history")})], 4, [history])
     assert found.verdict == verdict
     assert "n=64:" in found.measured and "estimate, not proved" in found.measured
+    assert "history-uniform certified vs measured by n: n=64: " in found.measured
 
 
 def units_table(beta: float, excess: float, prompts: int, spread: float = 0.01,
