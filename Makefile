@@ -21,7 +21,7 @@ run: $(VENV)/.core
 	$(VENV)/bin/dynsys verify
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: $(VENV)/.test
 	$(PY) experiments/bench_generate.py
