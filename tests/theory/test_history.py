@@ -17,6 +17,7 @@ from dynsys.decode.engine import run
 from dynsys.nn.cache import empty_rows
 from dynsys.theory.history import domain as dm
 from dynsys.theory.history import history_bound, history_horizon
+from dynsys.theory.history.bound import _enclose_batch
 
 QWEN2 = dataclasses.replace(LLAMA, family="qwen2", num_kv_heads=2)  # biases on q, k, v
 N, XS, RS = 120, np.arange(0, 60, 12), (1, 2, 3)  # one compile per model: n, R = 4, chunk 8
@@ -111,6 +112,21 @@ def test_certifies_on_small_weights():
         seen = np.abs(margins[:, near] - bound.margin[row, near]).max()
         assert bound.change[row, near].max() < BITES * seen
         assert (bound.mass[row] < 5 * r / (N + r + 1)).all()  # near the uniform r/(n + r + 1)
+
+
+def test_a_prompt_length_within_the_capacity_bucket_does_not_recompile():
+    """The prompt's keys fill the prefix's capacity with masked slots beyond n: a shorter prompt
+    in the same bucket reuses the compiled certificate, and its bounds equal those computed on
+    a prefix of capacity exactly n (no padding) to float64 rounding."""
+    model = model_of(LLAMA, 0, 0.01)
+    prompt = np.random.default_rng(3).integers(0, LLAMA.vocab_size, N - 20)
+    _, _, tokens, rs, _ = case(LLAMA, 0.01)  # n = N at capacity 128: compiled
+    compiled = _enclose_batch._cache_size()
+    padded = history_bound(model, prompt, tokens, rs, prefill(model, prompt, capacity=128))
+    assert _enclose_batch._cache_size() == compiled
+    exact = history_bound(model, prompt, tokens, rs, prefill(model, prompt, capacity=N - 20))
+    for a, b in ((padded.lower, exact.lower), (padded.upper, exact.upper)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_horizon_is_followed_by_the_greedy_trace():

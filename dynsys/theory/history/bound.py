@@ -149,10 +149,12 @@ def _slack(a, b):
     return jnp.full(a[0].shape, dm.F64 * size)
 
 
-def _head(cfg, u, pos, logr, gen_pos, gen_mask, w, first):
+def _head(cfg, u, pos, logr, gen_pos, gen_mask, valid, w, first):
     """One query head: its output form o_h's linearisation plus the generated keys' segment
     (its own box symbol), the two fresh ℓ2 blocks [H, 2, H] (w_max S for the values, and the
-    remainder T + w_max e as a ball) and w_max. w: this head's weights and constants."""
+    remainder T + w_max e as a ball) and w_max. w: this head's weights and constants; the
+    prompt's keys and values fill the prefix's capacity S, valid [S] marks the prompt's slots
+    (the rest have score −∞, so weight exactly 0, and zero keys and values)."""
     H, D = cfg.head_dim, cfg.hidden_size
     root = math.sqrt(H)
     q = _rope_form(cfg, dm.linear(u, w["wq"], w["bq"]), pos)
@@ -161,7 +163,7 @@ def _head(cfg, u, pos, logr, gen_pos, gen_mask, w, first):
     qc, kc, vc = q[0], k[0], v[0]
     dq, dk, dv = dm.norm_radius(q), dm.norm_radius(k), dm.norm_radius(v)
     kp, vp = w["kp"], w["vp"]  # [n, H]
-    zp, zs = kp @ qc / root, qc @ kc / root
+    zp, zs = jnp.where(valid, kp @ qc / root, -jnp.inf), qc @ kc / root
     lse = jax.nn.logsumexp(zp)
     a = jax.nn.softmax(jnp.append(zp, zs))
     ap, a_s = a[:-1], a[-1]
@@ -206,6 +208,7 @@ def _head(cfg, u, pos, logr, gen_pos, gen_mask, w, first):
 def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top):
     """One query: the lower and upper margin bounds [V], the stream enclosure [L + 1, D] (centre,
     radius) and w_max [L, N]. `weights`: float64 arrays (see `_constants`)."""
+    valid = weights["valid"]
     H, eps = cfg.head_dim, cfg.norm_eps
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     x = dm.point(embed, H)
@@ -223,7 +226,7 @@ def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top
         per_head["gamma"] = jnp.broadcast_to(lw["norm1"], (cfg.num_heads, cfg.hidden_size))
         per_head["index"] = jnp.arange(cfg.num_heads)
         heads, blocks, w_max = jax.vmap(
-            lambda w: _head(cfg, u, pos, logr, gen_pos, gen_mask, w, i == 0))(per_head)
+            lambda w: _head(cfg, u, pos, logr, gen_pos, gen_mask, valid, w, i == 0))(per_head)
         wo = lw["wo"]  # [D, N, H]
         attn = (jnp.einsum("dnh,nh->d", wo, heads[0]) + lw["bo"],
                 jnp.einsum("dnh,nhjk->djk", wo, heads[1]), jnp.einsum("dnh,nhm->dm", wo, heads[2]))
@@ -266,13 +269,16 @@ def _enclose_batch(cfg, weights, embed, pos, logr, gen_pos, gen_mask, top):
 
 def _constants(model: Model, prefix: Prefix, n: int) -> dict:
     """The float64 arrays `_enclose` reads: per layer the weights, the prompt's keys kp and
-    values vp [K, n, H] (the prefix's), R_k, R_v [K]; the layer-0 keys k0 [V, K, H] (unrotated)
+    values vp [K, S, H] (the prefix's, over its whole capacity S, zero beyond the prompt, whose
+    slots valid [S] marks: one compile per capacity bucket, not per prompt length), R_k, R_v
+    [K]; the layer-0 keys k0 [V, K, H] (unrotated)
     of every token with their largest norm and the largest value norm; the LM head."""
     cfg = model.config
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.params)
     D, N, K, H, F = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                      cfg.intermediate_size)
     zeros = np.zeros
+    valid = np.arange(prefix.capacity) < n
     layers = []
     for i in range(cfg.num_layers):
         b = p[f"blocks_{i}"]
@@ -285,8 +291,9 @@ def _constants(model: Model, prefix: Prefix, n: int) -> dict:
                   wg=mlp["gate"]["kernel"], wu=mlp["up"]["kernel"],
                   bu=mlp["up"].get("bias", zeros(F)), wd=mlp["down"]["kernel"],
                   bd=mlp["down"].get("bias", zeros(D)),
-                  kp=np.asarray(prefix.k[i], np.float64)[:, :, :n].transpose(0, 2, 1),
-                  vp=np.asarray(prefix.v[i], np.float64)[:, :n])
+                  kp=np.where(valid[:, None], np.asarray(prefix.k[i], np.float64)
+                              .transpose(0, 2, 1), 0.0),
+                  vp=np.where(valid[:, None], np.asarray(prefix.v[i], np.float64), 0.0))
         # R_k = √D ‖W_k diag γ‖ + ‖b_k‖; values: v ∈ b_v + S·(unit ball), S = (D M Mᵀ)^½,
         # M = W_v diag γ (‖u/γ‖ < √D)
         lw["rk"] = ((math.sqrt(D) * np.linalg.norm(lw["wk"] * gamma, 2, axis=(1, 2))
@@ -308,7 +315,8 @@ def _constants(model: Model, prefix: Prefix, n: int) -> dict:
     head = embed if cfg.tie_embeddings else p["lm_head"]["kernel"]
     gamma = D * UNIT / (1 - D * UNIT)
     final = p["final_norm"]["scale"]
-    return dict(layers=layers, k0=k0, k0_max=np.linalg.norm(k0, axis=2).max(0) * (1 + dm.F64),
+    return dict(layers=layers, valid=valid, k0=k0,
+                k0_max=np.linalg.norm(k0, axis=2).max(0) * (1 + dm.F64),
                 head=head,
                 final=final, gamma_f32=2 * gamma,
                 final_radius=float(np.abs(final).max() * math.sqrt(D))), embed
@@ -332,7 +340,8 @@ def history_bound(model: Model, prompt, tokens, r, prefix: Prefix | None = None,
                   chunk: int = CHUNK) -> HistoryBound:
     """The history-uniform certificate of each query token in `tokens` [B] at position n + r
     after r arbitrary generated tokens (r an int ≥ 0, or one per token). One compile per
-    (prompt length, bucket of max r, chunk); `prefix` as `dynsys.decode.prefill(model, prompt)`."""
+    (prefix capacity bucket, bucket of max r, chunk); `prefix` as
+    `dynsys.decode.prefill(model, prompt)`."""
     cfg = model.config
     check_family(cfg)
     tokens = np.asarray(tokens)
