@@ -452,9 +452,12 @@ def horizon_finding(bounds: list[dict], G: int, history: list[dict] = ()) -> Fin
              "of every measured margin change must hold, and history-uniform certificate)")
     if not bounds:
         return Finding(NAME, claim, "no bounded trace", INCONCLUSIVE)
-    bad = sum(r["certified"] > r["agreement"] or r.get("margin_certified", 0) > r["agreement"]
-              or r.get("margin_violations", 0) > 0 for r in bounds)
-    bad += sum(r["history_certified"] > r["agreement"] for r in history)
+    # a trace counts once, whichever of its certificates exceeds the measured horizon
+    bad = len({(r["n"], r.get("prompt")) for r in bounds
+               if r["certified"] > r["agreement"] or r.get("margin_certified", 0) > r["agreement"]
+               or r.get("margin_violations", 0) > 0}
+              | {(r["n"], r.get("prompt")) for r in history
+                 if r["history_certified"] > r["agreement"]})
 
     def mean(rows, key):
         return np.mean([r.get(key, np.nan) for r in rows])
