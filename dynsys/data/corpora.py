@@ -29,6 +29,7 @@ import types
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 from pathlib import Path
 
 import faker
@@ -42,6 +43,7 @@ MIN_WORDS = 5  # shorter docstrings ("Return self.") are not prose
 SKIPPED_DIRECTORIES = frozenset({"test", "tests", "idle_test", "idlelib", "lib2to3",
                                  "site-packages", "dist-packages", "__pycache__"})
 KANA = re.compile("[\u3040-\u30ff]")  # hiragana and katakana: Japanese, not Chinese or Korean
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +60,15 @@ class Corpus:
         if not documents:
             raise ValueError(f"corpus {self.name!r} ({self.origin}) has no documents")
         for i, document in enumerate(documents):
-            if not isinstance(document, str) or not document or SEPARATOR in document:
-                raise ValueError(f"corpus {self.name!r} document {i} must be a non-empty string "
-                                 f"without {SEPARATOR!r}")
+            check_document(document, f"corpus {self.name!r} document {i}")
         set_frozen(self, documents=documents)
+
+
+def check_document(document: str, where: str) -> None:
+    """A one-line ValueError naming `where` unless `document` is a non-empty string without
+    SEPARATOR (what every document of every corpus must be)."""
+    if not isinstance(document, str) or not document or SEPARATOR in document:
+        raise ValueError(f"{where} must be a non-empty string without {SEPARATOR!r}")
 
 
 def text(corpus: Corpus) -> str:
@@ -75,9 +82,10 @@ def characters(corpus: Corpus) -> int:
 
 
 def provenance(*corpora: Corpus) -> dict[str, dict[str, str | int]]:
-    """{name: {origin, licence, characters, bytes, documents, sha256}} for each corpus:
-    characters, UTF-8 bytes and SHA-256 of its `text` (separators included), its document
-    count. Plain JSON-ready values; corpora must have distinct names."""
+    """{name: {origin, licence, characters, bytes, documents, longest, sha256}} for each
+    corpus: characters, UTF-8 bytes and SHA-256 of its `text` (separators included), its
+    document count and the characters of its longest document (what bounds a window drawn from
+    one document). Plain JSON-ready values; corpora must have distinct names."""
     names = [corpus.name for corpus in corpora]
     if len(set(names)) != len(names):
         raise ValueError(f"corpus names {names} must be distinct")
@@ -87,23 +95,24 @@ def provenance(*corpora: Corpus) -> dict[str, dict[str, str | int]]:
         record[corpus.name] = dict(origin=corpus.origin, licence=corpus.licence,
                                    characters=len(text(corpus)), bytes=len(data),
                                    documents=len(corpus.documents),
+                                   longest=max(map(len, corpus.documents)),
                                    sha256=hashlib.sha256(data).hexdigest())
     return record
 
 
 # --- sources ------------------------------------------------------------------------------------
 
-def _stdlib() -> Path:
+def stdlib_root() -> Path:
     """The directory of the running Python's standard library."""
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _python() -> str:
+def python_label() -> str:
     """"Python X.Y.Z" of the running interpreter."""
     return f"Python {platform.python_version()}"
 
 
-def _unique(items: Iterator[str]) -> list[str]:
+def unique(items: Iterator[str]) -> list[str]:
     """`items` without repeats, in order of first appearance."""
     return list(dict.fromkeys(items))
 
@@ -124,18 +133,23 @@ def _docstrings(source: bytes) -> list[str]:
     return [doc.strip() for doc in docs if doc and len(doc.split()) >= MIN_WORDS]
 
 
+def stdlib_files(root: Path, skipped: frozenset[str]) -> list[Path]:
+    """The .py files under `root` sorted by relative POSIX path, without those in a directory
+    named in `skipped` (at any depth below root) and the test modules `test_*.py`."""
+    return sorted((path for path in root.rglob("*.py")
+                   if not skipped & set(path.relative_to(root).parts[:-1])
+                   and not path.name.startswith("test_")),
+                  key=lambda path: path.relative_to(root).as_posix())
+
+
 def _module_documents(root: Path) -> list[str]:
     """One document per module of the stdlib at `root` (sorted by path; tests, idlelib, lib2to3
     and site-packages skipped): its docstrings not seen in an earlier module, joined by blank
     lines; modules left with none give no document."""
-    paths = sorted((path for path in root.rglob("*.py")
-                    if not SKIPPED_DIRECTORIES & set(path.relative_to(root).parts[:-1])
-                    and not path.name.startswith("test_")),
-                   key=lambda path: path.relative_to(root).as_posix())
     seen: set[str] = set()
     documents = []
-    for path in paths:
-        docs = [doc for doc in _unique(_docstrings(path.read_bytes())) if doc not in seen]
+    for path in stdlib_files(root, SKIPPED_DIRECTORIES):
+        docs = [doc for doc in unique(_docstrings(path.read_bytes())) if doc not in seen]
         seen.update(docs)
         if docs:
             documents.append("\n\n".join(docs))
@@ -148,9 +162,9 @@ def english() -> Corpus:
     per topic of `pydoc_data.topics` (sorted by topic, repeats dropped), then one per stdlib
     module with its docstrings."""
     from pydoc_data.topics import topics
-    documents = _unique(topics[key].strip() for key in sorted(topics))
-    return Corpus("english", f"{_python()} standard library: pydoc_data.topics and module "
-                  "docstrings", PSF, tuple(documents + _module_documents(_stdlib())))
+    documents = unique(topics[key].strip() for key in sorted(topics))
+    return Corpus("english", f"{python_label()} standard library: pydoc_data.topics and module "
+                  "docstrings", PSF, tuple(documents + _module_documents(stdlib_root())))
 
 
 def japanese_samples() -> Corpus:
@@ -158,11 +172,11 @@ def japanese_samples() -> Corpus:
     each kept once and only if it does not extend another (the euc_jp, shift_jis and iso2022_jp
     samples are one text, the jisx0213 ones that text plus a line of rare JIS X 0213
     characters): one document on 3.11."""
-    folder = _stdlib() / "test" / "cjkencodings"
+    folder = stdlib_root() / "test" / "cjkencodings"
     texts = sorted({path.read_text("utf-8").strip() for path in folder.glob("*-utf8.txt")})
     japanese = [t for t in texts if KANA.search(t)]
     kept = tuple(t for t in japanese if not any(t != other and other in t for other in japanese))
-    return Corpus("japanese-samples", f"{_python()} standard library: "
+    return Corpus("japanese-samples", f"{python_label()} standard library: "
                   "test/cjkencodings/*-utf8.txt", PSF, kept)
 
 
@@ -213,7 +227,7 @@ def _list_items() -> dict[str, tuple[str, ...]]:
             and not name.startswith("_")),
         "standard library modules": tuple(sorted(name for name in sys.stdlib_module_names
                                                  if not name.startswith("_"))),
-        "Greek letters": tuple(_unique(greek)),  # final sigma is "sigma" again
+        "Greek letters": tuple(unique(greek)),  # final sigma is "sigma" again
         "letters of the alphabet": tuple(string.ascii_uppercase),
         "HTTP status phrases": tuple(status.phrase for status in http.HTTPStatus),
     }
@@ -250,7 +264,7 @@ def lists(n_documents: int, seed: int = 0) -> Corpus:
     no two alike; a prefix of the documents of any larger n with that seed."""
     n = check_int("n_documents", n_documents, 1)
     documents = tuple(itertools.islice(_list_stream(check_int("seed", seed, 0)), n))
-    return Corpus("lists", f"{_python()} standard library data (calendar, keyword, builtins, "
+    return Corpus("lists", f"{python_label()} standard library data (calendar, keyword, builtins, "
                   f"sys.stdlib_module_names, unicodedata, string, http), seed {seed}", PSF,
                   documents)
 
@@ -300,29 +314,41 @@ def mix(english: Corpus, japanese_share: float = 0.02, list_share: float = 0.01,
     return tuple(parts)
 
 
+def split_groups(groups: Sequence[tuple[str, Sequence[T]]], held_out: float,
+                 seed: int) -> tuple[list[T], list[T]]:
+    """(train, held-out) items of named groups, split by items within each group (stratified):
+    a group's items shuffled by random.Random(f"{seed}/{name}") and the first
+    round(held_out · n) held out; each side then shuffled by random.Random(seed) (train first,
+    then held-out, from the one generator). No item is on both sides."""
+    held_out = _share("held_out", held_out)
+    seed = check_int("seed", seed, 0)
+    train: list[T] = []
+    held: list[T] = []
+    for name, items in groups:
+        items = list(items)
+        random.Random(f"{seed}/{name}").shuffle(items)
+        n_held = round(held_out * len(items))
+        held += items[:n_held]
+        train += items[n_held:]
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    rng.shuffle(held)
+    return train, held
+
+
 def split(parts: Sequence[Corpus], held_out: float = 0.05,
           seed: int = 0) -> tuple[Corpus, Corpus]:
-    """(train, held-out) corpora from `parts`, split by documents within each part: its
-    documents shuffled (by `seed` and the part's name) and the first round(held_out · n) held
-    out; each side's documents then shuffled together by `seed`. Named "train" and
-    "held-out"; their origin names the parts, held_out and seed."""
+    """(train, held-out) corpora from `parts`, split by documents within each part
+    (`split_groups` with the parts' names). Named "train" and "held-out"; their origin names
+    the parts, held_out and seed."""
     held_out = _share("held_out", held_out)
     seed = check_int("seed", seed, 0)
     if not parts:
         raise ValueError("split needs at least one corpus in parts")
-    train_docs: list[str] = []
-    held_docs: list[str] = []
-    for part in parts:
-        documents = list(part.documents)
-        random.Random(f"{seed}/{part.name}").shuffle(documents)
-        n_held = round(held_out * len(documents))
-        held_docs += documents[:n_held]
-        train_docs += documents[n_held:]
+    train_docs, held_docs = split_groups([(part.name, part.documents) for part in parts],
+                                         held_out, seed)
     origin = (f"{', '.join(part.name for part in parts)} split by documents, "
               f"held_out={held_out}, seed {seed}")
-    licence = "; ".join(_unique(part.licence for part in parts))
-    rng = random.Random(seed)
-    rng.shuffle(train_docs)
-    rng.shuffle(held_docs)
+    licence = "; ".join(unique(part.licence for part in parts))
     return (Corpus("train", origin, licence, tuple(train_docs)),
             Corpus("held-out", origin, licence, tuple(held_docs)))

@@ -63,7 +63,7 @@ def test_provenance_records_sizes_and_checksum():
     corpus = Corpus("tiny", "here", "MIT", ("ab", "日本"))
     record = provenance(corpus)["tiny"]
     assert record == dict(origin="here", licence="MIT", characters=4 + len(SEPARATOR),
-                          bytes=2 + 6 + len(SEPARATOR), documents=2,
+                          bytes=2 + 6 + len(SEPARATOR), documents=2, longest=2,
                           sha256=hashlib.sha256(f"ab{SEPARATOR}日本".encode()).hexdigest())
     assert text(corpus) == f"ab{SEPARATOR}日本" and characters(corpus) == 4
     json.dumps(provenance(corpus))
