@@ -1,15 +1,20 @@
 """What goes into a model: prompts of token ids for the experiments (`prompts`), offline text
-corpora with provenance (`corpora`) and a byte-level BPE tokenizer (`tokenizer`). See
-docs/corpora.md."""
+corpora with provenance (`corpora`), long documents for long-context training (`documents`) and
+a byte-level BPE tokenizer (`tokenizer`). See docs/corpora.md."""
 
 from dynsys.data import prompts
 from dynsys.data.corpora import (SEPARATOR, Corpus, characters, english, japanese, japanese_samples,
-                                 lists, mix, provenance, split, text)
+                                 lists, mix, provenance, split, split_groups, text)
+from dynsys.data.documents import (PYTHON_SOURCE, SHAKESPEARE, Document, as_corpus, by_source,
+                                   long_documents, mix_documents, python_source, shakespeare,
+                                   sources, split_documents)
 from dynsys.data.tokenizer import (EOT, decode, encode, load_tokenizer, save_tokenizer,
                                    train_tokenizer)
 
 __all__ = [
-    "EOT", "SEPARATOR", "Corpus", "characters", "decode", "encode", "english", "japanese",
-    "japanese_samples", "lists", "load_tokenizer", "mix", "prompts", "provenance",
-    "save_tokenizer", "split", "text", "train_tokenizer",
+    "EOT", "PYTHON_SOURCE", "SEPARATOR", "SHAKESPEARE", "Corpus", "Document", "as_corpus",
+    "by_source", "characters", "decode", "encode", "english", "japanese", "japanese_samples",
+    "lists", "load_tokenizer", "long_documents", "mix", "mix_documents", "prompts", "provenance",
+    "python_source", "save_tokenizer", "shakespeare", "sources", "split", "split_documents",
+    "split_groups", "text", "train_tokenizer",
 ]
