@@ -1,0 +1,34 @@
+"""dynsys.testbeds: named, registered test beds — a data source with known answers where it
+has them (in-context Markov chains and their Bayes-optimal predictor), a model and a training
+at each scale — trained by `train_testbed` and named by `resolve("NAME@CHECKPOINT")`."""
+
+from dynsys.testbeds.markov import (
+    MarkovSource,
+    bayes_losses,
+    bayes_map,
+    bayes_predictive,
+    bayes_trace,
+    counts,
+    sample,
+)
+from dynsys.testbeds.registry import (
+    REGISTRY,
+    ROOT,
+    TESTBEDS,
+    MarkovScale,
+    Recipe,
+    Scale,
+    Testbed,
+    TestbedSummary,
+    read_registry,
+    recipe,
+    resolve,
+    summary_rows,
+    train_testbed,
+)
+
+__all__ = [
+    "REGISTRY", "ROOT", "TESTBEDS", "MarkovScale", "MarkovSource", "Recipe", "Scale", "Testbed",
+    "TestbedSummary", "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "counts",
+    "read_registry", "recipe", "resolve", "sample", "summary_rows", "train_testbed",
+]

@@ -1,0 +1,321 @@
+"""Test beds: named recipes (a data source, a tokenizer, a model, a training) at named scales,
+trained into run directories listed in a registry, so that a study names a trained model by
+test bed and checkpoint: `resolve("markov1-small@final", root)`.
+
+    ROOT/testbeds.json    the registry: {KEY: {testbed, scale, steps, settings, summary}},
+                          rewritten atomically whenever a training starts or ends
+    ROOT/KEY/run.json     the recipe's settings and provenance (dynsys.runs)
+    ROOT/KEY/train/       the training directory (dynsys.train; checkpoints/step_XXXXXXX are
+                          Hugging Face directories)
+    ROOT/KEY/tables/      training.csv (one row per checkpoint), summary.csv (one row)
+
+ROOT is the directory holding the run directories (runs/testbeds by default) and KEY a run
+directory's name (NAME-SCALE by default, e.g. runs/testbeds/markov1-small).
+
+A recipe is a `Testbed` (a description and one settings object per scale) plus the settings'
+own `source()`: a test bed of another kind (a long-document corpus with a tokenizer, RoPE on
+or off, a ladder of sizes) is one more settings class deriving from `Scale` and one more entry
+in TESTBEDS. A source provides `vocab_size`, `describe()`, `windows(split, count, seq_len,
+seed)` ([count, seq_len + 1] token windows, each split drawn from its own streams),
+`references(windows)` (held-out losses of reference predictors, by name) and `tokenizer()`
+(a directory holding tokenizer.json, or None when the ids are the alphabet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from dynsys.config import ModelConfig, check_int
+from dynsys.nn import init_params
+from dynsys.runs import atomic_path, open_run
+from dynsys.testbeds.markov import MarkovSource
+from dynsys.train import TrainConfig, checkpoint_steps, read_log, train
+
+REGISTRY = "testbeds.json"
+ROOT = Path("runs/testbeds")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Scale:
+    """The model and training of a test bed at one scale: a llama (MHA, untied embeddings)
+    of `layers` blocks of width `hidden` with `heads` heads and an MLP of width `ffn`, RoPE
+    on or off, `positions` positions (None: seq_len, the training context); AdamW with
+    Pythia's schedule for `steps` steps of `batch` windows of seq_len + 1 tokens, drawn
+    without repetition from `train_windows` windows (None: steps · batch, each window seen
+    once); the held-out loss over `heldout_windows` windows; checkpoints at Pythia's steps
+    0, 1, 2, 4, …, 512 and every `checkpoint_every`. `seed` draws the data, the
+    initialisation and the order of the windows."""
+
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 2
+    ffn: int = 256
+    rope: bool = True
+    positions: int | None = None
+    seq_len: int = 256
+    batch: int = 16
+    steps: int = 500
+    lr: float = 3e-3
+    warmup: int = 50
+    checkpoint_every: int = 250
+    train_windows: int | None = None
+    heldout_windows: int = 64
+    seed: int = 0
+
+    def train_config(self, vocab_size: int) -> TrainConfig:
+        """The TrainConfig of these settings for a source of `vocab_size` ids."""
+        check_int("heads", self.heads, 1)
+        if check_int("hidden", self.hidden, 1) % self.heads:
+            raise ValueError(f"hidden={self.hidden} is not a multiple of heads={self.heads}")
+        model = ModelConfig(
+            family="llama", vocab_size=vocab_size, hidden_size=self.hidden,
+            intermediate_size=self.ffn, num_layers=self.layers, num_heads=self.heads,
+            num_kv_heads=self.heads, head_dim=self.hidden // self.heads, use_rope=self.rope,
+            max_position_embeddings=self.seq_len if self.positions is None else self.positions)
+        return TrainConfig(model=model, seq_len=self.seq_len, batch=self.batch,
+                           steps=self.steps, lr=self.lr, warmup=self.warmup, seed=self.seed,
+                           data_seed=self.seed, eval_windows=self.heldout_windows,
+                           checkpoint_every=self.checkpoint_every)
+
+    def windows_drawn(self) -> tuple[int, int]:
+        """(training windows, held-out windows)."""
+        count = self.steps * self.batch if self.train_windows is None else self.train_windows
+        if check_int("train_windows", count, 1) < self.batch:
+            raise ValueError(f"train_windows={count} is fewer than one batch of {self.batch}")
+        return count, check_int("heldout_windows", self.heldout_windows, 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MarkovScale(Scale):
+    """A Scale trained on in-context Markov chains of `order` over `vocab` symbols, rows
+    ~ Dirichlet(alpha) (dynsys.testbeds.markov)."""
+
+    order: int
+    vocab: int = 32
+    alpha: float = 0.1
+
+    def source(self) -> MarkovSource:
+        return MarkovSource(self.vocab, self.order, self.alpha)
+
+
+@dataclasses.dataclass(frozen=True)
+class Testbed:
+    """A named recipe: what it trains, and its settings at each scale."""
+
+    description: str
+    scales: dict[str, Scale]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One test bed at one scale with its settings (any overrides applied), checked whole:
+    its source and TrainConfig exist."""
+
+    name: str
+    scale: str
+    settings: Scale
+    source: Any
+    train: TrainConfig
+
+    @property
+    def key(self) -> str:
+        """The default name of its run directory: NAME-SCALE."""
+        return f"{self.name}-{self.scale}"
+
+    def to_dict(self) -> dict:
+        return {"testbed": self.name, "scale": self.scale,
+                **dataclasses.asdict(self.settings)}
+
+
+# Small: about 2 minutes on 2 cores. Paper: the context of Edelman et al.'s longer runs.
+_SMALL = dict(layers=2, hidden=64, heads=2, ffn=256, seq_len=256, batch=16, steps=500, lr=3e-3,
+              warmup=50, checkpoint_every=250)
+_PAPER = dict(layers=2, hidden=128, heads=4, ffn=512, seq_len=2048, batch=8, steps=4000,
+              lr=1e-3, warmup=200, checkpoint_every=500, train_windows=8192)
+TESTBEDS: dict[str, Testbed] = {
+    "markov1": Testbed("in-context order-1 Markov chains (V = 32, α = 0.1)",
+                       {"small": MarkovScale(order=1, **_SMALL),
+                        "paper": MarkovScale(order=1, **_PAPER)}),
+    # V = 16: with V = 32 the 1024 contexts of order 2 are seen less than once each in 512
+    # tokens and the Bayes loss stays within 0.1 nats of uniform (nothing to learn)
+    "markov2": Testbed("in-context order-2 Markov chains (V = 16, α = 0.1)",
+                       {"small": MarkovScale(order=2, vocab=16, **{**_SMALL, "seq_len": 512}),
+                        "paper": MarkovScale(order=2, vocab=16, **_PAPER)}),
+}
+
+
+def recipe(name: str, scale: str = "small", overrides: dict | None = None) -> Recipe:
+    """The recipe of test bed `name` at `scale`, with settings `overrides` ({field: value}).
+    ValueError naming the value for an unknown name, scale or setting and for a bad value."""
+    if name not in TESTBEDS:
+        raise ValueError(f"unknown test bed {name!r} (known: {', '.join(TESTBEDS)})")
+    scales = TESTBEDS[name].scales
+    if scale not in scales:
+        raise ValueError(f"scale {scale!r} of test bed {name!r} is not one of "
+                         f"{', '.join(scales)}")
+    settings = scales[scale]
+    fields = [f.name for f in dataclasses.fields(settings)]
+    unknown = sorted(set(overrides or {}) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} of test bed {name!r} "
+                         f"(settings: {', '.join(fields)})")
+    settings = dataclasses.replace(settings, **(overrides or {}))
+    source = settings.source()
+    made = Recipe(name, scale, settings, source, settings.train_config(source.vocab_size))
+    settings.windows_drawn()
+    return made
+
+
+@dataclasses.dataclass(frozen=True)
+class TestbedSummary:
+    """A trained test bed: where, how big, how long, and its held-out loss beside the source's
+    reference predictors' (`references`, by name; the Bayes-optimal one for a Markov source),
+    all over the same held-out windows, in nats per predicted token."""
+
+    key: str
+    out_dir: Path
+    step: int
+    steps: int
+    params: int
+    context: int
+    tokens: int
+    seconds: float
+    heldout_loss: float
+    references: dict[str, float]
+    checkpoints: tuple[Path, ...]
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "out_dir": str(self.out_dir),
+                "checkpoints": [p.name for p in self.checkpoints]}
+
+
+def train_testbed(made: Recipe, out_dir: str | Path | None = None, root: str | Path = ROOT,
+                  progress: bool = True) -> TestbedSummary:
+    """Train (or resume, or read back a finished) `made` into out_dir (default ROOT/KEY), and
+    record it in the registry of out_dir's parent. A directory of other settings is an
+    error and nothing is changed (dynsys.runs.open_run, dynsys.train.train)."""
+    out_dir = Path(root) / made.key if out_dir is None else Path(out_dir)
+    run = open_run(out_dir, "testbed", made.to_dict(), seeds={"seed": made.settings.seed})
+    register(out_dir, made, None)
+    count, held_count = made.settings.windows_drawn()
+    seq_len, seed = made.train.seq_len, made.settings.seed
+    held = made.source.windows("heldout", held_count, seq_len, seed)
+    done = train(made.train, made.source.windows("train", count, seq_len, seed).ravel(),
+                 held.ravel(), out_dir / "train", made.source.tokenizer(), progress=progress)
+    rows = {row["step"]: row for row in read_log(out_dir / "train" / "log.csv")}
+    saved = checkpoint_steps(made.train.steps, made.train.checkpoint_every)
+    run.write_table("training", [
+        {key: rows[s][key] for key in ("step", "tokens", "loss", "heldout_loss", "wall_time")}
+        for s in saved])
+    summary = TestbedSummary(
+        key=out_dir.name, out_dir=out_dir, step=done.step, steps=made.train.steps,
+        params=_parameters(made.train.model), context=made.train.seq_len, tokens=done.tokens,
+        seconds=rows[done.step]["wall_time"], heldout_loss=rows[done.step]["heldout_loss"],
+        references=made.source.references(held), checkpoints=done.checkpoints)
+    run.write_table("summary", [{k: v for k, v in summary.to_dict().items()
+                                 if k not in ("references", "checkpoints", "out_dir")}
+                                | {f"{name}_loss": v for name, v in summary.references.items()}])
+    register(out_dir, made, summary)
+    return summary
+
+
+def _parameters(model: ModelConfig) -> int:
+    """The number of parameters of a model of this config (from their shapes only)."""
+    shapes = jax.eval_shape(lambda: init_params(model, 0))
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes))
+
+
+def register(out_dir: Path, made: Recipe, summary: TestbedSummary | None) -> None:
+    """Write the entry of out_dir (KEY = its name) into the registry beside it (atomically;
+    the other entries are kept)."""
+    path = out_dir.parent / REGISTRY
+    entries = read_registry(out_dir.parent)
+    entries[out_dir.name] = {"testbed": made.name, "scale": made.scale,
+                             "steps": made.train.steps,
+                             "settings": dataclasses.asdict(made.settings),
+                             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "summary": None if summary is None else summary.to_dict()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(entries, indent=1))
+
+
+def read_registry(root: str | Path = ROOT) -> dict[str, dict]:
+    """The registry ROOT/testbeds.json as {KEY: entry} ({} if there is none)."""
+    path = Path(root) / REGISTRY
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path} holds {type(entries).__name__}, not a JSON object")
+    return entries
+
+
+def resolve(spec: str, root: str | Path = ROOT) -> Path:
+    """The checkpoint directory named by spec = KEY@CHECKPOINT in the registry of `root`.
+
+    KEY is a run directory's name (markov1-small) or a test bed's name registered under
+    one key only (markov1). CHECKPOINT is `final` (the recipe's last step, once reached),
+    `latest` (the latest checkpoint on disk), step_XXXXXXX or a step number. ValueError
+    naming the spec otherwise."""
+    key, sep, point = spec.partition("@")
+    if not sep or not key or not point:
+        raise ValueError(f"{spec!r} must look like KEY@CHECKPOINT, e.g. markov1-small@final")
+    entries = read_registry(root)
+    if key not in entries:
+        named = [k for k, entry in entries.items() if entry.get("testbed") == key]
+        if len(named) != 1:
+            raise ValueError(f"{spec!r}: {key!r} names {len(named) or 'no'} registered test "
+                             f"beds in {Path(root) / REGISTRY} (registered: "
+                             f"{', '.join(entries) or 'none'})")
+        key = named[0]
+    directory = Path(root) / key / "train" / "checkpoints"
+    saved = sorted(directory.glob("step_*"))
+    if point == "latest":
+        if not saved:
+            raise ValueError(f"{spec!r}: {directory} holds no checkpoint yet")
+        return saved[-1]
+    step = entries[key]["steps"] if point == "final" else _step(spec, point)
+    path = directory / f"step_{step:07d}"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{spec!r}: {path} does not exist (checkpoints: "
+                         f"{', '.join(p.name for p in saved) or 'none yet'})")
+    return path
+
+
+def _step(spec: str, point: str) -> int:
+    found = re.fullmatch(r"(?:step_)?(\d+)", point)
+    if not found:
+        raise ValueError(f"{spec!r}: checkpoint {point!r} must be final, latest, "
+                         "step_XXXXXXX or a step number")
+    return int(found[1])
+
+
+def summary_rows(summary: TestbedSummary) -> list[tuple[str, str]]:
+    """(what, value) lines of a summary, for a printed table."""
+    minutes, seconds = divmod(summary.seconds, 60)
+    rows = [("parameters", f"{summary.params:,}"), ("context", str(summary.context)),
+            ("step", f"{summary.step} of {summary.steps}"),
+            ("tokens seen", f"{summary.tokens:,}"),
+            ("training time", f"{int(minutes)} min {seconds:.0f} s"),
+            ("held-out loss (model)", f"{summary.heldout_loss:.4f}")]
+    names = {"bayes": "Bayes-optimal predictor", "unigram": "in-context unigram (Laplace)",
+             "uniform": "uniform (ln V)"}
+    rows += [(f"held-out loss ({names.get(k, k)})", f"{v:.4f}")
+             for k, v in summary.references.items()]
+    if "bayes" in summary.references and "uniform" in summary.references:
+        gap = summary.references["uniform"] - summary.references["bayes"]
+        rows.append(("share of the uniform → Bayes gap closed",
+                     f"{(summary.references['uniform'] - summary.heldout_loss) / gap:.3f}"
+                     if gap > 0 and math.isfinite(gap) else "-"))
+    return rows
