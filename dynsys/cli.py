@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 from safetensors import SafetensorError
 
-from dynsys import studies
+from dynsys import studies, testbeds
 from dynsys.data import prompts
 from dynsys.data.prompts import make_prompt
 from dynsys.decode import generate as generate_tokens
@@ -33,10 +32,10 @@ from dynsys.dynamics.orbits import check_map
 from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
-from dynsys.runs import load_npz, open_run, save_npz_atomic
+from dynsys.runs import load_npz, open_run, read_run, save_npz_atomic
 from dynsys.sharding import parse_mesh
 from dynsys.studies import training
-from dynsys.studies.finding import Finding
+from dynsys.studies.finding import RULE, summary, write_report
 from dynsys.surgery import NeuronEdit, save_edited
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -91,38 +90,58 @@ def _settings(config: Path | None, assignments: list[str]) -> dict:
     return out
 
 
-def _verdict_table(title: str, found: list[Finding]) -> Table:
+def _verdict_table(title: str, rows: list[dict]) -> Table:
+    """Report rows (dynsys.studies.finding.report) as a table: the raw verdict and, for a
+    tested claim, the verdict after the family's correction (RULE)."""
     table = Table(title=title)
-    for column in ("exp", "claim", "measured", "verdict"):
+    for column in ("exp", "kind", "claim", "measured", "verdict", "adjusted"):
         table.add_column(column, overflow="fold")
     marks = {"holds": "[green]holds[/green]", "fails": "[red]fails[/red]",
-             "inconclusive": "[yellow]inconclusive[/yellow]", None: "-"}
-    for f in found:
-        table.add_row(f.experiment, f.claim, f.measured, marks[f.verdict])
+             "inconclusive": "[yellow]inconclusive[/yellow]",
+             "not testable here": "[magenta]not testable here[/magenta]", None: "-"}
+    kinds = {"test": "test", "check": "check", "manipulation": "premise", "describe": ""}
+    for r in rows:
+        adjusted = marks[r["adjusted_verdict"]] if r["p_adjusted"] is not None else ""
+        table.add_row(r["experiment"], kinds[r["kind"]], r["claim"], r["measured"],
+                      marks[r["verdict"]], adjusted)
     return table
+
+
+def _report(title: str, out: Path, as_json: bool) -> list[dict]:
+    """The findings of the run directory (or directories) `out`: written to OUT/findings.json
+    and findings.csv, then printed as a table with the counts by kind, or as JSON."""
+    rows = studies.report(out)
+    write_report(out, rows)
+    if as_json:
+        print(json.dumps({"rule": RULE, "findings": rows}, indent=1))
+    else:
+        console.print(_verdict_table(title, rows))
+        console.print(f"{summary(rows)}\nMultiplicity: {RULE}.")
+    return rows
 
 
 @command()
 def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (resumes)"),
            experiments: list[str] = typer.Option(list(studies.STUDIES), "--experiment", "-e",
-                                                 help="experiments to include")) -> None:
+                                                 help="experiments to include"),
+           as_json: bool = typer.Option(False, "--json", help="print the findings as JSON "
+                                        "(progress goes to stderr)")) -> None:
     """The main job: every experiment at its small scale on the tiny random-init model,
-    RoPE on and off; prints the verdict and writes a run directory with its figures."""
+    RoPE on and off; prints the verdicts (tested claims, checks and premises apart, raw and
+    corrected for multiplicity), writes OUT/findings.json and findings.csv and a run
+    directory per experiment with its figures."""
     start = time.perf_counter()
+    log = errors if as_json else console
     for name in experiments:
         module = studies.study(name)
-        console.rule(f"{name}: {module.TITLE}")
+        log.rule(f"{name}: {module.TITLE}")
         t = time.perf_counter()
-        studies.run_study(name, out / name, "small")
-        console.log(f"{name} done in {time.perf_counter() - t:.0f} s")
-    found = studies.findings(out)
-    console.print(_verdict_table("dynsys verify: the Markov-degeneration argument on tiny "
-                                 "random-init models", found))
-    counts = Counter(f.verdict for f in found if f.verdict is not None)
-    console.print(f"{sum(counts.values())} tested claims: {counts['holds']} hold, "
-                  f"{counts['fails']} fail, {counts['inconclusive']} inconclusive. Run "
-                  f"directory: {out} (figures in {out}/*/figures); "
-                  f"{time.perf_counter() - start:.0f} s.")
+        studies.run_study(name, out / name, "small", progress=not as_json)
+        log.log(f"{name} done in {time.perf_counter() - t:.0f} s")
+    _report("dynsys verify: the Markov-degeneration argument on tiny random-init models",
+            out, as_json)
+    log.print(f"Run directory: {out} (figures in {out}/*/figures, findings in "
+              f"{out}/findings.json); {time.perf_counter() - start:.0f} s.")
 
 
 @command()
@@ -138,24 +157,31 @@ def run(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.S
 
 
 def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> None:
-    found = studies.findings(studies.run_study(experiment, out, scale, overrides).path)
-    console.print(_verdict_table(f"{experiment} ({scale}): {studies.study(experiment).TITLE}",
-                                 found))
-    console.print(f"wrote {out}")
+    studies.run_study(experiment, out, scale, overrides)
+    _report(f"{experiment} ({scale}): {studies.study(experiment).TITLE}", out, False)
+    console.print(f"wrote {out} (findings in {out}/findings.json)")
 
 
 @command()
-def train(out: Path = typer.Option(Path("runs/train"), help="run directory (resumes)"),
+def train(out: Path = typer.Option(None, help="run directory (resumes; default runs/train, "
+                                               "with --testbed runs/testbeds/NAME-SCALE)"),
           scale: str = typer.Option("small", help="'small' (a 0.2M model, a minute) or 'paper' "
                                                    "(~13M parameters, an hour on 2 cores)"),
           config: Path = typer.Option(None, help="JSON or TOML file of settings"),
           set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
+          testbed: str = typer.Option(None, help="train this registered test bed instead "
+                                                 f"({', '.join(testbeds.TESTBEDS)})"),
           ) -> None:
     """Train a model from scratch on the offline corpus: tokenizer, training with checkpoints
     through time (Hugging Face directories under OUT/train/checkpoints), held-out losses.
-    The settings are those of E7 and E8 (dynsys.studies.training.Training)."""
+    The settings are those of E7 and E8 (dynsys.studies.training.Training). With --testbed,
+    the recipe of that test bed at --scale (settings: dynsys.testbeds), recorded in the
+    registry testbeds.json beside OUT."""
+    if testbed is not None:
+        return _train_testbed(testbed, scale, out, _settings(config, set_))
     if scale not in ("small", "paper"):
         raise ValueError(f"scale {scale!r} is not one of small, paper")
+    out = out or Path("runs/train")
     overrides = {**(training.SMALL if scale == "small" else {}), **_settings(config, set_)}
     settings = studies.with_overrides(training.Training(), overrides, "train")
     run = open_run(out, "train", settings, seeds={"seed": settings.seed})
@@ -169,6 +195,30 @@ def train(out: Path = typer.Option(Path("runs/train"), help="run directory (resu
         table.add_row(str(row["step"]), str(row["tokens"]), f"{row['heldout_loss']:.3f}")
     console.print(table)
     console.print(f"checkpoints in {training.training_dir(run, settings) / 'checkpoints'}")
+
+
+def _train_testbed(name: str, scale: str, out: Path | None, overrides: dict) -> None:
+    """Train (or resume) a registered test bed and print its summary."""
+    made = testbeds.recipe(name, scale, overrides)
+    console.print(f"{made.key}: {testbeds.TESTBEDS[name].description}; "
+                  f"{made.source.describe()}")
+    summary = testbeds.train_testbed(made, out)
+    table = Table(title=f"{summary.out_dir}: held-out loss through training "
+                        f"(nats per token)")
+    for column in ("step", "tokens", "held-out loss"):
+        table.add_column(column, justify="right")
+    for row in read_run(summary.out_dir).read_table("training"):
+        table.add_row(str(row["step"]), str(row["tokens"]), f"{row['heldout_loss']:.4f}")
+    console.print(table)
+    table = Table(title=f"test bed {made.key} ({summary.key} in "
+                        f"{summary.out_dir.parent / testbeds.REGISTRY})")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for what, value in testbeds.summary_rows(summary):
+        table.add_row(what, value)
+    console.print(table)
+    console.print(f"checkpoints in {summary.out_dir / 'train' / 'checkpoints'}; a study names "
+                  f"them {summary.key}@final, @latest or @step_XXXXXXX (dynsys.testbeds.resolve)")
 
 
 @command()

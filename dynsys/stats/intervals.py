@@ -17,17 +17,30 @@ def proportion_interval(k: int, n: int, level: float = 0.95) -> tuple[float, flo
     return float(ci.low), float(ci.high)
 
 
-def bootstrap_interval(samples, statistic: Callable[..., float], level: float = 0.95,
-                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of statistic(samples) (samples resampled with
-    replacement along axis 0; a tuple of arrays is resampled together, as pairs)."""
+def bootstrap_distribution(samples, statistic: Callable[..., float], resamples: int = 2000,
+                           seed: int = 0) -> np.ndarray:
+    """statistic(samples) on `resamples` resamples with replacement along axis 0 (a tuple of
+    arrays is resampled together, as pairs): the bootstrap distribution [resamples]."""
     data = samples if isinstance(samples, tuple) else (np.asarray(samples),)
     if len(data[0]) < 2:
         raise ValueError(f"a bootstrap needs at least 2 samples, got {len(data[0])}")
     res = stats.bootstrap(data, statistic, paired=len(data) > 1, vectorized=False,
-                          confidence_level=level, n_resamples=resamples, method="percentile",
+                          n_resamples=resamples, method="percentile",
                           random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return np.asarray(res.bootstrap_distribution, np.float64)
+
+
+def percentile_interval(distribution: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The (1 − level)/2 and (1 + level)/2 quantiles of a bootstrap distribution."""
+    lo, hi = np.percentile(distribution, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def bootstrap_interval(samples, statistic: Callable[..., float], level: float = 0.95,
+                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(samples) (bootstrap_distribution)."""
+    return percentile_interval(bootstrap_distribution(samples, statistic, resamples, seed),
+                               level)
 
 
 def difference_interval(k1: int, n1: int, k2: int, n2: int,

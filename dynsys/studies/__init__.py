@@ -36,6 +36,7 @@ from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
 from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
                             e7_training, e8_paths, e9_surgery)
+from dynsys.studies import finding
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import Training
 from dynsys.theory.concentration import attention_concentration
@@ -180,7 +181,19 @@ def render(path) -> list[Path]:
 def findings(path) -> list[Finding]:
     """The findings of the run directory `path` (or of every run directory in it), each run's
     attention concentration after its findings when it has one."""
-    return [f for run in run_dirs(path) for f in [
-        *study(run.experiment).findings(run),
-        *([attention_finding(run)] if (run.path / "tables" / f"{ATTENTION}.csv").exists()
-          else [])]]
+    return [f for run in run_dirs(path) for f in _run_findings(run)]
+
+
+def _run_findings(run: Run) -> list[Finding]:
+    return [*study(run.experiment).findings(run),
+            *([attention_finding(run)] if (run.path / "tables" / f"{ATTENTION}.csv").exists()
+              else [])]
+
+
+def report(path) -> list[dict]:
+    """The findings of `path` (as `findings`) as report rows (dynsys.studies.finding.report):
+    each tested claim corrected for multiplicity within its experiment, with the seeds its
+    run recorded."""
+    runs = run_dirs(path)
+    seeds = {run.experiment: run.meta.get("provenance", {}).get("seeds", {}) for run in runs}
+    return finding.report([f for run in runs for f in _run_findings(run)], seeds)

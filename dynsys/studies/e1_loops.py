@@ -46,7 +46,7 @@ from dynsys.dynamics.nullmodel import random_map_null
 from dynsys.dynamics.traces import Periodicity, loop_segments, periodicity_batch
 from dynsys.io import load, load_config
 from dynsys.runs import Run
-from dynsys.stats import decide, mcnemar, paired_equivalence, proportion_interval
+from dynsys.stats import mcnemar, paired_equivalence, proportion_test
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
@@ -231,17 +231,13 @@ def _optional_table(run: Run, name: str) -> list[dict]:
     return run.read_table(name) if (run.path / "tables" / f"{name}.csv").exists() else []
 
 
-def _share(k: int, n: int) -> tuple[str, tuple[float, float]]:
-    """"k/n = share [lo, hi]" with the exact (Clopper–Pearson) 95% interval, and the interval."""
-    lo, hi = proportion_interval(k, n)
-    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]", (lo, hi)
-
-
 def _proportion(claim: str, hits: np.ndarray, threshold: float, detail: str) -> Finding:
     """The claim "the share of traces with `hits` is above `threshold`", decided on its exact
-    interval."""
-    text, interval = _share(int(hits.sum()), hits.size)
-    return Finding(NAME, claim, f"{text}; {detail}", decide(interval, threshold, "above"))
+    (Clopper–Pearson) 95% interval."""
+    test = proportion_test(int(hits.sum()), hits.size, threshold)
+    lo, hi = test.interval
+    return Finding(NAME, claim, f"{int(hits.sum())}/{hits.size} = {test.estimate:.2f} "
+                                f"[{lo:.2f}, {hi:.2f}]; {detail}", test.verdict, test=test)
 
 
 def _rope_finding(rows: dict) -> Finding:
@@ -254,10 +250,10 @@ def _rope_finding(rows: dict) -> Finding:
     return Finding(
         NAME, f"looping does not depend on the positional encoding: on the same prompts, the "
               f"shares of traces that loop with RoPE on and off differ by less than {MARGIN} "
-              f"(paired TOST, 90% interval)",
+              f"(paired TOST of Tango's score tests, 90% interval)",
         f"{on.mean():.2f} on vs {off.mean():.2f} off; paired difference {test.difference:+.3f} "
         f"[{lo:.3f}, {hi:.3f}], n = {test.n} pairs, {int((on != off).sum())} discordant "
-        f"(McNemar p = {mcnemar(on, off):.2f})", test.verdict)
+        f"(McNemar p = {mcnemar(on, off):.2f})", test.verdict, test=test.test)
 
 
 def _claims(null: dict, repeats: int) -> list[tuple[str, object, float, object]]:

@@ -30,7 +30,7 @@ from dynsys import figstyle
 from dynsys.data.prompts import PROMPT_KINDS
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import decide, proportion_interval
+from dynsys.stats import proportion_test
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 from dynsys.studies.sweep import (agreement_sweep, agreement_table, by_length,
@@ -127,7 +127,7 @@ def scaling(rows: list[dict], ref: str) -> Finding:
               f"{_tag(rows)}; {status})",
         f"β = {beta.text()}, bootstrap over {len(columns[0])} prompts per n; disagreement "
         f"{rate[0]:.3f} at n={lengths[0]} -> {rate[-1]:.3f} at n={lengths[-1]}",
-        beta.verdict)
+        beta.verdict, test=beta.test)
 
 
 def limit(rows: list[dict], ref: str) -> Finding:
@@ -136,13 +136,14 @@ def limit(rows: list[dict], ref: str) -> Finding:
     n = max(r["n"] for r in rows)
     sel = [r for r in rows if r["n"] == n]
     k, m = sum(r[f"disagree_{ref}"] == 0 for r in sel), len(sel)
-    lo, hi = proportion_interval(k, m)
+    test = proportion_test(k, m, MOST)
+    lo, hi = test.interval
     status = _status(rows[0]["rope"], ref, "proved only for n >= n0, the degeneration theorem")
     return Finding(
         NAME, f"agreement with {MAPS[ref]} grows towards 1: at n={n} more than {MOST:g} of "
               f"the traces follow it on all {sel[0]['steps']} steps ({_tag(rows)}; {status})",
         f"{k}/{m} = {k / m:.2f} [{lo:.2f}, {hi:.2f}] (exact, {m} prompts)",
-        decide((lo, hi), MOST))
+        test.verdict, test=test)
 
 
 def figures(run: Run):

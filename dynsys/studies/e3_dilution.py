@@ -50,7 +50,7 @@ from dynsys.io import load, load_config
 from dynsys.nn.cache import bucket
 from dynsys.runs import Run
 from dynsys.stats import INCONCLUSIVE
-from dynsys.studies.finding import Finding
+from dynsys.studies.finding import CHECK, Finding
 from dynsys.studies.settings import Settings
 from dynsys.studies.sweep import bootstrap_estimate, by_length, exponent_estimate
 from dynsys.theory import (Certificate, markov_stats, perturbation_bound, uniform_bound,
@@ -416,7 +416,7 @@ def measured_findings(units: list[dict], G: int) -> list[Finding]:
                   "(proved: a(R) <= r e^S/(r e^S + n + 1), β -> 1; uniform attention: β = 1)",
             f"β = {beta.text()}, bootstrap over {len(mass[0])} prompts per n; a(R) at step "
             f"G={G}, mean over layers and heads: {mass[0].mean():.2g} at n={lengths[0]} -> "
-            f"{mass[-1].mean():.2g} at n={lengths[-1]}", beta.verdict))
+            f"{mass[-1].mean():.2g} at n={lengths[-1]}", beta.verdict, test=beta.test))
     n, excess = lengths[-1], by_length(units, "excess")[1][-1]
     ratio = bootstrap_estimate((excess,), np.mean, EXCESS, "below")
     out.append(Finding(
@@ -424,7 +424,7 @@ def measured_findings(units: list[dict], G: int) -> list[Finding]:
               "their share under uniform attention, r/(n+r+1) (measured; the argument needs "
               "only a ratio bounded in n, <= e^S, proved)",
         f"a(R) / uniform = {ratio.text('.3f')}, mean over r >= 1, layers, heads; bootstrap over "
-        f"{len(excess)} prompts", ratio.verdict))
+        f"{len(excess)} prompts", ratio.verdict, test=ratio.test))
     return out
 
 
@@ -438,7 +438,7 @@ def bound_finding(bounds: list[dict]) -> Finding:
               f"{RTOL:g} of the bound, and the level measured at r = 0)",
         f"{bad} of {total} comparisons violated, {len(bounds)} traces; rounding level of the "
         f"logits up to {max((r['rounding'] for r in bounds), default=0):.1g}",
-        bad == 0 if total else INCONCLUSIVE)
+        bad == 0 if total else INCONCLUSIVE, kind=CHECK)
 
 
 def horizon_finding(bounds: list[dict], G: int, history: list[dict] = ()) -> Finding:
@@ -451,7 +451,7 @@ def horizon_finding(bounds: list[dict], G: int, history: list[dict] = ()) -> Fin
              "certificate max_v |dlogit_v| < margin/2, margin certificate, whose enclosure "
              "of every measured margin change must hold, and history-uniform certificate)")
     if not bounds:
-        return Finding(NAME, claim, "no bounded trace", INCONCLUSIVE)
+        return Finding(NAME, claim, "no bounded trace", INCONCLUSIVE, kind=CHECK)
     # a trace counts once, whichever of its certificates exceeds the measured horizon
     bad = len({(r["n"], r.get("prompt")) for r in bounds
                if r["certified"] > r["agreement"] or r.get("margin_certified", 0) > r["agreement"]
@@ -472,7 +472,7 @@ def horizon_finding(bounds: list[dict], G: int, history: list[dict] = ()) -> Fin
         f"{mean(bounds, 'certified'):.1f} (old), {mean(bounds, 'margin_certified'):.1f} (margin; "
         f"estimate, not proved: {mean(bounds, 'margin_estimated'):.1f}) vs measured "
         f"{mean(bounds, 'agreement'):.1f} steps of G={G} (mean); old / margin / estimate vs "
-        f"measured by n: {per_n}{history_line(history)}", bad == 0)
+        f"measured by n: {per_n}{history_line(history)}", bad == 0, kind=CHECK)
 
 
 def history_line(history: list[dict]) -> str:

@@ -33,9 +33,8 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.io import load
 from dynsys.nn.cache import bucket
 from dynsys.runs import Run
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, decide, difference_interval,
-                          proportion_interval)
-from dynsys.stats.verdict import Verdict
+from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, Evidence, difference_interval,
+                          interval_test, proportion_test)
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
@@ -146,9 +145,16 @@ def summary_table(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _both(a: Verdict, b: Verdict) -> Verdict:
-    """The verdict of "a and b": fails if either fails, holds if both hold."""
-    return FAILS if FAILS in (a, b) else HOLDS if a == b == HOLDS else INCONCLUSIVE
+def _both(share: Evidence, gain: Evidence) -> Evidence:
+    """The test of "share and gain" (an intersection-union test): fails if either fails,
+    holds if both hold; its p-value is the larger of the two (valid for the conjunction), or
+    the failing one's; the share's estimate and interval are reported."""
+    verdicts = (share.verdict, gain.verdict)
+    verdict = FAILS if FAILS in verdicts else HOLDS if verdicts == (HOLDS, HOLDS) \
+        else INCONCLUSIVE
+    p = min(t.p for t in (share, gain) if t.verdict == FAILS) if verdict == FAILS \
+        else max(share.p, gain.p)
+    return dataclasses.replace(share, p=p, verdict=verdict)
 
 
 def findings(run: Run) -> list[Finding]:
@@ -167,8 +173,11 @@ def findings(run: Run) -> list[Finding]:
                 continue
             lo, hi = min(hits), max(hits)
             (k_lo, m_lo), (k_hi, m_hi) = hits[lo], hits[hi]
-            share = proportion_interval(k_hi, m_hi)
-            diff = difference_interval(k_hi, m_hi, k_lo, m_lo)
+            test = _both(proportion_test(k_hi, m_hi, 0.5), interval_test(
+                k_hi / m_hi - k_lo / m_lo,
+                lambda level: difference_interval(k_hi, m_hi, k_lo, m_lo, level),
+                m_hi + m_lo, 0.0, "above"))
+            share, diff = test.interval, difference_interval(k_hi, m_hi, k_lo, m_lo)
             sized = min(m_lo, m_hi) >= CELL
             which = "f_P" + (" (= f_{P,0}; the theorem's map with RoPE is f_{P,t−1})"
                              if rope else "")
@@ -180,7 +189,7 @@ def findings(run: Run) -> list[Finding]:
                 f"n={lo}: {k_lo}/{m_lo} = {k_lo / m_lo:.2f}; difference "
                 f"{k_hi / m_hi - k_lo / m_lo:+.2f} [{diff[0]:+.2f}, {diff[1]:+.2f}]"
                 + ("" if sized else f"; cells under {CELL} traces decide nothing"),
-                _both(decide(share, 0.5), decide(diff, 0.0)) if sized else INCONCLUSIVE))
+                test.verdict if sized else INCONCLUSIVE, test=test if sized else None))
     return out
 
 

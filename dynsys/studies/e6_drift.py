@@ -194,7 +194,7 @@ def verdicts(rows: list[dict]) -> list[Finding]:
                   f"change at τ = N = {N} falls like n^-β, β > {PERIOD:g} (Prop. 1: β = 1, "
                   "proved for one layer; measured here)",
             f"β = {beta.text()}; mean change {change[0].mean():.3g} -> {change[-1].mean():.3g}, "
-            f"{span}", beta.verdict))
+            f"{span}", beta.verdict, test=beta.test))
         if N > 1:
             ratio = by_length(sel, "ratio", "seed")[1]
             gamma = exponent_estimate(lengths, ratio, threshold=PERIODIC)
@@ -203,7 +203,7 @@ def verdicts(rows: list[dict]) -> list[Finding]:
                       f"mean at τ < N falls like n^-γ, γ > {PERIODIC:g} (measured; shifts "
                       "τ ≢ 0 mod N are not diluted)",
                 f"γ = {gamma.text()}; ratio {ratio[0].mean():.2f} -> {ratio[-1].mean():.2f}, "
-                f"{span}", gamma.verdict))
+                f"{span}", gamma.verdict, test=gamma.test))
     return out
 
 

@@ -19,14 +19,17 @@ probability of repeating a window of `span_length` tokens for the k-th time, k =
 K = seq_len // span_length (at most 16), also for windows of i.i.d. uniform ids.
 
 The three claims are tested on the random prompts, end reading, each by the paired
-difference of one indicator between two checkpoints on the same prompts (exact conditional
-interval, `paired_difference`): (a) the loop share at the early peak (the early checkpoint,
+difference of one indicator between two checkpoints on the same prompts (Tango's score
+interval, `dynsys.stats.paired_test`); the early peak is chosen on the even-numbered prompts
+and the claims are tested on the odd-numbered ones: (a) the loop share at the early peak (the early checkpoint,
 0 < step <= EARLY · final step, with the largest loop share) exceeds the share at step 0;
 (b) the share of traces caught in a cycle of length <= SHORT is lower at the final checkpoint
 than at the early peak; (c) the share of traces with no loop is higher at the final checkpoint
 than at the early peak. The null of each is a difference of 0; the threshold is 0. And (d),
 Xu et al.'s self-reinforcement at the final checkpoint: TP_{K−1} − TP_1 > 0 for English
-windows (mean over windows, percentile bootstrap interval; null 0).
+windows (mean over windows, percentile bootstrap interval; null 0). Its premise, a manipulation
+check, is that the final model is trained (held-out loss below the unigram model's); where
+it fails, (d) is not testable here.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.nullmodel import compare_to_null
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import bootstrap_interval, decide, paired_difference, proportion_interval
-from dynsys.studies.finding import Finding
+from dynsys.stats import (NOT_TESTABLE, Evidence, bootstrap_distribution, bootstrap_interval,
+                          interval_test, paired_test, percentile_interval, proportion_interval)
+from dynsys.studies.finding import MANIPULATION, Finding
 from dynsys.studies.training import (READINGS, SMALL, Training, bin_labels, bins, checkpoints,
                                      cycle_lengths, make_prompts, read_lengths, step_axis,
                                      tokenizer_dir, trace_table, write_training_tables)
@@ -59,7 +63,7 @@ PROBES = "probes"  # the unit kind holding a checkpoint's attention and repetiti
 SPAN_KINDS = ("english", "random")  # windows whose repetition is probed
 EARLY = 0.25  # early checkpoints: 0 < step <= EARLY · final step
 SHORT = 2  # a short loop: minimal cycle length 1 or 2
-LEVEL = 0.95  # confidence of every interval (Bonferroni-divided for the peak's choice)
+LEVEL = 0.95  # confidence of every interval
 STATS = {"cycles": "cycles", "cyclic_nodes": "cyclic points",
          "largest_component": "largest basin"}  # orbit statistics of f_P, vs the null
 
@@ -231,41 +235,46 @@ def orbit_table(maps: dict[int, np.ndarray], shuffles: int, seed: int) -> list[d
 # --- findings ------------------------------------------------------------------------------
 
 def _compared(name: str, before: np.ndarray, after: np.ndarray, steps: tuple[int, int],
-              side: str, level: float = LEVEL) -> tuple[str, str]:
-    """(measured text, verdict) of "the share of `name` at steps[1] is `side` that at
-    steps[0]": the paired difference after − before against 0."""
-    d, interval = paired_difference(after, before, level)
+              side: str) -> tuple[str, Evidence]:
+    """(measured text, Evidence) of "the share of `name` at steps[1] is `side` that at
+    steps[0]": the paired difference after − before against 0 (dynsys.stats.paired_test)."""
+    test = paired_test(after, before, 0.0, side, LEVEL)
+    lo, hi = test.interval
     text = (f"{name}: {before.mean():.2f} at step {steps[0]} -> {after.mean():.2f} at step "
-            f"{steps[1]}; paired difference {d:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
-            f", n={after.size} prompts")
-    return text, decide(interval, 0.0, side)
+            f"{steps[1]}; paired difference {test.estimate:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+            f"n={after.size} prompts")
+    return text, test
 
 
 def loop_findings(lengths: dict[int, np.ndarray]) -> list[Finding]:
     """Claims (a), (b), (c) of the module docstring from {step: minimal cycle length (end
-    reading) of each random prompt's trace, prompts in the same order at every step}."""
+    reading) of each random prompt's trace, prompts in the same order at every step}. The
+    early peak is chosen on the even-numbered prompts and every claim is tested on the
+    odd-numbered ones, so the choice does not bias the tests (no correction needed)."""
     steps = sorted(lengths)
     final = steps[-1]
     early = [s for s in steps if 0 < s <= EARLY * final] or steps[1:2]
+    chosen = np.arange(lengths[steps[0]].size) % 2 == 0
     loops = {s: lengths[s] > 0 for s in steps}
-    peak = min(early, key=lambda s: (-loops[s].mean(), s))  # largest share, earliest on ties
-    level = 1 - (1 - LEVEL) / len(early)  # Bonferroni over the early checkpoints searched
-    measured, verdict = _compared("loop share", loops[0], loops[peak], (0, peak), "above",
-                                  level)
-    out = [Finding(NAME, f"training first strengthens looping: the loop share of random "
-                         f"prompts at the early peak (step {peak}, of the {len(early)} "
-                         f"checkpoints <= {EARLY:g} x {final}) exceeds that at step 0 (null: "
-                         f"no change; {level:.4g} interval, Bonferroni)", measured, verdict)]
-    short = {s: (lengths[s] > 0) & (lengths[s] <= SHORT) for s in (peak, final)}
-    measured, verdict = _compared(f"cycle length <= {SHORT}", short[peak], short[final],
-                                  (peak, final), "below")
-    out.append(Finding(NAME, f"later, short loops are removed: fewer traces end in a cycle of "
-                             f"length <= {SHORT} at the final checkpoint than at the early "
-                             "peak (null: no change)", measured, verdict))
-    none = {s: lengths[s] == 0 for s in (peak, final)}
-    measured, verdict = _compared("no loop", none[peak], none[final], (peak, final), "above")
-    out.append(Finding(NAME, "more traces have no loop at the end of training than at the "
-                             "early peak (null: no change)", measured, verdict))
+    peak = min(early, key=lambda s: (-loops[s][chosen].mean(), s))  # earliest on ties
+    held = {s: v[~chosen] for s, v in lengths.items()}
+    where = (f"the peak chosen on {int(chosen.sum())} prompts, tested on the other "
+             f"{int((~chosen).sum())}")
+    out = []
+    for claim, name, pick, steps_, side in (
+            (f"training first strengthens looping: the loop share of random prompts at the "
+             f"early peak (step {peak}, the largest share of the {len(early)} checkpoints <= "
+             f"{EARLY:g} x {final}) exceeds that at step 0", "loop share",
+             lambda v: v > 0, (0, peak), "above"),
+            (f"later, short loops are removed: fewer traces end in a cycle of length <= "
+             f"{SHORT} at the final checkpoint than at the early peak", f"cycle length <= "
+             f"{SHORT}", lambda v: (v > 0) & (v <= SHORT), (peak, final), "below"),
+            ("more traces have no loop at the end of training than at the early peak",
+             "no loop", lambda v: v == 0, (peak, final), "above")):
+        measured, test = _compared(name, pick(held[steps_[0]]), pick(held[steps_[1]]),
+                                   steps_, side)
+        out.append(Finding(NAME, f"{claim} (null: no change; {where})", measured,
+                           test.verdict, test=test))
     return out
 
 
@@ -275,14 +284,14 @@ def findings(run: Run) -> list[Finding]:
     training = run.read_table("training")
     first, last = training[0], training[-1]
     unigram = run.read_table("tokens")[0]
+    trained = last["heldout_loss"] < unigram["unigram_heldout_loss"]
     out.append(Finding(
-        NAME, "the final model is trained: its held-out loss is below the held-out loss of "
-              "the unigram model (the best context-free prediction)",
+        NAME, "premise: the final model is trained: its held-out loss is below the held-out "
+              "loss of the unigram model (the best context-free prediction)",
         f"{first['heldout_loss']:.2f} at step 0 -> {last['heldout_loss']:.2f} at step "
         f"{last['step']} nats/token; unigram {unigram['unigram_heldout_loss']:.2f} (entropy "
-        f"{unigram['unigram_entropy']:.2f})",
-        last["heldout_loss"] < unigram["unigram_heldout_loss"]))
-    out += probe_findings(run, first["step"], last["step"])
+        f"{unigram['unigram_entropy']:.2f})", trained, kind=MANIPULATION))
+    out += probe_findings(run, first["step"], last["step"], trained)
     orbits = run.read_table("orbits")
     at = {s: [r for r in orbits if r["step"] == s] for s in (first["step"], last["step"])}
     out.append(Finding(
@@ -295,9 +304,10 @@ def findings(run: Run) -> list[Finding]:
     return out
 
 
-def probe_findings(run: Run, first: int, last: int) -> list[Finding]:
+def probe_findings(run: Run, first: int, last: int, trained: bool = True) -> list[Finding]:
     """The test bed at step 0 and at the final step (attention concentration, no verdict),
-    and claim (d): self-reinforcement of English windows at the final step."""
+    and claim (d): self-reinforcement of English windows at the final step ("not testable
+    here" when the model is not `trained`: the premise failed)."""
     rows = {r["step"]: r for r in run.read_table("probes")}
     out = [Finding(
         NAME, "attention concentration of the last token of held-out English windows (1, 0, "
@@ -305,8 +315,9 @@ def probe_findings(run: Run, first: int, last: int) -> list[Finding]:
         " -> ".join(f"step {s}: excess {rows[s]['excess']:.2f} (max {rows[s]['max_excess']:.1f})"
                     f", score s.d. {rows[s]['score_sd']:.2f}, entropy/ln n "
                     f"{rows[s]['entropy']:.2f}" for s in (first, last)), None)]
-    out.append(reinforcement_finding(run.load(unit_name(last, PROBES))["tp_english"],
-                                     run.config["seed"]))
+    found = reinforcement_finding(run.load(unit_name(last, PROBES))["tp_english"],
+                                  run.config["seed"])
+    out.append(found if trained else dataclasses.replace(found, verdict=NOT_TESTABLE))
     return out
 
 
@@ -314,14 +325,17 @@ def reinforcement_finding(tp: np.ndarray, seed: int) -> Finding:
     """Claim (d) from TP_k [windows, K] of the English windows at the final step: the mean
     gain TP_{K−1} − TP_1 over windows, its percentile bootstrap interval, against 0."""
     gain = tp[:, -1] - tp[:, 1]
-    lo, hi = bootstrap_interval(gain, np.mean, LEVEL, seed=seed)
+    draws = bootstrap_distribution(gain, np.mean, seed=seed)
+    test = interval_test(gain.mean(), lambda level: percentile_interval(draws, level),
+                         gain.size, 0.0, "above", LEVEL)
+    lo, hi = test.interval
     return Finding(
         NAME, "self-reinforcement (Xu et al. 2022): at the final step, the probability of "
               f"repeating an English window rises from its 2nd to its {tp.shape[1]}th "
               "occurrence (null: no change)",
         f"TP_1 {tp[:, 1].mean():.3f} -> TP_{tp.shape[1] - 1} {tp[:, -1].mean():.3f}; mean "
         f"gain {gain.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap), n={gain.size} windows",
-        decide((lo, hi), 0.0, "above"))
+        test.verdict, test=test)
 
 
 # --- figures -------------------------------------------------------------------------------

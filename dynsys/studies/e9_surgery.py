@@ -32,7 +32,7 @@ scale E7's, at paper scale E7's paper training), final checkpoint. Three prompt 
    asterisk where they are single tokens), "penalty" (repetition penalty 1.3) and "ngram"
    (no-repeat-n-gram 3).
 4. Judge every fix on the test half (dynsys.surgery.judge): loop and collapse rates before and
-   after (paired differences, exact conditional intervals); for the edits also the held-out
+   after (paired differences, Tango score intervals); for the edits also the held-out
    loss change on the windows (paired t interval) and the attractors of the Markov map f_P
    (cycles, cyclic points, largest basin, cycles vanished and appeared) of `maps` map prompts
    (test prompts whose greedy trace loops first, spread over the kinds); for every fix, where
@@ -42,7 +42,7 @@ scale E7's, at paper scale E7's paper training), final checkpoint. Three prompt 
    greedy trace (the reference: its transient counts too). A breaker's trace from a map
    prompt is its row among the test prompts' traces.
 
-Claims (verdicts by dynsys.stats.decide on 95% intervals): for the edit "zero" at the largest
+Claims (verdicts by dynsys.stats.decide on 95% intervals, each with its dual p-value): for the edit "zero" at the largest
 k, (a) the loop rate on the test prompts is lower after than before (paired difference, null
 0, threshold 0), (b) the held-out loss rises by less than `loss_tolerance` nats (paired t
 interval of the mean change, threshold loss_tolerance; null: a rise of at least it), (c) the
@@ -69,9 +69,10 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.traces import repetition_stop
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import (bootstrap_interval, decide, mean_interval, paired_difference,
+from dynsys.stats import (bootstrap_distribution, interval_test, mean_interval,
+                          paired_difference, paired_test, percentile_interval,
                           proportion_interval)
-from dynsys.studies.finding import Finding
+from dynsys.studies.finding import CHECK, TEST, Finding
 from dynsys.studies.training import (SMALL, Training, checkpoints, corpus, make_prompts,
                                      tokenizer_dir, write_training_tables)
 from dynsys.surgery import NeuronEdit, ablation_sweep, apply_edit, judge, neuron_attribution
@@ -484,53 +485,64 @@ def attractor_table(fix: str, k: int, u: dict) -> list[dict]:
     return rows
 
 
-def loss_interval(delta: np.ndarray) -> tuple[float, float]:
+def loss_interval(delta: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     """The paired t interval of the mean of `delta` (as dynsys.surgery.judge's), [0, 0] when
     every difference is 0."""
     if not np.asarray(delta).any():
         return 0.0, 0.0
-    return mean_interval(delta, LEVEL)
+    return mean_interval(delta, level)
 
 
 # --- findings ------------------------------------------------------------------------------
 
-def rate_finding(claim: str, before: np.ndarray, after: np.ndarray) -> Finding:
+def rate_finding(claim: str, before: np.ndarray, after: np.ndarray, kind: str = TEST
+                 ) -> Finding:
     """"`claim`: the loop rate is lower after than before" on paired flags: the paired
-    difference after − before, exact conditional interval, below 0."""
-    d, interval = paired_difference(after, before, LEVEL)
+    difference after − before on Tango's score interval, below 0."""
+    test = paired_test(after, before, 0.0, "below", LEVEL)
+    lo, hi = test.interval
     return Finding(NAME, claim + " (null: no change)",
                    f"loop rate {np.mean(before):.2f} -> {np.mean(after):.2f}; paired "
-                   f"difference {d:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}], "
-                   f"n={np.size(after)} test prompts", decide(interval, 0.0, "below"))
+                   f"difference {test.estimate:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                   f"n={np.size(after)} test prompts", test.verdict, kind=kind, test=test)
 
 
 def loss_finding(claim: str, delta: np.ndarray, tolerance: float) -> Finding:
     """"`claim`: the held-out loss rises by less than `tolerance`" from the per-window
-    changes: the paired t interval of their mean, below `tolerance`."""
-    lo, hi = loss_interval(delta)
+    changes: the paired t interval of their mean (loss_interval), below `tolerance`."""
+    delta = np.asarray(delta, np.float64)
+    test = interval_test(delta.mean(), lambda level: loss_interval(delta, level), delta.size,
+                         tolerance, "below", LEVEL)
+    lo, hi = test.interval
     return Finding(NAME, claim + f" (null: a rise of at least {tolerance:g} nats)",
                    f"held-out loss change {np.mean(delta):+.4f} [{lo:+.4f}, {hi:+.4f}] "
-                   f"nats/token (paired t), n={np.size(delta)} windows",
-                   decide((lo, hi), tolerance, "below"))
+                   f"nats/token (paired t), n={np.size(delta)} windows", test.verdict,
+                   test=test)
 
 
 def stay_finding(claim: str, near: np.ndarray, threshold: float, near_steps: int,
-                 resamples: int, seed: int, reference: float | None = None) -> Finding:
+                 resamples: int, seed: int, reference: float | None = None,
+                 kind: str = TEST) -> Finding:
     """"`claim`: the trace stays near the attractor" from the share of steps within
     `near_steps` of C* per map prompt: the mean with a percentile bootstrap interval over
-    map prompts, above `threshold`. `reference`: the same share of the unedited greedy
-    traces (its transient counts), reported beside it."""
+    map prompts, above `threshold` (one value for every prompt: that value as the interval;
+    under 2 prompts: [0, 1]). `reference`: the same share of the unedited greedy traces (its
+    transient counts), reported beside it."""
     near = np.asarray(near, np.float64)
     if near.size < 2 or np.ptp(near) == 0:
-        interval = (float(near.mean()),) * 2 if near.size >= 2 else (0.0, 1.0)
+        fixed = (float(near.mean()),) * 2 if near.size >= 2 else (0.0, 1.0)
+        interval_at = lambda level: fixed  # noqa: E731
     else:
-        interval = bootstrap_interval(near, np.mean, LEVEL, resamples, seed)
+        draws = bootstrap_distribution(near, np.mean, resamples, seed)
+        interval_at = lambda level: percentile_interval(draws, level)  # noqa: E731
+    test = interval_test(near.mean(), interval_at, near.size, threshold, "above", LEVEL)
+    interval = test.interval
     return Finding(NAME, claim + f" (null: at most {threshold:g} of the steps)",
                    f"share of steps within {near_steps} step(s) of C* {near.mean():.2f} "
                    f"[{interval[0]:.2f}, {interval[1]:.2f}] (bootstrap), n={near.size} map "
                    "prompts" + ("" if reference is None else
                                 f"; the unedited greedy traces {reference:.2f}"),
-                   decide(interval, threshold, "above"))
+                   test.verdict, kind=kind, test=test)
 
 
 def findings(run: Run) -> list[Finding]:
@@ -574,36 +586,34 @@ def findings(run: Run) -> list[Finding]:
                                 u["loss_after"] - u["loss_before"], config["loss_tolerance"]))
         if "random" in config["ops"]:
             r = run.load(fix_unit("random", top))
-            d, interval = paired_difference(u["loop_after"], r["loop_after"], LEVEL)
+            test = paired_test(u["loop_after"], r["loop_after"], 0.0, "below", LEVEL)
             out.append(Finding(
                 NAME, f"the top-{top} neurons matter more than {top} random ones: zeroing them "
                       "leaves a lower loop rate (null: the same)",
                 f"loop rate {r['loop_after'].mean():.2f} (random) vs "
-                f"{u['loop_after'].mean():.2f} (top); paired difference {d:+.3f} "
-                f"[{interval[0]:+.3f}, {interval[1]:+.3f}], n={u['loop_after'].size}",
-                decide(interval, 0.0, "below")))
+                f"{u['loop_after'].mean():.2f} (top); paired difference {test.estimate:+.3f} "
+                f"[{test.interval[0]:+.3f}, {test.interval[1]:+.3f}], "
+                f"n={u['loop_after'].size}", test.verdict, test=test))
     else:
         out.append(Finding(NAME, "weight edits of the top neurons", "no localisation trace "
                            "loops: no candidates, no edits", None))
-    fixes = {(r["fix"], r["quantity"], r["kind"]): r for r in run.read_table("fixes")}
     reference = np.mean([r["near"] for r in run.read_table("attractors")
                          if r["fix"] == "unedited"])
     for name in BREAKERS:
         u = run.load(breaker_unit(name))
-        row = fixes[name, "loop", "all"]
-        d, interval = row["change"], (row["change_lo"], row["change_hi"])
-        out.append(Finding(NAME, f"the breaker {name} lowers the loop rate on held-out test "
-                                 "prompts (null: no change)",
-                           f"loop rate {row['before']:.2f} -> {row['after']:.2f}; paired "
-                           f"difference {d:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}], "
-                           f"n={row['n']} test prompts", decide(interval, 0.0, "below")))
+        # no-repeat-ngram forbids repeating an n-gram, so a loop (a period repeated three
+        # times repeats a trigram) and staying on a cycle are impossible by construction
+        kind, why = (CHECK, "; by construction: no n-gram repeats") if name == "ngram" \
+            else (TEST, "")
+        out.append(rate_finding(f"the breaker {name} lowers the loop rate on held-out test "
+                                f"prompts{why}", u["loop_before"], u["loop_after"], kind))
         out.append(stay_finding(f"with {name}, the trace from a map prompt stays near the "
                                 "attractor of f_P its greedy trace ends in (the breaker changes "
                                 f"the loop's surface, not the attractor): more than "
                                 f"{config['stay_share']:g} of its steps within "
-                                f"{config['near_steps']} of C*",
+                                f"{config['near_steps']} of C*{why}",
                                 u["near"], config["stay_share"], config["near_steps"],
-                                config["resamples"], config["seed"], reference))
+                                config["resamples"], config["seed"], reference, kind))
     return out
 
 

@@ -28,7 +28,8 @@ from dynsys.decode import generate, prefill
 from dynsys.dynamics.markov import suffix_map
 from dynsys.nn import Model
 from dynsys.runs import Run
-from dynsys.stats import INCONCLUSIVE, bootstrap_interval, decide
+from dynsys.stats import (INCONCLUSIVE, Evidence, bootstrap_distribution, interval_test,
+                          percentile_interval)
 from dynsys.stats.verdict import Verdict
 
 # Prompts a bootstrap verdict needs. The nominal 95% percentile interval of a mean of normal
@@ -118,12 +119,14 @@ def prompt_table(results: list[dict]) -> list[dict]:
 
 @dataclasses.dataclass(frozen=True)
 class Estimate:
-    """A statistic, its 95% interval (None where the sample is too small for one) and the
-    verdict of the claim about it, against a threshold fixed in the code."""
+    """A statistic, its 95% interval (None where the sample is too small for one), the
+    verdict of the claim about it, against a threshold fixed in the code, and the Evidence behind
+    the verdict (None without an interval)."""
 
     value: float
     interval: tuple[float, float] | None
     verdict: Verdict
+    test: Evidence | None = None
 
     def text(self, fmt: str = ".2f") -> str:
         """'value [lo, hi]', or the value alone with the reason there is no interval."""
@@ -146,8 +149,10 @@ def bootstrap_estimate(samples: tuple[np.ndarray, ...], statistic: Callable[...,
     value = float(statistic(*samples))
     if len(samples[0]) < MIN_PROMPTS:
         return Estimate(value, None, INCONCLUSIVE)
-    interval = bootstrap_interval(tuple(samples), statistic)
-    return Estimate(value, interval, decide(interval, threshold, side))
+    draws = bootstrap_distribution(tuple(samples), statistic)
+    test = interval_test(value, lambda level: percentile_interval(draws, level),
+                         len(samples[0]), threshold, side)
+    return Estimate(value, test.interval, test.verdict, test)
 
 
 def by_length(rows: list[dict], key: str, prompt: str = "prompt"

@@ -9,7 +9,7 @@ that site's value x replaced at every position (prompt included) by
 where μ_{c,l} = (1/|R|) Σ_{(b,s) ∈ R} x[b, s] is the site's mean over the prompts' real
 positions R (padding left out; `component_means`). Each condition gives a loop rate r
 (`dynsys.surgery.loops`) and the paired change d = r_ablated − r_base against the unablated
-model on the same prompts, with its exact conditional interval. After the Gemma-loops study's
+model on the same prompts, with its score interval (Tango). After the Gemma-loops study's
 per-layer ablation.
 
 Every edit tree passed to `generate` by one sweep has the same structure and shapes (the
@@ -44,8 +44,8 @@ MODES: tuple[str, ...] = ("zero", "mean")
 @dataclasses.dataclass(frozen=True)
 class SweepRow:
     """One ablation of `ablation_sweep`: `component` of `layer` ablated (`mode`), its loop
-    rate and the paired change d = r_ablated − r_base on the same prompts, with the exact
-    conditional interval of d."""
+    rate and the paired change d = r_ablated − r_base on the same prompts, with the score
+    interval (Tango) of d."""
 
     layer: int
     component: str

@@ -4,7 +4,7 @@ For a ranking of neurons (e.g. `Attribution.ranked()`) and each k in `ks`, greed
 of G tokens per prompt with the top-k neurons' activations h_{l,j} (site "mlp_hidden") scaled
 by s = NEURON_SCALES[op] at every position: s = 0 ("zero") or s = −1 ("flip"). Each row gives
 the loop rate after (exact interval) and the paired change d = r_after − r_before against the
-unedited model on the same prompts, with its exact conditional interval
+unedited model on the same prompts, with its score interval (Tango)
 (`dynsys.stats.paired_difference`). A site edit scaling h_j by s is the weight edit scaling
 W_down[:, j] by s (`dynsys.surgery.edit`). After the Gemma-loops study's confirmation sweeps.
 """
@@ -31,7 +31,7 @@ NEURON_SCALES: dict[str, float] = {"zero": 0.0, "flip": -1.0}  # the scale put o
 @dataclasses.dataclass(frozen=True)
 class ConfirmRow:
     """The top-k neurons edited together (`op`: scale 0 or −1 on each), the loop rate after,
-    and the paired change d = r_after − r_before with its exact conditional interval."""
+    and the paired change d = r_after − r_before with its score interval (Tango)."""
 
     k: int
     op: str

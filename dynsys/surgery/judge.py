@@ -11,8 +11,8 @@ Markov map, each before and after on the same inputs.
   (`dynsys.dynamics.traces.collapse`, window w; a two-entry alternation is a loop, not a
   collapse). Without a delimiter no collapse rate is reported;
 - each rate r = #flagged / B has its exact (Clopper–Pearson) 95% interval; the change
-  d = r_after − r_before on the same prompts is a paired difference with its exact conditional
-  interval (`dynsys.stats.paired_difference`: only discordant prompts count).
+  d = r_after − r_before on the same prompts is a paired difference with Tango's score
+  interval (`dynsys.stats.paired_difference`).
 
 (b) **Held-out loss** (`loss_change`), on windows x [n, T + 1]: per window i,
 

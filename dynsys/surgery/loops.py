@@ -7,8 +7,8 @@ Traces are greedy continuations x_0..x_{G−1} of prompts (`dynsys.decode.genera
   minimal cycle at the end, repeated at least k times (`periodicity_batch(...).shortest > 0`);
 - the **loop rate** of B traces is r = #loops / B, with its exact (Clopper–Pearson) 95%
   interval (`dynsys.stats.proportion_interval`); a change of loop rate between two conditions
-  on the same prompts is the paired difference d = r_after − r_before with its exact
-  conditional interval (`dynsys.stats.paired_difference`);
+  on the same prompts is the paired difference d = r_after − r_before with Tango's score
+  interval (`dynsys.stats.paired_difference`);
 - the **final loop** of a looping trace is its longest periodic suffix: period p and onset o
   (`dynsys.dynamics.traces.periodicity`), so x_t = x_{t−p} for o + p ≤ t < G.
 

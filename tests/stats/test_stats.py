@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, bootstrap_interval, decide,
-                          difference_interval, mcnemar,
-                          paired_equivalence, proportion_interval)
+from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, adjusted_verdict, bootstrap_interval,
+                          decide, difference_interval, holm, interval_test, mcnemar, p_value,
+                          proportion_interval, proportion_test)
 
 
 def test_decide_is_three_valued():
@@ -46,16 +46,6 @@ def test_mcnemar_matches_the_binomial_on_discordant_pairs():
     assert mcnemar(x, x) == 1.0
 
 
-def test_equivalence_holds_fails_and_is_inconclusive():
-    rng = np.random.default_rng(2)
-    same = rng.random(2000) < 0.5
-    assert paired_equivalence(same, same, 0.05).verdict == HOLDS
-    far = np.ones(400, bool)
-    assert paired_equivalence(far, ~far, 0.1).verdict == FAILS
-    few = rng.random(12) < 0.5
-    assert paired_equivalence(few, rng.random(12) < 0.5, 0.05).verdict == INCONCLUSIVE
-
-
 def test_difference_interval_covers_and_contains_the_estimate():
     rng = np.random.default_rng(0)
     for n1, n2, p1, p2 in ((40, 40, 0.3, 0.5), (104, 104, 0.9, 0.6), (20, 60, 0.05, 0.1)):
@@ -79,3 +69,55 @@ def test_mean_interval_is_scipys_one_sample_t_interval():
     np.testing.assert_allclose(mean_interval(x, 0.9), tuple(expected), rtol=1e-12)
     with pytest.raises(ValueError, match="at least 2"):
         mean_interval([1.0])
+
+
+def test_p_value_of_a_proportion_is_the_doubled_smaller_binomial_tail():
+    """Clopper–Pearson inverts the two one-sided binomial tests at α/2 each, so its dual
+    p-value is twice the smaller tail at the threshold."""
+    for k, n, threshold in ((30, 40, 0.5), (3, 40, 0.2), (12, 20, 0.6), (0, 10, 0.1)):
+        tails = (stats.binom.sf(k - 1, n, threshold), stats.binom.cdf(k, n, threshold))
+        expected = min(1.0, 2 * min(tails))
+        assert proportion_test(k, n, threshold).p == pytest.approx(expected, rel=1e-6,
+                                                                    abs=1e-9)
+
+
+def test_verdict_is_decided_exactly_when_p_is_at_most_alpha():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n = int(rng.integers(5, 200))
+        k, threshold = int(rng.integers(0, n + 1)), float(rng.uniform(0.05, 0.95))
+        test = proportion_test(k, n, threshold)
+        assert (test.verdict != INCONCLUSIVE) == (test.p <= 0.05 + 1e-9)
+
+
+def test_interval_test_of_a_t_interval_matches_the_t_test():
+    x = np.random.default_rng(6).normal(0.4, 1.0, 30)
+    from dynsys.stats import mean_interval
+    test = interval_test(x.mean(), lambda level: mean_interval(x, level), x.size, 0.0, "above")
+    assert test.p == pytest.approx(stats.ttest_1samp(x, 0.0).pvalue, rel=1e-6)
+    assert p_value(lambda level: (0.0, 0.0), 0.0) == 1.0
+
+
+def test_holm_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 5, 13):
+        p = rng.uniform(0, 0.1, m) ** 2
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    with pytest.raises(ValueError, match="p-values"):
+        holm([0.5, 1.5])
+
+
+def test_holm_controls_the_family_wise_error_by_simulation():
+    """Five true nulls with uniform p-values: P(any adjusted p <= 0.05) <= 0.05."""
+    p = np.random.default_rng(8).uniform(size=(4000, 5))
+    rejected = np.array([(holm(row) <= 0.05).any() for row in p]).mean()
+    assert rejected <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 4000)
+
+
+def test_adjusted_verdict_keeps_the_direction_or_becomes_inconclusive():
+    assert adjusted_verdict(HOLDS, 0.01) == HOLDS
+    assert adjusted_verdict(FAILS, 0.04) == FAILS
+    assert adjusted_verdict(HOLDS, 0.2) == INCONCLUSIVE
+    assert adjusted_verdict(INCONCLUSIVE, 0.0) == INCONCLUSIVE
