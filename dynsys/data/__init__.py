@@ -6,15 +6,15 @@ from dynsys.data import prompts
 from dynsys.data.corpora import (SEPARATOR, Corpus, characters, english, japanese, japanese_samples,
                                  lists, mix, provenance, split, split_groups, text)
 from dynsys.data.documents import (PYTHON_SOURCE, SHAKESPEARE, Document, as_corpus, by_source,
-                                   long_documents, mix_documents, python_source, shakespeare,
-                                   sources, split_documents)
+                                   document_sources, long_documents, mix_documents, python_source,
+                                   shakespeare, split_documents)
 from dynsys.data.tokenizer import (EOT, decode, encode, load_tokenizer, save_tokenizer,
                                    train_tokenizer)
 
 __all__ = [
     "EOT", "PYTHON_SOURCE", "SEPARATOR", "SHAKESPEARE", "Corpus", "Document", "as_corpus",
-    "by_source", "characters", "decode", "encode", "english", "japanese", "japanese_samples",
-    "lists", "load_tokenizer", "long_documents", "mix", "mix_documents", "prompts", "provenance",
-    "python_source", "save_tokenizer", "shakespeare", "sources", "split", "split_documents",
-    "split_groups", "text", "train_tokenizer",
+    "by_source", "characters", "decode", "document_sources", "encode", "english", "japanese",
+    "japanese_samples", "lists", "load_tokenizer", "long_documents", "mix", "mix_documents",
+    "prompts", "provenance", "python_source", "save_tokenizer", "shakespeare", "split",
+    "split_documents", "split_groups", "text", "train_tokenizer",
 ]

@@ -26,8 +26,8 @@ from dynsys.data.corpora import (PSF, Corpus, check_document, python_label, spli
 
 PYTHON_SOURCE = "python-source"
 SHAKESPEARE = "shakespeare"
-# Test suites (code written to exercise edge cases, much of it data) and site-packages are not the
-# standard library's source; pydoc_data is its documentation, already in `english()`.
+# Test suites (code written to exercise edge cases, much of it data) and site-packages are not
+# the standard library's source; pydoc_data is its documentation, already in `english()`.
 SOURCE_SKIPPED = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages",
                             "__pycache__", "pydoc_data"})
 
@@ -93,7 +93,7 @@ def long_documents() -> tuple[Document, ...]:
     return python_source() + shakespeare()
 
 
-def sources(documents: Sequence[Document]) -> list[str]:
+def document_sources(documents: Sequence[Document]) -> list[str]:
     """The sources of `documents`, in order of first appearance."""
     return unique(document.source for document in documents)
 
@@ -111,7 +111,7 @@ def by_source(documents: Sequence[Document]) -> tuple[Corpus, ...]:
     """One `as_corpus` per source of `documents`, named by it, in order of first appearance:
     `provenance(*by_source(documents))` records each source."""
     return tuple(as_corpus(source, [d for d in documents if d.source == source])
-                 for source in sources(documents))
+                 for source in document_sources(documents))
 
 
 def mix_documents(documents: Sequence[Document], shares: Mapping[str, float], seed: int = 0,
@@ -124,13 +124,12 @@ def mix_documents(documents: Sequence[Document], shares: Mapping[str, float], se
     one document; the scarcest source gives all its documents). Returned in their input order;
     sources not in `shares` are left out. Shares must be > 0 and sum to 1."""
     seed = check_int("seed", seed, 0)
-    present = sources(documents)
+    present = document_sources(documents)
     if not shares or any(s not in present for s in shares):
         raise ValueError(f"shares={dict(shares)!r} must name sources of the documents, "
                          f"which are {present}")
-    bad = [s for s, v in shares.items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or not 0 < v <= 1]
-    if bad or not math.isclose(sum(shares.values()), 1.0):
+    if (any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1
+            for v in shares.values()) or not math.isclose(sum(shares.values()), 1.0)):
         raise ValueError(f"shares={dict(shares)!r} must be numbers in (0, 1] that sum to 1")
     if characters is not None:
         characters = check_int("characters", characters, 1)
@@ -139,7 +138,7 @@ def mix_documents(documents: Sequence[Document], shares: Mapping[str, float], se
     total = total if characters is None else min(total, characters)
     kept: set[int] = set()
     for s, share in shares.items():
-        order = members[s][:]
+        order = list(members[s])
         random.Random(f"mix/{seed}/{s}").shuffle(order)
         reached = 0
         for i in order:
@@ -160,7 +159,7 @@ def split_documents(documents: Sequence[Document], held_out: float = 0.05,
     if not documents:
         raise ValueError("split_documents needs at least one document")
     train, held = split_groups(
-        [(s, [d for d in documents if d.source == s]) for s in sources(documents)],
+        [(s, [d for d in documents if d.source == s]) for s in document_sources(documents)],
         held_out, seed)
     if not train or not held:
         raise ValueError(f"held_out={held_out!r} of {len(documents)} documents leaves the "
