@@ -22,7 +22,7 @@ from dynsys.nn import Model, Transformer
 from dynsys.nn.cache import (PREFIX_KEY_AXES, PREFIX_VALUE_AXES, Prefix, RowCache, bucket,
                              digest_words, empty_rows, grow, prefix_of, source_digest,
                              words_digest)
-from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded
+from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded, check_edits
 from dynsys.sharding import constrain, use
 
 SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
@@ -179,6 +179,7 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
     cfg = model.config
     tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=2)
     positions = check_positions(positions, tokens.shape, cfg.max_position_embeddings)
+    check_edits(edits, cfg.num_layers)
     if rows is None:
         rows = empty_rows(cfg, tokens.shape[0], tokens.shape[1])
     elif int(rows.end) + tokens.shape[1] > rows.capacity:
@@ -336,6 +337,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
         if name not in BLOCK_SITES and name not in MODEL_SITES:
             raise ValueError(f"record names an unknown site {name!r}; sites: "
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
+    check_edits(edits, cfg.num_layers)
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     longest = int(mask.sum(1).max())
     if longest + max_new_tokens > cfg.max_position_embeddings:

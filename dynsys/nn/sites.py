@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 # Site name -> the submodule of a block that owns it (() = the block itself).
@@ -45,6 +46,10 @@ def site(module, name: str, x):
 
 
 def _path(name: str, layer: int | None) -> tuple[str, ...]:
+    """The module path of site `name` of block `layer` (a true integer: True and 0.0 would
+    name modules "blocks_True" and "blocks_0.0" that do not exist)."""
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int | np.integer)):
+        raise ValueError(f"layer={layer!r} of site {name!r} must be an integer")
     if name in MODEL_SITES:
         if layer is not None:
             raise ValueError(f"site {name!r} is not per layer (got layer={layer})")
@@ -63,17 +68,53 @@ def edits(changes: Mapping[tuple[str, int | None], Mapping[str, object]],
     num_layers."""
     tree: dict = {}
     for (name, layer), change in changes.items():
+        path = _path(name, layer)
         if layer is not None and not 0 <= layer < num_layers:
             raise ValueError(f"layer={layer} is outside [0, {num_layers})")
         unknown = set(change) - {"scale", "shift"}
         if unknown:
             raise ValueError(f"an edit holds 'scale' and 'shift', not {sorted(unknown)}")
         node = tree
-        for key in _path(name, layer):
+        for key in path:
             node = node.setdefault(key, {})
         node[name] = {"scale": jnp.asarray(change.get("scale", 1.0), jnp.float32),
                       "shift": jnp.asarray(change.get("shift", 0.0), jnp.float32)}
     return tree
+
+
+def _site_paths(num_layers: int) -> set[tuple[str, ...]]:
+    """The path of every site of a model with num_layers blocks (owner modules, then name)."""
+    return {(name,) for name in MODEL_SITES} | {
+        (*_path(name, layer), name) for layer in range(num_layers) for name in BLOCK_SITES}
+
+
+def check_edits(tree: Mapping | None, num_layers: int) -> None:
+    """Check a (possibly hand-built) edit tree against the sites of a model with num_layers
+    blocks: flax silently ignores an edit at a path the model does not have (a misspelled
+    site, a missing layer, the wrong owner module), and an ablation that never happened would
+    read as "no effect". Each site's entry must hold exactly "scale" and "shift"."""
+    if tree is None:
+        return
+    sites = _site_paths(num_layers)
+    prefixes = {path[:i] for path in sites for i in range(1, len(path))}
+
+    def walk(node, path: tuple[str, ...]) -> None:
+        where = "/".join(path) or "the edit tree"
+        if not isinstance(node, Mapping):
+            raise ValueError(f"edits: {where} is a {type(node).__name__}, not a mapping")
+        if path in sites:
+            if set(node) != {"scale", "shift"}:
+                raise ValueError(f"edits: {where} must hold 'scale' and 'shift', got "
+                                 f"{sorted(map(str, node))}")
+            return
+        for key, child in node.items():
+            if (*path, key) not in sites | prefixes:
+                raise ValueError(f"edits: {'/'.join(map(str, (*path, key)))} is not a site "
+                                 f"of this model ({num_layers} layers; sites: "
+                                 f"{[*MODEL_SITES, *BLOCK_SITES]}; build trees with edits())")
+            walk(child, (*path, key))
+
+    walk(tree, ())
 
 
 @struct.dataclass

@@ -32,7 +32,7 @@ from dynsys.decode.engine import logits, run
 from dynsys.dynamics.traces import periodicity
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
-from dynsys.nn.sites import edits
+from dynsys.nn.sites import check_edits, edits
 from dynsys.surgery.loops import K, as_prompts, check_length, check_prompts, left_positions
 
 __all__ = ["METHODS", "Attribution", "Neuron", "loop_margin", "neuron_attribution"]
@@ -184,6 +184,7 @@ def loop_margin(model: Model, prompts, traces, edits: dict | None = None,
     does not loop), teacher-forced over prompt + trace with the site `edits` applied at every
     position; `batch` rows per call (padded to `batch`)."""
     cfg, prompts = model.config, as_prompts(prompts)
+    check_edits(edits, cfg.num_layers)
     lay, _, _ = _layout(cfg, prompts, traces, k)
     B = len(lay.tokens)
     out = np.zeros(B, np.float32)

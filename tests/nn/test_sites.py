@@ -12,7 +12,8 @@ import dynsys.nn
 import dynsys.nn.transformer
 from dynsys.nn.cache import empty_rows
 from dynsys.decode import logits, run, step
-from dynsys.nn.sites import BLOCK_SITES, edits
+from dynsys.nn.sites import BLOCK_SITES, check_edits, edits
+from dynsys.surgery import loop_margin
 
 CFG = small("llama", vocab_size=64, num_kv_heads=2)
 NEOX = small("gpt_neox", vocab_size=64, rotary_pct=0.5)
@@ -103,3 +104,43 @@ def test_bad_edits_name_the_problem():
         edits({("mlp_out", None): {"scale": 0.0}}, 2)
     with pytest.raises(ValueError, match="'bias'"):
         edits({("mlp_out", 0): {"bias": 0.0}}, 2)
+
+
+@pytest.mark.parametrize("layer", [True, 0.0, "0"])
+def test_layers_must_be_true_integers(layer):
+    """True and 0.0 pass a range check but would build "blocks_True" / "blocks_0.0", which
+    flax ignores: the edit would silently do nothing."""
+    with pytest.raises(ValueError, match=f"layer={layer!r} of site 'mlp_hidden' must be an"):
+        edits({("mlp_hidden", layer): {"scale": 0.0}}, 2)
+    assert "blocks_1" in edits({("mlp_hidden", np.int64(1)): {"scale": 0.0}}, 2)
+
+
+def hand_built(path: tuple[str, ...], leaf=None) -> dict:
+    tree = leaf if leaf is not None else {"scale": 0.0, "shift": 0.0}
+    for key in reversed(path):
+        tree = {key: tree}
+    return tree
+
+
+@pytest.mark.parametrize("path, leaf, message", [
+    (("blocks_0", "mlp", "mlp_hiden"), None, "blocks_0/mlp/mlp_hiden is not a site"),
+    (("blocks_2", "mlp", "mlp_hidden"), None, "blocks_2 is not a site of this model"),
+    (("blocks_0", "attn", "mlp_hidden"), None, "blocks_0/attn/mlp_hidden is not a site"),
+    (("blocks_0", "mlp_hidden"), None, "blocks_0/mlp_hidden is not a site"),
+    (("embed_out",), {"scale": 0.0}, "embed_out must hold 'scale' and 'shift'"),
+    (("blocks_1", "mlp"), 0.0, "blocks_1/mlp is a float, not a mapping"),
+], ids=["misspelled", "missing-layer", "wrong-owner", "no-owner", "no-shift", "not-a-tree"])
+def test_hand_built_edit_trees_are_checked_against_the_model_s_sites(model, path, leaf,
+                                                                      message):
+    """Every entry point taking edits refuses a tree naming a site the model does not have
+    (flax would ignore it: an ablation that never happened reads as "no effect")."""
+    tokens, positions = inputs(CFG)
+    tree = hand_built(path, leaf)
+    with pytest.raises(ValueError, match=message):
+        step(model, None, tokens, positions, edits=tree)
+    with pytest.raises(ValueError, match=message):
+        dynsys.decode.generate(model, tokens, 4, edits=tree)
+    with pytest.raises(ValueError, match=message):
+        loop_margin(model, tokens, np.zeros((2, 4), np.int32), edits=tree)
+    good = hand_built(("blocks_1", "mlp", "mlp_hidden"))
+    check_edits(good, CFG.num_layers)
