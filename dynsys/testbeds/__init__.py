@@ -18,6 +18,7 @@ from dynsys.testbeds.registry import (
     MarkovScale,
     Recipe,
     Scale,
+    Source,
     Testbed,
     TestbedSummary,
     read_registry,
@@ -28,7 +29,7 @@ from dynsys.testbeds.registry import (
 )
 
 __all__ = [
-    "REGISTRY", "ROOT", "TESTBEDS", "MarkovScale", "MarkovSource", "Recipe", "Scale", "Testbed",
-    "TestbedSummary", "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "counts",
+    "REGISTRY", "ROOT", "TESTBEDS", "MarkovScale", "MarkovSource", "Recipe", "Scale", "Source",
+    "Testbed", "TestbedSummary", "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "counts",
     "read_registry", "recipe", "resolve", "sample", "summary_rows", "train_testbed",
 ]
