@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dynsys.checks import check_finite, check_positions, check_tokens
+from dynsys.checks import check_finite, check_positions, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
@@ -34,14 +34,15 @@ class Output:
     asked for, what the named sites recorded."""
 
     hidden: jnp.ndarray
-    rows: RowCache
+    rows: RowCache | None
     recorded: Recorded | None = None
 
 
-def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache, write_mask,
+def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache | None, write_mask,
         prefix: Prefix | None, edits: dict | None = None, record: bool = False) -> Output:
     """The one call of the model: tokens [B, T] at positions [B, T] written into `rows` where
-    write_mask [B, T] (see Transformer.__call__), after the shared `prefix`. `edits` (a
+    write_mask [B, T] (see Transformer.__call__), after the shared `prefix`; rows=None: one
+    full causal sequence, no cache (Output.rows is None). `edits` (a
     `dynsys.nn.sites.edits` tree, traced) changes named sites; `record` stores every site."""
     variables = {"params": params} if edits is None else {"params": params, "edits": edits}
     args = (tokens, positions, rows, write_mask, prefix)
@@ -190,13 +191,20 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
                      rows, edits)
 
 
+# From this many tokens on, sequence_logits attends in blocks (dynsys.nn.blockwise: O(T)
+# memory, a recomputing backward pass, only the causal half of the scores) instead of through
+# a row cache with its T×T scores; below it the cached path is as fast or faster on CPU.
+BLOCKWISE_MIN_LENGTH = 512
+
+
 def sequence_logits(cfg: ModelConfig, params, tokens) -> jnp.ndarray:
     """Float32 logits [B, T, V] of tokens [B, T] at positions 0..T−1 (causal attention): a pure
-    function of the parameters, to jit and differentiate (training's forward pass)."""
+    function of the parameters, to jit and differentiate (training's forward pass). From
+    BLOCKWISE_MIN_LENGTH tokens on, attention runs in blocks without a cache."""
     B, T = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    out = run(cfg, params, tokens, positions, empty_rows(cfg, B, T), jnp.ones((B, T), bool),
-              None)
+    rows = empty_rows(cfg, B, T) if T < BLOCKWISE_MIN_LENGTH else None
+    out = run(cfg, params, tokens, positions, rows, jnp.ones((B, T), bool), None)
     return logits(cfg, params, out.hidden)
 
 
@@ -259,11 +267,12 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
                         rows=rows, position=positions[:, -1] + 1)
 
     def choose(state: DecodeState, i):
-        """The next token, its margin and whether the logits it came from are finite."""
+        """The next token, its margin and whether the logits it came from are usable (finite,
+        not all equal)."""
         scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values)
         token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
         margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
-        return token, margin, jnp.isfinite(state.logits).all(-1)
+        return token, margin, usable_logits(state.logits)
 
     def body(state: DecodeState, i):
         token, margin, finite = choose(state, i)
@@ -284,7 +293,7 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
         pieces.append(piece)
     *steps, sites = jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
     last = choose(state, max_new_tokens - 1)
-    # [B, G] each: tokens, margins, finite logits; then {site: [B, G, ...]}, entry 0 from the
+    # [B, G] each: tokens, margins, usable logits; then {site: [B, G, ...]}, entry 0 from the
     # last prompt token, entry i > 0 from step i − 1 (which fed token i − 1)
     return (*(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last)),
             jax.tree.map(lambda x, y: jnp.concatenate([x[:, None], jnp.moveaxis(y, 0, 1)], 1),

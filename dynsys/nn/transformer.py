@@ -9,11 +9,32 @@ import jax.numpy as jnp
 
 from dynsys.config import ModelConfig
 from dynsys.nn.attention import Segment, attend
+from dynsys.nn.blockwise import causal_attention
 from dynsys.nn.cache import ROW_KEY_AXES, ROW_VALUE_AXES, Prefix, RowCache, empty_rows
 from dynsys.nn.layers import Linear, norm_layer
 from dynsys.nn.rope import apply_rope
 from dynsys.nn.sites import site
 from dynsys.sharding import constrain, partitioned
+
+
+def _cached(q, k, v, rows: tuple, prefix: tuple | None):
+    """Write k, v [B, T, K, H] into the row cache and attend q [B, T, K, G, H] to the
+    prefix and the rows (see Attention.__call__): (output [B, T, K, G, H], updated (k, v))."""
+    cache_k, cache_v, slot, key_mask = rows
+    # Padding slots are written too; key_mask keeps every query from reading them.
+    cache_k = jax.lax.dynamic_update_slice(
+        cache_k, k.astype(cache_k.dtype).transpose(0, 2, 3, 1), (0, 0, 0, slot))
+    cache_v = jax.lax.dynamic_update_slice(
+        cache_v, v.astype(cache_v.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
+    # One buffer for the updated cache: without the barrier XLA fuses the update into the
+    # attention reads and the carried cache separately, copying every cache at every step.
+    cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
+    cache_k, cache_v = constrain(cache_k, ROW_KEY_AXES), constrain(cache_v, ROW_VALUE_AXES)
+    segments = [Segment(cache_k, cache_v, key_mask)]
+    if prefix is not None:
+        segments.insert(0, Segment(*prefix))
+    out, _ = attend(q, segments)
+    return out, (cache_k, cache_v)
 
 
 class Attention(nn.Module):
@@ -24,7 +45,8 @@ class Attention(nn.Module):
         """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
         cache (k [B, K, H, C], v [B, K, C, H]), the first slot to write and the row mask
         [B, T, C]; prefix = (k [K, H, S], v [K, S, H], key mask [S]). Returns the output
-        [B, T, D] and the updated (k, v)."""
+        [B, T, D] and the updated (k, v). rows=None (and no prefix): causal attention of the
+        T tokens alone, in blocks (dynsys.nn.blockwise), no cache; returns (output, None)."""
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
@@ -33,24 +55,14 @@ class Attention(nn.Module):
         v = Linear(cfg, (K, H), cfg.qkv_bias, ("kv_heads", "head_dim", "embed"), name="v")(x)
         q = constrain(q, ("batch", "seq", "heads", "head_dim"))
         q, k = site(self, "query", apply_rope(q, positions, cfg)), apply_rope(k, positions, cfg)
-        cache_k, cache_v, slot, key_mask = rows
-        # Padding slots are written too; key_mask keeps every query from reading them.
-        cache_k = jax.lax.dynamic_update_slice(
-            cache_k, k.astype(cache_k.dtype).transpose(0, 2, 3, 1), (0, 0, 0, slot))
-        cache_v = jax.lax.dynamic_update_slice(
-            cache_v, v.astype(cache_v.dtype).transpose(0, 2, 1, 3), (0, 0, slot, 0))
-        # One buffer for the updated cache: without the barrier XLA fuses the update into the
-        # attention reads and the carried cache separately, copying every cache at every step.
-        cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
-        cache_k, cache_v = constrain(cache_k, ROW_KEY_AXES), constrain(cache_v, ROW_VALUE_AXES)
-        segments = [Segment(cache_k, cache_v, key_mask)]
-        if prefix is not None:
-            segments.insert(0, Segment(*prefix))
-        out, _ = attend(q.reshape(B, T, K, G, H), segments)
+        if rows is None:
+            out, kv = causal_attention(q.reshape(B, T, K, G, H), k, v), None
+        else:
+            out, kv = _cached(q.reshape(B, T, K, G, H), k, v, rows, prefix)
         out = site(self, "heads", out.reshape(B, T, N, H).astype(cfg.dtype))
         y = Linear(cfg, (cfg.hidden_size,), cfg.out_bias, ("embed", "heads", "head_dim"),
                    inputs=2, name="o")(out)
-        return y, (cache_k, cache_v)
+        return y, kv
 
 
 class MLP(nn.Module):
@@ -108,13 +120,21 @@ class Transformer(nn.Module):
 
         Row keys visible to query t: written, valid slots c ≤ end + t. Prefix keys: its
         [0, length) slots. Returns hidden [B, T, D] and the updated RowCache.
+
+        rows=None (training's full sequence; write_mask and prefix are then unused): every
+        query t sees tokens 0..t of this call alone, by dynsys.nn.blockwise, and no cache is
+        kept (the RowCache returned is None).
         """
+        x = site(self, "embed_out", constrain(self.embed(tokens), ("batch", "seq", "embed")))
+        if rows is None:
+            for block in self.blocks:
+                x, _ = block(x, positions, None, None)
+            return self.final_norm(x), None
         B, T = tokens.shape
         slots = rows.end + jnp.arange(T)
         valid = jax.lax.dynamic_update_slice(rows.valid, write_mask, (0, rows.end))
         causal = jnp.arange(rows.capacity)[None, :] <= slots[:, None]  # [T, C]
         key_mask = valid[:, None, :] & causal[None] & write_mask[:, :, None]
-        x = site(self, "embed_out", constrain(self.embed(tokens), ("batch", "seq", "embed")))
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
