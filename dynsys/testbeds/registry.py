@@ -62,15 +62,16 @@ class Source(Protocol):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Scale:
-    """The model and training of a test bed at one scale: a llama (MHA, untied embeddings)
-    of `layers` blocks of width `hidden` with `heads` heads and an MLP of width `ffn`, RoPE
-    on or off, `positions` positions (None: seq_len, the training context); AdamW with
-    Pythia's schedule for `steps` steps of `batch` windows of seq_len + 1 tokens, drawn
-    without repetition from `train_windows` windows (None: steps · batch, each window seen
-    once); the held-out loss over `heldout_windows` windows; checkpoints at Pythia's steps
-    0, 1, 2, 4, …, 512 and every `checkpoint_every`; the training state (what a killed run
-    resumes from) every `save_every` steps. `seed` draws the data, the initialisation and
-    the order of the windows."""
+    """The model and training of a test bed at one scale (the defaults: the small scale): a
+    llama (MHA, untied embeddings) of `layers` blocks of width `hidden` with `heads` heads
+    and an MLP of width `ffn`, RoPE on or off, `positions` positions (None: seq_len, the
+    training context); AdamW with Pythia's schedule for `steps` steps of `batch` windows of
+    seq_len + 1 tokens out of `train_windows` windows, visited in a new order every epoch
+    (None: steps · batch, each window seen once); the held-out loss over `heldout_windows`
+    windows; checkpoints at Pythia's steps 0, 1, 2, 4, …, 512 and every `checkpoint_every`;
+    the training state (what a killed run resumes from) every `save_every` steps. `seed`
+    draws the data, the initialisation and the order of the windows. A subclass adds the
+    settings of its data and `source()`, the Source they make."""
 
     layers: int = 2
     hidden: int = 64
@@ -154,20 +155,17 @@ class Recipe:
                 **dataclasses.asdict(self.settings)}
 
 
-# Small: about 2 minutes on 2 cores. Paper: a 2048-token context, about 3 s a step on 2 cores
-# (3.7 h), 8192 training windows (16.8M tokens) visited four times.
-_SMALL = dict(layers=2, hidden=64, heads=2, ffn=256, seq_len=256, batch=16, steps=500, lr=3e-3,
-              warmup=50, checkpoint_every=250)
+# Small (Scale's defaults): 2M tokens, 2-4 minutes on 2 shared cores. Paper: 2048-token
+# windows, 3-18 s a step on 2 shared cores, 8192 training windows (16.8M tokens) seen 4 times.
 _PAPER = dict(layers=2, hidden=128, heads=4, ffn=512, seq_len=2048, batch=8, steps=4000,
               lr=2e-3, warmup=100, checkpoint_every=500, save_every=50, train_windows=8192)
 TESTBEDS: dict[str, Testbed] = {
     "markov1": Testbed("in-context order-1 Markov chains (V = 32, α = 0.1)",
-                       {"small": MarkovScale(order=1, **_SMALL),
-                        "paper": MarkovScale(order=1, **_PAPER)}),
+                       {"small": MarkovScale(order=1), "paper": MarkovScale(order=1, **_PAPER)}),
     # V = 16: with V = 32 the 1024 contexts of order 2 are seen less than once each in 512
     # tokens and the Bayes loss stays within 0.1 nats of uniform (nothing to learn)
     "markov2": Testbed("in-context order-2 Markov chains (V = 16, α = 0.1)",
-                       {"small": MarkovScale(order=2, vocab=16, **{**_SMALL, "seq_len": 512}),
+                       {"small": MarkovScale(order=2, vocab=16, seq_len=512, batch=8),
                         "paper": MarkovScale(order=2, vocab=16, **_PAPER)}),
 }
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dynsys.testbeds import TESTBEDS, MarkovSource, read_registry, recipe, resolve
+from dynsys.testbeds import TESTBEDS, MarkovSource, read_registry, recipe, resolve, sample
 from dynsys.testbeds.registry import REGISTRY
 
 
@@ -64,7 +64,6 @@ def test_windows_are_whole_sequences_of_one_chain():
     windows = made.source.windows("train", 8, 16, seed=0)
     flat = windows.ravel()
     np.testing.assert_array_equal(flat.reshape(-1, 17), windows)
-    from dynsys.testbeds import sample
     np.testing.assert_array_equal(windows, sample(made.source, "train", 8, 17, seed=0))
 
 
