@@ -212,8 +212,8 @@ def _train_testbed(name: str, scale: str, out: Path | None, overrides: dict) -> 
     console.print(table)
     table = Table(title=f"test bed {made.key} ({summary.key} in "
                         f"{summary.out_dir.parent / testbeds.REGISTRY})")
-    table.add_column("")
-    table.add_column("", justify="right")
+    table.add_column("what")
+    table.add_column("value", justify="right")
     for what, value in testbeds.summary_rows(summary):
         table.add_row(what, value)
     console.print(table)

@@ -327,8 +327,8 @@ def summary_rows(summary: TestbedSummary) -> list[tuple[str, str]]:
             ("tokens seen", f"{summary.tokens:,}"),
             ("training time", f"{int(minutes)} min {seconds:.0f} s"),
             ("held-out loss (model)", f"{summary.heldout_loss:.4f}")]
-    names = {"bayes": "Bayes-optimal predictor", "unigram": "in-context unigram (Laplace)",
-             "uniform": "uniform (ln V)"}
+    names = {"bayes": "Bayes-optimal predictor", "unigram": "in-context unigram, Laplace",
+             "uniform": "uniform, ln V"}
     rows += [(f"held-out loss ({names.get(k, k)})", f"{v:.4f}")
              for k, v in summary.references.items()]
     if "bayes" in summary.references and "uniform" in summary.references:
