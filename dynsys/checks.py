@@ -1,5 +1,6 @@
 """Validation at the public boundary: JAX clamps out-of-range gathers silently, so ids,
-lengths and shapes are checked here, in numpy, with errors that name the bad value."""
+lengths and shapes are checked here, in numpy, with errors that name the bad value; and the
+logits a model produced are checked to be usable (finite, not all equal)."""
 
 from __future__ import annotations
 
@@ -38,16 +39,27 @@ def _in_range(arr: np.ndarray, limit: int, name: str, what: str) -> np.ndarray:
 
 
 class NonFiniteError(ValueError):
-    """The model produced NaN or infinite logits (broken weights or an overflow): its argmax
-    would be token 0, and a trace of zeros would look like a period-1 loop."""
+    """The model produced NaN, infinite or constant logits (broken weights or an overflow): the
+    argmax would be token 0, and a trace of zeros would look like a period-1 loop."""
 
 
-def check_finite(finite, what: str) -> None:
-    """Raise NonFiniteError naming the first index where `finite` (a bool array computed
+def usable_logits(logits):
+    """One flag per row of logits [..., V] (numpy, or traced inside jit): every logit finite
+    and not all equal. A row whose logits are all equal carries no choice: it is what an
+    overflow inside an RMSNorm gives (mean(x²) = inf scales the hidden state to exactly 0, and
+    every logit with it). Two reductions, max and min, which propagate NaN; their difference
+    is NaN or infinite if any logit is (or if the logits span more than float32 holds)."""
+    spread = logits.max(-1) - logits.min(-1)
+    return (spread > 0) & (spread < np.inf)
+
+
+def check_finite(usable, what: str) -> None:
+    """Raise NonFiniteError naming the first index where `usable` (`usable_logits` computed
     inside jit, one flag per row or step) is False."""
-    finite = np.asarray(finite)
-    if not finite.all():
-        where = [int(i) for i in np.argwhere(~finite)[0]]
-        raise NonFiniteError(f"non-finite logits in {what} at index {where} "
-                             f"({int((~finite).sum())} of {finite.size} entries): the model's "
-                             "weights or activations are NaN or overflow")
+    usable = np.asarray(usable)
+    if not usable.all():
+        where = [int(i) for i in np.argwhere(~usable)[0]]
+        raise NonFiniteError(f"non-finite or constant logits in {what} at index {where} "
+                             f"({int((~usable).sum())} of {usable.size} entries): the model's "
+                             "weights or activations are NaN or overflow (or every logit is "
+                             "equal)")

@@ -1,10 +1,11 @@
 import re
 
+import jax
 import numpy as np
 import pytest
 
 from dynsys.nn.cache import empty_rows
-from dynsys.checks import check_positions, check_tokens
+from dynsys.checks import check_positions, check_tokens, usable_logits
 from dynsys.decode import forward, generate, prefill, step
 from dynsys.nn import Model
 from dynsys.decode.sampling import Sampler
@@ -128,3 +129,12 @@ def test_capacity_limits_raise(model):
 def test_bad_sampler_raises_naming_field(field, value):
     with pytest.raises(ValueError, match=field):
         Sampler(**{field: value})
+
+
+def test_usable_logits_flags_non_finite_and_constant_rows():
+    rows = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [1.0, np.nan, 2.0], [np.nan, 1.0, 2.0],
+                     [1.0, np.inf, 0.0], [-np.inf, 0.0, 1.0], [0.5, 0.5, 0.5 + 1e-7]],
+                    np.float32)
+    expected = [True, False, False, False, False, False, True]
+    assert usable_logits(rows).tolist() == expected
+    assert np.asarray(jax.jit(usable_logits)(rows)).tolist() == expected

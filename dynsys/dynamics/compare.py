@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.checks import check_finite, check_tokens
+from dynsys.checks import check_finite, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import last_logits, last_logits_jit, logits, prefix_for, run
 from dynsys.dynamics.markov import MarkovMap, lazy_orbit, suffix_map
@@ -65,7 +65,8 @@ class Comparison:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
     """‖L_t − L^pos_t‖∞, ‖L^pos_t − L^0_t‖∞, f_P(x_t) = argmax L^0_t, f_{P,t−1}(x_t) =
-    argmax L^pos_t for t = 1..G (see module docstring), and whether all three were finite."""
+    argmax L^pos_t for t = 1..G (see module docstring), and whether all three were usable
+    (`usable_logits`)."""
     G = trace.shape[0]
     positions = n + jnp.arange(G, dtype=jnp.int32)
     out = run(cfg, params, trace[None], positions[None], empty_rows(cfg, 1, G),
@@ -73,7 +74,7 @@ def _logit_gaps(cfg: ModelConfig, params, prefix: Prefix, trace, n):
     real = logits(cfg, params, out.hidden[0])
     exact = last_logits(cfg, params, prefix, trace[:, None], positions[:, None])
     at_n = last_logits(cfg, params, prefix, trace[:, None], jnp.full((G, 1), n, jnp.int32))
-    finite = jnp.isfinite(real).all(-1) & jnp.isfinite(exact).all(-1) & jnp.isfinite(at_n).all(-1)
+    finite = usable_logits(real) & usable_logits(exact) & usable_logits(at_n)
     return (jnp.abs(real - exact).max(-1), jnp.abs(exact - at_n).max(-1),
             jnp.argmax(at_n, -1), jnp.argmax(exact, -1), finite)
 
@@ -159,14 +160,14 @@ class SampledFit:
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _real_log_probs(cfg: ModelConfig, params, prefix: Prefix, trace, n, temperature):
     """log softmax(L_t / T)[x_{t+1}] for t = 1..G−1 along one trace, and whether each L_t
-    was finite."""
+    was usable (`usable_logits`)."""
     G = trace.shape[0]
     positions = (n + jnp.arange(G, dtype=jnp.int32))[None]
     out = run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
               jnp.ones((1, G), bool), prefix)
     real = logits(cfg, params, out.hidden[0, :-1])
     logp = jax.nn.log_softmax(real / temperature, axis=-1)
-    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], jnp.isfinite(real).all(-1)
+    return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], usable_logits(real)
 
 
 def compare_sampled(model: Model, prompt, traces, temperature: float,
@@ -186,7 +187,7 @@ def compare_sampled(model: Model, prompt, traces, temperature: float,
         np.asarray(last_logits_jit(cfg, model.params, prefix, jnp.asarray(states[i:i + 256, None]),
                                    jnp.full((len(states[i:i + 256]), 1), len(prompt), jnp.int32)))
         for i in range(0, len(states), 256)])
-    check_finite(np.isfinite(state_logits).all(-1), "compare_sampled (visited states)")
+    check_finite(usable_logits(state_logits), "compare_sampled (visited states)")
     kernel_logp = np.asarray(jax.nn.log_softmax(state_logits / temperature, axis=-1),
                              np.float64)
     counts = np.zeros((len(states), cfg.vocab_size))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from dynsys.checks import check_finite, check_tokens
+from dynsys.checks import check_finite, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import last_logits, prefix_for, sampling
 from dynsys.nn import Model
@@ -52,8 +52,8 @@ class MarkovMap:
 @functools.partial(jax.jit, static_argnames=("cfg", "kernel_k"))
 def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes, positions,
                temperature):
-    """Argmax, margin, top-k (ids, probabilities) and finiteness of the last row token's
-    logits."""
+    """Argmax, margin, top-k (ids, probabilities) and usability (`usable_logits`) of the last
+    row token's logits."""
     logits = last_logits(cfg, params, prefix, suffixes, positions)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)  # lowest id among ties
     if kernel_k:
@@ -62,7 +62,7 @@ def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes
         top_values, top_ids = jnp.zeros((len(nxt), 0)), jnp.zeros((len(nxt), 0), jnp.int32)
     probs = jax.nn.softmax(top_values / temperature, axis=-1)
     return (nxt, sampling.margin(logits), top_ids.astype(jnp.int32), probs,
-            jnp.isfinite(logits).all(-1))
+            usable_logits(logits))
 
 
 def _fingerprint(model: Model, prompt: np.ndarray, suffixes: np.ndarray, offsets: np.ndarray,

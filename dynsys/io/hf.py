@@ -219,8 +219,10 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
-    """Every tensor of the checkpoint, buffers excepted, checked to be finite (a NaN or
-    infinite weight gives NaN logits, whose argmax would look like a loop on token 0)."""
+    """Every tensor of the checkpoint, buffers excepted, checked to be floating point (an
+    int8 / int32 / bool tensor is quantized or not a weight: cast to float it would load as
+    plausible garbage) and finite (a NaN or infinite weight gives NaN logits, whose argmax
+    would look like a loop on token 0); bfloat16 and float8 count as floating point."""
     tensors = {}
     for path in _weight_files(directory):
         try:
@@ -232,11 +234,13 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
     for name in [n for n in tensors if n.endswith(_BUFFERS)]:
         del tensors[name]
     for name, x in tensors.items():
-        if np.issubdtype(x.dtype, np.floating):
-            bad = ~np.isfinite(x)
-            if bad.any():
-                raise ValueError(f"tensor {name} in {directory} holds {int(bad.sum())} "
-                                 f"non-finite value(s), e.g. {x[bad][0]}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"tensor {name} in {directory} has dtype {x.dtype}, not floating "
+                             "point (a quantized checkpoint is not read)")
+        bad = ~np.isfinite(x)
+        if bad.any():
+            raise ValueError(f"tensor {name} in {directory} holds {int(bad.sum())} "
+                             f"non-finite value(s), e.g. {x[bad][0]}")
     return tensors
 
 

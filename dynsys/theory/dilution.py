@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dynsys.checks import check_finite, check_tokens
+from dynsys.checks import check_finite, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import logits, prefix_for, run, step
 from dynsys.decode.sampling import margin
@@ -149,7 +149,7 @@ def _probe(cfg: ModelConfig, params, prefix: Prefix, trace, positions):
         logit_change=jnp.max(jnp.abs(real_logits - ref_logits), axis=-1),
         real_next=jnp.argmax(real_logits, -1), markov_next=jnp.argmax(ref_logits, -1),
         margin=margin(ref_logits),
-        finite=jnp.isfinite(real_logits).all(-1) & jnp.isfinite(ref_logits).all(-1))
+        finite=usable_logits(real_logits) & usable_logits(ref_logits))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +235,7 @@ def position_drift(model: Model, prompt, tokens, offsets, prefix: Prefix | None 
 
     def at(tau: int) -> np.ndarray:
         logits = np.asarray(step(model, prefix, tokens, np.full_like(tokens, n + tau))[0][:, 0])
-        check_finite(np.isfinite(logits).all(-1), f"position_drift (offset {tau}, tokens)")
+        check_finite(usable_logits(logits), f"position_drift (offset {tau}, tokens)")
         return logits
 
     base = at(0)

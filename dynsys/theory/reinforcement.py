@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.checks import check_finite, check_tokens
+from dynsys.checks import check_finite, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import sequence_logits
 from dynsys.nn import Model
@@ -28,11 +28,12 @@ from dynsys.nn import Model
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _token_probabilities(cfg: ModelConfig, params, tokens):
-    """p(x_t | x_<t) for t >= 1, [B, T−1], and whether every logit was finite [B]."""
+    """p(x_t | x_<t) for t >= 1, [B, T−1], and whether every row of logits was usable
+    (`usable_logits`) [B]."""
     lg = sequence_logits(cfg, params, tokens)[:, :-1].astype(jnp.float32)
     logp = jax.nn.log_softmax(lg, -1)
     chosen = jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
-    return jnp.exp(chosen), jnp.isfinite(lg).all((1, 2))
+    return jnp.exp(chosen), usable_logits(lg).all(1)
 
 
 def repetition_probability(model: Model, spans, repeats: int) -> np.ndarray:

@@ -169,6 +169,27 @@ def test_overflow_late_in_generation_names_the_step(model_of):
         generate(model, prompt, 4)
 
 
+def degenerate(model, how: str):
+    """A copy of `model` whose logits are all exactly 0: a zero output head, or an embedding
+    scaled to 1e22 (finite, but mean(x²) overflows inside every RMSNorm, whose output is 0)."""
+    model = model.copy()
+    if how == "zero head":
+        model.params["lm_head"]["kernel"] = model.params["lm_head"]["kernel"] * 0
+    else:
+        model.params["embed"]["embedding"] = model.params["embed"]["embedding"] * 1e22
+    return model
+
+
+@pytest.mark.parametrize("how", ["zero head", "embedding 1e22"])
+def test_constant_logits_raise_instead_of_looping_on_token_0(how, model_of):
+    """All-equal logits have argmax 0 as NaN ones do: the trace 0, 0, 0, ... would read as a
+    loop."""
+    model = degenerate(model_of("llama-g1"), how)
+    with pytest.raises(dynsys.NonFiniteError,
+                       match=r"constant logits in generate \(\[row, step\]\) at index \[0, 0"):
+        generate(model, tokens(model, 2, 5), 8)
+
+
 def test_max_new_tokens_must_be_a_true_integer(model_of):
     model = model_of("llama-g1")
     for bad in (True, 2.0, 0, -3):

@@ -148,10 +148,21 @@ def test_prefix_or_map_of_another_prompt_or_model_is_refused(model):
     np.testing.assert_array_equal(same.next, suffix_map(model, prompt, rows, progress=False).next)
 
 
+def test_constant_logits_raise_instead_of_mapping_to_token_0(model):
+    """Every logit exactly 0 (an embedding scaled to 1e22 overflows inside the RMSNorms): the
+    map would be v -> 0 for all v, one cycle, as `dynsys map` printed. (The model itself, at
+    the HF initialisation with std 0.02, maps without a refusal in every other test.)"""
+    broken = model.copy()
+    broken.params["embed"]["embedding"] = broken.params["embed"]["embedding"] * 1e22
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=6)
+    with pytest.raises(ds.NonFiniteError, match="constant logits in the map's rows 0"):
+        markov_map(broken, prompt, progress=False)
+
+
 def test_non_finite_model_raises_instead_of_mapping_to_token_0(model):
     broken = model.copy()
     broken.params["blocks_1"]["mlp"]["down"]["kernel"] = (
         broken.params["blocks_1"]["mlp"]["down"]["kernel"].at[0, 0].set(np.inf))
     prompt = ds.prompts.random_tokens(CFG.vocab_size, 30, seed=6)
-    with pytest.raises(ds.NonFiniteError, match="non-finite logits in the map"):
+    with pytest.raises(ds.NonFiniteError, match="non-finite or constant logits in the map"):
         markov_map(broken, prompt, progress=False)

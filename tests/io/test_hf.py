@@ -2,6 +2,7 @@ import json
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -187,6 +188,31 @@ def test_non_finite_tensor_is_refused_at_load(value, model_of, tmp_path):
     def poison(t):
         t[name] = t[name].copy()
         t[name][3, 5] = value
+
+    _rewrite(tmp_path, poison)
+    with pytest.raises(ValueError, match=re.escape(name) + ".*non-finite"):
+        load_hf(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.bool_])
+def test_non_floating_tensor_is_refused_naming_it(dtype, model_of, tmp_path):
+    """A quantized or integer tensor cast to float32 would load as plausible garbage."""
+    save_hf(model_of("llama-g1"), tmp_path)
+    name = "model.layers.0.mlp.up_proj.weight"
+    _rewrite(tmp_path, lambda t: t.__setitem__(name, (t[name] * 100).astype(dtype)))
+    with pytest.raises(ValueError, match=re.escape(name) + f" .*dtype {np.dtype(dtype)}, not "
+                       "floating"):
+        load_hf(tmp_path)
+
+
+def test_non_finite_bfloat16_tensor_is_refused(model_of, tmp_path):
+    """bfloat16 is not a numpy floating type: its finiteness was not checked."""
+    save_hf(model_of("llama-g1"), tmp_path)
+    name = "model.norm.weight"
+
+    def poison(t):
+        t[name] = t[name].astype(jnp.bfloat16)
+        t[name][0] = np.nan
 
     _rewrite(tmp_path, poison)
     with pytest.raises(ValueError, match=re.escape(name) + ".*non-finite"):
