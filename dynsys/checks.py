@@ -4,7 +4,13 @@ logits a model produced are checked to be usable (finite, not all equal)."""
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+# float32's smallest normal number: a smaller (subnormal) temperature is flushed to 0 on the
+# device, and the logits divided by it overflow.
+MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
 
 def check_tokens(tokens, vocab_size: int, name: str, ndim: int) -> np.ndarray:
@@ -36,6 +42,18 @@ def _in_range(arr: np.ndarray, limit: int, name: str, what: str) -> np.ndarray:
         raise ValueError(f"{name}{list(where)} = {int(arr[where])} is outside {what} "
                          f"[0, {limit})")
     return arr.astype(np.int32)
+
+
+def check_temperature(value, greedy: bool = False) -> float:
+    """A sampling temperature as a float: a finite number >= MIN_TEMPERATURE (Python or
+    numpy, never a bool), or exactly 0 (greedy) where `greedy`."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and (MIN_TEMPERATURE <= value < np.inf or greedy and value == 0))
+    if not ok:
+        raise ValueError(f"temperature={value!r} must be a finite number >= {MIN_TEMPERATURE:.4g}"
+                         f"{' or 0 (greedy)' if greedy else ''} (below float32's smallest "
+                         "normal number it is flushed to 0 and the scaled logits overflow)")
+    return float(value)
 
 
 class NonFiniteError(ValueError):

@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dynsys.checks import check_temperature
 from dynsys.config import check_float, check_int, set_frozen
 
 
@@ -31,7 +32,7 @@ class Sampler:
     if L_v >= dry_allowed_length a, the score s_v becomes s_v − m·dry_base^(L_v − a). Matches
     may overlap the suffix (x = 1 1 1: L_1 = 2).
 
-    Accepted: temperature >= 0, 0 < top_p <= 1, repetition_penalty > 0, dry_multiplier >= 0 and
+    Accepted: temperature 0 or >= dynsys.checks.MIN_TEMPERATURE, 0 < top_p <= 1, repetition_penalty > 0, dry_multiplier >= 0 and
     dry_base >= 1, finite numbers (ints and numpy scalars too, stored as float); top_k >= 0,
     no_repeat_ngram_size >= 0, dry_allowed_length >= 1 and dry_penalty_last_n >= 0, integers
     (numpy integers too, stored as int; never bools or floats); dry_sequence_breakers, a tuple or
@@ -53,7 +54,7 @@ class Sampler:
             raise ValueError(f"dry_sequence_breakers={self.dry_sequence_breakers!r} must be a "
                              "tuple of token ids")
         set_frozen(
-            self, temperature=check_float("temperature", self.temperature, at_least=0),
+            self, temperature=check_temperature(self.temperature, greedy=True),
             top_k=check_int("top_k", self.top_k, minimum=0),
             top_p=check_float("top_p", self.top_p, above=0, at_most=1),
             repetition_penalty=check_float("repetition_penalty", self.repetition_penalty, above=0),
@@ -165,7 +166,7 @@ def select(scores: jnp.ndarray, key: jax.Array, kind: tuple, values: dict) -> jn
     greedy, top_k_on, top_p_on, *_ = kind
     if greedy:
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
-    scores = scores / values["temperature"]
+    scores = scaled(scores, values["temperature"])
     ascending = jnp.sort(scores, axis=-1)
     if top_k_on:
         k = jnp.minimum(values["top_k"], scores.shape[-1])
@@ -181,6 +182,13 @@ def select(scores: jnp.ndarray, key: jax.Array, kind: tuple, values: dict) -> jn
         cut = jnp.max(jnp.where(drop, ascending, -jnp.inf), axis=-1, keepdims=True)
         scores = jnp.where(scores <= cut, -jnp.inf, scores)
     return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
+
+
+def scaled(scores, temperature):
+    """(scores − their row max) / temperature: softmax(scores / T) unchanged (and the same
+    tokens kept by top-k and top-p), but no score overflows for any T >= MIN_TEMPERATURE, where
+    scores / T alone reaches inf − inf = NaN inside the softmax. numpy or jax arrays."""
+    return (scores - scores.max(-1, keepdims=True)) / temperature
 
 
 def margin(scores: jnp.ndarray) -> jnp.ndarray:

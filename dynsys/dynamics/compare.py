@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.checks import check_finite, check_tokens, usable_logits
+from dynsys.checks import check_finite, check_temperature, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import last_logits, last_logits_jit, logits, prefix_for, run
+from dynsys.decode.sampling import scaled
 from dynsys.dynamics.markov import MarkovMap, lazy_orbit, suffix_map
 from dynsys.dynamics.orbits import orbits
 from dynsys.dynamics.traces import periodicity
@@ -166,7 +167,7 @@ def _real_log_probs(cfg: ModelConfig, params, prefix: Prefix, trace, n, temperat
     out = run(cfg, params, trace[None], positions, empty_rows(cfg, 1, G),
               jnp.ones((1, G), bool), prefix)
     real = logits(cfg, params, out.hidden[0, :-1])
-    logp = jax.nn.log_softmax(real / temperature, axis=-1)
+    logp = jax.nn.log_softmax(scaled(real, temperature), axis=-1)
     return jnp.take_along_axis(logp, trace[1:, None], axis=1)[:, 0], usable_logits(real)
 
 
@@ -176,8 +177,7 @@ def compare_sampled(model: Model, prompt, traces, temperature: float,
     cfg = model.config
     prompt = check_tokens(prompt, cfg.vocab_size, "prompt", ndim=1)
     traces = check_tokens(traces, cfg.vocab_size, "traces", ndim=2)
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    temperature = check_temperature(temperature)
     if traces.shape[1] < 2:
         raise ValueError(f"traces have {traces.shape[1]} token(s); transitions need 2")
     prefix = prefix_for(model, prompt, prefix)
@@ -188,7 +188,7 @@ def compare_sampled(model: Model, prompt, traces, temperature: float,
                                    jnp.full((len(states[i:i + 256]), 1), len(prompt), jnp.int32)))
         for i in range(0, len(states), 256)])
     check_finite(usable_logits(state_logits), "compare_sampled (visited states)")
-    kernel_logp = np.asarray(jax.nn.log_softmax(state_logits / temperature, axis=-1),
+    kernel_logp = np.asarray(jax.nn.log_softmax(scaled(state_logits, temperature), axis=-1),
                              np.float64)
     counts = np.zeros((len(states), cfg.vocab_size))
     np.add.at(counts, (inverse, dst), 1.0)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
-from dynsys.checks import check_finite, check_tokens, usable_logits
+from dynsys.checks import check_finite, check_temperature, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import last_logits, prefix_for, sampling
 from dynsys.nn import Model
@@ -60,7 +60,7 @@ def _map_chunk(cfg: ModelConfig, kernel_k: int, params, prefix: Prefix, suffixes
         top_values, top_ids = jax.lax.top_k(logits, kernel_k)
     else:
         top_values, top_ids = jnp.zeros((len(nxt), 0)), jnp.zeros((len(nxt), 0), jnp.int32)
-    probs = jax.nn.softmax(top_values / temperature, axis=-1)
+    probs = jax.nn.softmax(sampling.scaled(top_values, temperature), axis=-1)
     return (nxt, sampling.margin(logits), top_ids.astype(jnp.int32), probs,
             usable_logits(logits))
 
@@ -102,8 +102,8 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
                          f"exceeds max_position_embeddings={cfg.max_position_embeddings}")
     if not 0 <= kernel_k <= cfg.vocab_size:
         raise ValueError(f"kernel_k={kernel_k} must lie in [0, {cfg.vocab_size}]")
-    if kernel_k and not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0 for a kernel")
+    if kernel_k:
+        temperature = check_temperature(temperature)
     if chunk < 1:
         raise ValueError(f"chunk={chunk} must be positive")
     chunk = min(chunk, m)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import dynsys as ds
+from dynsys.checks import MIN_TEMPERATURE
 from dynsys.dynamics import markov
 from dynsys.dynamics.markov import lazy_orbit, markov_map, suffix_map
 from dynsys.dynamics.orbits import orbit_of
@@ -146,6 +147,19 @@ def test_prefix_or_map_of_another_prompt_or_model_is_refused(model):
         lazy_orbit(model, prompt, 3, prefix=ds.prefill(model, other_prompt))
     same = suffix_map(model, prompt, rows, prefix=ds.prefill(model, prompt), progress=False)
     np.testing.assert_array_equal(same.next, suffix_map(model, prompt, rows, progress=False).next)
+
+
+def test_tiny_temperatures_are_refused_or_exact(model):
+    """A subnormal temperature (flushed to 0) gave all-NaN kernel rows; the smallest normal
+    one gives the greedy map as a kernel: probability 1 on f_P(v)."""
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 20, seed=2)
+    with pytest.raises(ValueError, match="temperature=1e-40 must be"):
+        markov_map(model, prompt, kernel_k=4, temperature=1e-40, progress=False)
+    fmap = markov_map(model, prompt, kernel_k=4, temperature=MIN_TEMPERATURE,
+                      progress=False)
+    dense = fmap.kernel.toarray()
+    np.testing.assert_array_equal(dense.argmax(1), fmap.next)
+    np.testing.assert_allclose(dense.max(1), 1.0)
 
 
 def test_constant_logits_raise_instead_of_mapping_to_token_0(model):
