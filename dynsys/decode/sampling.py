@@ -188,6 +188,8 @@ def scaled(scores, temperature):
     """(scores − their row max) / temperature: softmax(scores / T) unchanged (and the same
     tokens kept by top-k and top-p), but no score overflows for any T >= MIN_TEMPERATURE, where
     scores / T alone reaches inf − inf = NaN inside the softmax. numpy or jax arrays."""
+    if scores.shape[-1] == 0:  # no kept scores (a map without its kernel): nothing to scale
+        return scores
     return (scores - scores.max(-1, keepdims=True)) / temperature
 
 
