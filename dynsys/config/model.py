@@ -12,18 +12,24 @@ Family = Literal["llama", "qwen2", "gpt_neox"]
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gpt_neox")
 DType = Literal["float32", "bfloat16"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+# Token ids and positions are int32: a size (vocabulary, position limit) is at most this.
+INT32_LIMIT = 2**31
 
 
 # --- validation (also used by dynsys.decode.sampling) ---------------------------------------
 # Each check returns the value as a plain Python int, float or bool, or raises a one-line
 # ValueError naming the field and the value. Nothing is coerced: "64", 64.0 and True are not 64.
 
-def check_int(name: str, value: Any, minimum: int | None = None) -> int:
-    """`value` as an int: a Python or numpy integer, never a bool; at least `minimum` if given."""
+def check_int(name: str, value: Any, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """`value` as an int: a Python or numpy integer, never a bool; at least `minimum` and at
+    most `maximum` where given."""
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or (minimum is not None and value < minimum)):
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{name}={value!r} must be an integer{bound}")
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        bounds = [f"{op} {b}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
+        raise ValueError(f"{name}={value!r} must be an integer{' ' if bounds else ''}"
+                         f"{' and '.join(bounds)}")
     return int(value)
 
 
@@ -99,7 +105,8 @@ class ModelConfig:
     cache (`cache_dtype`, default the activation dtype) are separate, so training can keep
     float32 master weights under bfloat16 compute.
 
-    Sizes are positive integers (never bools); rope_theta and norm_eps finite and > 0,
+    Sizes are positive integers (never bools) up to INT32_LIMIT (token ids and positions are
+    int32: a larger vocabulary or position limit would wrap silently); rope_theta and norm_eps finite and > 0,
     initializer_range finite and >= 0, rotary_pct in (0, 1] (ints accepted, stored as floats);
     the flags are True or False. Anything else raises ValueError: such a model would not fail
     loudly but produce NaN logits.
@@ -131,8 +138,8 @@ class ModelConfig:
             raise ValueError(f"family={self.family!r} is not one of {FAMILIES}")
         sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                  "num_kv_heads", "head_dim", "max_position_embeddings")
-        set_frozen(self, **{name: check_int(name, getattr(self, name), minimum=1)
-                            for name in sizes})
+        set_frozen(self, **{name: check_int(name, getattr(self, name), minimum=1,
+                                            maximum=INT32_LIMIT) for name in sizes})
         if self.parallel_residual is None:
             set_frozen(self, parallel_residual=self.family == "gpt_neox")
         set_frozen(self, **{name: check_bool(name, getattr(self, name))

@@ -332,6 +332,7 @@ BAD_HF_VALUES = {
     "llama3 missing factor": (_hf(rope_parameters=_without(_llama3_rope(), "factor")),
                               "factor", "llama3"),
     "missing vocab_size": (_without(_hf(), "vocab_size"), "vocab_size", "missing"),
+    "vocab_size 10**12": (_hf(vocab_size=10**12), "vocab_size", "1000000000000"),
     "rope_parameters a list": (_hf(rope_parameters=[1e4]), "rope_parameters", "[10000.0]"),
 }
 
@@ -418,6 +419,9 @@ BAD_MODEL_VALUES = {
     "vocab_size true": (dict(vocab_size=True), "vocab_size", "True"),
     "num_layers true": (dict(num_layers=True), "num_layers", "True"),
     "head_dim 16.0": (dict(head_dim=16.0), "head_dim", "16.0"),
+    "max_position_embeddings beyond int32": (dict(max_position_embeddings=10**12),
+                                             "max_position_embeddings", "1000000000000"),
+    "vocab_size beyond int32": (dict(vocab_size=2**31 + 1), "vocab_size", "2147483649"),
     "tie_embeddings 1": (dict(tie_embeddings=1), "tie_embeddings", "1"),
     "use_rope 'false'": (dict(use_rope="false"), "use_rope", "'false'"),
     "parallel_residual on llama": (dict(parallel_residual=True), "parallel_residual", "True"),

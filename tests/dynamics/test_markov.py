@@ -149,6 +149,17 @@ def test_prefix_or_map_of_another_prompt_or_model_is_refused(model):
     np.testing.assert_array_equal(same.next, suffix_map(model, prompt, rows, progress=False).next)
 
 
+def test_offsets_beyond_int32_positions_are_refused(model):
+    """Positions are int32: a limit beyond 2**31 is refused with the config, so an offset of
+    2**32 + 5 cannot pass the range check and wrap to the map at offset 5."""
+    with pytest.raises(ValueError, match="max_position_embeddings=1000000000000 must be"):
+        CFG.replace(max_position_embeddings=10**12)
+    wide = ds.Model(CFG.replace(max_position_embeddings=2**31), model.params)
+    prompt = ds.prompts.random_tokens(CFG.vocab_size, 20, seed=2)
+    with pytest.raises(ValueError, match="offset 4294967301 .* exceeds max_position_embed"):
+        markov_map(wide, prompt, offset=2**32 + 5, progress=False)
+
+
 def test_tiny_temperatures_are_refused_or_exact(model):
     """A subnormal temperature (flushed to 0) gave all-NaN kernel rows; the smallest normal
     one gives the greedy map as a kernel: probability 1 on f_P(v)."""
