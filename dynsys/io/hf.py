@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +133,8 @@ def _check_target(directory: Path, cfg: ModelConfig) -> None:
     if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return
     try:
-        old_type = json.loads((directory / "config.json").read_text()).get("model_type")
+        old_type = json.loads(checkpoint_file(directory, "config.json").read_text()).get(
+            "model_type")
     except (OSError, ValueError, AttributeError):
         old_type = None
     weights = (directory / "model.safetensors").exists() or (directory / _INDEX).exists()
@@ -193,28 +195,56 @@ def _write_checkpoint(model: Model, directory: Path, max_shard_bytes: int) -> No
     (directory / _INDEX).write_text(json.dumps(index, indent=2))
 
 
+def checkpoint_file(directory: str | Path, name: str) -> Path | None:
+    """directory / name, or None where there is no such entry; refused (ValueError naming it)
+    where it resolves outside `directory` (a symbolic link or a name with "..": its target's
+    bytes would be read or copied as the checkpoint's) or is not a regular file (a named pipe
+    would block open(), a device or a directory would not read as the file). The one policy
+    for every file a checkpoint is read or copied from."""
+    directory = Path(directory)
+    path = directory / name
+    target = path.resolve()
+    if not target.is_relative_to(directory.resolve()):
+        raise ValueError(f"{path} resolves to {target}, outside the checkpoint {directory}; "
+                         "refusing to read it")
+    if not os.path.lexists(path):
+        return None
+    try:
+        mode = os.stat(target).st_mode
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file (a named pipe, device or directory); "
+                         "refusing to read it")
+    return path
+
+
 def _weight_files(directory: Path) -> list[Path]:
     """The safetensors files of a checkpoint: model.safetensors, or the files named by the
-    index's weight_map (each inside `directory`); both at once is ambiguous and refused."""
-    index, single = directory / _INDEX, directory / "model.safetensors"
-    if index.exists() and single.exists():
+    index's weight_map (each inside `directory`); both at once is ambiguous and refused, and
+    each passes `checkpoint_file`."""
+    index = checkpoint_file(directory, _INDEX)
+    single = checkpoint_file(directory, "model.safetensors")
+    if index and single:
         raise ValueError(f"{directory} holds both model.safetensors and {_INDEX}; it is "
                          "ambiguous which weights are meant (remove the stale one)")
-    if single.exists():
+    if single:
         return [single]
-    if not index.exists():
+    if not index:
         raise FileNotFoundError(f"{directory} holds neither model.safetensors nor {_INDEX} "
                                 "(only safetensors are read)")
     try:
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{index} is not a safetensors index with a weight_map: {e}") from None
-    root = directory.resolve()
     files = []
     for name in names:
-        if not isinstance(name, str) or (directory / name).resolve().parent != root:
-            raise ValueError(f"{index} points at {name!r}, outside {directory}")
-        files.append(directory / name)
+        if not isinstance(name, str):
+            raise ValueError(f"{index} points at {name!r}, not a file name")
+        path = checkpoint_file(directory, name)
+        if path is None:
+            raise ValueError(f"{index} points at {name!r}, which {directory} does not hold")
+        files.append(path)
     return files
 
 
@@ -295,8 +325,8 @@ def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None =
 def _tokenizer(directory: Path, cfg: ModelConfig) -> Tokenizer | None:
     """The checkpoint's tokenizer.json, if it has one; a ValueError if it does not read or
     holds ids the model has no embedding for."""
-    path = directory / "tokenizer.json"
-    if not path.is_file():
+    path = checkpoint_file(directory, "tokenizer.json")
+    if path is None:
         return None
     try:
         tokenizer = Tokenizer.from_file(str(path))
@@ -325,7 +355,7 @@ def checkpoint_digest(name_or_path: str | Path) -> str:
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     index = [directory / _INDEX] if (directory / _INDEX).exists() else []
     h = hashlib.sha256()
-    for path in [directory / "config.json", *index, *weights]:
+    for path in [_config_file(directory), *index, *weights]:
         h.update(path.name.encode() + b"\0")
         with open(path, "rb") as f:
             while block := f.read(1 << 24):
@@ -333,15 +363,20 @@ def checkpoint_digest(name_or_path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _config_file(directory: Path) -> Path:
+    """The checkpoint's config.json (FileNotFoundError if absent; see `checkpoint_file`)."""
+    path = checkpoint_file(directory, "config.json")
+    if path is None:
+        raise FileNotFoundError(f"{directory / 'config.json'} does not exist")
+    return path
+
+
 def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConfig:
     """The config of a preset or of a local HF checkpoint directory, without its weights."""
     if str(name_or_path) in PRESETS:
         cfg = preset(str(name_or_path))
     elif Path(name_or_path).is_dir():
-        path = Path(name_or_path) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
-        cfg = from_hf_config(json.loads(path.read_text()))
+        cfg = from_hf_config(json.loads(_config_file(Path(name_or_path)).read_text()))
     else:
         raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
                          "local checkpoint directory")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from dynsys.config import PRESETS
 from dynsys.config.model import check_float, check_int, set_frozen
-from dynsys.io import checkpoint_digest, load, save_hf
+from dynsys.io import checkpoint_digest, checkpoint_file, load, save_hf
 from dynsys.nn import Model
 
 OPS: tuple[str, ...] = ("zero", "flip", "scale")
@@ -131,8 +131,8 @@ def save_edited(source: str | Path, edit: NeuronEdit, directory: str | Path,
         (staging / "edit.json").write_text(json.dumps(record, indent=2))
         if not preset:
             for name in TOKENIZER_FILES:
-                if (Path(source) / name).is_file():
-                    shutil.copyfile(Path(source) / name, staging / name)
+                if path := checkpoint_file(source, name):  # never a link's outside target
+                    shutil.copyfile(path, staging / name)
         os.rename(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,5 +1,7 @@
 import json
+import os
 import re
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +11,12 @@ import torch
 import transformers
 from conftest import CONFIGS, hf_logits
 from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 
 from dynsys.config import to_hf_config
 from dynsys.decode import forward
-from dynsys.io import load, load_hf, save_hf
+from dynsys.io import checkpoint_digest, load, load_hf, save_hf
 
 
 def assert_same_params(a, b):
@@ -217,6 +221,69 @@ def test_non_finite_bfloat16_tensor_is_refused(model_of, tmp_path):
     _rewrite(tmp_path, poison)
     with pytest.raises(ValueError, match=re.escape(name) + ".*non-finite"):
         load_hf(tmp_path)
+
+
+def _checkpoint_with_tokenizer(model, directory, shards: bool):
+    save_hf(model, directory, max_shard_bytes=1 << 14 if shards else 2 << 30)
+    Tokenizer(WordLevel({"a": 0, "b": 1}, unk_token="a")).save(str(directory / "tokenizer.json"))
+    return directory
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json",
+                                  "model.safetensors.index.json", "model-00001-of-"])
+def test_a_link_resolving_outside_the_checkpoint_is_refused(name, model_of, tmp_path):
+    """One policy for every file kind: its bytes are never read through a link that leaves
+    the checkpoint (symlinked shards were refused, config.json and the weights followed)."""
+    directory = _checkpoint_with_tokenizer(model_of("llama-g1"), tmp_path / "c",
+                                           shards="index" in name or "-of-" in name)
+    (path,) = [p for p in directory.iterdir() if p.name.startswith(name)]
+    outside = tmp_path / "elsewhere" / path.name
+    outside.parent.mkdir()
+    path.rename(outside)
+    path.symlink_to(outside)
+    for call in (load_hf, checkpoint_digest):
+        if name == "tokenizer.json" and call is checkpoint_digest:
+            continue
+        with pytest.raises(ValueError, match=re.escape(f"{path} resolves to {outside}, outside")):
+            call(directory)
+    path.unlink()  # a link within the checkpoint is followed
+    (directory / "real").mkdir()
+    outside.rename(directory / "real" / path.name)
+    path.symlink_to(directory / "real" / path.name)
+    load_hf(directory)
+
+
+def finished_within(call, seconds: float):
+    """call() in a thread: the exception it raised, or None if it was still running after
+    `seconds` (a blocked open() cannot be interrupted otherwise)."""
+    raised = []
+
+    def target():
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - returned to the test
+            raised.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return raised[0] if raised else None
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_a_named_pipe_in_a_checkpoint_is_refused_without_blocking(name, model_of, tmp_path):
+    directory = _checkpoint_with_tokenizer(model_of("llama-g1"), tmp_path, shards=False)
+    (directory / name).unlink()
+    os.mkfifo(directory / name)
+    try:
+        error = finished_within(lambda: load_hf(directory), 30)
+        assert isinstance(error, ValueError), error
+        assert f"{directory / name} is not a regular file" in str(error)
+    finally:  # release a reader blocked in open(), if any
+        try:
+            os.close(os.open(directory / name, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
 
 
 def test_corrupt_safetensors_is_a_value_error_naming_the_file(model_of, tmp_path):

@@ -198,3 +198,17 @@ def test_cli_edit_refuses_an_existing_out_and_a_missing_checkpoint(source, tmp_p
     refused(invoke("edit", missing, "--neuron", "0:1", "--op", "zero", "--out",
                    tmp_path / "new"), missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "tokenizer.json"])
+def test_cli_edit_refuses_a_tokenizer_file_linked_outside(models, tmp_path, name):
+    """A tokenizer file that is a link out of the checkpoint is refused: its target (any file
+    the user can read) was copied into the new checkpoint as a 0644 regular file."""
+    source = save_hf(models["llama"], tmp_path / "ckpt")
+    secret = tmp_path / "secret"
+    secret.write_text('{"secret": 1}')
+    (source / name).symlink_to(secret)
+    out = tmp_path / "edited"
+    refused(invoke("edit", source, "--neuron", "0:1", "--op", "zero", "--out", out),
+            source / name, "outside the checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "secret"]
