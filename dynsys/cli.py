@@ -32,7 +32,7 @@ from dynsys.dynamics.orbits import check_map
 from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
-from dynsys.runs import load_npz, open_run, read_run, save_npz_atomic
+from dynsys.runs import check_npz_target, load_npz, open_run, read_run, save_npz_atomic
 from dynsys.sharding import parse_mesh
 from dynsys.studies import training
 from dynsys.studies.finding import RULE, summary, write_report
@@ -253,6 +253,7 @@ def map_(model: str = MODEL, seed: int = SEED,
     are kept in OUT.chunks, which is removed once OUT is written; with several processes
     (DYNSYS_NUM_PROCESSES, docs/scaling.md) the chunks are shared out, process 0 writes OUT
     and OUT.chunks stays, as another process may still be reading it)."""
+    check_npz_target(out)
     net = load(model, seed=seed, mesh=None if mesh is None else parse_mesh(mesh)).with_rope(rope)
     prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
     chunks = out.with_name(out.stem + ".chunks")

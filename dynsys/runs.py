@@ -70,9 +70,24 @@ def atomic_path(path) -> Iterator[Path]:
         raise
 
 
+def check_npz_target(path) -> Path:
+    """`path` as a Path if an .npz archive can be written there (ValueError naming it
+    otherwise): its name ends in .npz (np.savez appends .npz to any other name), it is not a
+    directory and its directory exists. Check before the work whose result it will hold."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"{path} does not end in .npz; an .npz archive is written there")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the name of the .npz file to write")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent} (the directory of {path}) is not a directory")
+    return path
+
+
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    """np.savez through `atomic_path`: `path` is absent, as it was, or complete."""
-    with atomic_path(path) as tmp:
+    """np.savez through `atomic_path`, to a `check_npz_target`: `path` is absent, as it was,
+    or complete."""
+    with atomic_path(check_npz_target(path)) as tmp:
         np.savez(tmp, **arrays)
 
 

@@ -97,6 +97,20 @@ def test_map_and_orbits(tmp_path):
     assert says(result, "random mapping")
 
 
+@pytest.mark.parametrize("out, message", [
+    ("m/map.txt", "does not end in .npz"), ("taken.npz", "is a directory"),
+    ("missing/map.npz", "is not a directory")])
+def test_map_checks_out_before_computing(tmp_path, monkeypatch, out, message):
+    """A bad --out failed only after the whole map, with a misleading rename error, and left
+    a temporary (np.savez appends .npz to its name) behind."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "taken.npz").mkdir()
+    monkeypatch.setattr(cli, "markov_map", lambda *a, **k: pytest.fail("computed"))
+    result = invoke("map", "--length", "8", "--out", str(tmp_path / out))
+    assert result.exit_code == 2 and says(result, str(tmp_path / out)) and says(result, message)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["m", "taken.npz"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["run", "e99"], "unknown experiment 'e99'"),
     (["run", "e2", "--set", "steps=3"], "unknown setting(s) 'steps'"),
