@@ -72,8 +72,9 @@ class Config(Settings):
     repeats: int = 3  # a cycle counts when it is repeated at least this many times
     top: int = 10  # attractor tokens listed per RoPE setting
 
-    LIMITS = {"seed": 0, "ngrams": 1, "length": 1, "new_tokens": 1, "prompts": 1, "batch": 1,
-              "repeats": 2, "top": 1}
+    # A prompt holds its N-gram at least twice (shorter, it is not repeated at all).
+    LIMITS = {"seed": 0, "ngrams": 1, "length": lambda c: 2 * max(c.ngrams), "new_tokens": 1,
+              "prompts": 1, "batch": 1, "repeats": 2, "top": 1}
 
     def positions(self) -> int:
         """Positions of a unit's longest sequence: the prompt and the tokens after it."""

@@ -60,7 +60,8 @@ def test_settings_are_checked():
     ("e1", {"ngrams": [2, 2]}, "e1: ngrams=[2, 2] repeats 2"),
     ("e1", {"new_tokens": 0}, "e1: new_tokens=0 must be >= 1"),
     ("e1", {"top": 0}, "e1: top=0 must be >= 1"),
-    ("e1", {"length": -5}, "e1: length=-5 must be >= 1"),
+    ("e1", {"length": -5}, "e1: length=-5 must be >= 8"),  # twice the longest N-gram, 4
+    ("e1", {"ngrams": [300], "length": 8}, "e1: length=8 must be >= 600"),
     ("e2", {"G": -1}, "e2: G=-1 must be >= 4"),
     ("e2", {"prompts": 0}, "e2: prompts=0 must be >= 1"),
     ("e2", {"lengths": []}, "e2: lengths=[] must be a non-empty list of integers"),
