@@ -109,6 +109,9 @@ def load_npz(path) -> dict[str, np.ndarray]:
                              f"({type(e).__name__}: {e})") from None
 
 
+CHUNK_TAG = "__chunk__"  # the array of a stored chunk naming its computation and rows
+
+
 def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
             fingerprint: str = "", description: str = "", progress: bool = True,
             share: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
@@ -117,7 +120,8 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
 
     With `store` (a directory), each finished chunk is saved there atomically and a rerun
     with the same `fingerprint` (what the chunks depend on) loads it instead of computing it
-    again; a directory holding another fingerprint is an error, and an unreadable chunk is
+    again; a directory holding another fingerprint is an error, and an unreadable chunk, or
+    one that does not carry this fingerprint and its rows (copied from another store), is
     computed again.
 
     With a store and several processes (dynsys.distributed: DYNSYS_NUM_PROCESSES, or
@@ -142,6 +146,24 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
     def name(start: int) -> str:
         return f"chunk_{start // chunk:06d}.npz"
 
+    def tag(start: int) -> np.ndarray:
+        """What a chunk file carries (as CHUNK_TAG) to be taken for rows [start, stop)."""
+        return np.array(f"{fingerprint} rows {start}..{min(start + chunk, total)}")
+
+    def load(start: int) -> dict[str, np.ndarray] | None:
+        """The stored chunk at `start`, or None: absent, unreadable or another's."""
+        try:
+            part = load_npz(store / name(start))
+        except (FileNotFoundError, UnreadableFile):
+            return None
+        return part if str(part.pop(CHUNK_TAG, None)) == str(tag(start)) else None
+
+    def computed(start: int) -> dict[str, np.ndarray]:
+        part = compute(start, min(start + chunk, total))
+        if store is not None:
+            save_npz_atomic(store / name(start), **part, **{CHUNK_TAG: tag(start)})
+        return part
+
     mine = set(distributed.share(starts, (index, count)))
     parts = {}
     with Progress(disable=not progress, transient=True) as bar:
@@ -149,28 +171,16 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
         for start in starts:
             if start not in mine:
                 continue
-            stop = min(start + chunk, total)
-            path = store / name(start) if store is not None else None
-            try:
-                part = load_npz(path) if path is not None else None
-            except (FileNotFoundError, UnreadableFile):
-                part = None
-            if part is None:
-                part = compute(start, stop)
-                if path is not None:
-                    save_npz_atomic(path, **part)
-            parts[start] = part
-            bar.advance(task, stop - start)
+            part = load(start) if store is not None else None
+            parts[start] = computed(start) if part is None else part
+            bar.advance(task, min(start + chunk, total) - start)
     if count > 1:  # the other processes' chunks, from the shared store
         others = [s for s in starts if s not in mine]
         distributed.wait_for(lambda: [name(s) for s in others if not (store / name(s)).exists()],
                              f"{store}: process {index} of {count}")
-        for start in others:
-            try:
-                parts[start] = load_npz(store / name(start))
-            except UnreadableFile:  # damaged: compute it here
-                parts[start] = compute(start, min(start + chunk, total))
-                save_npz_atomic(store / name(start), **parts[start])
+        for start in others:  # damaged or another's: compute it here
+            part = load(start)
+            parts[start] = computed(start) if part is None else part
     return [parts[start] for start in starts]
 
 

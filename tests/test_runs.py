@@ -196,3 +196,32 @@ def test_resume_needs_the_same_inputs(tmp_path, caplog):
     assert again.meta["inputs"] == {"model": "bbb"}
     assert json.loads((tmp_path / "run.json").read_text())["inputs"] == {"model": "bbb"}
     assert any("records no inputs" in r.getMessage() for r in caplog.records)
+
+
+def test_a_chunk_from_another_computation_or_place_is_computed_again(tmp_path):
+    """Only chunks.json carried the fingerprint: a chunk_000001.npz copied from another
+    prompt's store (or another chunk's file) was taken as this computation's rows."""
+    def rows_of(offset):
+        def compute(start, stop):
+            calls.append(start)
+            return {"x": np.arange(start, stop) + offset}
+        return compute
+
+    calls = []
+    mine = runs.chunked(12, 4, rows_of(0), store=tmp_path / "a", fingerprint="a",
+                        progress=False)
+    runs.chunked(12, 4, rows_of(100), store=tmp_path / "b", fingerprint="b", progress=False)
+    (tmp_path / "a" / "chunk_000001.npz").write_bytes(
+        (tmp_path / "b" / "chunk_000001.npz").read_bytes())  # another prompt's rows 4..8
+    (tmp_path / "a" / "chunk_000002.npz").write_bytes(
+        (tmp_path / "a" / "chunk_000000.npz").read_bytes())  # this one's rows 0..4
+    calls.clear()
+    again = runs.chunked(12, 4, rows_of(0), store=tmp_path / "a", fingerprint="a",
+                         progress=False)
+    assert calls == [4, 8]
+    for a, b in zip(again, mine):
+        assert a.keys() == {"x"}
+        np.testing.assert_array_equal(a["x"], b["x"])
+    calls.clear()
+    runs.chunked(12, 4, rows_of(0), store=tmp_path / "a", fingerprint="a", progress=False)
+    assert calls == []  # the recomputed chunks were stored with their tags
