@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from rich.console import Console
@@ -78,7 +80,20 @@ def test_verify_runs_the_small_scale_and_prints_the_verdict(tmp_path, monkeypatc
     result = invoke("verify", "--out", str(tmp_path), "-e", "e2")
     assert result.exit_code == 0, result.output
     assert says(result, "grows towards 1") and says(result, "tested claims:")
+    assert says(result, "checks:") and says(result, "manipulation checks:")
+    assert says(result, "Holm")
     assert (tmp_path / "e2" / "figures" / "e2_agreement.pdf").exists()
+    written = json.loads((tmp_path / "findings.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "findings.schema.json")
+                        .read_text())
+    jsonschema.validate(written, schema)
+    assert {r["experiment"] for r in written["findings"]} == {"e2"}
+    assert (tmp_path / "findings.csv").exists()
+    # a rerun resumes (nothing recomputed) and prints the same findings as JSON on stdout
+    result = invoke("verify", "--out", str(tmp_path), "-e", "e2", "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["findings"] == written["findings"]
 
 
 def test_map_and_orbits(tmp_path):
@@ -109,6 +124,18 @@ def test_map_checks_out_before_computing(tmp_path, monkeypatch, out, message):
     result = invoke("map", "--length", "8", "--out", str(tmp_path / out))
     assert result.exit_code == 2 and says(result, str(tmp_path / out)) and says(result, message)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m", "taken.npz"]
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"llama"', ""])
+def test_a_checkpoint_whose_config_json_is_not_an_object_is_named(tmp_path, content):
+    """An AttributeError traceback before; now one line naming the file, and no run
+    directory."""
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text(content)
+    result = invoke("run", "e2", "--set", f"model={tmp_path / 'ckpt'}", "--out",
+                    str(tmp_path / "r"))
+    assert result.exit_code == 2 and says(result, str(tmp_path / "ckpt" / "config.json"))
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -28,6 +28,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import stats
+from scipy.special import gammaln
 
 from dynsys.stats.verdict import (FAILS, HOLDS, INCONCLUSIVE, LEVEL, Evidence, Verdict,
                                   decide)
@@ -140,6 +141,24 @@ class Equivalence:
         decision nearer to being made."""
         return Evidence(self.difference, self.interval, self.n, self.margin, "inside",
                     min(self.p, self.p_outside), self.verdict, 1 - 2 * self.alpha)
+
+
+def equivalence_power(n: int, discordance: float, margin: float, alpha: float = 0.05,
+                      difference: float = 0.0) -> float:
+    """P(paired_equivalence holds) for n pairs whose discordant pairs fall either way with
+    q_b = (discordance + difference)/2 and q_c = (discordance − difference)/2, computed
+    exactly over the multinomial of (b, c) (every b + c <= n)."""
+    q_b, q_c = (discordance + difference) / 2, (discordance - difference) / 2
+    if not (0 <= q_c and 0 <= q_b and q_b + q_c <= 1):
+        raise ValueError(f"discordance={discordance}, difference={difference} give no "
+                         f"probabilities")
+    b, c = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    b, c = b[b + c <= n], c[b + c <= n]
+    lo, hi = tango_interval(b, c, n, 1 - 2 * alpha)
+    log = gammaln(n + 1) - gammaln(b + 1) - gammaln(c + 1) - gammaln(n - b - c + 1)
+    for count, q in ((b, q_b), (c, q_c), (n - b - c, 1 - q_b - q_c)):
+        log = log + np.where(count > 0, count * np.log(max(q, 1e-300)), 0.0)
+    return float(np.exp(log)[(lo > -margin) & (hi < margin)].sum())
 
 
 def paired_equivalence(x, y, margin: float, alpha: float = 0.05) -> Equivalence:

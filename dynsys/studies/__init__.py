@@ -115,7 +115,8 @@ def run_study(name: str, out, scale: str = "small", overrides: dict | None = Non
     inputs: resuming with other weights under the same name is refused."""
     module = study(name)
     config = config_for(name, scale, overrides)
-    run = open_run(out, module.NAME, config, seeds={"seed": getattr(config, "seed", None)},
+    seeds = {"seed": getattr(config, "seed", None), **getattr(config, "seed_sets", dict)()}
+    run = open_run(out, module.NAME, config, seeds=seeds,
                    inputs={"model": model_digest(name, config)})
     module.run(run, config, progress=progress)
     if not isinstance(config, Training):

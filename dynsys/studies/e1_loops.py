@@ -21,7 +21,9 @@ dynsys.stats.decide on an exact interval against a threshold fixed here before t
    The argument predicts it in its regime (G ≪ n), where a trace is the orbit of one map
    with few cyclic points; a trace that leaves its loop for another settles late;
 3. looping does not depend on the positional encoding: on the same prompts, the loop shares
-   with RoPE on and off differ by less than MARGIN (paired TOST; McNemar's test alongside);
+   with RoPE on and off differ by less than MARGIN, and so do the shares of traces that end
+   in a fixed point (the shortest terminal cycle, where RoPE's effect shows first; paired
+   TOSTs; McNemar's test and the TOST's power at no difference alongside);
 4. H. Fan's observation of the loop timeline: most traces start with a uni-gram loop
    (share > MOST) ...
 5. ... and move on to longer loops: in most traces the last loop has a longer period than
@@ -46,7 +48,7 @@ from dynsys.dynamics.nullmodel import random_map_null
 from dynsys.dynamics.traces import Periodicity, loop_segments, periodicity_batch
 from dynsys.io import load, load_config
 from dynsys.runs import Run
-from dynsys.stats import mcnemar, paired_equivalence, proportion_test
+from dynsys.stats import equivalence_power, mcnemar, paired_equivalence, proportion_test
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
@@ -241,20 +243,31 @@ def _proportion(claim: str, hits: np.ndarray, threshold: float, detail: str) -> 
                                 f"[{lo:.2f}, {hi:.2f}]; {detail}", test.verdict, test=test)
 
 
-def _rope_finding(rows: dict) -> Finding:
-    """Claim 3: paired TOST of loop / no loop on the same (N, prompt), RoPE on vs off."""
+ROPE_OUTCOMES = {"loop": ("traces that loop", lambda shortest: shortest > 0),
+                 "fixed point": ("traces that end in a fixed point",
+                                 lambda shortest: shortest == 1)}
+
+
+def _rope_finding(rows: dict, outcome: str) -> Finding:
+    """Claim 3 on one outcome (ROPE_OUTCOMES): paired TOST of the outcome on the same (N,
+    prompt), RoPE on vs off, with the test's power at no difference for the observed rate of
+    discordant pairs (dynsys.stats.equivalence_power)."""
+    name, indicator = ROPE_OUTCOMES[outcome]
     pairs = sorted(key for key in rows if key[0] and (False, *key[1:]) in rows)
-    on = np.array([rows[key]["shortest"] > 0 for key in pairs])
-    off = np.array([rows[(False, *key[1:])]["shortest"] > 0 for key in pairs])
+    on = np.array([indicator(rows[key]["shortest"]) for key in pairs])
+    off = np.array([indicator(rows[(False, *key[1:])]["shortest"]) for key in pairs])
     test = paired_equivalence(on, off, MARGIN)
     lo, hi = test.interval
+    discordant = int((on != off).sum())
+    power = equivalence_power(test.n, discordant / test.n, MARGIN)
     return Finding(
-        NAME, f"looping does not depend on the positional encoding: on the same prompts, the "
-              f"shares of traces that loop with RoPE on and off differ by less than {MARGIN} "
-              f"(paired TOST of Tango's score tests, 90% interval)",
+        NAME, f"the positional encoding does not change the share of {name}: on the same "
+              f"prompts, RoPE on and off differ by less than {MARGIN} (paired TOST of Tango's "
+              f"score tests, 90% interval)",
         f"{on.mean():.2f} on vs {off.mean():.2f} off; paired difference {test.difference:+.3f} "
-        f"[{lo:.3f}, {hi:.3f}], n = {test.n} pairs, {int((on != off).sum())} discordant "
-        f"(McNemar p = {mcnemar(on, off):.2f})", test.verdict, test=test.test)
+        f"[{lo:.3f}, {hi:.3f}], n = {test.n} pairs, {discordant} discordant "
+        f"(McNemar p = {mcnemar(on, off):.2f}); power at no difference with this discordance "
+        f"{power:.2f}", test.verdict, test=test.test)
 
 
 def _claims(null: dict, repeats: int) -> list[tuple[str, object, float, object]]:
@@ -295,7 +308,7 @@ def findings(run: Run) -> list[Finding]:
                           threshold, detail(per_rope[rope]))
               for claim, hits, threshold, detail in _claims(null, run.config["repeats"])
               for rope in ROPES]
-    out = [*tested[:4], _rope_finding(rows), *tested[4:]]
+    out = [*tested[:4], *(_rope_finding(rows, o) for o in ROPE_OUTCOMES), *tested[4:]]
     lengths = run.read_table("cycle_lengths")
     attractors = _optional_table(run, "attractors")
     for rope in ROPES:

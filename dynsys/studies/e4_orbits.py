@@ -151,6 +151,15 @@ def mc_pvalue(observed: float, draws: np.ndarray, tail: str) -> tuple[float, tup
     return min(1.0, factor * (1 + k) / (M + 1)), (min(1.0, factor * lo), min(1.0, factor * hi))
 
 
+def opposite_pvalue(observed: float, draws: np.ndarray, tail: str) -> float:
+    """The Monte Carlo p-value of the tail opposite to `tail`: for "lower", P(T* ≥ T) as
+    (1 + k)/(M + 1) (evidence that T is above the null's, against a "fewer" claim); for
+    "two-sided", 1 (a claim of a difference has no opposite to test without a margin)."""
+    if tail == "two-sided":
+        return 1.0
+    return (1 + int((draws >= observed).sum())) / (len(draws) + 1)
+
+
 def run(run: Run, config: Config, progress: bool = True) -> None:
     model = functools.cache(lambda: load(config.model, seed=config.seed))  # only if needed
 
@@ -221,8 +230,7 @@ def mc_table(run: Run, config: Config, uniform: np.ndarray) -> list[dict]:
                               config.null_samples)
         for null, draws in (("uniform", uniform), ("shuffle", shuffled)):
             p, (lo, hi) = mc_pvalue(observed, draws, NULLS[null][0])
-            other = (1 + int((draws >= observed).sum())) / (len(draws) + 1) \
-                if NULLS[null][0] == "lower" else 1.0
+            other = opposite_pvalue(observed, draws, NULLS[null][0])
             rows.append({"rope": rope, "kind": kind, "n": n, "null": null,
                          "tail": NULLS[null][0], "prompts": len(maps), "observed": observed,
                          "null_mean": float(draws.mean()), "draws": len(draws),

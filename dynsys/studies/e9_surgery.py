@@ -271,7 +271,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     traces = run.load("base")
     half = config.prompts // 2
     loc_traces = np.concatenate([traces[kind][:half] for kind in KINDS])
-    test_traces = np.concatenate([traces[kind][half:] for kind in KINDS])
+    test_traces = evaluation_traces(traces, half)
 
     def ablation() -> dict:
         sweep = ablation_sweep(model(), loc, G, config.components, "zero", k=k)
@@ -367,6 +367,11 @@ def surface_arrays(surfaces) -> dict:
 
 # --- tables --------------------------------------------------------------------------------
 
+def evaluation_traces(traces: dict, half: int) -> np.ndarray:
+    """The test prompts' traces: each kind's traces from index `half` on, kinds in order."""
+    return np.concatenate([traces[kind][half:] for kind in KINDS])
+
+
 def rate_row(flags: np.ndarray) -> dict:
     lo, hi = proportion_interval(int(flags.sum()), flags.size, LEVEL)
     return {"rate": float(flags.mean()), "rate_lo": lo, "rate_hi": hi}
@@ -428,7 +433,7 @@ def write_tables(run: Run, config: Config, unit: dict, traces: dict, found: dict
                      for row in fix_table(op, kk, u, test_kinds)]
         attractor_rows += attractor_table(op, kk, u)
     base = run.load("maps")
-    test_traces = np.concatenate([traces[kind][half:] for kind in KINDS])
+    test_traces = evaluation_traces(traces, half)
     for name in BREAKERS:
         u = run.load(breaker_unit(name))
         u = {"loop_before": looping(test_traces, k), "loop_after": looping(u["traces"], k),
@@ -599,6 +604,7 @@ def findings(run: Run) -> list[Finding]:
                            "loops: no candidates, no edits", None))
     reference = np.mean([r["near"] for r in run.read_table("attractors")
                          if r["fix"] == "unedited"])
+    before = looping(evaluation_traces(run.load("base"), config["prompts"] // 2), config["repeats"])
     for name in BREAKERS:
         u = run.load(breaker_unit(name))
         # no-repeat-ngram forbids repeating an n-gram, so a loop (a period repeated three
@@ -606,7 +612,8 @@ def findings(run: Run) -> list[Finding]:
         kind, why = (CHECK, "; by construction: no n-gram repeats") if name == "ngram" \
             else (TEST, "")
         out.append(rate_finding(f"the breaker {name} lowers the loop rate on held-out test "
-                                f"prompts{why}", u["loop_before"], u["loop_after"], kind))
+                                f"prompts{why}", before, looping(u["traces"], config["repeats"]),
+                                kind))
         out.append(stay_finding(f"with {name}, the trace from a map prompt stays near the "
                                 "attractor of f_P its greedy trace ends in (the breaker changes "
                                 f"the loop's surface, not the attractor): more than "

@@ -19,7 +19,8 @@ import typing
 from typing import ClassVar
 
 # type → (one, several), as error messages name them
-_KINDS = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+_KINDS = {int: ("an integer in (-2**63, 2**63)", "integers in (-2**63, 2**63)"),
+          float: ("a finite number", "finite numbers"),
           str: ("a non-empty string", "non-empty strings")}
 
 
@@ -49,7 +50,7 @@ def _is(kind: type, value) -> bool:
         return type(value) in (int, float) and math.isfinite(value)
     if kind is str:
         return type(value) is str and value != ""
-    return type(value) is kind
+    return type(value) is kind and (kind is not int or abs(value) < 2**63)
 
 
 def _typed(name: str, hint, value):

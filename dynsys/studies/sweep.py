@@ -37,9 +37,8 @@ from dynsys.stats.verdict import Verdict
 MIN_PROMPTS = 8
 
 
-def _unit(model: Model, kind: str, n: int, seeds: int, G: int, ngram: int) -> dict:
-    batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram)
-                      for s in range(seeds)])
+def _unit(model: Model, kind: str, n: int, seeds: range, G: int, ngram: int) -> dict:
+    batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram) for s in seeds])
     traces = np.asarray(generate(model, batch, G))
     # one map call per prompt: rows 0..G−2 at offset 0 (f_P), rows G−1.. at offset t−1
     offsets = np.concatenate([np.zeros(G - 1, int), np.arange(G - 1)])
@@ -59,8 +58,10 @@ def unit_name(rope: bool, kind: str, n: int) -> str:
 
 def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int = 64,
                     seeds: int = 8, kinds=PROMPT_KINDS, ropes=(True, False), ngram: int = 3,
-                    run: Run | None = None, progress: bool = True) -> list[dict]:
-    """Per (rope, kind, n): arrays agree_markov / agree_position [seeds, G−1] and the traces.
+                    run: Run | None = None, progress: bool = True,
+                    first_seed: int = 0) -> list[dict]:
+    """Per (rope, kind, n): arrays agree_markov / agree_position [seeds, G−1] and the traces,
+    the prompts drawn with seeds first_seed, ..., first_seed + seeds − 1.
 
     With a run directory, units already there are loaded, not recomputed (the run's config
     must pin the model and these settings; see dynsys.runs.open_run).
@@ -72,7 +73,8 @@ def agreement_sweep(model: Model, lengths=(64, 256, 1024, 4096, 16384), G: int =
     units = list(itertools.product(ropes, kinds, lengths))
 
     def compute(rope: bool, kind: str, n: int) -> dict:
-        return _unit(model.with_rope(rope), kind, n, seeds, G, ngram)
+        return _unit(model.with_rope(rope), kind, n, range(first_seed, first_seed + seeds), G,
+                     ngram)
 
     if run is None:
         with Progress(disable=not progress) as bar:

@@ -10,7 +10,7 @@ import pytest
 
 import dynsys as ds
 from dynsys.dynamics.nullmodel import random_mapping_expectations
-from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, decide, proportion_interval
+from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, proportion_interval
 from dynsys.studies import e4_orbits, run_study
 from dynsys.studies.e4_orbits import (ALPHA, cyclic_points, mc_pvalue, shuffle_draws,
                                       mc_finding, uniform_draws)
@@ -177,7 +177,8 @@ def test_findings_follow_the_table(done):
     assert len(found) == len(tested) + 2 + 1  # the tests, basin per RoPE setting, on / off
     for f, r in zip(found, tested):
         assert f.experiment == "e4" and f"{r['kind']} prompts" in f.claim
-        assert f.verdict == decide((r["p_lo"], r["p_hi"]), ALPHA, "below")
+        expected = HOLDS if r["p"] <= ALPHA else FAILS if r["p_other"] <= ALPHA else INCONCLUSIVE
+        assert f.verdict == expected and f.test.p == min(r["p"], r["p_other"])
     assert found[0].claim.startswith("f_P has fewer cyclic points than a uniform random mapping")
     assert found[1].claim.startswith("f_P has a different number of cyclic points than its "
                                      "in-degree-preserving shuffles")
@@ -188,16 +189,21 @@ def synthetic_row(observed: float, draws: np.ndarray, null: str) -> dict:
     p, (lo, hi) = mc_pvalue(observed, draws, e4_orbits.NULLS[null][0])
     return {"rope": True, "kind": "random", "n": 1024, "null": null, "prompts": 8,
             "observed": observed, "null_mean": draws.mean(), "draws": len(draws), "p": p,
-            "p_lo": lo, "p_hi": hi}
+            "p_lo": lo, "p_hi": hi,
+            "p_other": e4_orbits.opposite_pvalue(observed, draws, e4_orbits.NULLS[null][0])}
 
 
 @pytest.mark.parametrize("null", ["uniform", "shuffle"])
 def test_claims_on_synthetic_draws(null):
-    """Draws ~ N(28, 5): an observation 6 sd out holds; one at the centre fails; one at the
-    two-sided 5% point with 40 draws cannot be told from the level."""
+    """Draws ~ N(28, 5): an observation 6 sd below holds; one at the centre is absence of
+    evidence (inconclusive, not fails); 6 sd above fails the one-sided "fewer" claim and
+    leaves the two-sided claim inconclusive (no margin to fail against); one at the 5% point
+    with 40 draws cannot be told from the level."""
     draws = 28 + 5 * np.random.default_rng(0).standard_normal(999)
     assert mc_finding(synthetic_row(-2.0, draws, null)).verdict == HOLDS
-    assert mc_finding(synthetic_row(28.0, draws, null)).verdict == FAILS
+    assert mc_finding(synthetic_row(28.0, draws, null)).verdict == INCONCLUSIVE
+    above = mc_finding(synthetic_row(58.0, draws, null)).verdict
+    assert above == (FAILS if null == "uniform" else HOLDS)
     few = 28 + 5 * np.random.default_rng(1).standard_normal(40)
     edge = np.sort(few)[0 if null == "shuffle" else 1]  # p = 3/41 (lower), 4/41 (two-sided)
     found = mc_finding(synthetic_row(edge, few, null))

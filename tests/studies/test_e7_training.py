@@ -12,7 +12,6 @@ from dynsys.data import load_tokenizer
 from dynsys.io import load_config
 from dynsys.studies import e7_training, render_run, run_study, training
 from dynsys.dynamics.traces import min_cycle_anywhere
-from dynsys.stats import paired_difference
 from dynsys.data import EOT, english, split
 from dynsys.studies.e7_training import MAPS, Config, loop_findings, unit_name
 from dynsys.theory.concentration import attention_concentration
@@ -197,9 +196,12 @@ def test_figures_and_findings(study):
     assert_figures(run, ("e7_cycle_lengths", "e7_training", "e7_probes"))
     found = e7_training.findings(run)
     assert len(found) == 7 and all(f.experiment == "e7" for f in found)
-    assert all(f.verdict in ("holds", "fails", "inconclusive") for f in found[:3] + found[5:6])
+    assert all(f.verdict in ("holds", "fails", "inconclusive") for f in found[:3])
     final, unigram = run.read_table("training")[-1], run.read_table("tokens")[0]
     assert found[3].verdict == decided(final["heldout_loss"] < unigram["unigram_heldout_loss"])
+    assert found[3].kind == "manipulation"  # (d) rests on it: testable only on a trained model
+    assert found[5].verdict in (("holds", "fails", "inconclusive") if found[3].verdict == "holds"
+                                else ("not testable here",))
     assert found[4].verdict is None and found[6].verdict is None
     lengths = {step: np.array([brute_end(t) for t in run.load(unit_name(step, "random"))
                                ["traces"]]) for step in STEPS}
@@ -276,15 +278,17 @@ def test_findings_are_inconclusive_on_a_few_prompts():
     assert verdicts(lengths) == ["inconclusive"] * 3
 
 
-def test_paired_difference_is_exact_mcnemar_in_interval_form():
-    x = np.array([1] * 30 + [0] * 5 + [1] * 10 + [0] * 55, bool)  # b = 30, c = 5, n = 100
-    y = np.array([0] * 30 + [1] * 5 + [1] * 10 + [0] * 55, bool)
-    d, (lo, hi) = paired_difference(x, y)
-    assert d == pytest.approx(0.25)
-    low, high = ds.stats.proportion_interval(30, 35)
-    assert (lo, hi) == pytest.approx(((2 * low - 1) * 0.35, (2 * high - 1) * 0.35))
-    assert paired_difference(x, x) == (0.0, (0.0, 0.0))
-    assert paired_difference(y, x)[1] == pytest.approx((-hi, -lo))
+def test_peak_is_chosen_on_half_the_prompts_and_tested_on_the_other():
+    """Even-numbered prompts loop most at step 2, odd-numbered ones at step 4: the peak is
+    step 2 (chosen on the even ones) and every claim is tested on the 100 odd ones."""
+    n = 200
+    even = np.arange(n) % 2 == 0
+    lengths = {0: np.zeros(n, int), 2: np.where(even, 1, 0), 4: np.where(even, 0, 1),
+               100: np.zeros(n, int)}
+    found = loop_findings(lengths)
+    assert "step 2" in found[0].claim and "tested on the other 100" in found[0].claim
+    assert found[0].test.n == 100 and found[0].test.estimate == 0.0
+    assert "0.00 at step 0 -> 0.00 at step 2" in found[0].measured
 
 
 def test_reinforcement_claim_holds_fails_and_is_undecided():

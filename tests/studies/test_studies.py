@@ -67,6 +67,7 @@ def test_settings_are_checked():
     ("e2", {"lengths": []}, "e2: lengths=[] must be a non-empty list of integers"),
     ("e2", {"lengths": [64, 0]}, "e2: lengths=[64, 0] must hold only values >= 1"),
     ("e2", {"seed": -1}, "e2: seed=-1 must be >= 0"),
+    ("e2", {"seed": 2**64}, "e2: seed=18446744073709551616 must be an integer in"),
     ("e2", {"ngram": 0}, "e2: ngram=0 must be >= 1"),
     ("e2", {"kinds": ["words"]}, "e2: kinds=['words'] must hold only values in ('ngram', "
                                  "'random')"),
