@@ -38,10 +38,18 @@ def test_full_map_equals_brute_force(model):
 
 
 def test_ties_break_to_lowest_id():
+    """Zero blocks, an embedding of ones, unit norm: every hidden state is all ones, and the
+    head makes tokens 3 and 5 tie above the rest. (All logits equal is refused: see
+    test_constant_logits_raise_instead_of_mapping_to_token_0.)"""
     cfg = CFG.replace(vocab_size=16)
     params = jax.tree_util.tree_map(np.zeros_like, ds.init_params(cfg, 0))
+    params["embed"]["embedding"] = np.ones_like(params["embed"]["embedding"])
+    params["final_norm"]["scale"] = np.ones_like(params["final_norm"]["scale"])
+    head = np.full_like(params["lm_head"]["kernel"], -1.0)
+    head[[3, 5]] = 1.0
+    params["lm_head"]["kernel"] = head
     fmap = markov_map(ds.Model(cfg, params), [1, 2, 3], progress=False)
-    np.testing.assert_array_equal(fmap.next, 0)  # all logits equal
+    np.testing.assert_array_equal(fmap.next, 3)
     np.testing.assert_array_equal(fmap.margin, 0)
 
 
