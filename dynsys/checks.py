@@ -56,6 +56,14 @@ def check_temperature(value, greedy: bool = False) -> float:
     return float(value)
 
 
+def check_seed(seed) -> int:
+    """A random seed as an int: a Python or numpy integer (never a bool or a float) in
+    [0, 2**63), which jax.random.PRNGKey and numpy's generators both take."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
+    return int(seed)
+
+
 class NonFiniteError(ValueError):
     """The model produced NaN, infinite or constant logits (broken weights or an overflow): the
     argmax would be token 0, and a trace of zeros would look like a period-1 loop."""

@@ -7,7 +7,7 @@ import pytest
 from dynsys.nn.cache import empty_rows
 from dynsys.checks import check_positions, check_tokens, usable_logits
 from dynsys.decode import forward, generate, prefill, step
-from dynsys.nn import Model
+from dynsys.nn import Model, init_params
 from dynsys.decode.sampling import Sampler
 
 V = 257  # vocabulary of CONFIGS["llama-g1"]
@@ -138,3 +138,12 @@ def test_usable_logits_flags_non_finite_and_constant_rows():
     expected = [True, False, False, False, False, False, True]
     assert usable_logits(rows).tolist() == expected
     assert np.asarray(jax.jit(usable_logits)(rows)).tolist() == expected
+
+
+@pytest.mark.parametrize("seed", [1.5, 2**64, -1, True])
+def test_seeds_are_integers_a_prng_key_takes(seed, model):
+    """2**64 overflowed inside jax.random.PRNGKey, 1.5 failed in a trace."""
+    with pytest.raises(ValueError, match=re.escape(f"seed={seed!r} must be an integer")):
+        generate(model, ids(1, 4), 2, seed=seed)
+    with pytest.raises(ValueError, match=re.escape(f"seed={seed!r} must be an integer")):
+        init_params(model.config, seed)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dynsys.checks import check_finite, check_positions, check_tokens, usable_logits
+from dynsys.checks import (check_finite, check_positions, check_seed, check_tokens,
+                           usable_logits)
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
@@ -347,6 +348,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
             raise ValueError(f"record names an unknown site {name!r}; sites: "
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
     check_edits(edits, cfg.num_layers)
+    seed = check_seed(seed)
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     longest = int(mask.sum(1).max())
     if longest + max_new_tokens > cfg.max_position_embeddings:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from dynsys.checks import check_temperature
 from dynsys.config import check_float, check_int, set_frozen
+from dynsys.config.model import INT32_LIMIT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +33,12 @@ class Sampler:
     if L_v >= dry_allowed_length a, the score s_v becomes s_v − m·dry_base^(L_v − a). Matches
     may overlap the suffix (x = 1 1 1: L_1 = 2).
 
-    Accepted: temperature 0 or >= dynsys.checks.MIN_TEMPERATURE, 0 < top_p <= 1, repetition_penalty > 0, dry_multiplier >= 0 and
-    dry_base >= 1, finite numbers (ints and numpy scalars too, stored as float); top_k >= 0,
-    no_repeat_ngram_size >= 0, dry_allowed_length >= 1 and dry_penalty_last_n >= 0, integers
-    (numpy integers too, stored as int; never bools or floats); dry_sequence_breakers, a tuple or
-    list of token ids >= 0 (stored as a tuple of int). Anything else is a ValueError."""
+    Accepted: temperature 0 or >= dynsys.checks.MIN_TEMPERATURE, 0 < top_p <= 1,
+    repetition_penalty > 0, dry_multiplier >= 0 and dry_base >= 1, finite numbers (ints and
+    numpy scalars too, stored as float); top_k >= 0, no_repeat_ngram_size >= 0,
+    dry_allowed_length >= 1 and dry_penalty_last_n >= 0, integers (numpy integers too, stored
+    as int; never bools or floats; the traced ones below 2**31); dry_sequence_breakers, a tuple
+    or list of token ids >= 0 (stored as a tuple of int). Anything else is a ValueError."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -55,7 +57,7 @@ class Sampler:
                              "tuple of token ids")
         set_frozen(
             self, temperature=check_temperature(self.temperature, greedy=True),
-            top_k=check_int("top_k", self.top_k, minimum=0),
+            top_k=check_int("top_k", self.top_k, minimum=0, maximum=INT32_LIMIT - 1),
             top_p=check_float("top_p", self.top_p, above=0, at_most=1),
             repetition_penalty=check_float("repetition_penalty", self.repetition_penalty, above=0),
             no_repeat_ngram_size=check_int("no_repeat_ngram_size", self.no_repeat_ngram_size,
@@ -63,11 +65,12 @@ class Sampler:
             dry_multiplier=check_float("dry_multiplier", self.dry_multiplier, at_least=0),
             dry_base=check_float("dry_base", self.dry_base, at_least=1),
             dry_allowed_length=check_int("dry_allowed_length", self.dry_allowed_length,
-                                         minimum=1),
-            dry_sequence_breakers=tuple(check_int("dry_sequence_breakers", t, minimum=0)
+                                         minimum=1, maximum=INT32_LIMIT - 1),
+            dry_sequence_breakers=tuple(check_int("dry_sequence_breakers", t, minimum=0,
+                                                  maximum=INT32_LIMIT - 1)
                                         for t in self.dry_sequence_breakers),
             dry_penalty_last_n=check_int("dry_penalty_last_n", self.dry_penalty_last_n,
-                                         minimum=0))
+                                         minimum=0, maximum=INT32_LIMIT - 1))
 
     @property
     def kind(self) -> tuple[bool, bool, bool, bool, int, bool]:

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from dynsys.checks import check_finite, check_temperature, check_tokens, usable_logits
-from dynsys.config import ModelConfig
+from dynsys.config import ModelConfig, check_int
 from dynsys.decode import last_logits, prefix_for, sampling
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix, source_digest
@@ -100,13 +100,11 @@ def suffix_map(model: Model, prompt, suffixes, *, offset=0, chunk: int = 1024,
     if n + offsets.max() + k > cfg.max_position_embeddings:
         raise ValueError(f"prompt length {n} + offset {offsets.max()} + suffix length {k} "
                          f"exceeds max_position_embeddings={cfg.max_position_embeddings}")
-    if not 0 <= kernel_k <= cfg.vocab_size:
+    if not 0 <= check_int("kernel_k", kernel_k) <= cfg.vocab_size:
         raise ValueError(f"kernel_k={kernel_k} must lie in [0, {cfg.vocab_size}]")
     if kernel_k:
         temperature = check_temperature(temperature)
-    if chunk < 1:
-        raise ValueError(f"chunk={chunk} must be positive")
-    chunk = min(chunk, m)
+    chunk = min(check_int("chunk", chunk, minimum=1), m)
     prefix = prefix_for(model, prompt, prefix)
 
     positions = (n + offsets[:, None] + np.arange(k)).astype(np.int32)

@@ -376,7 +376,15 @@ def load_config(name_or_path: str | Path, dtype: str | None = None) -> ModelConf
     if str(name_or_path) in PRESETS:
         cfg = preset(str(name_or_path))
     elif Path(name_or_path).is_dir():
-        cfg = from_hf_config(json.loads(_config_file(Path(name_or_path)).read_text()))
+        path = _config_file(Path(name_or_path))
+        try:
+            fields = json.loads(path.read_bytes().decode("utf-8"))
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path} is not UTF-8 JSON ({e})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path} holds {json.dumps(fields)[:40]}, not an object of config "
+                             "fields")
+        cfg = from_hf_config(fields)
     else:
         raise ValueError(f"{str(name_or_path)!r} is neither a preset ({sorted(PRESETS)}) nor a "
                          "local checkpoint directory")

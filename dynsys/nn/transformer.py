@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dynsys.checks import check_seed
 from dynsys.config import ModelConfig
 from dynsys.nn.attention import Segment, attend
 from dynsys.nn.blockwise import causal_attention
@@ -165,7 +166,7 @@ def _init_boxed(cfg: ModelConfig, seed: int) -> dict:
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
     """Random parameters drawn like Hugging Face's `_init_weights` (see module docstring)."""
-    return nn.meta.unbox(_init_boxed(cfg, seed))
+    return nn.meta.unbox(_init_boxed(cfg, check_seed(seed)))
 
 
 def param_axes(cfg: ModelConfig) -> dict:

@@ -214,6 +214,7 @@ BAD_SAMPLERS = {  # case: (fields, the bad value's repr in the message)
     "top_k 2.5": (dict(top_k=2.5), "2.5"),
     "top_k true": (dict(top_k=True), "True"),
     "top_k -1": (dict(top_k=-1), "-1"),
+    "top_k 2**31": (dict(top_k=2**31), "2147483648"),
     "no_repeat_ngram_size 1.5": (dict(no_repeat_ngram_size=1.5), "1.5"),
     "no_repeat_ngram_size true": (dict(no_repeat_ngram_size=True), "True"),
     "temperature '0.5'": (dict(temperature="0.5"), "'0.5'"),

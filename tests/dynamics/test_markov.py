@@ -121,6 +121,9 @@ def test_resume_recomputes_only_missing_chunks(model, tmp_path, monkeypatch):
 
 def test_bad_input(model):
     prompt = [1, 2, 3]
+    for name in ("chunk", "kernel_k"):
+        with pytest.raises(ValueError, match=f"{name}=2.5 must be an integer"):
+            markov_map(model, prompt, progress=False, **{name: 2.5})
     with pytest.raises(ValueError, match="64"):
         markov_map(model, [1, 64, 2], progress=False)
     with pytest.raises(ValueError, match="empty"):

@@ -16,7 +16,7 @@ from tokenizers.models import WordLevel
 
 from dynsys.config import to_hf_config
 from dynsys.decode import forward
-from dynsys.io import checkpoint_digest, load, load_hf, save_hf
+from dynsys.io import checkpoint_digest, load, load_config, load_hf, save_hf
 
 
 def assert_same_params(a, b):
@@ -284,6 +284,16 @@ def test_a_named_pipe_in_a_checkpoint_is_refused_without_blocking(name, model_of
             os.close(os.open(directory / name, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b'"llama"', b"", b"\xff\xfe{}"],
+                         ids=["list", "null", "string", "empty", "not-utf8"])
+def test_a_config_json_that_is_not_an_object_is_refused_naming_it(content, model_of, tmp_path):
+    save_hf(model_of("llama-g1"), tmp_path)
+    (tmp_path / "config.json").write_bytes(content)
+    for call in (load_config, load_hf):
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json"))):
+            call(tmp_path)
 
 
 def test_corrupt_safetensors_is_a_value_error_naming_the_file(model_of, tmp_path):

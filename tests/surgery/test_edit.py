@@ -212,3 +212,11 @@ def test_cli_edit_refuses_a_tokenizer_file_linked_outside(models, tmp_path, name
     refused(invoke("edit", source, "--neuron", "0:1", "--op", "zero", "--out", out),
             source / name, "outside the checkpoint")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "secret"]
+
+
+def test_cli_edit_refuses_a_config_json_that_is_not_an_object(models, tmp_path):
+    source = save_hf(models["llama"], tmp_path / "ckpt")
+    (source / "config.json").write_text("[]")
+    refused(invoke("edit", source, "--neuron", "0:1", "--op", "zero", "--out",
+                   tmp_path / "edited"), source / "config.json", "not an object")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
