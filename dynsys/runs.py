@@ -135,7 +135,11 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
         store = Path(store)
         store.mkdir(parents=True, exist_ok=True)
         meta = store / "chunks.json"
-        if meta.exists() and json.loads(meta.read_text()).get("fingerprint") != fingerprint:
+        try:
+            held = json.loads(meta.read_text()).get("fingerprint", fingerprint)
+        except (FileNotFoundError, ValueError, AttributeError):  # none, or damaged: rewritten
+            held = fingerprint  # (each chunk carries its own fingerprint)
+        if held != fingerprint:
             raise ValueError(f"{store} holds chunks of a different computation (model, prompt, "
                              "rows, offsets, chunk or kernel differ); use another directory")
         with atomic_path(meta) as tmp:

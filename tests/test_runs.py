@@ -225,3 +225,22 @@ def test_a_chunk_from_another_computation_or_place_is_computed_again(tmp_path):
     calls.clear()
     runs.chunked(12, 4, rows_of(0), store=tmp_path / "a", fingerprint="a", progress=False)
     assert calls == []  # the recomputed chunks were stored with their tags
+
+
+@pytest.mark.parametrize("damage", ["[]", "{", '{"rows": 12}'])
+def test_a_damaged_chunks_json_is_rewritten(tmp_path, damage):
+    """chunks.json holding a list was an AttributeError; each chunk carries its own
+    fingerprint, so the stored chunks still count."""
+    calls = []
+
+    def compute(start, stop):
+        calls.append(start)
+        return {"x": np.arange(start, stop)}
+
+    first = runs.chunked(12, 4, compute, store=tmp_path, fingerprint="a", progress=False)
+    (tmp_path / "chunks.json").write_text(damage)
+    calls.clear()
+    again = runs.chunked(12, 4, compute, store=tmp_path, fingerprint="a", progress=False)
+    assert calls == [] and json.loads((tmp_path / "chunks.json").read_text())["fingerprint"] == "a"
+    for a, b in zip(again, first):
+        np.testing.assert_array_equal(a["x"], b["x"])
