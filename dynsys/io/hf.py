@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -280,15 +281,20 @@ def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None =
     (dynsys.sharding.make_mesh) each parameter goes straight from the file onto the mesh, split
     over its "model" axis (dynsys.sharding.place).
 
-    Missing, unexpected or mis-shaped tensors raise ValueError naming them.
+    Missing, unexpected or mis-shaped tensors raise ValueError naming them; a config with
+    more layers than the tensors hold is refused first, before every layer's tensors are
+    listed and shaped (num_hidden_layers 10**6 took minutes and gigabytes to fail).
     """
     directory = Path(directory)
     cfg = load_config(directory, dtype)
     tensors = _read_tensors(directory)
     if cfg.tie_embeddings:  # some exports store the tied copy
         tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
-    expected = jax.eval_shape(lambda: init_params(cfg, 0))
-    params: dict = {}
+    held = max((int(m.group(1)) + 1 for name in tensors
+                if (m := re.search(r"\.layers\.(\d+)\.", name))), default=0)
+    if cfg.num_layers > held:  # before listing (or shaping) every layer's tensors: cheap
+        raise ValueError(f"{directory / 'config.json'} has {cfg.num_layers} layers; the "
+                         f"checkpoint's tensors hold {held}")
     layout = list(_layout(cfg))
     names = {t.hf for t in layout}
     if cfg.family == "gpt_neox":
@@ -298,6 +304,8 @@ def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None =
         raise ValueError(f"checkpoint {directory} does not match its config: missing tensors "
                          f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected tensors "
                          f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
+    expected = jax.eval_shape(lambda: init_params(cfg, 0))
+    params: dict = {}
 
     def put(path: tuple[str, ...], value: np.ndarray) -> None:
         _set(params, path, np.asarray(value, jnp.dtype(cfg.dtype)))

@@ -296,6 +296,16 @@ def test_a_config_json_that_is_not_an_object_is_refused_naming_it(content, model
             call(tmp_path)
 
 
+def test_more_layers_than_the_tensors_hold_is_refused_at_once(model_of, tmp_path):
+    """num_hidden_layers 10**6 in config.json: refused before every layer's tensors are listed
+    or shaped (10000 layers took 253 s to fail, 10**6 grew past 4.8 GB)."""
+    save_hf(model_of("llama-g1"), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**6}))
+    with pytest.raises(ValueError, match="has 1000000 layers; the checkpoint's tensors hold 2"):
+        load_hf(tmp_path)
+
+
 def test_corrupt_safetensors_is_a_value_error_naming_the_file(model_of, tmp_path):
     save_hf(model_of("llama-g1"), tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
