@@ -336,6 +336,12 @@ def _parse(text: str):
     return text
 
 
+# run.json's fields that are read, and what each must hold (a damaged or hand-edited file
+# otherwise ends in an AttributeError).
+_META_FIELDS = {"experiment": str, "config": dict, "inputs": dict, "provenance": dict,
+                "resumed": list}
+
+
 def _read_meta(path: Path) -> dict:
     try:
         meta = json.loads((path / "run.json").read_text())
@@ -345,6 +351,10 @@ def _read_meta(path: Path) -> dict:
         raise RunError(f"{path / 'run.json'} is not valid JSON: {e}") from None
     if not isinstance(meta, dict):
         raise RunError(f"{path / 'run.json'} holds {type(meta).__name__}, not a JSON object")
+    for key, kind in _META_FIELDS.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise RunError(f"{path / 'run.json'}'s field {key!r} holds "
+                           f"{type(meta[key]).__name__}, not {kind.__name__}")
     if meta.get("format") != FORMAT:
         writer = meta.get("provenance", {}).get("packages", {}).get("dynsys")
         raise RunError(f"{path} was written in run format {meta.get('format')!r} (dynsys "

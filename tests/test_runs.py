@@ -83,6 +83,23 @@ def test_incompatible_or_foreign_directories_are_refused(tmp_path):
         read_run(tmp_path / "busy")
 
 
+@pytest.mark.parametrize("field, value, kind", [
+    ("resumed", {}, "dict, not list"), ("provenance", "edited", "str, not dict"),
+    ("config", [], "list, not dict")])
+def test_a_tampered_run_json_is_refused_naming_the_field(tmp_path, field, value, kind):
+    """"resumed": {} or a string provenance ended in an AttributeError."""
+    open_run(tmp_path / "r", "demo", Settings())
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    meta[field] = value
+    if field == "provenance":
+        meta["format"] = FORMAT + 1  # the format message reads the provenance
+    (tmp_path / "r" / "run.json").write_text(json.dumps(meta))
+    before = (tmp_path / "r" / "run.json").read_text()
+    with pytest.raises(RunError, match=f"field '{field}' holds {kind}"):
+        open_run(tmp_path / "r", "demo", Settings())
+    assert (tmp_path / "r" / "run.json").read_text() == before
+
+
 def test_atomic_save_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "unit.npz"
     runs.save_npz_atomic(path, x=np.ones(3))
