@@ -1,10 +1,10 @@
 """Benchmark: training tokens/s of dynsys.train against the same step in PyTorch.
 
 One model (llama, ~14M parameters: vocab 4096, hidden 384, 6 layers, 6 heads; untied LM
-head), one batch shape (8 windows of `--context` predicted tokens, 256 by default), float32,
-AdamW with Pythia's hyperparameters and weight-decay groups, clipping at global norm 1: dynsys's jitted
-`train_step` against transformers' `LlamaForCausalLM` (built from the same config with
-`dynsys.to_hf_config`, SDPA attention) with `torch.optim.AdamW` and
+head), one batch shape (`--batch` windows of `--context` predicted tokens, 8 × 256 by
+default), float32, AdamW with Pythia's hyperparameters and weight-decay groups, clipping at
+global norm 1: dynsys's jitted `train_step` against transformers' `LlamaForCausalLM` (built
+from the same config with `dynsys.to_hf_config`, SDPA attention) with `torch.optim.AdamW` and
 `clip_grad_norm_`. After a few warm-up steps of each, the two take turns in rounds (the
 median of a few steps of one, then of the other, then a jitted 2048×2048 float32 matmul), so
 that a slow spell of a shared machine hits both sides alike; medians over the rounds are
