@@ -18,7 +18,8 @@ from dynsys.data.prompts import make_prompt
 from study_helpers import assert_figures
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting
-OVERRIDES = {"lengths": [48, 64], "prompts": 2, "shuffles": 3, "null_samples": 300}
+OVERRIDES = {"lengths": [48, 64], "prompts": 2, "prompt_seed": 0, "shuffles": 3,
+             "null_samples": 300}
 UNITS = 2 * 2 * 2 * 2  # rope × kind × n × prompt
 
 
