@@ -24,6 +24,7 @@ from dynsys import studies, testbeds
 from dynsys.data import prompts
 from dynsys.data.prompts import make_prompt
 from dynsys.decode import generate as generate_tokens
+from dynsys.decode.engine import check_generation_fits
 from dynsys.decode.sampling import Sampler
 from dynsys.distributed import process
 from dynsys.dynamics.markov import markov_map
@@ -32,6 +33,7 @@ from dynsys.dynamics.orbits import check_map
 from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
+from dynsys.nn.cache import bucket
 from dynsys.runs import check_npz_target, load_npz, open_run, read_run, save_npz_atomic
 from dynsys.sharding import parse_mesh
 from dynsys.studies import training
@@ -324,6 +326,7 @@ def generate(
         raise ValueError(f"--prompts-per-n={prompts_per_n} must be at least 1")
     base = load(model, seed=seed, mesh=devices)
     cfg = base.config
+    check_generation_fits(cfg, len(ngram) * prompts_per_n, bucket(length), new_tokens)
     batch = np.stack([prompts.repeated_ngram(cfg.vocab_size, n, length, seed=1000 * n + i)
                       for n in ngram for i in range(prompts_per_n)])
     labels = [(n, i) for n in ngram for i in range(prompts_per_n)]

@@ -126,6 +126,12 @@ def test_map_checks_out_before_computing(tmp_path, monkeypatch, out, message):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m", "taken.npz"]
 
 
+def test_generate_refuses_more_prompts_than_memory_holds_before_making_them(monkeypatch):
+    monkeypatch.setattr(cli.prompts, "repeated_ngram", lambda *a, **k: pytest.fail("made"))
+    result = invoke("generate", "--prompts-per-n", "300000")
+    assert result.exit_code == 2 and says(result, "1200000 prompts of 256 tokens (padded)")
+
+
 @pytest.mark.parametrize("content", ["[]", "null", '"llama"', ""])
 def test_a_checkpoint_whose_config_json_is_not_an_object_is_named(tmp_path, content):
     """An AttributeError traceback before; now one line naming the file, and no run

@@ -8,6 +8,7 @@ map is a step of many rows after one long prefix (docs/concepts.md, "The shared-
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 
 import jax
@@ -315,6 +316,29 @@ def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray
     return tokens, mask
 
 
+def memory_bytes() -> int:
+    """Bytes of memory the devices hold together: each accelerator's bytes_limit, or the
+    host's RAM for CPU devices (which share it)."""
+    stats = [d.memory_stats() or {} for d in jax.devices()]
+    if all("bytes_limit" in s for s in stats):
+        return sum(s["bytes_limit"] for s in stats)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_generation_fits(cfg: ModelConfig, rows: int, width: int, max_new_tokens: int) -> None:
+    """Refuse (ValueError) generating from `rows` prompts padded to `width` tokens when their
+    KV cache and logits alone exceed `memory_bytes()` (XLA would fail with RESOURCE_EXHAUSTED
+    after compiling, or the host would swap). A lower bound of the need: nothing that fits is
+    refused."""
+    cache = (2 * cfg.num_layers * rows * cfg.num_kv_heads * cfg.head_dim
+             * (width + max_new_tokens) * jnp.dtype(cfg.cache_dtype).itemsize)
+    need, have = cache + 4 * rows * cfg.vocab_size, memory_bytes()
+    if need > have:
+        raise ValueError(f"{rows} prompts of {width} tokens (padded) + {max_new_tokens} new "
+                         f"tokens need at least {need / 2**30:.1f} GiB (KV cache and logits); "
+                         f"the devices hold {have / 2**30:.1f} GiB: generate fewer at a time")
+
+
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
              return_margins: bool = False, edits: dict | None = None,
@@ -355,6 +379,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
         raise ValueError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
             f"max_position_embeddings={cfg.max_position_embeddings}")
+    check_generation_fits(cfg, *tokens.shape, max_new_tokens)
     with use(model.params):
         out, margins, finite, recorded = _generate(
             cfg, int(max_new_tokens), sampler.kind, return_margins, model.params,

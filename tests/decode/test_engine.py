@@ -190,6 +190,17 @@ def test_constant_logits_raise_instead_of_looping_on_token_0(how, model_of):
         generate(model, tokens(model, 2, 5), 8)
 
 
+def test_a_generation_larger_than_memory_is_refused_before_compiling(model_of, monkeypatch):
+    """XLA failed with RESOURCE_EXHAUSTED (217 GB) after compiling."""
+    model = model_of("llama-g1")
+    monkeypatch.setattr(dynsys.decode.engine, "memory_bytes", lambda: 2**20)
+    compiled = dynsys.decode.engine._generate._cache_size()
+    with pytest.raises(ValueError, match=r"64 prompts of 16 tokens \(padded\) \+ 8 new tokens "
+                                         r"need at least 0.0 GiB .* hold 0.0 GiB"):
+        generate(model, tokens(model, 64, 5), 8)
+    assert dynsys.decode.engine._generate._cache_size() == compiled
+
+
 def test_max_new_tokens_must_be_a_true_integer(model_of):
     model = model_of("llama-g1")
     for bad in (True, 2.0, 0, -3):
