@@ -33,10 +33,13 @@ Two ways to run P processes, both configured by the environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
 
 ENV_COORDINATOR = "DYNSYS_COORDINATOR"
 ENV_NUM_PROCESSES = "DYNSYS_NUM_PROCESSES"
@@ -44,6 +47,7 @@ ENV_PROCESS_ID = "DYNSYS_PROCESS_ID"
 ENV_WAIT = "DYNSYS_WAIT_S"
 DEFAULT_WAIT_S = 3600.0
 POLL_S = 0.2
+REPORT_S = 60.0  # a waiting process logs what it waits for this often
 
 
 class Incomplete(RuntimeError):
@@ -105,20 +109,33 @@ def wait_seconds() -> float:
     return value
 
 
-def wait_for(missing: Callable[[], list[str]], what: str, timeout: float | None = None) -> None:
+def wait_for(missing: Callable[[], list[str]], what: str, timeout: float | None = None,
+             owner: Callable[[str], int] | None = None) -> None:
     """Return once missing() (the names still absent, e.g. other processes' units) is empty.
-    The clock restarts whenever the list shrinks; after `timeout` seconds (default
-    `wait_seconds()`) without progress, raise Incomplete naming what is missing."""
+    The clock restarts whenever the list shrinks; every REPORT_S seconds the wait is logged,
+    and after `timeout` seconds (default `wait_seconds()`) without progress Incomplete is
+    raised naming what is missing and, given `owner` (name -> process index), whose it is."""
     timeout = wait_seconds() if timeout is None else timeout
     left = missing()
-    since = time.monotonic()
+    since = reported = time.monotonic()
+
+    def whose() -> str:
+        if owner is None:
+            return "other processes"
+        owners = sorted({owner(name) for name in left})
+        return f"process{'es' if len(owners) > 1 else ''} {', '.join(map(str, owners))}"
+
     while left:
         if time.monotonic() - since > timeout:
             shown = ", ".join(left[:8]) + (f" and {len(left) - 8} more" if len(left) > 8 else "")
-            raise Incomplete(f"{what}: {len(left)} unit(s) of other processes still missing "
+            raise Incomplete(f"{what}: {len(left)} unit(s) of {whose()} still missing "
                              f"after {timeout:g} s without progress ({shown}); a process died "
                              "or stalls. What is stored is kept: rerun (with any number of "
                              "processes) to compute only what is missing")
+        if time.monotonic() - reported > REPORT_S:
+            reported = time.monotonic()
+            log.warning("%s: waiting for %d unit(s) of %s (%.0f s without progress; giving "
+                        "up after %g s)", what, len(left), whose(), reported - since, timeout)
         time.sleep(POLL_S)
         now = missing()
         if len(now) < len(left):

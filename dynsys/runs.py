@@ -180,8 +180,9 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
             bar.advance(task, min(start + chunk, total) - start)
     if count > 1:  # the other processes' chunks, from the shared store
         others = [s for s in starts if s not in mine]
+        owners = {name(s): i % count for i, s in enumerate(starts)}
         distributed.wait_for(lambda: [name(s) for s in others if not (store / name(s)).exists()],
-                             f"{store}: process {index} of {count}")
+                             f"{store}: process {index} of {count}", owner=owners.get)
         for start in others:  # damaged or another's: compute it here
             part = load(start)
             parts[start] = computed(start) if part is None else part
@@ -297,9 +298,10 @@ class Run:
             for key in bar.track(todo, description=description):
                 self.save(name(*key), **compute(*key))
         if count > 1:
+            owners = {name(*key): i % count for i, key in enumerate(keys)}
             distributed.wait_for(lambda: [name(*key) for key in keys
                                           if not self._unit(name(*key)).exists()],
-                                 f"{self.path}: process {index} of {count}")
+                                 f"{self.path}: process {index} of {count}", owner=owners.get)
 
     def units(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "units").glob("*.npz")
@@ -392,7 +394,8 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
     index, count = distributed.process()
     if index > 0:
         distributed.wait_for(lambda: [] if (path / "run.json").exists() else ["run.json"],
-                             f"{path}: process {index} of {count} waits for process 0")
+                             f"{path}: process {index} of {count} waits for process 0",
+                             owner=lambda _: 0)
     if (path / "run.json").exists():
         meta = _read_meta(path)
         if meta["experiment"] != experiment:

@@ -244,3 +244,20 @@ def test_process_one_opens_the_run_of_process_zero(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="another config"):
         open_run(tmp_path / "r", "demo", {"n": 2})
     assert (tmp_path / "r" / "run.json").read_text() == before  # process 1 writes nothing
+
+
+def test_a_wait_names_the_missing_process_and_reports_progress(tmp_path, monkeypatch, caplog):
+    """Only process 0 of 3 started: it waited silently, then named no process."""
+    from dynsys import runs
+
+    monkeypatch.setenv(distributed.ENV_WAIT, "0.6")
+    monkeypatch.setattr(distributed, "REPORT_S", 0.2)
+    with caplog.at_level("WARNING", logger="dynsys.distributed"), \
+            pytest.raises(distributed.Incomplete, match=r"4 unit\(s\) of processes 1, 2 still"):
+        runs.chunked(6, 1, lambda a, b: {"x": np.arange(a, b)}, store=tmp_path,
+                     fingerprint="f", progress=False, share=(0, 3))
+    assert "waiting for 4 unit(s) of processes 1, 2" in caplog.text
+    # two processes now: process 0 adds chunks 2 and 4; 3 is there; 1 and 5 are process 1's
+    with pytest.raises(distributed.Incomplete, match=r"2 unit\(s\) of process 1 still"):
+        runs.chunked(6, 1, lambda a, b: {"x": np.arange(a, b)}, store=tmp_path,
+                     fingerprint="f", progress=False, share=(0, 2))
