@@ -9,7 +9,10 @@ from typing import Any
 
 from dynsys.config.model import (Llama3Scaling, ModelConfig, check_bool, check_float, check_int)
 
-_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt_neox": "gpt_neox"}
+# smollm3 is a llama whose layers each use RoPE or not (`no_rope_layers`): a NoPE llama
+# (use_rope=False) is written as one with no RoPE layer.
+_HF_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gpt_neox": "gpt_neox",
+                   "smollm3": "llama"}
 _HF_ACTIVATION = {"llama": "silu", "qwen2": "silu", "gpt_neox": "gelu"}
 # transformers' defaults for the fields a config.json may leave out (they change the math).
 _HF_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -17,6 +20,8 @@ _HF_DEFAULTS: dict[str, dict[str, Any]] = {
     "mistral": {"rms_norm_eps": 1e-6, "tie_word_embeddings": False,
                 "max_position_embeddings": 131072},
     "qwen2": {"rms_norm_eps": 1e-6, "tie_word_embeddings": False, "max_position_embeddings": 32768},
+    "smollm3": {"rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                "max_position_embeddings": 32768, "rope_theta": 2e6},
     "gpt_neox": {"layer_norm_eps": 1e-5, "tie_word_embeddings": False,
                  "max_position_embeddings": 2048, "rotary_pct": 0.25,
                  "use_parallel_residual": True},
@@ -29,6 +34,7 @@ _HF_HANDLED = {
     "rope_theta", "rope_scaling", "rope_parameters", "rotary_pct", "rotary_emb_base",
     "partial_rotary_factor", "use_parallel_residual", "attention_bias", "mlp_bias",
     "pretraining_tp", "sliding_window", "use_sliding_window", "use_mrope", "initializer_range",
+    "no_rope_layers", "no_rope_layer_interval",
 }
 # Fields that do not change the forward pass (tokens, dropout, generation defaults, metadata).
 _HF_INERT = {
@@ -106,7 +112,8 @@ def _rope_from_hf(hf: Mapping[str, Any], model_type: str
                             or isinstance(rope[key][1], bool) != isinstance(value, bool)):
             raise ValueError(f"{field}={value!r} conflicts with {rope[key][0]}={rope[key][1]!r}")
         rope.setdefault(key, (field, value))
-    theta = check_float(*rope.get("rope_theta", ("rope_theta", 10000.0)), above=0)
+    default_theta = _HF_DEFAULTS[model_type].get("rope_theta", 10000.0)
+    theta = check_float(*rope.get("rope_theta", ("rope_theta", default_theta)), above=0)
     default_partial = _HF_DEFAULTS[model_type].get("rotary_pct", 1.0)
     partial = check_float(*rope.get("partial_rotary_factor", ("rotary_pct", default_partial)),
                           above=0, at_most=1)
@@ -168,13 +175,14 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
 
     heads = _hf_get(hf, "num_attention_heads", check_int, minimum=1)
     hidden = _hf_get(hf, "hidden_size", check_int, minimum=1)
+    layers = _hf_get(hf, "num_hidden_layers", check_int, minimum=1)
     eps_key = "layer_norm_eps" if family == "gpt_neox" else "rms_norm_eps"
     return ModelConfig(
         family=family,
         vocab_size=_hf_get(hf, "vocab_size", check_int, minimum=1),
         hidden_size=hidden,
         intermediate_size=_hf_get(hf, "intermediate_size", check_int, minimum=1),
-        num_layers=_hf_get(hf, "num_hidden_layers", check_int, minimum=1),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=_hf_get(hf, "num_key_value_heads", check_int, heads, minimum=1),
         head_dim=_hf_get(hf, "head_dim", check_int, hidden // heads, minimum=1),
@@ -187,16 +195,37 @@ def from_hf_config(hf: Mapping[str, Any] | Any) -> ModelConfig:
                            if family == "gpt_neox" else None),  # transformers' llama ignores it
         max_position_embeddings=_hf_get(hf, "max_position_embeddings", check_int, minimum=1),
         initializer_range=_hf_get(hf, "initializer_range", check_float, 0.02, at_least=0),
+        use_rope=_rope_layers(hf, layers) if model_type == "smollm3" else True,
     )
+
+
+def _rope_layers(hf: Mapping[str, Any], layers: int) -> bool:
+    """Whether every layer of a smollm3 config uses RoPE (True) or none does (False), from
+    `no_rope_layers` (1: RoPE, 0: NoPE), or transformers' default when it is absent (a NoPE
+    layer every `no_rope_layer_interval`); a mixture is not supported."""
+    given = hf.get("no_rope_layers")
+    if given is None:
+        interval = _hf_get(hf, "no_rope_layer_interval", check_int, 4, minimum=1)
+        given = [int((i + 1) % interval != 0) for i in range(layers)]
+    if not isinstance(given, list) or len(given) < layers or any(
+            isinstance(v, bool) or v not in (0, 1) for v in given[:layers]):
+        raise ValueError(f"no_rope_layers={given!r} must list 0 or 1 for each of the "
+                         f"{layers} layers")
+    if len(set(given[:layers])) > 1:
+        raise ValueError(f"no_rope_layers={given!r}: RoPE in some layers only is not "
+                         "supported (all 1: RoPE, all 0: NoPE)")
+    return given[0] == 1
 
 
 def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """The config.json dict of the equivalent Hugging Face model (transformers >= 4.45 format).
 
-    A model with `use_rope=False` has no Hugging Face equivalent and raises ValueError.
+    A llama with `use_rope=False` (NoPE) is a smollm3 without RoPE layers (`no_rope_layers`
+    all 0); another family with `use_rope=False` has no equivalent and raises ValueError.
     """
-    if not cfg.use_rope:
-        raise ValueError("use_rope=False has no Hugging Face equivalent")
+    if not cfg.use_rope and cfg.family != "llama":
+        raise ValueError(f"use_rope=False has no Hugging Face equivalent for {cfg.family} "
+                         "(llama only)")
     if cfg.family == "gpt_neox" and cfg.num_kv_heads != cfg.num_heads:
         raise ValueError(f"gpt_neox has no grouped-query attention (num_kv_heads="
                          f"{cfg.num_kv_heads} != num_heads={cfg.num_heads})")
@@ -234,6 +263,10 @@ def to_hf_config(cfg: ModelConfig) -> dict[str, Any]:
                   rms_norm_eps=cfg.norm_eps)
         if cfg.family == "llama":
             hf.update(attention_bias=False, mlp_bias=False)
+            if not cfg.use_rope:
+                hf.update(model_type="smollm3", architectures=["SmolLM3ForCausalLM"],
+                          no_rope_layers=[0] * cfg.num_layers, use_sliding_window=False,
+                          pad_token_id=None, bos_token_id=None, eos_token_id=None)  # not 128k
         else:
             hf.update(use_sliding_window=False)
     if cfg.rope_scaling is not None:

@@ -139,7 +139,7 @@ def _check_target(directory: Path, cfg: ModelConfig) -> None:
     except (OSError, ValueError, AttributeError):
         old_type = None
     weights = (directory / "model.safetensors").exists() or (directory / _INDEX).exists()
-    if old_type != cfg.family or not weights:
+    if old_type != to_hf_config(cfg)["model_type"] or not weights:
         raise ValueError(f"{directory} is not empty and is not a {cfg.family} checkpoint "
                          f"(config.json model_type {old_type!r}); refusing to overwrite it")
 

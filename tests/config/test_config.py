@@ -225,7 +225,7 @@ def test_invalid_config_raises_naming_field(field):
 
 
 @pytest.mark.parametrize("cfg, field", [
-    (CONFIGS["llama-g1"].with_rope(False), "use_rope"),
+    (CONFIGS["neox-rot25"].with_rope(False), "use_rope"),  # a NoPE llama is a smollm3
     (CONFIGS["neox-rot25"].replace(num_kv_heads=2), "num_kv_heads"),
     (CONFIGS["llama-g1"].replace(rotary_pct=0.5), "rotary_pct"),
 ])
