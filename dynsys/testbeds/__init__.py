@@ -1,6 +1,9 @@
 """dynsys.testbeds: named, registered test beds — a data source with known answers where it
-has them (in-context Markov chains and their Bayes-optimal predictor), a model and a training
-at each scale — trained by `train_testbed` and named by `resolve("NAME@CHECKPOINT")`."""
+has them (in-context Markov chains and their Bayes-optimal predictor; long documents for the
+long-context RoPE and NoPE twins), a model and a training at each scale — trained by
+`train_testbed` and named by `resolve("NAME@CHECKPOINT")`."""
+
+from dynsys.testbeds.language import DocumentSource
 
 from dynsys.testbeds.markov import (
     MarkovSource,
@@ -15,6 +18,7 @@ from dynsys.testbeds.registry import (
     REGISTRY,
     ROOT,
     TESTBEDS,
+    LanguageScale,
     MarkovScale,
     Recipe,
     Scale,
@@ -29,7 +33,8 @@ from dynsys.testbeds.registry import (
 )
 
 __all__ = [
-    "REGISTRY", "ROOT", "TESTBEDS", "MarkovScale", "MarkovSource", "Recipe", "Scale", "Source",
-    "Testbed", "TestbedSummary", "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "counts",
-    "read_registry", "recipe", "resolve", "sample", "summary_rows", "train_testbed",
+    "REGISTRY", "ROOT", "TESTBEDS", "DocumentSource", "LanguageScale", "MarkovScale",
+    "MarkovSource", "Recipe", "Scale", "Source", "Testbed", "TestbedSummary", "bayes_losses",
+    "bayes_map", "bayes_predictive", "bayes_trace", "counts", "read_registry", "recipe",
+    "resolve", "sample", "summary_rows", "train_testbed",
 ]

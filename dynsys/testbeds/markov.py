@@ -93,6 +93,10 @@ class MarkovSource:
         """None: the ids are the alphabet."""
         return None
 
+    def tables(self) -> dict:
+        """{}: the source is its fields."""
+        return {}
+
 
 def sample(source: MarkovSource, split: str, count: int, length: int, seed: int) -> np.ndarray:
     """[count, length] int32 sequences of `source`, each from a fresh chain. Sequences

@@ -7,7 +7,9 @@ test bed and checkpoint: `resolve("markov1-small@final", root)`.
     ROOT/KEY/run.json     the recipe's settings and provenance (dynsys.runs)
     ROOT/KEY/train/       the training directory (dynsys.train; checkpoints/step_XXXXXXX are
                           Hugging Face directories)
-    ROOT/KEY/tables/      training.csv (one row per checkpoint), summary.csv (one row)
+    ROOT/KEY/tables/      training.csv (one row per checkpoint), summary.csv (one row),
+                          and the source's own tables (a corpus's provenance: corpus.csv)
+    ROOT/KEY/tokenizer/   the source's tokenizer, if it has one (also in every checkpoint)
 
 ROOT is the directory holding the run directories (runs/testbeds by default) and KEY a run
 directory's name (NAME-SCALE by default, e.g. runs/testbeds/markov1-small).
@@ -30,14 +32,18 @@ from typing import Protocol
 
 import jax
 import numpy as np
+from tokenizers import Tokenizer
 
 from dynsys.config import ModelConfig, check_int
+from dynsys.data import save_tokenizer
 from dynsys.nn import init_params
 from dynsys.runs import atomic_path, open_run
+from dynsys.testbeds.language import DocumentSource
 from dynsys.testbeds.markov import MarkovSource
 from dynsys.train import TrainConfig, checkpoint_steps, read_log, train
 
 REGISTRY = "testbeds.json"
+ENCODINGS = {True: "RoPE", False: "NoPE"}  # by Scale.rope
 ROOT = Path("runs/testbeds")
 
 
@@ -56,8 +62,13 @@ class Source(Protocol):
     def references(self, windows: np.ndarray) -> dict[str, float]:
         """Held-out losses of reference predictors on windows[:, 1:], by name ({} if none)."""
 
-    def tokenizer(self) -> Path | None:
-        """A directory holding tokenizer.json, or None when the ids are the alphabet."""
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer of the ids (saved into the run and every checkpoint), or None when
+        the ids are the alphabet."""
+
+    def tables(self) -> dict[str, list[dict]]:
+        """Tables describing the data (a corpus's provenance), by name, written into the run
+        ({} if none)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -126,6 +137,33 @@ class MarkovScale(Scale):
         return MarkovSource(self.vocab, self.order, self.alpha)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageScale(Scale):
+    """A Scale trained on long documents (DocumentSource): `shares` of the characters by
+    source, at most `characters` of them (None: all the shares allow), `held_out` of the
+    documents held out, a BPE of `vocab` tokens; grouped-query attention with `kv_heads`
+    key-value heads. Training draws all the train documents' windows (`train_windows` None
+    caps them at steps · batch), seen again every epoch in a new order."""
+
+    vocab: int = 1024
+    kv_heads: int = 2
+    shares: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"python-source": 0.6, "shakespeare": 0.4})
+    characters: int | None = None
+    held_out: float = 0.05
+
+    def source(self) -> DocumentSource:
+        if not isinstance(self.shares, dict):
+            raise ValueError(f"shares={self.shares!r} must map sources to shares")
+        return DocumentSource(tuple(self.shares.items()), self.vocab, self.held_out, self.seed,
+                              self.characters)
+
+    def train_config(self, vocab_size: int) -> TrainConfig:
+        """Scale's TrainConfig with `kv_heads` key-value heads."""
+        made = super().train_config(vocab_size)
+        return dataclasses.replace(made, model=made.model.replace(num_kv_heads=self.kv_heads))
+
+
 @dataclasses.dataclass(frozen=True)
 class Testbed:
     """A named recipe: what it trains, and its settings at each scale."""
@@ -155,6 +193,21 @@ class Recipe:
                 **dataclasses.asdict(self.settings)}
 
 
+# The long-context twins share everything but the positional encoding. Python source weighs
+# 0.6 and the plays 0.4 of the characters: code's long-range copying (names, idioms) is what
+# trains induction heads, and this mixture holds all 38 plays (5.1M characters, the scarce
+# source) beside 7.7M of code, 25% more text than 0.5/0.5. Small: a 2M-character corpus, a
+# tenth of its documents held out (one play of 7), 300 steps of 8 windows of 257 tokens.
+# Paper: 2048 positions, 4 layers of width 256, GQA (4 query heads, 2 key-value heads), 1280
+# steps of 4 windows (10.5M tokens).
+_LONGCTX = {
+    "small": dict(heads=4, seq_len=256, batch=8, steps=300, lr=3e-3, warmup=30,
+                  checkpoint_every=100, save_every=50, heldout_windows=32, vocab=1024,
+                  characters=2_000_000, held_out=0.1),
+    "paper": dict(layers=4, hidden=256, heads=4, ffn=768, seq_len=2048, batch=4, steps=1280,
+                  lr=1e-3, warmup=50, checkpoint_every=256, save_every=20, heldout_windows=16,
+                  vocab=4096),
+}
 # Small (Scale's defaults): 2M tokens, 2-4 minutes on 2 shared cores. Paper: 2048-token
 # windows, 3-18 s a step on 2 shared cores, 8192 training windows (16.8M tokens) seen 4 times.
 _PAPER = dict(layers=2, hidden=128, heads=4, ffn=512, seq_len=2048, batch=8, steps=4000,
@@ -167,6 +220,11 @@ TESTBEDS: dict[str, Testbed] = {
     "markov2": Testbed("in-context order-2 Markov chains (V = 16, α = 0.1)",
                        {"small": MarkovScale(order=2, vocab=16, seq_len=512, batch=8),
                         "paper": MarkovScale(order=2, vocab=16, **_PAPER)}),
+    **{f"longctx-{ENCODINGS[rope].lower()}": Testbed(
+        f"a llama with {ENCODINGS[rope]}{'' if rope else ' (no positional encoding)'} on long "
+        "documents (Python source and Shakespeare), windows from one document each",
+        {scale: LanguageScale(rope=rope, **settings) for scale, settings in _LONGCTX.items()})
+       for rope in (True, False)},
 }
 
 
@@ -221,13 +279,19 @@ def train_testbed(made: Recipe, out_dir: str | Path | None = None, root: str | P
     record it in the registry of out_dir's parent. A directory of other settings is an
     error and nothing is changed (dynsys.runs.open_run, dynsys.train.train)."""
     out_dir = Path(root) / made.key if out_dir is None else Path(out_dir)
-    run = open_run(out_dir, "testbed", made.to_dict(), seeds={"seed": made.settings.seed})
-    register(out_dir, made, None)
+    check_positions(out_dir, made)
     count, held_count = made.settings.windows_drawn()
     seq_len, seed = made.train.seq_len, made.settings.seed
     held = made.source.windows("heldout", held_count, seq_len, seed)
-    done = train(made.train, made.source.windows("train", count, seq_len, seed).ravel(),
-                 held.ravel(), out_dir / "train", made.source.tokenizer(), progress=progress)
+    data = made.source.windows("train", count, seq_len, seed)
+    run = open_run(out_dir, "testbed", made.to_dict(), seeds={"seed": made.settings.seed})
+    register(out_dir, made, None)
+    tokenizer = made.source.tokenizer()
+    for name, rows in made.source.tables().items():
+        run.write_table(name, rows)
+    done = train(made.train, data.ravel(), held.ravel(), out_dir / "train",
+                 None if tokenizer is None else save_tokenizer(tokenizer, out_dir / "tokenizer"),
+                 progress=progress)
     rows = {row["step"]: row for row in read_log(out_dir / "train" / "log.csv")}
     saved = checkpoint_steps(made.train.steps, made.train.checkpoint_every)
     run.write_table("training", [
@@ -243,6 +307,21 @@ def train_testbed(made: Recipe, out_dir: str | Path | None = None, root: str | P
                                 | {f"{name}_loss": v for name, v in summary.references.items()}])
     register(out_dir, made, summary)
     return summary
+
+
+def check_positions(out_dir: Path, made: Recipe) -> None:
+    """ValueError (one line, nothing written) if out_dir holds a test bed whose positional
+    encoding is not made's: a NoPE twin cannot resume or load a RoPE run, nor the reverse."""
+    try:
+        saved = json.loads((out_dir / "run.json").read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no run there, or one that open_run refuses by itself
+    if isinstance(saved, dict) and saved.get("rope") in (True, False) \
+            and saved["rope"] != made.settings.rope:
+        theirs, ours = ENCODINGS[saved["rope"]], ENCODINGS[made.settings.rope]
+        raise ValueError(f"{out_dir} holds {saved.get('testbed')!r}, a {theirs} model, and "
+                         f"{made.name!r} is {ours}: a {ours} twin cannot resume or load a "
+                         f"{theirs} checkpoint; nothing was changed")
 
 
 def _parameters(model: ModelConfig) -> int:
@@ -328,7 +407,7 @@ def summary_rows(summary: TestbedSummary) -> list[tuple[str, str]]:
             ("training time", f"{int(minutes)} min {seconds:.0f} s"),
             ("held-out loss (model)", f"{summary.heldout_loss:.4f}")]
     names = {"bayes": "Bayes-optimal predictor", "unigram": "in-context unigram, Laplace",
-             "uniform": "uniform, ln V"}
+             "train_unigram": "unigram of the train tokens", "uniform": "uniform, ln V"}
     rows += [(f"held-out loss ({names.get(k, k)})", f"{v:.4f}")
              for k, v in summary.references.items()]
     if "bayes" in summary.references and "uniform" in summary.references:
