@@ -317,9 +317,10 @@ def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray
 
 
 def memory_bytes() -> int:
-    """Bytes of memory the devices hold together: each accelerator's bytes_limit, or the
-    host's RAM for CPU devices (which share it)."""
-    stats = [d.memory_stats() or {} for d in jax.devices()]
+    """Bytes of memory this process's devices hold together: each accelerator's bytes_limit,
+    or the host's RAM for CPU devices (which share it). Only addressable devices report
+    their memory (under jax.distributed, jax.devices() also lists other processes')."""
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
     if all("bytes_limit" in s for s in stats):
         return sum(s["bytes_limit"] for s in stats)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
