@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .orbits import check_map, orbits
+from .traces import periodicity_batch
 
 __all__ = [
     "LARGEST_COMPONENT",
@@ -137,6 +138,33 @@ def indegree_shuffle(
     """
     f = check_map(f)
     return f[np.random.default_rng(seed).permutation(f.size)]
+
+
+def indegree_orbit_null(maps: np.ndarray, G: int, repeats: int, shuffles: int,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """The law of a trace's loop statistics when it is the orbit x, g(x), .. (G tokens) of
+    g = f∘σ, σ a uniform permutation (`indegree_shuffle`: g has f's in-degrees, so the hub
+    tokens stay hubs) and x uniform, estimated from `shuffles` draws per map f of `maps`
+    [M, V]: {"cycle": P(minimal cycle length = c), "rho": P(onset + period = r)}, indexed
+    0..G (0 unused), the orbits read as traces exactly as real ones (periodicity_batch with
+    `repeats`); the missing mass is orbits not seen to loop — as `random_map_null`."""
+    maps = np.atleast_2d(np.asarray(maps))
+    rng = np.random.default_rng(seed)
+    orbits_ = []
+    for f in maps:
+        f = check_map(f)
+        for _ in range(shuffles):
+            g = f[rng.permutation(f.size)]
+            x = np.empty(G, np.int64)
+            x[0] = rng.integers(f.size)
+            for t in range(1, G):
+                x[t] = g[x[t - 1]]
+            orbits_.append(x)
+    found = periodicity_batch(np.stack(orbits_), repeats)
+    seen = found.shortest > 0
+    n = len(orbits_)
+    return {"cycle": np.bincount(found.shortest[seen], minlength=G + 1)[:G + 1] / n,
+            "rho": np.bincount((found.onset + found.period)[seen], minlength=G + 1)[:G + 1] / n}
 
 
 def mapping_statistics(f: Sequence[int] | np.ndarray) -> dict[str, float]:

@@ -14,7 +14,10 @@ dynsys.stats.decide on an exact interval against a threshold fixed here before t
 
 1. the traces end in shorter cycles than the orbits of a uniform random map on V, read the
    same way (the null, `random_map_null`): more than the null's share of them end in a cycle
-   no longer than the null's median. The argument predicts it: decoding follows a memory-1
+   no longer than the null's median. Hub tokens alone shorten cycles, so claims 1 and 2 are
+   also tested against a null that keeps them: orbits of f_P∘σ (σ a uniform permutation:
+   f_P's in-degrees, random wiring; `indegree_orbit_null`) for the first `maps` prompts of
+   each N and RoPE setting. The argument predicts it: decoding follows a memory-1
    map, and those maps have far fewer cyclic points than a uniform random one (E4);
 2. they settle into their final loop sooner than such an orbit: onset + period (= tail +
    cycle length for an orbit) is at most the null's median in more than the null's share.
@@ -44,7 +47,8 @@ from matplotlib.patches import Patch
 from dynsys import figstyle
 from dynsys.data import prompts
 from dynsys.decode import generate
-from dynsys.dynamics.nullmodel import random_map_null
+from dynsys.dynamics.markov import markov_map
+from dynsys.dynamics.nullmodel import indegree_orbit_null, random_map_null
 from dynsys.dynamics.traces import Periodicity, loop_segments, periodicity_batch
 from dynsys.io import load, load_config
 from dynsys.runs import Run
@@ -73,10 +77,14 @@ class Config(Settings):
     batch: int = 64  # prompts per unit (one generate call)
     repeats: int = 3  # a cycle counts when it is repeated at least this many times
     top: int = 10  # attractor tokens listed per RoPE setting
+    # prompts per (N, RoPE) whose full map f_P is computed for the in-degree-matched null (0:
+    # none; a map costs V forward rows, about 53 min for llama-3.2-1b on 2 CPU cores)
+    maps: int = 1
+    shuffles: int = 50  # draws of f∘σ per map, each one orbit from a uniform start
 
     # A prompt holds its N-gram at least twice (shorter, it is not repeated at all).
     LIMITS = {"seed": 0, "ngrams": 1, "length": lambda c: 2 * max(c.ngrams), "new_tokens": 1,
-              "prompts": 1, "batch": 1, "repeats": 2, "top": 1}
+              "prompts": 1, "batch": 1, "repeats": 2, "top": 1, "maps": 0, "shuffles": 1}
 
     def positions(self) -> int:
         """Positions of a unit's longest sequence: the prompt and the tokens after it."""
@@ -89,7 +97,8 @@ class Config(Settings):
 # pairs reach it for ψ <= 0.15 (loop shares >= 0.93 on both sides), at about 15 s of greedy
 # decoding on 2 cores; the paper's 1024 pairs for every ψ. 128 traces per RoPE setting give
 # the exact intervals of claims 1, 2, 4 and 5 a half-width of at most 0.09.
-SCALES = {"small": Config(model="tiny", length=256, new_tokens=256, prompts=32, batch=32),
+SCALES = {"small": Config(model="tiny", length=256, new_tokens=256, prompts=32, batch=32,
+                          maps=4),
           "paper": Config()}
 
 
@@ -106,14 +115,28 @@ def _units(config: Config) -> list[tuple[int, int, bool]]:
     return list(itertools.product(config.ngrams, _batches(config), ROPES))
 
 
-def make_prompts(config: Config, vocab_size: int, ngram: int, batch: int) -> np.ndarray:
-    """Prompts [B, length] of batch `batch`: prompt j is the N-gram drawn from seed
-    (config.seed, N, j), repeated to `length` tokens."""
-    rows = range(batch * config.batch, min(config.prompts, (batch + 1) * config.batch))
-    return np.stack([prompts.repeated_ngram(
+def make_prompt(config: Config, vocab_size: int, ngram: int, j: int) -> np.ndarray:
+    """Prompt j [length]: the N-gram drawn from seed (config.seed, N, j), repeated to
+    `length` tokens."""
+    return prompts.repeated_ngram(
         vocab_size, ngram, config.length,
         int(np.random.SeedSequence((config.seed, ngram, j)).generate_state(1)[0]))
-        for j in rows])
+
+
+def make_prompts(config: Config, vocab_size: int, ngram: int, batch: int) -> np.ndarray:
+    """Prompts [B, length] of batch `batch` (make_prompt)."""
+    rows = range(batch * config.batch, min(config.prompts, (batch + 1) * config.batch))
+    return np.stack([make_prompt(config, vocab_size, ngram, j) for j in rows])
+
+
+def map_name(rope: bool, ngram: int, j: int) -> str:
+    return f"map_rope{int(rope)}_N{ngram}_p{j}"
+
+
+def _map_units(config: Config) -> list[tuple[int, int, bool]]:
+    """(N, prompt, rope) of the maps behind the in-degree-matched null."""
+    return list(itertools.product(config.ngrams, range(min(config.maps, config.prompts)),
+                                  ROPES))
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:
@@ -126,6 +149,13 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
 
     run.fill(_units(config), lambda ngram, batch, rope: unit_name(rope, ngram, batch), compute,
              "E1 untrained loops", progress)
+
+    def compute_map(ngram: int, j: int, rope: bool) -> dict:
+        prompt = make_prompt(config, model().config.vocab_size, ngram, j)
+        return {"next": markov_map(model().with_rope(rope), prompt, progress=False).next}
+
+    run.fill(_map_units(config), lambda ngram, j, rope: map_name(rope, ngram, j), compute_map,
+             "E1 maps for the in-degree null", progress)
     write_tables(run, config, load_config(config.model).vocab_size)
 
 
@@ -140,7 +170,17 @@ def write_tables(run: Run, config: Config, vocab_size: int) -> None:
     run.write_table("loops", loop_table(shortest))
     run.write_table("cycle_lengths", cycle_length_table(shortest))
     run.write_table("traces", trace_table(found, timelines))
-    run.write_table("null", null_table(vocab_size, config.new_tokens, config.repeats))
+    nulls = null_table(random_map_null(vocab_size, config.new_tokens, config.repeats),
+                       config.new_tokens, {"null": "uniform", "rope": "", "vocab_size": vocab_size,
+                                           "maps": 0})
+    for rope in ROPES if config.maps else ():
+        maps = np.stack([run.load(map_name(rope, ngram, j))["next"]
+                         for ngram, j, r in _map_units(config) if r == rope])
+        nulls += null_table(indegree_orbit_null(maps, config.new_tokens, config.repeats,
+                                                config.shuffles, config.seed),
+                            config.new_tokens, {"null": "indegree", "rope": rope,
+                                                "vocab_size": vocab_size, "maps": len(maps)})
+    run.write_table("null", nulls)
     for name, rows in (("segments", segment_table(timelines)),
                        ("attractors", attractor_table(traces, shortest, config.top))):
         if rows:
@@ -200,16 +240,17 @@ def segment_table(timelines: dict) -> list[dict]:
             for j, loops in enumerate(rows) for loop in loops]
 
 
-def null_table(vocab_size: int, G: int, repeats: int) -> list[dict]:
-    """Per statistic of `random_map_null`: its median m (the least value with P(<= m) >=
-    1/2; an orbit not seen to loop counts as longer than any, and m = G when most are not)
-    and P(<= m), the thresholds of claims 1 and 2."""
+def null_table(laws: dict[str, np.ndarray], G: int, labels: dict) -> list[dict]:
+    """Per statistic of a null's laws ({"cycle", "rho"}, indexed 0..G; `random_map_null`,
+    `indegree_orbit_null`): its median m (the least value with P(<= m) >= 1/2; an orbit not
+    seen to loop counts as longer than any, and m = G when most are not) and P(<= m), the
+    thresholds of claims 1 and 2, with `labels` (which null) on every row."""
     rows = []
-    for statistic, law in random_map_null(vocab_size, G, repeats).items():
+    for statistic, law in laws.items():
         cdf = np.cumsum(law)
         median = int(np.argmax(cdf >= 0.5)) if cdf[-1] >= 0.5 else G  # G: any loop counts
-        rows.append({"statistic": statistic, "median": median, "share": float(cdf[median]),
-                     "vocab_size": vocab_size, "G": G, "repeats": repeats})
+        rows.append({**labels, "statistic": statistic, "median": median,
+                     "share": float(cdf[median]), "G": G})
     return rows
 
 
@@ -270,11 +311,12 @@ def _rope_finding(rows: dict, outcome: str) -> Finding:
         f"{power:.2f}", test.verdict, test=test.test)
 
 
-def _claims(null: dict, repeats: int) -> list[tuple[str, object, float, object]]:
+def _claims(null: dict, repeats: int, vs: str) -> list[tuple[str, object, float, object]]:
     """Claims 1, 2, 4 and 5 as (claim, hits, threshold, detail): the claim is that the share
-    of traces t with hits(t) is above threshold; detail(t) says more about the sample."""
+    of traces t with hits(t) is above threshold; detail(t) says more about the sample.
+    Claims 1 and 2 compare with the null `null` ({statistic: row of the null table}), which
+    `vs` names."""
     cycle, rho = null["cycle"], null["rho"]
-    vs = f"orbits of a uniform random map on V = {cycle['vocab_size']} tokens"
     return [
         ((f"the traces end in shorter cycles than {vs} (memory-1 null): more than the null's "
           f"{cycle['share']:.2f} of them end in a cycle of length <= {cycle['median']}, its "
@@ -303,12 +345,24 @@ def findings(run: Run) -> list[Finding]:
     columns = ("shortest", "period", "onset", "loops", "first_period", "last_period")
     per_rope = {rope: {c: np.array([r[c] for key, r in rows.items() if key[0] == rope])
                        for c in columns} for rope in ROPES}
-    null = {r["statistic"]: r for r in run.read_table("null")}
+    nulls = run.read_table("null")
+    null = {r["statistic"]: r for r in nulls if r.get("null", "uniform") == "uniform"}
+    repeats = run.config["repeats"]
+    uniform = f"orbits of a uniform random map on V = {null['cycle']['vocab_size']} tokens"
     tested = [_proportion(f"{claim} ({figstyle.rope_label(rope)})", hits(per_rope[rope]),
                           threshold, detail(per_rope[rope]))
-              for claim, hits, threshold, detail in _claims(null, run.config["repeats"])
+              for claim, hits, threshold, detail in _claims(null, repeats, uniform)
               for rope in ROPES]
     out = [*tested[:4], *(_rope_finding(rows, o) for o in ROPE_OUTCOMES), *tested[4:]]
+    for rope in ROPES:  # claims 1 and 2 against the in-degree-matched null, where computed
+        matched = {r["statistic"]: r for r in nulls
+                   if r.get("null") == "indegree" and r["rope"] == rope}
+        if matched:
+            vs = (f"orbits of random maps with f_P's in-degrees (f∘σ, {matched['cycle']['maps']}"
+                  f" maps x {run.config['shuffles']} draws)")
+            out += [_proportion(f"{claim} ({figstyle.rope_label(rope)})", hits(per_rope[rope]),
+                                threshold, detail(per_rope[rope]))
+                    for claim, hits, threshold, detail in _claims(matched, repeats, vs)[:2]]
     lengths = run.read_table("cycle_lengths")
     attractors = _optional_table(run, "attractors")
     for rope in ROPES:

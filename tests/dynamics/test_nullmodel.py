@@ -17,6 +17,7 @@ from dynsys.dynamics.nullmodel import (
     LONGEST_CYCLE,
     LONGEST_TAIL,
     compare_to_null,
+    indegree_orbit_null,
     indegree_shuffle,
     mapping_statistics,
     random_map_null,
@@ -182,3 +183,18 @@ def test_random_map_null_is_exact_on_every_map_of_a_few_tokens():
         law = random_map_null(V, G, k)
         np.testing.assert_allclose(law["cycle"], cycle, atol=1e-12)
         np.testing.assert_allclose(law["rho"], rho, atol=1e-12)
+
+
+def test_indegree_orbit_null_of_uniform_maps_is_the_uniform_law():
+    """A uniform random map's in-degree shuffle is again a uniform random map: the sampled
+    law of orbits read as traces agrees with random_map_null's exact one, and a map with
+    one hub (every token into 0, a fixed point) loops at once."""
+    V, G = 128, 96
+    maps = np.random.default_rng(0).integers(0, V, (40, V))
+    sampled = indegree_orbit_null(maps, G, 3, 50, seed=1)
+    exact = random_map_null(V, G, 3)
+    for statistic in ("cycle", "rho"):
+        gap = np.abs(np.cumsum(sampled[statistic]) - np.cumsum(exact[statistic])).max()
+        assert gap < 4 * np.sqrt(0.25 / 2000), (statistic, gap)
+    hub = indegree_orbit_null(np.zeros((1, V), int), G, 3, 20)
+    assert hub["cycle"][1] == 1.0 and hub["rho"][:3].sum() == 1.0

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 import dynsys as ds
-from dynsys.dynamics.nullmodel import random_mapping
+from dynsys.dynamics.nullmodel import indegree_orbit_null, random_map_null, random_mapping
 from dynsys.runs import open_run
 from dynsys.stats import decide, proportion_interval
 from dynsys.studies import e1_loops, run_study
-from dynsys.dynamics.nullmodel import random_map_null
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
 from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
-SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4)
+SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4, maps=2,
+               shuffles=20)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,8 @@ def test_traces_are_greedy_continuations(study):
 def test_random_map_null_medians_at_the_small_scale():
     """V = 512, G = 256, k = 3: medians 12 (cycle) and 26 (tail + cycle); and the orbits of
     4000 sampled random maps agree with the law."""
-    null = {r["statistic"]: r for r in e1_loops.null_table(512, 256, 3)}
+    null = {r["statistic"]: r for r in e1_loops.null_table(random_map_null(512, 256, 3), 256,
+                                                           {})}
     assert (null["cycle"]["median"], null["rho"]["median"]) == (12, 26)
     assert null["cycle"]["share"] == pytest.approx(0.5307, abs=1e-4)
     law = random_map_null(512, 256, 3)
@@ -140,9 +141,9 @@ def test_figures_and_findings(study):
     run, config, _ = study
     assert_figures(run, ("e1_cycle_lengths", "e1_loop_share", "e1_timeline"))
     found = e1_loops.findings(run)
-    assert len(found) == 12 and all(f.experiment == "e1" for f in found)
-    null = {r["statistic"]: r for r in e1_loops.null_table(CFG.vocab_size, config.new_tokens,
-                                                           3)}
+    assert len(found) == 16 and all(f.experiment == "e1" for f in found)
+    null = {r["statistic"]: r for r in e1_loops.null_table(
+        random_map_null(CFG.vocab_size, config.new_tokens, 3), config.new_tokens, {})}
     data = stored(run, config)
     for rope, finding in zip((True, False), found[:2]):
         p = np.array([brute_min_cycle(t) for N in config.ngrams for t in data[rope, N][1]])
@@ -155,7 +156,19 @@ def test_figures_and_findings(study):
         assert f"n = {len(config.ngrams) * config.prompts} pairs" in rope_claim.measured
         assert "power at no difference" in rope_claim.measured
     assert "fixed point" in found[5].claim
-    assert [f.verdict for f in found[10:]] == [None, None]
+    # claims 1 and 2 against the in-degree-matched null: f_P∘σ of the stored maps
+    for rope, finding in zip((True, False), found[10:14:2]):
+        maps = np.stack([run.load(e1_loops.map_name(rope, N, j))["next"]
+                         for N in config.ngrams for j in range(config.maps)])
+        matched = {r["statistic"]: r for r in e1_loops.null_table(
+            indegree_orbit_null(maps, config.new_tokens, 3, config.shuffles, config.seed),
+            config.new_tokens, {})}
+        p = np.array([brute_min_cycle(t) for N in config.ngrams for t in data[rope, N][1]])
+        hits = int(((p > 0) & (p <= matched["cycle"]["median"])).sum())
+        assert finding.verdict == decide(proportion_interval(hits, len(p)),
+                                         matched["cycle"]["share"])
+        assert "in-degrees" in finding.claim
+    assert [f.verdict for f in found[14:]] == [None, None]
 
 
 def trace_of(*pieces: list[int], G: int = 256) -> list[int]:
@@ -170,7 +183,7 @@ def synthetic_findings(tmp_path, traces: dict, prompts: int, ngrams=(1, 2)) -> l
     holding traces[rope](N, j) for each N and prompt j, V = 512 and G = 256 as at the small
     scale."""
     config = Config(model="synthetic", ngrams=ngrams, length=8, new_tokens=256, prompts=prompts,
-                    batch=prompts)
+                    batch=prompts, maps=0)
     run = open_run(tmp_path / "run", "e1", config)
     for rope, N in itertools.product((True, False), ngrams):
         rows = np.array([traces[rope](N, j) for j in range(prompts)])
