@@ -1,6 +1,7 @@
 """`train`: create or resume a training directory and run the steps.
 
     out_dir/train.json                  the config and digests of the tokens (written first)
+    out_dir/train.lock                  locked while a process trains here (one at a time)
     out_dir/state/step_XXXXXXX/         the latest training state (dynsys.train.state)
     out_dir/log.csv                     one row per step (dynsys.train.log)
     out_dir/checkpoints/step_XXXXXXX/   Hugging Face checkpoints (config.json,
@@ -14,11 +15,16 @@ and redoes (bit for bit the same) whatever came after it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -26,6 +32,7 @@ import jax.numpy as jnp
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
+from dynsys.distributed import process
 from dynsys.io import save_hf
 from dynsys.nn import Model
 from dynsys.runs import atomic_path
@@ -44,6 +51,7 @@ from dynsys.train.state import (
 from dynsys.train.step import heldout_loss, train_step
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+LOCK = "train.lock"  # held by the process that trains the directory (trainer_lock)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +91,46 @@ def train(config: TrainConfig, train_tokens, heldout_tokens, out_dir: str | Path
                    "heldout_tokens")[:config.eval_windows]
     tokenizer_files = _tokenizer_files(tokenizer_dir, cfg.vocab_size)
     out_dir = Path(out_dir)
+    index, count = process()
+    if count > 1:
+        raise TrainError(f"training runs in one process (this is process {index} of {count}): "
+                         "several processes would each train and write the same log; train "
+                         "first in one process, then run the rest with several")
     resumed = _open(out_dir, config, {"train_tokens": digest(data),
                                       "heldout_tokens": digest(held)})
+    with trainer_lock(out_dir):
+        return _run(config, data, per_epoch, held, tokenizer_files, out_dir, resumed, progress)
+
+
+@contextlib.contextmanager
+def trainer_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on OUT/train.lock while training (flock: the kernel drops it
+    when the process ends, however it ends, so a killed run resumes). Another trainer of the
+    same directory gets TrainError naming the holder (pid, host, start), nothing changed."""
+    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "unknown"
+            raise TrainError(f"{out_dir} is being trained by another process ({holder}); "
+                             "nothing was changed") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # released: an empty lock file names no holder
+    finally:
+        os.close(fd)
+
+
+def _run(config: TrainConfig, data, per_epoch: int, held, tokenizer_files: tuple[Path, ...],
+         out_dir: Path, resumed: tuple[TrainState, dict] | None,
+         progress: bool) -> TrainSummary:
+    """The steps of `train` (under its lock), from `resumed` or from step 0."""
+    cfg = config.model
     state, meta = resumed if resumed else (init_state(config), {"wall_time": 0.0})
     start = int(state.step)
     resume_log(out_dir / "log.csv", start + 1 if resumed else 0)

@@ -85,3 +85,37 @@ def test_non_finite_step_stops_and_keeps_the_last_good_state(tmp_path):
     assert saved.name == "step_0000001"
     assert all(np.isfinite(x).all() for x in load_file(saved / "state.safetensors").values())
     assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [0, 1]
+
+
+def test_a_second_trainer_of_the_directory_is_refused_and_changes_nothing(tmp_path):
+    """Two trainers on one directory both appended to its log (122 rows for 61 steps); while
+    one holds OUT/train.lock another is refused naming it, and the lock dies with its holder:
+    a later run (the holder killed or done) resumes."""
+    import fcntl
+    import os
+
+    config = tiny_config(steps=4, save_every=2, checkpoint_every=2)
+    train(config, TOKENS, HELDOUT, tmp_path, progress=False)
+    log = (tmp_path / "log.csv").read_text()
+    fd = os.open(tmp_path / "train.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process training here
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"pid 4242 on elsewhere since then", 0)
+    try:
+        with pytest.raises(TrainError, match=r"being trained by another process \(pid 4242 on "
+                                             r"elsewhere since then\); nothing was changed"):
+            train(config, TOKENS, HELDOUT, tmp_path, progress=False)
+        assert (tmp_path / "log.csv").read_text() == log
+    finally:
+        os.close(fd)  # the holder ends: its lock goes with it
+    summary = train(config, TOKENS, HELDOUT, tmp_path, progress=False)
+    assert summary.resumed_from == 4 and (tmp_path / "log.csv").read_text() == log
+
+
+def test_training_under_several_processes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNSYS_NUM_PROCESSES", "2")
+    monkeypatch.setenv("DYNSYS_PROCESS_ID", "1")
+    with pytest.raises(TrainError, match="training runs in one process \\(this is process 1 "
+                                         "of 2\\)"):
+        train(tiny_config(steps=2), TOKENS, HELDOUT, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
