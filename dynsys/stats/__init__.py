@@ -10,10 +10,11 @@ from dynsys.stats.paired import (equivalence_power, mcnemar, paired_difference,
                                  tango_interval)
 from dynsys.stats.multiplicity import adjusted_verdict, holm
 from dynsys.stats.verdict import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE, VERDICTS,
-                                  Evidence, decide, interval_test, p_value, proportion_test)
+                                  Evidence, bootstrap_test, decide, interval_test, p_value,
+                                  proportion_test)
 
 __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "Evidence",
-           "adjusted_verdict", "bootstrap_distribution", "bootstrap_interval", "decide",
+           "adjusted_verdict", "bootstrap_distribution", "bootstrap_interval", "bootstrap_test", "decide",
            "difference_interval", "equivalence_power", "holm", "interval_test", "mcnemar", "mean_interval",
            "p_value", "paired_difference", "paired_equivalence", "paired_p_value", "paired_test",
            "percentile_interval", "proportion_interval", "proportion_test", "tango_interval"]

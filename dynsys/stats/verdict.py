@@ -20,7 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
-from dynsys.stats.intervals import proportion_interval
+from dynsys.stats.intervals import percentile_interval, proportion_interval
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE = "holds", "fails", "inconclusive", "not testable here"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE)
@@ -91,3 +91,11 @@ def proportion_test(k: int, n: int, threshold: float, side: Literal["above", "be
     interval; its p-value is the doubled smaller binomial tail at the threshold."""
     return interval_test(k / n, lambda lv: proportion_interval(k, n, lv), n, threshold, side,
                          level)
+
+
+def bootstrap_test(estimate: float, draws, n: int, threshold: float,
+                   side: Literal["above", "below"] = "above", level: float = LEVEL) -> Evidence:
+    """The Evidence of "the statistic is `side` `threshold`" on the percentile intervals of
+    its bootstrap `draws` (dynsys.stats.bootstrap_distribution), n samples resampled."""
+    return interval_test(estimate, lambda lv: percentile_interval(draws, lv), n, threshold,
+                         side, level)

@@ -106,6 +106,15 @@ def model_digest(name: str, config) -> str:
     return checkpoint_digest(config.model)
 
 
+def prompt_seeds(module: types.ModuleType, config) -> dict:
+    """The prompt seeds [first, end) a run draws and those of the pilot that chose its size
+    (module.PILOT_SEEDS), for a study whose Config has prompt_seed; else {}."""
+    if not hasattr(config, "prompt_seed"):
+        return {}
+    return {"prompts": [config.prompt_seed, config.prompt_seed + config.prompts],
+            "pilot_prompts": list(module.PILOT_SEEDS)}
+
+
 def run_study(name: str, out, scale: str = "small", overrides: dict | None = None,
               progress: bool = True, draw: bool = True) -> Run:
     """Run (or resume) experiment `name` into the run directory `out`; draw its figures.
@@ -115,7 +124,7 @@ def run_study(name: str, out, scale: str = "small", overrides: dict | None = Non
     inputs: resuming with other weights under the same name is refused."""
     module = study(name)
     config = config_for(name, scale, overrides)
-    seeds = {"seed": getattr(config, "seed", None), **getattr(config, "seed_sets", dict)()}
+    seeds = {"seed": getattr(config, "seed", None), **prompt_seeds(module, config)}
     run = open_run(out, module.NAME, config, seeds=seeds,
                    inputs={"model": model_digest(name, config)})
     module.run(run, config, progress=progress)

@@ -65,12 +65,6 @@ class Config(Settings):
         """Positions of a unit's longest sequence: the prompt and the tokens after it."""
         return max(self.lengths) + self.G
 
-    def seed_sets(self) -> dict:
-        """The prompt seeds of this run and those of the pilot that chose its size (recorded
-        in the run's provenance)."""
-        return {"prompts": [self.prompt_seed, self.prompt_seed + self.prompts],
-                "pilot_prompts": list(PILOT_SEEDS)}
-
 
 # Small: 24 prompts per (rope, kind, n), a size chosen by a pilot on prompt seeds 0..23: the
 # share of i.i.d. prompts' traces that follow f_{P,t−1} at n = 1024, RoPE on, was 19/24, exact
@@ -80,7 +74,7 @@ class Config(Settings):
 # lower bound above 1/2 with probability P(Binomial(24, 0.8) >= 17) = 0.89 (17/24: [0.49,
 # 0.87] is the largest count that does not). The reported verdicts come from fresh prompts,
 # seeds 1000..1023, never seen by the pilot.
-PILOT_SEEDS = (0, 24)  # [first, end) of the pilot's prompt seeds
+PILOT_SEEDS = (0, 24)  # [first, end) of the pilot's prompt seeds (recorded by run_study)
 SCALES = {"small": Config(lengths=(64, 256, 1024), G=16, prompts=24, prompt_seed=1000),
           "paper": Config()}
 

@@ -76,12 +76,6 @@ class Config(Settings):
     def prompt_seeds(self) -> range:
         return range(self.prompt_seed, self.prompt_seed + self.prompts)
 
-    def seed_sets(self) -> dict:
-        """The prompt seeds of this run and those of the pilot that chose its size (recorded
-        in the run's provenance)."""
-        return {"prompts": [self.prompt_seed, self.prompt_seed + self.prompts],
-                "pilot_prompts": list(PILOT_SEEDS)}
-
 
 # Small: 8 prompts per (rope, kind, n). At n = 1024 the maps have 2.5 (N-grams) and 7.6
 # (i.i.d.) cyclic points against 27.9 for a uniform random mapping: p is at its floor 1/(M+1)
@@ -90,7 +84,7 @@ class Config(Settings):
 # prompts' difference is at the edge of what 8 maps detect. 999 draws resolve a p-value of
 # 0.05 to about ±0.02 and one at the floor to [0, 0.004]. Those numbers came from prompt seeds
 # 0..7, which chose the size; the reported verdicts come from fresh seeds 1000..1007.
-PILOT_SEEDS = (0, 8)  # [first, end) of the pilot's prompt seeds
+PILOT_SEEDS = (0, 8)  # [first, end) of the pilot's prompt seeds (recorded by run_study)
 SCALES = {"small": Config(lengths=(64, 1024), prompts=8, prompt_seed=1000, shuffles=10,
                           null_samples=999),
           "paper": Config()}
@@ -168,9 +162,7 @@ def opposite_pvalue(observed: float, draws: np.ndarray, tail: str) -> float:
     """The Monte Carlo p-value of the tail opposite to `tail`: for "lower", P(T* ≥ T) as
     (1 + k)/(M + 1) (evidence that T is above the null's, against a "fewer" claim); for
     "two-sided", 1 (a claim of a difference has no opposite to test without a margin)."""
-    if tail == "two-sided":
-        return 1.0
-    return (1 + int((draws >= observed).sum())) / (len(draws) + 1)
+    return 1.0 if tail == "two-sided" else mc_pvalue(-observed, -draws, "lower")[0]
 
 
 def run(run: Run, config: Config, progress: bool = True) -> None:

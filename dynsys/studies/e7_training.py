@@ -48,7 +48,7 @@ from dynsys.dynamics.nullmodel import compare_to_null
 from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.stats import (NOT_TESTABLE, Evidence, bootstrap_distribution, bootstrap_interval,
-                          interval_test, paired_test, percentile_interval, proportion_interval)
+                          bootstrap_test, paired_test, proportion_interval)
 from dynsys.studies.finding import MANIPULATION, Finding
 from dynsys.studies.training import (READINGS, SMALL, Training, bin_labels, bins, checkpoints,
                                      cycle_lengths, make_prompts, read_lengths, step_axis,
@@ -325,9 +325,8 @@ def reinforcement_finding(tp: np.ndarray, seed: int) -> Finding:
     """Claim (d) from TP_k [windows, K] of the English windows at the final step: the mean
     gain TP_{K−1} − TP_1 over windows, its percentile bootstrap interval, against 0."""
     gain = tp[:, -1] - tp[:, 1]
-    draws = bootstrap_distribution(gain, np.mean, seed=seed)
-    test = interval_test(gain.mean(), lambda level: percentile_interval(draws, level),
-                         gain.size, 0.0, "above", LEVEL)
+    test = bootstrap_test(gain.mean(), bootstrap_distribution(gain, np.mean, seed=seed),
+                          gain.size, 0.0, "above", LEVEL)
     lo, hi = test.interval
     return Finding(
         NAME, "self-reinforcement (Xu et al. 2022): at the final step, the probability of "

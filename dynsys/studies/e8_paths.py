@@ -43,7 +43,7 @@ from dynsys.data import encode, english, japanese, load_tokenizer, provenance, s
 from dynsys.decode import generate
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import HOLDS, NOT_TESTABLE, Evidence, interval_test, percentile_interval
+from dynsys.stats import HOLDS, NOT_TESTABLE, bootstrap_test
 from dynsys.studies.finding import MANIPULATION, Finding
 from dynsys.studies.training import (SMALL, Training, bin_index, bin_labels, bins, checkpoints,
                                      corpus, cycle_lengths, histogram, make_prompts,
@@ -221,13 +221,6 @@ def loss_table(steps: dict[int, dict], texts: dict) -> list[dict]:
 
 # --- findings ------------------------------------------------------------------------------
 
-def _bootstrap_test(estimate: float, draws: np.ndarray, n: int) -> Evidence:
-    """The Evidence of "the statistic is above 0" on the percentile intervals of its bootstrap
-    draws, at LEVEL."""
-    return interval_test(estimate, lambda level: percentile_interval(draws, level), n, 0.0,
-                         "above", LEVEL)
-
-
 def _counts(bin_of: np.ndarray, draws: np.ndarray, size: int) -> np.ndarray:
     """Histograms [resamples, size] of bin_of[draws[r]] for each row r of draws."""
     r = np.arange(len(draws))[:, None]
@@ -262,7 +255,8 @@ def nearest_finding(languages: dict[str, np.ndarray], reference: dict[int, np.nd
         draws, rng.integers(0, ref_bins.shape[1], (resamples, ref_bins.shape[1]))).items()}
     index = {language: int(np.argmin(observed[language])) for language in LANGUAGES}
     d = index["english"] - index["japanese"]
-    test = _bootstrap_test(d, boot["english"] - boot["japanese"], lang_bins["japanese"].size)
+    test = bootstrap_test(d, boot["english"] - boot["japanese"], lang_bins["japanese"].size, 0.0,
+                          "above", LEVEL)
     interval = test.interval
     nearest_tv = {language: float(observed[language][index[language]]) for language in LANGUAGES}
     return Finding(
@@ -287,7 +281,8 @@ def loss_finding(losses: dict[str, np.ndarray], resamples: int, seed: int) -> Fi
                                                      (resamples, losses[language].size))]
              .mean(axis=1) for language in LANGUAGES}
     d = losses["japanese"].mean() - losses["english"].mean()
-    test = _bootstrap_test(d, means["japanese"] - means["english"], losses["japanese"].size)
+    test = bootstrap_test(d, means["japanese"] - means["english"], losses["japanese"].size, 0.0,
+                          "above", LEVEL)
     interval = test.interval
     return Finding(
         NAME, "premise: Japanese is the under-trained language: the final model's loss per "

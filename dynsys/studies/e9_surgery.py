@@ -69,9 +69,8 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.traces import repetition_stop
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import (bootstrap_distribution, interval_test, mean_interval,
-                          paired_difference, paired_test, percentile_interval,
-                          proportion_interval)
+from dynsys.stats import (bootstrap_distribution, bootstrap_test, interval_test,
+                          mean_interval, paired_difference, paired_test, proportion_interval)
 from dynsys.studies.finding import CHECK, TEST, Finding
 from dynsys.studies.training import (SMALL, Training, checkpoints, corpus, make_prompts,
                                      tokenizer_dir, write_training_tables)
@@ -535,11 +534,12 @@ def stay_finding(claim: str, near: np.ndarray, threshold: float, near_steps: int
     near = np.asarray(near, np.float64)
     if near.size < 2 or np.ptp(near) == 0:
         fixed = (float(near.mean()),) * 2 if near.size >= 2 else (0.0, 1.0)
-        interval_at = lambda level: fixed  # noqa: E731
+        test = interval_test(near.mean(), lambda level: fixed, near.size, threshold, "above",
+                             LEVEL)
     else:
-        draws = bootstrap_distribution(near, np.mean, resamples, seed)
-        interval_at = lambda level: percentile_interval(draws, level)  # noqa: E731
-    test = interval_test(near.mean(), interval_at, near.size, threshold, "above", LEVEL)
+        test = bootstrap_test(near.mean(), bootstrap_distribution(near, np.mean, resamples,
+                                                                   seed),
+                              near.size, threshold, "above", LEVEL)
     interval = test.interval
     return Finding(NAME, claim + f" (null: at most {threshold:g} of the steps)",
                    f"share of steps within {near_steps} step(s) of C* {near.mean():.2f} "

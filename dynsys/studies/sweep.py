@@ -28,8 +28,7 @@ from dynsys.decode import generate, prefill
 from dynsys.dynamics.markov import suffix_map
 from dynsys.nn import Model
 from dynsys.runs import Run
-from dynsys.stats import (INCONCLUSIVE, Evidence, bootstrap_distribution, interval_test,
-                          percentile_interval)
+from dynsys.stats import INCONCLUSIVE, Evidence, bootstrap_distribution, bootstrap_test
 from dynsys.stats.verdict import Verdict
 
 # Prompts a bootstrap verdict needs. The nominal 95% percentile interval of a mean of normal
@@ -151,9 +150,8 @@ def bootstrap_estimate(samples: tuple[np.ndarray, ...], statistic: Callable[...,
     value = float(statistic(*samples))
     if len(samples[0]) < MIN_PROMPTS:
         return Estimate(value, None, INCONCLUSIVE)
-    draws = bootstrap_distribution(tuple(samples), statistic)
-    test = interval_test(value, lambda level: percentile_interval(draws, level),
-                         len(samples[0]), threshold, side)
+    test = bootstrap_test(value, bootstrap_distribution(tuple(samples), statistic),
+                          len(samples[0]), threshold, side)
     return Estimate(value, test.interval, test.verdict, test)
 
 

@@ -177,19 +177,24 @@ def trace_of(*pieces: list[int], G: int = 256) -> list[int]:
     return (head + pieces[-1] * G)[:G]
 
 
-def synthetic_findings(tmp_path, traces: dict, prompts: int, ngrams=(1, 2)) -> list[str]:
+def synthetic_findings(tmp_path, traces: dict, prompts: int, ngrams=(1, 2), maps=None
+                       ) -> list[str]:
     """The verdicts of E1's tested claims (1, 2 on/off; 3 on loops and on fixed points; 4, 5
     on/off) on a run directory
     holding traces[rope](N, j) for each N and prompt j, V = 512 and G = 256 as at the small
-    scale."""
+    scale. With `maps` (a map of the 512 tokens), that map stands for f_P of the first two
+    prompts of each N and RoPE setting and the verdicts of claims 1 and 2 against the
+    in-degree-matched null follow."""
     config = Config(model="synthetic", ngrams=ngrams, length=8, new_tokens=256, prompts=prompts,
-                    batch=prompts, maps=0)
+                    batch=prompts, maps=0 if maps is None else 2, shuffles=20)
     run = open_run(tmp_path / "run", "e1", config)
     for rope, N in itertools.product((True, False), ngrams):
         rows = np.array([traces[rope](N, j) for j in range(prompts)])
         run.save(unit_name(rope, N, 0), prompts=np.zeros((prompts, 8), int), traces=rows)
+        for j in range(config.maps):
+            run.save(e1_loops.map_name(rope, N, j), next=maps)
     e1_loops.write_tables(run, config, 512)
-    return [f.verdict for f in e1_loops.findings(run)[:10]]
+    return [f.verdict for f in e1_loops.findings(run) if f.verdict is not None]
 
 
 def settles(N, j):
@@ -217,6 +222,26 @@ def test_e1_claims_fail_on_long_or_missing_loops(tmp_path):
     # neither setting ends in a fixed point: that share is the same with RoPE on and off
     found = synthetic_findings(tmp_path, {True: late, False: never}, 32)
     assert found == ["fails"] * 5 + ["holds"] + ["fails"] * 4
+
+
+def test_rope_claim_fails_when_only_one_setting_ends_in_fixed_points(tmp_path):
+    """RoPE on: a fixed point after two tokens; off: the 3-gram loop. Both loop (the loop
+    shares agree), but the fixed-point shares differ by 1."""
+    def fixed(N, j):
+        a = 10 * (4 * N + j)
+        return trace_of([a + 1, a + 2], [a])
+
+    found = synthetic_findings(tmp_path, {True: fixed, False: settles}, 32)
+    assert found[4:6] == ["holds", "fails"]
+
+
+def test_claims_fail_against_an_in_degree_null_of_hub_maps(tmp_path):
+    """Every token maps to token 0, a fixed point: f_P∘σ's orbits all end in it at once, so
+    traces that settle into 3-cycles are not shorter than that null (claims 1 and 2 fail
+    there) though they are shorter than a uniform random map's."""
+    found = synthetic_findings(tmp_path, {True: settles, False: settles}, 32,
+                               maps=np.zeros(512, int))
+    assert found[:2] == ["holds", "holds"] and found[10:14] == ["fails"] * 4
 
 
 def test_e1_claims_are_undecided_on_two_prompts(tmp_path):

@@ -58,25 +58,18 @@ def test_losses_are_the_predictive_at_every_position(order):
     assert losses[0].sum() == pytest.approx(-evidence(source, list(x[0])) - math.log(5))
 
 
-def test_sampler_matches_the_predictive_by_monte_carlo():
-    """200,000 sequences of 4 tokens, V = 2: the first token is uniform and the frequency of
-    x_3 = 1 after each of the 8 prefixes is the predictive, within 4.5 standard errors."""
-    source = MarkovSource(vocab=2, order=1, alpha=0.5)
-    x = sample(source, "train", 200_000, 4, seed=3)
+@pytest.mark.parametrize("order, alpha, count, length, seed", [(1, 0.5, 200_000, 4, 3),
+                                                             (2, 1.0, 100_000, 5, 4)])
+def test_sampler_matches_the_predictive_by_monte_carlo(order, alpha, count, length, seed):
+    """V = 2: the first token is uniform and the frequency of the last token = 1 after each
+    prefix is the predictive, within 4.5 standard errors."""
+    source = MarkovSource(vocab=2, order=order, alpha=alpha)
+    x = sample(source, "train", count, length, seed=seed)
     assert abs(x[:, 0].mean() - 0.5) < 4.5 * math.sqrt(0.25 / len(x))
-    for prefix in itertools.product(range(2), repeat=3):
-        rows = (x[:, :3] == prefix).all(1)
+    for prefix in itertools.product(range(2), repeat=length - 1):
+        rows = (x[:, :-1] == prefix).all(1)
         p = bayes_predictive(source, prefix)[1]
-        assert abs(x[rows, 3].mean() - p) < 4.5 * math.sqrt(p * (1 - p) / rows.sum()), prefix
-
-
-def test_order2_sampler_matches_the_predictive_by_monte_carlo():
-    source = MarkovSource(vocab=2, order=2, alpha=1.0)
-    x = sample(source, "train", 100_000, 5, seed=4)
-    for prefix in itertools.product(range(2), repeat=4):
-        rows = (x[:, :4] == prefix).all(1)
-        p = bayes_predictive(source, prefix)[1]
-        assert abs(x[rows, 4].mean() - p) < 4.5 * math.sqrt(p * (1 - p) / rows.sum()), prefix
+        assert abs(x[rows, -1].mean() - p) < 4.5 * math.sqrt(p * (1 - p) / rows.sum()), prefix
 
 
 def test_samples_are_reproducible_prefixes_and_splits_differ():
