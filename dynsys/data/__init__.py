@@ -3,8 +3,8 @@ corpora with provenance (`corpora`), long documents for long-context training (`
 a byte-level BPE tokenizer (`tokenizer`). See docs/corpora.md."""
 
 from dynsys.data import prompts
-from dynsys.data.corpora import (SEPARATOR, Corpus, characters, english, japanese, japanese_samples,
-                                 lists, mix, provenance, split, split_groups, text)
+from dynsys.data.corpora import (SEPARATOR, Corpus, characters, chichewa, chichewa_chapters,
+                                 english, lists, mix, provenance, split, split_groups, text)
 from dynsys.data.documents import (PYTHON_SOURCE, SHAKESPEARE, Document, as_corpus, by_source,
                                    document_sources, long_documents, mix_documents, python_source,
                                    shakespeare, split_documents)
@@ -13,8 +13,8 @@ from dynsys.data.tokenizer import (EOT, decode, encode, load_tokenizer, save_tok
 
 __all__ = [
     "EOT", "PYTHON_SOURCE", "SEPARATOR", "SHAKESPEARE", "Corpus", "Document", "as_corpus",
-    "by_source", "characters", "decode", "document_sources", "encode", "english", "japanese",
-    "japanese_samples", "lists", "load_tokenizer", "long_documents", "mix", "mix_documents",
+    "by_source", "characters", "chichewa", "chichewa_chapters", "decode", "document_sources",
+    "encode", "english", "lists", "load_tokenizer", "long_documents", "mix", "mix_documents",
     "prompts", "provenance", "python_source", "save_tokenizer", "shakespeare", "split",
     "split_documents", "split_groups", "text", "train_tokenizer",
 ]

