@@ -5,8 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# The tests' torch is the CPU build, chosen here rather than by the machine's pip settings (on
+# Linux the default index serves the CUDA build, gigabytes of it); set TORCH_INDEX to change it.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test bench gallery paper clean
+.PHONY: run test dev bench gallery paper clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +17,12 @@ $(VENV)/.core: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
+	$(PIP) --no-deps --index-url $(TORCH_INDEX) "torch==$$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml)"
 	$(PIP) -e '.[test]'
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.test
+	$(PIP) -e '.[test,dev]'
 	touch $@
 
 run: $(VENV)/.core
@@ -22,6 +30,8 @@ run: $(VENV)/.core
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n auto --dist loadfile
+
+dev: $(VENV)/.dev  # the test extras and the pinned linter: .venv/bin/ruff check dynsys tests
 
 bench: $(VENV)/.test
 	$(PY) experiments/bench_generate.py
