@@ -27,7 +27,7 @@ def test_scales_as_asked():
     small, paper = recipe("markov1", "small").train, recipe("markov1", "paper").train
     assert small.model.num_layers == 2 and 64 <= small.model.hidden_size <= 128
     assert 256 <= small.seq_len <= 512
-    assert paper.model.hidden_size == 128 and paper.seq_len == 2048
+    assert 64 <= paper.model.hidden_size <= 128 and paper.seq_len == 2048
     assert 2 <= paper.model.num_layers <= 4
 
 
