@@ -142,6 +142,7 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
         if held != fingerprint:
             raise ValueError(f"{store} holds chunks of a different computation (model, prompt, "
                              "rows, offsets, chunk or kernel differ); use another directory")
+        distributed.claim(store, (index, count))
         with atomic_path(meta) as tmp:
             tmp.write_text(json.dumps({"fingerprint": fingerprint, "rows": total,
                                        "chunk": chunk}))
@@ -182,7 +183,8 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
         others = [s for s in starts if s not in mine]
         owners = {name(s): i % count for i, s in enumerate(starts)}
         distributed.wait_for(lambda: [name(s) for s in others if not (store / name(s)).exists()],
-                             f"{store}: process {index} of {count}", owner=owners.get)
+                             f"{store}: process {index} of {count}", owner=owners.get,
+                             claims=store, where=(index, count))
         for start in others:  # damaged or another's: compute it here
             part = load(start)
             parts[start] = computed(start) if part is None else part
@@ -301,17 +303,30 @@ class Run:
             owners = {name(*key): i % count for i, key in enumerate(keys)}
             distributed.wait_for(lambda: [name(*key) for key in keys
                                           if not self._unit(name(*key)).exists()],
-                                 f"{self.path}: process {index} of {count}", owner=owners.get)
+                                 f"{self.path}: process {index} of {count}", owner=owners.get,
+                                 claims=self.path, where=(index, count))
 
     def units(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "units").glob("*.npz")
                       if not p.name.startswith("."))
 
+    def settings(self, cls):
+        """The run's settings as `cls` (the experiment's Config, a settings dataclass; the
+        stored lists become its tuples again), so that readers use typed fields."""
+        return cls(**self.config)
+
+    def _table(self, name: str) -> Path:
+        return self.path / "tables" / f"{_check_name(name)}.csv"
+
+    def has_table(self, name: str) -> bool:
+        """Whether table `name` was written."""
+        return self._table(name).exists()
+
     def write_table(self, name: str, rows: list[dict]) -> Path:
         """rows (dicts with the same keys) as CSV, written atomically."""
         if not rows:
             raise RunError(f"table {name!r} has no rows")
-        path = self.path / "tables" / f"{_check_name(name)}.csv"
+        path = self._table(name)
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -320,7 +335,7 @@ class Run:
 
     def read_table(self, name: str) -> list[dict]:
         """The CSV's rows, with ints, floats and booleans parsed back."""
-        path = self.path / "tables" / f"{_check_name(name)}.csv"
+        path = self._table(name)
         if not path.exists():
             raise RunError(f"{self.path} has no table {name!r}")
         with open(path, newline="") as f:
@@ -386,7 +401,8 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
 
     With several processes (dynsys.distributed) sharing `path`, process 0 creates or resumes
     it as above; every other process waits for its run.json, checks it the same way and
-    writes nothing (the provenance is process 0's).
+    writes nothing (the provenance is process 0's). Each claims its index in `path` once
+    run.json exists (`distributed.claim`: a duplicate index or another count is refused).
     """
     path = Path(path)
     config = _plain(config)
@@ -397,6 +413,7 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
                              f"{path}: process {index} of {count} waits for process 0",
                              owner=lambda _: 0)
     if (path / "run.json").exists():
+        distributed.claim(path, (index, count))
         meta = _read_meta(path)
         if meta["experiment"] != experiment:
             raise RunError(f"{path} holds experiment {meta['experiment']!r}, not "
@@ -437,6 +454,7 @@ def open_run(path, experiment: str, config, seeds: dict | None = None,
         raise
     for sub in ("units", "tables", "figures"):
         (path / sub).mkdir(exist_ok=True)
+    distributed.claim(path, (index, count))
     return Run(path=path, experiment=experiment, config=config, meta=meta)
 
 

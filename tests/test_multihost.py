@@ -9,6 +9,8 @@ the workers need neither torch nor transformers.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import socket
@@ -257,7 +259,97 @@ def test_a_wait_names_the_missing_process_and_reports_progress(tmp_path, monkeyp
         runs.chunked(6, 1, lambda a, b: {"x": np.arange(a, b)}, store=tmp_path,
                      fingerprint="f", progress=False, share=(0, 3))
     assert "waiting for 4 unit(s) of processes 1, 2" in caplog.text
+    assert "processes 1, 2 not running (no live claim" in caplog.text
     # two processes now: process 0 adds chunks 2 and 4; 3 is there; 1 and 5 are process 1's
     with pytest.raises(distributed.Incomplete, match=r"2 unit\(s\) of process 1 still"):
         runs.chunked(6, 1, lambda a, b: {"x": np.arange(a, b)}, store=tmp_path,
                      fingerprint="f", progress=False, share=(0, 2))
+
+
+def hold_claim(directory: Path, index: int, count: int) -> int:
+    """Another live process's claim, as `distributed.claim` makes it: the claim file written
+    and flock'ed through a descriptor of its own (close it to end that process)."""
+    path = directory / distributed.CLAIMS / f"{index}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.pwrite(fd, json.dumps({"index": index, "count": count, "pid": 4242,
+                              "host": "elsewhere", "started": "2026-01-01T00:00:00"}).encode(), 0)
+    return fd
+
+
+def as_process(monkeypatch, index: int, count: int) -> None:
+    monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, str(count))
+    monkeypatch.setenv(distributed.ENV_PROCESS_ID, str(index))
+
+
+def test_a_duplicate_index_and_another_count_are_refused_at_start(tmp_path, monkeypatch):
+    """The same id twice, and counts 2 against 3: each waited an hour in silence."""
+    from dynsys.runs import open_run
+
+    as_process(monkeypatch, 0, 2)
+    open_run(tmp_path / "r", "demo", {"n": 1})
+    other = hold_claim(tmp_path / "r", 1, 2)
+    try:
+        as_process(monkeypatch, 1, 2)
+        with pytest.raises(ValueError, match=r"DYNSYS_PROCESS_ID=1 is taken .*\(pid 4242 on elsewhere since"):
+            open_run(tmp_path / "r", "demo", {"n": 1})
+    finally:
+        os.close(other)  # that process ends: its index is free
+    as_process(monkeypatch, 2, 3)
+    with pytest.raises(ValueError, match=r"^process 0 in .* runs with DYNSYS_NUM_PROCESSES=2"
+                                         r".*process 2 with 3: every process needs the same"):
+        open_run(tmp_path / "r", "demo", {"n": 1})
+    assert not any(path.stat().st_size == 0 or path.name == "2.json" and
+                   distributed.live_claims(tmp_path / "r").get(2)
+                   for path in (tmp_path / "r" / distributed.CLAIMS).iterdir())
+    as_process(monkeypatch, 1, 2)  # a claim left by a process that ended is no claim
+    assert open_run(tmp_path / "r", "demo", {"n": 1}).config == {"n": 1}
+    assert set(distributed.live_claims(tmp_path / "r")) == {0, 1}
+
+
+def test_a_count_mismatch_appearing_while_waiting_ends_the_wait(tmp_path, monkeypatch):
+    held = []
+
+    def compute(a, b):
+        if not held:  # process 1 starts with another count while process 0 computes
+            held.append(hold_claim(tmp_path, 1, 3))
+        return {"x": np.arange(a, b)}
+
+    monkeypatch.setenv(distributed.ENV_WAIT, "30")
+    try:
+        with pytest.raises(ValueError, match="process 1 in .* DYNSYS_NUM_PROCESSES=3"):
+            runs_chunked(tmp_path, compute, (0, 2))
+    finally:
+        os.close(held[0])
+
+
+def runs_chunked(store: Path, compute, share: tuple[int, int]):
+    from dynsys import runs
+
+    return runs.chunked(6, 1, compute, store=store, fingerprint="f", progress=False,
+                        share=share)
+
+
+def test_a_process_that_never_started_is_named_in_one_line(tmp_path, monkeypatch):
+    """Only process 0 of 2 started `dynsys map` (its map stood for by 4 chunks of a cheap
+    computation in the same store: 1 and 3 are process 1's): the CLI ends with one line naming
+    process 1 (it was an Incomplete traceback)."""
+    from typer.testing import CliRunner
+
+    from dynsys import cli, runs
+
+    def markov_map(net, prompt, offset, resume_dir):
+        return runs.chunked(4, 1, lambda a, b: {"x": np.arange(a, b)}, store=resume_dir,
+                            fingerprint="f", progress=False)
+
+    as_process(monkeypatch, 0, 2)
+    monkeypatch.setenv(distributed.ENV_WAIT, "0.5")
+    monkeypatch.setattr(cli, "markov_map", markov_map)
+    result = CliRunner().invoke(cli.app, ["map", "--length", "8", "--out",
+                                          str(tmp_path / "map.npz")])
+    last = result.output.strip().splitlines()[-1]  # after the progress bar
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert last.startswith("error: ") and "2 unit(s) of process 1 still missing" in last
+    assert "process 1 not running (no live claim" in last
+    assert not (tmp_path / "map.npz").exists()
