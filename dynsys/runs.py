@@ -238,6 +238,33 @@ def _check_name(name: str) -> str:
     return name
 
 
+def set_aside(path: Path, reason: str) -> Path:
+    """Move a damaged unit to NAME.npz.corrupt-TIME beside it, with a warning giving `reason`:
+    it then counts as missing, and a rerun computes it again."""
+    aside = path.with_name(f"{path.name}.corrupt-{datetime.datetime.now():%Y%m%dT%H%M%S%f}")
+    os.replace(path, aside)
+    log.warning("%s; moved to %s and counted as missing", reason, aside)
+    return aside
+
+
+class Unit(dict):
+    """A stored unit's arrays {name: array}. An array asked for that it does not hold (a
+    readable .npz with other arrays: another computation's, or tampered with) makes it a
+    damaged unit: the file is set aside and RunError says so, in one line; a rerun computes
+    it again (it was a KeyError)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], path: Path):
+        super().__init__(arrays)
+        self.path = path
+
+    def __missing__(self, key):
+        reason = (f"{self.path} holds no array {key!r} (it holds {sorted(self)}): not this "
+                  "computation's unit")
+        if self.path.exists():
+            set_aside(self.path, reason)
+        raise RunError(f"{reason}; set aside: rerun to compute it again")
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """An opened run directory (see the module docstring)."""
@@ -254,19 +281,16 @@ class Run:
     def _unit(self, unit: str) -> Path:
         return self.path / "units" / f"{_check_name(unit)}.npz"
 
-    def _read(self, unit: str) -> dict[str, np.ndarray] | None:
+    def _read(self, unit: str) -> Unit | None:
         """The arrays of `unit`; None if it is not stored, or if it cannot be read: then the
         file is moved aside to units/NAME.npz.corrupt-TIME, with a warning."""
         path = self._unit(unit)
         try:
-            return load_npz(path)
+            return Unit(load_npz(path), path)
         except FileNotFoundError:
             return None
         except UnreadableFile as e:
-            aside = path.with_name(f"{path.name}.corrupt-"
-                                   f"{datetime.datetime.now():%Y%m%dT%H%M%S%f}")
-            os.replace(path, aside)
-            log.warning("%s; moved to %s and counted as missing", e, aside)
+            set_aside(path, str(e))
             return None
 
     def has(self, unit: str) -> bool:
@@ -276,8 +300,9 @@ class Run:
     def save(self, unit: str, **arrays) -> None:
         save_npz_atomic(self._unit(unit), **{k: np.asarray(v) for k, v in arrays.items()})
 
-    def load(self, unit: str) -> dict[str, np.ndarray]:
-        """The arrays of `unit`; RunError if it is not stored or cannot be read (see `_read`)."""
+    def load(self, unit: str) -> Unit:
+        """The arrays of `unit` (a `Unit`: asking it for an array it lacks is a damaged unit);
+        RunError if it is not stored or cannot be read (see `_read`)."""
         arrays = self._read(unit)
         if arrays is None:
             raise RunError(f"{self.path} has no readable unit {unit!r} (finished: "

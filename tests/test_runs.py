@@ -150,6 +150,23 @@ def test_unreadable_units_are_moved_aside_and_count_as_missing(tmp_path, caplog)
     assert run.units() == ["cut", "fine", "junk"]
 
 
+def test_a_unit_with_other_arrays_is_a_damaged_unit(tmp_path, caplog):
+    """A readable .npz holding other arrays (another computation's) was a KeyError wherever
+    the study read it; now one line, the file set aside, and a rerun computes it again."""
+    run = open_run(tmp_path, "demo", Settings())
+    run.save("u", other=np.arange(3))
+    unit = run.load("u")
+    assert unit["other"].tolist() == [0, 1, 2] and unit.get("traces") is None
+    with pytest.raises(RunError, match=r"u.npz holds no array 'traces' \(it holds \['other'\]\)"
+                                       r".*rerun to compute it again"):
+        unit["traces"]
+    assert not run.has("u") and len(list((tmp_path / "units").glob("u.npz.corrupt-*"))) == 1
+    assert "u.npz.corrupt-" in caplog.records[-1].getMessage()
+    run.fill([("u",)], lambda name: name, lambda name: {"traces": np.ones(2)}, "demo",
+             progress=False)
+    assert run.load("u")["traces"].tolist() == [1.0, 1.0]
+
+
 def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     run = open_run(tmp_path / "r", "demo", Settings())
     with pytest.raises(ValueError, match="fields not in fieldnames"):
