@@ -358,13 +358,40 @@ class Run:
             writer.writerows(rows)
         return path
 
-    def read_table(self, name: str) -> list[dict]:
-        """The CSV's rows, with ints, floats and booleans parsed back."""
+    def read_table(self, name: str) -> list[Row]:
+        """The CSV's rows (`Row`s), with ints, floats and booleans parsed back. A table that
+        `write_table` cannot have written (not UTF-8 CSV, a header and no rows, a row with more
+        or fewer fields than the header) is a one-line RunError naming it."""
         path = self._table(name)
         if not path.exists():
             raise RunError(f"{self.path} has no table {name!r}")
-        with open(path, newline="") as f:
-            return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        damaged = f"is damaged: rerun the study to write {path.name} again"
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise RunError(f"{path} is not a CSV table ({type(e).__name__}: {e}); it "
+                           f"{damaged}") from None
+        if not rows:
+            raise RunError(f"{path} has no rows; it {damaged}")
+        for i, row in enumerate(rows, 2):
+            if None in row or None in row.values():
+                raise RunError(f"{path} line {i} has {'more' if None in row else 'fewer'} "
+                               f"fields than its header; it {damaged}")
+        return [Row({k: _parse(v) for k, v in row.items()}, path) for row in rows]
+
+
+class Row(dict):
+    """A table's row {column: value}; a column asked for that the table lacks (a damaged or
+    foreign table) is a one-line RunError naming the table, not a KeyError."""
+
+    def __init__(self, values: dict, path: Path):
+        super().__init__(values)
+        self.path = path
+
+    def __missing__(self, key):
+        raise RunError(f"{self.path} has no column {key!r} (its columns: {', '.join(self)}); "
+                       f"it is damaged or another study's: rerun the study to write it again")
 
 
 def _parse(text: str):

@@ -308,3 +308,18 @@ def test_generate_text_prints_ids_beside_their_text(tmp_path):
     assert says(result, " ".join(map(str, expected)))
     assert says(result, tokenizer.decode(expected.tolist(), skip_special_tokens=False).strip())
     refused(runner.invoke(app, ["generate", "--text", "hello"]), "--text needs a checkpoint")
+
+
+@pytest.mark.parametrize("table", [
+    b"rope,kind,n,G,agreement\n",  # header only
+    b"\x89PNG\r\n\x1a\n\x00\x00garbage\xff\xfe",  # not text
+    b"rope,kind,n\nTrue,random\n",  # a row shorter than its header
+    b"a,b\n1,2\n",  # another table's columns
+])
+def test_figures_of_a_damaged_table_is_one_line(tmp_path, table):
+    """`dynsys figures` on a header-only or garbage CSV ended in a traceback (IndexError,
+    UnicodeDecodeError, TypeError, KeyError)."""
+    run = open_run(tmp_path / "e2", "e2", {"G": 4})
+    (run.path / "tables" / "agreement.csv").write_bytes(table)
+    refused(invoke("figures", str(tmp_path / "e2")), "agreement.csv", "rerun the study")
+    assert not any((run.path / "figures").iterdir())

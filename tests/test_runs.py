@@ -278,3 +278,17 @@ def test_a_damaged_chunks_json_is_rewritten(tmp_path, damage):
     assert calls == [] and json.loads((tmp_path / "chunks.json").read_text())["fingerprint"] == "a"
     for a, b in zip(again, first):
         np.testing.assert_array_equal(a["x"], b["x"])
+
+
+def test_a_damaged_table_is_a_one_line_error(tmp_path):
+    run = open_run(tmp_path, "demo", Settings())
+    run.write_table("t", [{"step": 1, "ok": True, "x": 0.5}])
+    assert run.read_table("t") == [{"step": 1, "ok": True, "x": 0.5}]
+    with pytest.raises(RunError, match=r"t.csv has no column 'loss' \(its columns: step, ok, x"):
+        run.read_table("t")[0]["loss"]
+    for text, message in [(b"step,ok\n", "has no rows"), (b"\xff\xfe\x00", "not a CSV table"),
+                          (b"step,ok\n1,True,3\n", "line 2 has more fields"),
+                          (b"step,ok\n1\n", "line 2 has fewer fields")]:
+        (tmp_path / "tables" / "t.csv").write_bytes(text)
+        with pytest.raises(RunError, match=f"t.csv .*{message}.*rerun the study"):
+            run.read_table("t")
