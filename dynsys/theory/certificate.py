@@ -27,6 +27,7 @@ from scipy.special import expit
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix
 from dynsys.theory.constants import WeightConstants, weight_constants
+from dynsys.theory.exact import check_float32
 from dynsys.theory.lemmas import norm_curvature, norm_lipschitz
 from dynsys.theory.reference import MarkovStats, markov_stats
 
@@ -145,6 +146,7 @@ def perturbation_bound(w: WeightConstants, s: MarkovStats) -> Bound:
     c_out = J_A c + S, ρ_out = Lip(Φ) δ + ‖J_A‖ ρ + ρ_A). Logits (Lemma 6): max_v |Δ_v| ≤
     max_v |(W J_f c)_v| + max_v ‖w_v ⊙ w_f‖ ρ/rms′ + ½ κ_f δ² max_v ‖w_v‖.
     """
+    check_float32(w.config, "perturbation_bound")
     with np.errstate(over="ignore", invalid="ignore"):
         return _recursion(w, s)
 

@@ -7,10 +7,11 @@ import math
 
 import jax
 import numpy as np
-from scipy.special import erf, expit
 
 from dynsys.config import ModelConfig
 from dynsys.nn import Model
+from dynsys.theory import exact
+from dynsys.theory.exact import check_float32, float64
 from dynsys.theory.lemmas import GELU_CURVE, GELU_SLOPE, SILU_CURVE, SILU_SLOPE
 
 
@@ -98,36 +99,26 @@ class WeightConstants:
                                       + 2 * SILU_SLOPE * g * u)
 
 
-    def _norm(self, tree: dict, x: np.ndarray) -> np.ndarray:
-        cfg = self.config
-        if cfg.norm == "layer":
-            x = x - x.mean(-1, keepdims=True)
-        y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg.norm_eps) * tree["scale"]
-        return y + tree["bias"] if "bias" in tree else y
-
     def mlp_branch(self, layer: int, x: np.ndarray) -> np.ndarray:
-        """x ↦ MLP(norm₂ x) of block `layer` in float64, on streams x [..., D] (the model's
-        modules in numpy: SwiGLU silu(W_g y) ⊙ W_u y, or GELU (erf) with biases)."""
+        """x ↦ MLP(norm₂ x) of block `layer` in float64 (dynsys.theory.exact), on streams
+        x [..., D]."""
         tree = self.mlp_params[layer]
-        p = tree["mlp"]
-        y = self._norm(tree["norm2"], x)
-        up = y @ p["up"]["kernel"].T + p["up"].get("bias", 0.0)
-        if self.gate is not None:
-            g = y @ p["gate"]["kernel"].T
-            hidden = g * expit(g) * up
-        else:
-            hidden = up * (1 + erf(up / math.sqrt(2))) / 2
-        return hidden @ p["down"]["kernel"].T + p["down"].get("bias", 0.0)
+        with jax.enable_x64(True):
+            y = exact.norm(self.config, tree["norm2"], np.asarray(x, np.float64))
+            return np.asarray(exact.mlp(self.config, tree["mlp"], y))
 
     def final_norm(self, x: np.ndarray) -> np.ndarray:
         """The final norm N_f in float64 on streams x [..., D]."""
-        return self._norm(self.final_params, x)
+        with jax.enable_x64(True):
+            return np.asarray(exact.norm(self.config, self.final_params,
+                                         np.asarray(x, np.float64)))
 
 
 def weight_constants(model: Model) -> WeightConstants:
     """The operator norms and norm-layer constants of a model (numpy SVD, float64)."""
     cfg = model.config
-    p = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), model.params)
+    check_float32(cfg, "weight_constants")
+    p = float64(model.params)
     D = cfg.hidden_size
 
     def norm(tree) -> tuple[float, float]:

@@ -30,7 +30,8 @@ Rigorous (`MarginBound.lower`, `.horizon`): in exact arithmetic the real margin 
 remainder dropped (first order in the attention, exact in the MLPs); not a bound.
 
 Rounding: the bound is evaluated in float64 (a relative slack F64 per float64 branch
-evaluation) from the model's float32 reference quantities, and each margin gets an explicit
+evaluation) from the reference quantities (float64 from the float32 model's reference
+streams and logits, dynsys.theory.reference), and each margin gets an explicit
 float32 slack ε_v = 2 γ_D r_f (‖w_top‖ + ‖w_v‖), γ_D = D u/(1 − D u), u = 2⁻²⁴,
 r_f = sup ‖N_f(x)‖: the worst-case error of the LM head's length-D dot products
 (|fl(wᵀy) − wᵀy| ≤ γ_D ‖w‖ ‖y‖) in both runs. The rounding of the layers before the head is
@@ -58,11 +59,11 @@ from dynsys.nn.cache import Prefix, empty_rows
 from dynsys.theory.certificate import attention_bounds, mlp_constants
 from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.dilution import check_trace
+from dynsys.theory.exact import F64, check_float32
 from dynsys.theory.lemmas import norm_curvature
 from dynsys.theory.reference import MarkovStats, markov_stats
 
 UNIT = 2.0 ** -24  # float32 unit roundoff
-F64 = 2.0 ** -40  # float64 evaluation slack, relative (≈ 8000 u₆₄: dot products up to ~10⁴)
 NEAR = 8  # tokens of smallest reference margin always pulled back (and compared in the ratios)
 
 
@@ -201,6 +202,7 @@ def _f64(*streams: np.ndarray) -> np.ndarray:
 def margin_bound(w: WeightConstants, s: MarkovStats) -> MarginBound:
     """The margin bound of the module docstring along a trace, all steps at once (float64).
     An overflow gives ∞ (a vacuous but valid radius); a 0 · ∞ is read as ∞."""
+    check_float32(w.config, "margin_bound")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _margin_bound(w, s)
 

@@ -23,11 +23,13 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dynsys.nn import Model
-from dynsys.nn.rope import inverse_frequencies
+from dynsys.nn.rope import rope_angles, rotate
 from dynsys.theory.constants import WeightConstants, weight_constants
+from dynsys.theory.exact import check_float32
 from dynsys.theory.lemmas import norm_lipschitz
 
 
@@ -144,6 +146,7 @@ def limit_bound(model: Model, period, tokens, lengths, weights: WeightConstants 
     C = N ‖W_o‖ ‖(lim_a a b_h(a))_h‖ (1 + Λ₂⁰ L_M) max_u ‖w_u ⊙ w_f‖/√(ς_f² + ε) (floors at
     δ = 0)."""
     cfg = model.config
+    check_float32(cfg, "limit_bound")
     if cfg.num_layers != 1:
         raise ValueError("limit_bound: the explicit constant is for one layer "
                          f"(got {cfg.num_layers}); deeper models: limit_logits, rate measured")
@@ -172,14 +175,13 @@ def limit_bound(model: Model, period, tokens, lengths, weights: WeightConstants 
 
 
 def _rope(cfg, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """The model's rotary embedding (rotate-half on the first rotary_dim dims) in float64:
-    x [S, heads, H] at positions [S]. The model forms its angles in float32 (~1e-4 rad apart
-    at positions ~2000): float32 rounding, not covered (proofs/README.md)."""
-    d = cfg.rotary_dim
-    angles = positions.astype(np.float64)[:, None] * inverse_frequencies(cfg).astype(np.float64)
-    cos, sin = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    x1, x2 = x[..., : d // 2], x[..., d // 2: d]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., d:]], axis=-1)
+    """The model's rotary embedding in float64 with exact angles (`rope_angles` in float64):
+    x [S, heads, H] at positions [S]. The frame argument of `shift_bound` needs R_a R_b =
+    R_{a+b}, which the model's float32 angles (~1e-4 rad off at positions ~2000) break: that
+    rounding is not covered (proofs/README.md)."""
+    with jax.enable_x64(True):
+        angles = rope_angles(jnp.asarray(positions), cfg, jnp.float64)[:, None]
+        return np.asarray(rotate(jnp.asarray(x, jnp.float64), angles, cfg.rotary_dim))
 
 
 def shift_bound(model: Model, period, tokens, n: int, tau: int,
@@ -198,6 +200,7 @@ def shift_bound(model: Model, period, tokens, n: int, tau: int,
     δ = ‖W_o‖ ‖(e_h)_h‖₂, and the MLP block and the final norm as in `limit_bound`, with the
     floors at the τ run's streams. Z_K grows like n: the bound is O(N/n)."""
     cfg = model.config
+    check_float32(cfg, "shift_bound")
     if cfg.num_layers != 1:
         raise ValueError(f"shift_bound: one layer only (got {cfg.num_layers}); deeper models: "
                          "measured (dynsys.theory.dilution.position_drift)")

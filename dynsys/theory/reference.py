@@ -1,5 +1,8 @@
 """The reference run of the Markov map at each step of a trace: the quantities the
-multi-layer recursion needs, computed exactly (jitted), read through the model's sites."""
+multi-layer recursion needs. The model's own float32 forward pass gives the reference streams
+(read through its sites) and logits; everything the proofs treat as exact is derived from them
+in float64 (dynsys.theory.exact): queries, keys, Jacobians, operator norms, the prompt
+attention's covariance and value spread."""
 
 from __future__ import annotations
 
@@ -12,16 +15,18 @@ import numpy as np
 
 from dynsys.config import ModelConfig
 from dynsys.decode.sampling import margin
-from dynsys.nn import MLP, Model, norm_layer
+from dynsys.nn import Model
 from dynsys.nn.cache import Prefix, empty_rows
-from dynsys.nn.rope import apply_rope
-from dynsys.theory.dilution import check_trace, queries, run_recorded, streams
+from dynsys.theory import exact
+from dynsys.theory.dilution import check_trace, run_recorded, streams
+from dynsys.theory.exact import F64, check_float32
 
 
 @dataclasses.dataclass(frozen=True)
 class MarkovStats:
-    """What the bound needs from the reference steps (the Markov map's own forward pass,
-    computed exactly), for G steps, L layers, N query heads (kv-head quantities repeated per
+    """What the bound needs from the reference steps (the Markov map's own forward pass: the
+    streams and logits as the float32 model computes them, everything else float64 from the
+    streams), for G steps, L layers, N query heads (kv-head quantities repeated per
     query head), model dim D. Scores are z = ⟨q, k⟩/√H; a′ the reference attention weights over
     the prompt P and the current token s; o′ = Σ a′_j v_j.
 
@@ -73,127 +78,140 @@ class MarkovStats:
     final_input: np.ndarray
 
 
-def _spread(cfg: ModelConfig, x):
-    """rms(x) for RMSNorm, std(x) for LayerNorm, over the last axis."""
-    if cfg.norm == "layer":
-        x = x - jnp.mean(x, axis=-1, keepdims=True)
-    return jnp.sqrt(jnp.mean(x * x, axis=-1))
-
-
 def _opnorm(x):
-    return jnp.linalg.norm(x, 2, axis=(-2, -1))
+    """Spectral norms of [..., m, n] (float64 SVD), widened by 1 + F64."""
+    return jnp.linalg.norm(x, 2, axis=(-2, -1)) * (1 + F64)
 
 
-def _attention_stats(cfg: ModelConfig, params, prefix: Prefix, layer: int, x, q, ks, vs,
-                     positions):
-    """One layer's reference attention quantities per step and query head: the stream x [B, D]
-    entering the block, q [B, K, G, H] (scaled by H^{-1/2}), the current token's key and value
-    ks, vs [B, K, H], its positions [B]."""
-    B, N, H = q.shape[0], cfg.num_heads, cfg.head_dim
-    block = params[f"blocks_{layer}"]
-    valid = prefix.valid
-    k = prefix.k[layer].astype(jnp.float32).swapaxes(-1, -2)  # [K, S, H]
-    v = prefix.v[layer].astype(jnp.float32)
+def _attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
+    """One layer's reference attention quantities per step and query head, in float64 from the
+    stream x [B, D] entering the block at positions [B] and the prompt's keys k [K, H, S] and
+    values v [K, S, H] (valid [S] marks the prompt's slots).
+
+    ‖v_j − o′‖ and C = Σ_P a′_j (v_j − o′) k_jᵀ are computed about the prompt's mean value v̄
+    (the same quantities; the cancelling terms shrink with a large value bias), each with an
+    absolute float64 slack F64 times the size of its terms."""
+    B, K, G, H = x.shape[0], cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
+    attn = block["attn"]
+    u = exact.norm(cfg, block["norm1"], x)
+    q = exact.project(attn["q"], u, cfg, positions).reshape(B, K, G, H) * H ** -0.5
+    ks = exact.project(attn["k"], u, cfg, positions)  # [B, K, H]
+    vs = exact.project(attn["v"], u)
+    k = k.swapaxes(-1, -2)  # [K, S, H]
+    count = jnp.maximum(jnp.sum(valid), 1)
+    mean = jnp.sum(jnp.where(valid[:, None], v, 0.0), 1) / count  # v̄ [K, H]
+    v = jnp.where(valid[:, None], v - mean[:, None], 0.0)
     z = jnp.where(valid, jnp.einsum("BKGH,KSH->BKGS", q, k), -jnp.inf)
     zs = jnp.einsum("BKGH,BKH->BKG", q, ks)
     top = jnp.maximum(jnp.max(z, -1), zs)
     p, ps = jnp.exp(z - top[..., None]), jnp.exp(zs - top)
     total = jnp.sum(p, -1) + ps
     a, a_s = p / total[..., None], ps / total  # a′ over the prompt, a′_s
-    o = jnp.einsum("BKGS,KSH->BKGH", a, v) + a_s[..., None] * vs[:, :, None]
-    dist = (jnp.sum(v * v, -1)[None, :, None] - 2 * jnp.einsum("BKGH,KSH->BKGS", o, v)
-            + jnp.sum(o * o, -1)[..., None])
-    outer = jnp.einsum("KSH,KSI->KSHI", v, k).reshape(*k.shape[:2], H * H)
-    cov = (jnp.einsum("BKGS,KSX->BKGX", a, outer).reshape(*a.shape[:3], H, H)
-           - jnp.einsum("BKGH,BKGI->BKGHI", o, jnp.einsum("BKGS,KSH->BKGH", a, k)))
-    cov = cov.reshape(B, N, H, H)
-    centred = (vs.transpose(1, 0, 2)[None, :, None] - o[..., None, :]).reshape(B, N, B, H)
-    w_o = block["attn"]["o"]["kernel"].astype(jnp.float32)  # [D, N, H]
-    norm = norm_layer(cfg)
-    dense = block["attn"]["q"]
-
-    def query(x, position):  # the rotated query [N, H] of a stream x [D]
-        u = norm.apply({"params": block["norm1"]}, x)
-        y = jnp.einsum("D,NHD->NH", u, dense["kernel"]) + dense.get("bias", 0.0)
-        return apply_rope(y[None], position[None], cfg)[0]
-
-    jq = jax.vmap(jax.jacfwd(query))(x, positions)  # [B, N, H, D]
+    vs_c = vs - mean[None]
+    o = jnp.einsum("BKGS,KSH->BKGH", a, v) + a_s[..., None] * vs_c[:, :, None]  # o′ − v̄
+    vv, oo = jnp.sum(v * v, -1)[None, :, None], jnp.sum(o * o, -1)[..., None]
+    dist = vv - 2 * jnp.einsum("BKGH,KSH->BKGS", o, v) + oo + F64 * (vv + oo)
+    ak = jnp.einsum("BKGS,KSH->BKGH", a, k)
+    cov = jnp.einsum("BKGS,KSH,KSI->BKGHI", a, v, k) - jnp.einsum("BKGH,BKGI->BKGHI", o, ak)
+    cov_slack = F64 * (jnp.einsum("BKGS,KS,KS->BKG", a, jnp.sqrt(vv[0, :, 0]),
+                                  jnp.linalg.norm(k, axis=-1))
+                       + jnp.linalg.norm(o, axis=-1) * jnp.linalg.norm(ak, axis=-1))
+    centred = (vs_c.transpose(1, 0, 2)[None, :, None] - o[..., None, :]).reshape(B, -1, B, H)
     stats = {"query": jnp.linalg.norm(q, axis=-1) * H ** 0.5,
              "self_key": jnp.broadcast_to(jnp.linalg.norm(ks, axis=-1)[..., None], zs.shape),
              "prefix_lse": jnp.log(jnp.sum(p, -1)) + top, "self_score": zs,
-             "self_value": jnp.linalg.norm(vs[:, :, None] - o, axis=-1),
+             "self_value": jnp.linalg.norm(vs_c[:, :, None] - o, axis=-1),
              "value_mean": jnp.sum(a * jnp.sqrt(jnp.maximum(dist, 0.0)), -1),
-             "cross_score": jnp.einsum("BKGH,CKH->BKGC", q, ks)}
-    stats = {name: x.reshape(B, N, *x.shape[3:]) for name, x in stats.items()}
-    return dict(stats, covariance=_opnorm(cov), source_norm=jnp.linalg.norm(centred, axis=-1),
+             "cross_score": jnp.einsum("BKGH,CKH->BKGC", q, ks),
+             "covariance": _opnorm(cov) + cov_slack}
+    stats = {name: x.reshape(B, -1, *x.shape[3:]) for name, x in stats.items()}
+    w_o = attn["o"]["kernel"]  # [D, N, H]
+    jq = jax.vmap(jax.jacfwd(lambda x, p: exact.project(
+        attn["q"], exact.norm(cfg, block["norm1"], x), cfg, p)))(x, positions)  # [B, N, H, D]
+    cov = cov.reshape(B, -1, H, H)
+    return dict(stats, source_norm=jnp.linalg.norm(centred, axis=-1),
                 source=jnp.einsum("DNH,BNCH->BNCD", w_o, centred),
                 attn_jacobian=jnp.einsum("DNH,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
 
 
-def _jacobians(cfg: ModelConfig, params, layer: int, x):
+def _jacobians(cfg: ModelConfig, block, x):
     """At each row of x [B, D] (the MLP branch's reference input): B = I + J_M J_N₂ [B, D, D]
-    of x ↦ x + MLP(norm₂ x) and ‖J_M(y′)‖, by forward-mode differentiation of the model's own
-    modules."""
-    block = params[f"blocks_{layer}"]
-    norm, mlp = norm_layer(cfg), MLP(cfg)
-
-    def normed(x):
-        return norm.apply({"params": block["norm2"]}, x)
+    of x ↦ x + MLP(norm₂ x), ‖J_M(y′)‖ and the up projection W_u y′ + b_u [B, F] (SwiGLU), by
+    forward-mode differentiation of the float64 modules."""
 
     def branch(y):
-        return mlp.apply({"params": block["mlp"]}, y)
+        return exact.mlp(cfg, block["mlp"], y)
 
-    jm = jax.vmap(jax.jacfwd(branch))(jax.vmap(normed)(x))
-    jb = jax.vmap(jax.jacfwd(lambda x: x + branch(normed(x))))(x)
-    return jb, _opnorm(jm)
+    y = exact.norm(cfg, block["norm2"], x)
+    jm = jax.vmap(jax.jacfwd(branch))(y)
+    jb = jax.vmap(jax.jacfwd(lambda x: x + branch(exact.norm(cfg, block["norm2"], x))))(x)
+    up = y @ block["mlp"]["up"]["kernel"].T + block["mlp"]["up"].get("bias", 0.0)
+    return jb, _opnorm(jm), up
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _markov_stats(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
+def _reference_run(cfg: ModelConfig, params, prefix: Prefix, tokens, positions):
+    """The reference steps as the model computes them (float32): logits [B, V], the streams
+    entering each block and the final norm [B, L + 1, D] and after each attention [B, L, D]."""
     B = tokens.shape[0]
-    logits, rows, recorded = run_recorded(cfg, params, tokens[:, None], positions[:, None],
-                                          empty_rows(cfg, B, 1), prefix)
-    xs = [x[:, 0].astype(jnp.float32) for x in streams(cfg, recorded)]
+    logits, _, recorded = run_recorded(cfg, params, tokens[:, None], positions[:, None],
+                                       empty_rows(cfg, B, 1), prefix)
+    xs = jnp.stack([x[:, 0] for x in streams(cfg, recorded)], 1)
+    mids = jnp.stack([recorded("resid_mid", i)[:, 0] for i in range(cfg.num_layers)], 1)
+    return logits[:, 0], xs.astype(jnp.float32), mids.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positions):
+    """Everything else in float64 (call under jax.enable_x64): params the blocks' and the final
+    norm's float64 trees, keys and values the prefix's per layer, xs and mids `_reference_run`'s
+    streams."""
     parallel = cfg.parallel_residual
     eye = jnp.eye(cfg.hidden_size)
     per: dict[str, list] = {}
     for i in range(cfg.num_layers):
-        q = queries(cfg, recorded, i)[:, 0]
-        ks, vs = rows.k[i][..., 0].astype(jnp.float32), rows.v[i][:, :, 0].astype(jnp.float32)
-        mid = recorded("resid_mid", i)[:, 0].astype(jnp.float32)
-        kmax = jnp.sqrt(jnp.max(jnp.where(prefix.valid, jnp.sum(
-            prefix.k[i].astype(jnp.float32) ** 2, -2), 0.0), -1))  # [K]
-        stats = _attention_stats(cfg, params, prefix, i, xs[i], q, ks, vs, positions)
-        jb, mlp_jacobian = _jacobians(cfg, params, i, xs[i] if parallel else mid)
+        block, x, mid = params["blocks"][i], xs[:, i], mids[:, i]
+        kmax = jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(keys[i] ** 2, -2), 0.0), -1))  # [K]
+        stats = _attention_stats(cfg, block, keys[i], values[i], valid, x, positions)
+        jb, mlp_jacobian, up = _jacobians(cfg, block, x if parallel else mid)
         step = stats["attn_jacobian"] + (jb if parallel else eye)
-        stats.update(spread_mid=_spread(cfg, mid), block_jacobian=jb, block_norm=_opnorm(jb),
-                     attn_norm=_opnorm(stats["attn_jacobian"]), step_norm=_opnorm(step),
-                     mlp_jacobian=mlp_jacobian, mlp_input=xs[i] if parallel else mid)
+        stats.update(spread_mid=exact.spread(cfg, mid), block_jacobian=jb,
+                     block_norm=_opnorm(jb), attn_norm=_opnorm(stats["attn_jacobian"]),
+                     step_norm=_opnorm(step), mlp_jacobian=mlp_jacobian,
+                     mlp_input=x if parallel else mid)
         if cfg.mlp == "swiglu":
-            stats["up"] = recorded("mlp_up", i)[:, 0]
-        for name, x in stats.items():
-            per.setdefault(name, []).append(x)
+            stats["up"] = up
+        for name, value in stats.items():
+            per.setdefault(name, []).append(value)
         per.setdefault("prefix_key", []).append(jnp.repeat(kmax, cfg.heads_per_kv))
     out = {k: jnp.stack(v, 0 if k == "prefix_key" else 1) for k, v in per.items()}
-    final = norm_layer(cfg)
+    final = xs[:, -1]
     final_jacobian = jax.vmap(jax.jacfwd(
-        lambda x: final.apply({"params": params["final_norm"]}, x)))(xs[-1])
-    logits = logits[:, 0]
-    return dict(out, spread_in=jnp.stack([_spread(cfg, x) for x in xs[:-1]], 1),
-                spread_final=_spread(cfg, xs[-1]), final_jacobian=final_jacobian,
-                margin=margin(logits), next=jnp.argmax(logits, -1), logits=logits,
-                final_input=xs[-1])
+        lambda x: exact.norm(cfg, params["final_norm"], x)))(final)
+    return dict(out, spread_in=exact.spread(cfg, xs[:, :-1]), spread_final=exact.spread(cfg, final),
+                final_jacobian=final_jacobian, final_input=final)
 
 
 def markov_stats(model: Model, prompt, trace, prefix: Prefix | None = None) -> MarkovStats:
     """The reference steps of a trace x_{n+1..n+G}: x_{n+t} at position n+t−1 after the prompt,
     no generated keys. Holds G·L·D² floats of Jacobians: meant for small models."""
+    cfg = model.config
+    check_float32(cfg, "markov_stats")
     _, trace, prefix, positions = check_trace(model, prompt, trace, prefix)
-    out = _markov_stats(model.config, model.params, prefix, jnp.asarray(trace),
-                        jnp.asarray(positions))
-    out = {k: np.asarray(v, np.float64) for k, v in out.items()}
-    out["next"] = out["next"].astype(np.int64)
-    return MarkovStats(generated=np.arange(len(trace)), up=out.pop("up", None), **out)
+    logits, xs, mids = (np.asarray(a) for a in _reference_run(
+        cfg, model.params, prefix, jnp.asarray(trace), jnp.asarray(positions)))
+    p = exact.float64(model.params)
+    params = {"blocks": [p[f"blocks_{i}"] for i in range(cfg.num_layers)],
+              "final_norm": p["final_norm"]}
+    with jax.enable_x64(True):
+        out = _exact_stats(cfg, params, exact.float64(prefix.k), exact.float64(prefix.v),
+                           np.asarray(prefix.valid), *(np.asarray(a, np.float64) for a in
+                                                       (xs, mids)), positions)
+        out = {k: np.asarray(v) for k, v in out.items()}
+    logits = np.asarray(logits, np.float64)
+    return MarkovStats(generated=np.arange(len(trace)), up=out.pop("up", None),
+                       margin=np.asarray(margin(jnp.asarray(logits, jnp.float32)), np.float64),
+                       next=logits.argmax(-1).astype(np.int64), logits=logits, **out)
 
 
 # --- the multi-layer bound -------------------------------------------------------------------

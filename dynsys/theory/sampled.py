@@ -41,6 +41,20 @@ def escape_bound(betas, temperature: float) -> np.ndarray:
     return -np.expm1(np.cumsum(np.log1p(-eps)))
 
 
+def history_tv_bound(margin, lower, upper, temperature: float) -> np.ndarray:
+    """[B] ε = tanh(osc/(4T)) ≥ TV(softmax(ℓ/T), softmax(ℓ′/T)) for every history, from the
+    history-uniform certificate's margin bounds (`HistoryBound.margin, .lower, .upper` [B, V]:
+    m′_v ≤ …, lower_v ≤ ℓ_top − ℓ_v ≤ upper_v for every history; lower = +∞, upper = m′ = 0 at
+    top). Shifted by Δ_top, the perturbation Δ_v − Δ_top = m′_v − (ℓ_top − ℓ_v) lies in
+    [min(0, min_v(m′_v − upper_v)), max(0, max_v(m′_v − lower_v))], of length osc; only the
+    oscillation matters (Lemma 2 with 2β = osc). A vacuous bound (±∞) gives ε = 1."""
+    t = check_float("temperature", temperature, above=0)
+    m, lo, hi = (np.asarray(a, np.float64) for a in (margin, lower, upper))
+    with np.errstate(invalid="ignore"):
+        osc = np.maximum(np.max(m - lo, -1), 0.0) + np.maximum(np.max(hi - m, -1), 0.0)
+    return np.tanh(np.nan_to_num(osc, nan=np.inf) / (4 * t))
+
+
 def adversarial_perturbation(logits, beta: float, temperature: float) -> np.ndarray:
     """Δ = β(1_A − 1_{A^c}) with A the best set among the prefixes of the tokens sorted by
     increasing q = softmax(ℓ/T). For any set A, this Δ gives TV = g(q(A)) with

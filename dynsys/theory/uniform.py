@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from dynsys.theory.constants import WeightConstants
+from dynsys.theory.exact import check_float32
 from dynsys.theory.lemmas import mass_bound, norm_lipschitz
 
 
@@ -80,6 +81,7 @@ def uniform_bound(w: WeightConstants, rms_floor: float = 0.0) -> UniformBound:
     gain = max_v ‖w_v ⊙ w_f‖ c_L/√(rms_floor² + ε), every Λ = ‖w‖_∞/√(rms_floor² + ε);
     score_drift[l, h] = ‖W_q,h‖ Λ₁ c_l sup‖k‖/√H with c_l the value entering block l."""
     cfg = w.config
+    check_float32(cfg, "uniform_bound")
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     root = math.sqrt(cfg.head_dim)
     q_max, k_max, v_max = w.query_max, w.key_max[:, kv], w.value_max[:, kv]

@@ -95,3 +95,34 @@ def test_scores_depend_only_on_relative_position(p, s, shift, seed):
         return float(jnp.sum(qa * kb))
 
     assert score(p, s) == pytest.approx(score(p + shift, s + shift), abs=2e-4)
+
+
+def test_float64_angles_are_exact_and_float32_ones_are_the_models():
+    """rope_angles in float64 is the exact product p · ω (scores depend on offsets only, to
+    1e-12 at positions ~30000, where float32 angles are off by ~1e-3 rad); in float32 it is the
+    model's (apply_rope equals rotate with them); float64 outside x64 is refused."""
+    import jax
+
+    from dynsys.nn.rope import rope_angles, rotate
+
+    cfg = CONFIGS["llama-g4-tied-llama3"]
+    d, omega = cfg.rotary_dim, inverse_frequencies(cfg).astype(np.float64)
+    q, k = np.random.default_rng(3).standard_normal((2, cfg.head_dim))
+    p, s, shift = 31000, 30000, 777
+    with jax.enable_x64(True):
+        def score(a, b):
+            qa = rotate(jnp.asarray(q), rope_angles(jnp.asarray(a), cfg, jnp.float64), d)
+            kb = rotate(jnp.asarray(k), rope_angles(jnp.asarray(b), cfg, jnp.float64), d)
+            return float(jnp.sum(qa * kb))
+
+        exact = rope_angles(jnp.asarray([p]), cfg, jnp.float64)
+        np.testing.assert_array_equal(np.asarray(exact)[0], p * omega)
+        assert score(p, s) == pytest.approx(score(p + shift, s + shift), abs=1e-12)
+    model = np.asarray(rope_angles(jnp.asarray([p]), cfg))
+    assert model.dtype == np.float32 and np.abs(model[0] - p * omega).max() > 1e-4
+    x = np.random.default_rng(4).standard_normal((1, 1, 1, cfg.head_dim)).astype(np.float32)
+    np.testing.assert_array_equal(
+        np.asarray(apply_rope(jnp.asarray(x), jnp.asarray([[p]]), cfg)),
+        np.asarray(rotate(jnp.asarray(x), jnp.asarray(model)[None, None], d)))
+    with pytest.raises(ValueError, match="enable_x64"):
+        rope_angles(jnp.asarray([p]), cfg, jnp.float64)

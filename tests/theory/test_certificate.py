@@ -63,6 +63,25 @@ def test_margin_bound_encloses_the_measured_change_and_bites(std, seed):
     assert mb.pulled[rows, mb.near].all() and mb.near.shape == (G, NEAR)
 
 
+@pytest.mark.parametrize("std", [0.05, 0.2])
+def test_margin_bound_holds_on_random_traces(std):
+    """Random (not greedy) traces, four prompts each: every measured margin change lies in
+    centre ± radius (0 violations), and every certified step keeps the reference argmax."""
+    model = model_of(LLAMA, 7, std)
+    w = weight_constants(model)
+    rng = np.random.default_rng(7)
+    for _ in range(4):
+        prompt, trace = rng.integers(0, LLAMA.vocab_size, N), rng.integers(0, LLAMA.vocab_size, G)
+        prefix = prefill(model, prompt, capacity=CAPACITY)
+        mb = margin_bound(w, markov_stats(model, prompt, trace, prefix))
+        change = margin_change(model, prompt, trace, prefix)
+        assert (np.abs(change - mb.centre) <= mb.radius).all()
+        rows = np.flatnonzero(mb.rigorous)
+        real = (mb.margin + change)[rows]  # ℓ_top − ℓ_v of the real steps
+        off = np.arange(LLAMA.vocab_size)[None] != mb.top[rows, None]
+        assert (real[off] > 0).all()
+
+
 @pytest.mark.parametrize("std, seed", SMALL)
 def test_old_bound_is_finite_and_bites(std, seed):
     """The old certificate (max_v |Δℓ_v| < margin/2) on the same cases: ≥ measured, within

@@ -98,6 +98,25 @@ def test_lower_bounds_hold_for_every_history_tried(cfg):
     assert 1 <= min(tight) and min(tight) < 20
 
 
+@pytest.mark.parametrize("r", [1, 2])
+def test_lower_bounds_hold_for_every_history_of_length_r(r):
+    """Exhaustively (all V^r histories, 61 and 3721) for each query token at r = 1, 2: 0 true
+    margins below the certified lower bound or above the upper one (float32 tolerance as
+    above)."""
+    cfg = LLAMA
+    model, prefix, tokens, rs, bound = case(cfg, 0.05)
+    grid = np.stack(np.meshgrid(*[np.arange(cfg.vocab_size)] * r, indexing="ij"), -1)
+    hist = grid.reshape(-1, r)
+    for row in np.flatnonzero(rs == r):
+        logits, _ = measured(cfg, model, prefix, tokens[row], r, hist)
+        top = bound.top[row]
+        margins = logits[:, top][:, None] - logits
+        tol = 1e-5 * np.abs(logits).max()
+        off = np.arange(cfg.vocab_size) != top
+        assert (margins[:, off] >= bound.lower[row, off] - tol).all()
+        assert (margins[:, off] <= bound.upper[row, off] + tol).all()
+
+
 def test_certifies_on_small_weights():
     """Weights of std 0.01, n = 120: r ≥ 1 is certified for most start tokens, and the bound on
     the margin change (near tokens) is within BITES of the largest change seen over the

@@ -14,9 +14,9 @@ from scipy.special import softmax
 from dynsys.stats import proportion_interval
 from dynsys.theory import UniformBound
 from dynsys.theory.lemmas import mass_bound
-from dynsys.theory.sampled import (adversarial_perturbation, escape_bound, kept_tokens,
-                                   maximal_coupling, step_tv_bound, total_variation,
-                                   truncation_is_stable)
+from dynsys.theory.sampled import (adversarial_perturbation, escape_bound, history_tv_bound,
+                                   kept_tokens, maximal_coupling, step_tv_bound,
+                                   total_variation, truncation_is_stable)
 
 
 def tv_of(logits, delta, temperature):
@@ -150,6 +150,29 @@ def test_escape_probability_is_below_the_bound():
     assert lo <= exact <= hi
     assert exact <= product <= union and lo <= product
     assert exact >= 0.5 * product  # the adversary makes the bound bite (0.58 against 0.71)
+
+
+def test_history_tv_bound_holds_for_every_history_tried():
+    """Hypothesis (B) from the history-uniform certificate (std-0.01 llama, n = 120): for each
+    query and every history tried, TV(softmax(ℓ/T), softmax(ℓ′/T)) ≤ tanh(osc/4T) at
+    T = 0.05, 1; the bound is below 1 and within 100× of the largest TV seen; a vacuous
+    margin bound gives 1."""
+    from theory.test_history import LLAMA, case, histories, measured
+
+    model, prefix, tokens, rs, bound = case(LLAMA, 0.01)
+    rng = np.random.default_rng(5)
+    for temperature in (0.05, 1.0):
+        eps = history_tv_bound(bound.margin, bound.lower, bound.upper, temperature)
+        assert (eps < 1).all()
+        for row, (x, r) in enumerate(zip(tokens, rs)):
+            logits, _ = measured(LLAMA, model, prefix, x, r, histories(LLAMA, r, rng))
+            ref = -bound.margin[row]  # ℓ′ − ℓ′_top: the reference logits up to a shift
+            tv = total_variation(softmax(logits / temperature, axis=-1),
+                                 softmax(ref / temperature))
+            assert (tv <= eps[row] + 1e-6).all() and tv.max() * 100 > eps[row]
+    lower = bound.lower.copy()
+    lower[0, 1 if bound.top[0] != 1 else 2] = -np.inf
+    assert history_tv_bound(bound.margin, lower, bound.upper, 1.0)[0] == 1.0
 
 
 def test_truncation_needs_a_margin_and_is_stable_with_one():

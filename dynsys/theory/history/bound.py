@@ -41,7 +41,8 @@ from dynsys.decode import step
 from dynsys.decode.engine import prefix_for
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix, bucket
-from dynsys.nn.rope import inverse_frequencies
+from dynsys.nn.rope import rope_angles, rotate
+from dynsys.theory.exact import check_float32
 from dynsys.theory.history import domain as dm
 from dynsys.theory.margin import NEAR, UNIT
 
@@ -113,12 +114,8 @@ def _rope(cfg: ModelConfig, a, pos):
     float32 angles (the exact-arithmetic model's rotation)."""
     if not cfg.use_rope:
         return a
-    d = cfg.rotary_dim
-    angle = (jnp.asarray(pos).astype(jnp.float32) * jnp.asarray(inverse_frequencies(cfg)))
-    angle = angle.astype(jnp.float64).reshape((-1,) + (1,) * (a.ndim - 1))
-    cos, sin = jnp.cos(angle), jnp.sin(angle)
-    x1, x2 = a[:d // 2], a[d // 2:d]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, a[d:]])
+    angles = rope_angles(pos, cfg).astype(jnp.float64)
+    return jnp.moveaxis(rotate(jnp.moveaxis(a, 0, -1), angles, cfg.rotary_dim), -1, 0)
 
 
 def _rope_form(cfg, f, pos):
@@ -331,6 +328,7 @@ def _sqrt_psd(a: np.ndarray) -> np.ndarray:
 
 
 def check_family(cfg: ModelConfig) -> None:
+    check_float32(cfg, "history_bound")
     if cfg.family not in FAMILIES or cfg.parallel_residual or cfg.norm != "rms":
         raise ValueError(f"history_bound: family {cfg.family!r} is not supported (RMSNorm, "
                          f"SwiGLU, sequential residual only: {', '.join(FAMILIES)})")

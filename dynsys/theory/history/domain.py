@@ -22,7 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-F64 = 2.0 ** -40  # float64 evaluation slack, relative (as dynsys.theory.margin)
+from dynsys.theory.exact import F64  # noqa: F401 (dm.F64: the float64 slack)
+
 GRID = 17  # points of the grid bounding a relaxation of silu / gelu
 
 
