@@ -40,7 +40,7 @@ bench: $(VENV)/.test
 	$(PY) experiments/bench_markov.py
 	$(PY) experiments/profile_decode.py
 
-gallery: $(VENV)/.core  # the README's figures: those of `make run`
+gallery: $(VENV)/.core  # docs/results.md's figures: those of `make run`
 	$(VENV)/bin/dynsys verify
 	mkdir -p docs/gallery && cp runs/verify/*/figures/*.png docs/gallery/
 
