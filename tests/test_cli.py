@@ -323,3 +323,17 @@ def test_figures_of_a_damaged_table_is_one_line(tmp_path, table):
     (run.path / "tables" / "agreement.csv").write_bytes(table)
     refused(invoke("figures", str(tmp_path / "e2")), "agreement.csv", "rerun the study")
     assert not any((run.path / "figures").iterdir())
+
+
+def test_run_on_a_mis_shaped_checkpoint_makes_no_run_directory(tmp_path):
+    """`run e2 --set model=<bad shapes>` made the run directory, then failed loading."""
+    ckpt = tmp_path / "ckpt"
+    model = ds.load("tiny")
+    ds.save_hf(model, ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    config["intermediate_size"] //= 2
+    (ckpt / "config.json").write_text(json.dumps(config))
+    result = invoke("run", "e2", "--out", str(tmp_path / "run"), *MICRO, "--set",
+                    f"model={ckpt}")
+    refused(result, "mlp.gate_proj.weight has shape")
+    assert not (tmp_path / "run").exists()

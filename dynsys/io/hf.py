@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 import shutil
@@ -275,35 +276,93 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _header_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the checkpoint's tensors, buffers excepted, from the safetensors
+    headers alone (no tensor is read)."""
+    shapes = {}
+    for path in _weight_files(directory):
+        try:
+            with safe_open(path, framework="numpy") as f:
+                for name in f.keys():
+                    shapes[name] = tuple(f.get_slice(name).get_shape())
+        except (OSError, SafetensorError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
+    return {name: shape for name, shape in shapes.items() if not name.endswith(_BUFFERS)}
+
+
+def _tied_copy(cfg: ModelConfig) -> str:
+    """The output projection's name, which a tied checkpoint may store as a copy."""
+    return "embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight"
+
+
+def _parameter_count(cfg: ModelConfig) -> int:
+    """The parameters of cfg's model, base + L · (per layer), from the abstract shapes of its
+    1- and 2-layer versions: nothing is allocated, and the cost depends on neither the layer
+    count L nor the widths."""
+    one, two = (sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(
+        lambda k=k: init_params(cfg.replace(num_layers=k), 0)))) for k in (1, 2))
+    return one + (cfg.num_layers - 1) * (two - one)
+
+
+def check_tensors(directory: str | Path, cfg: ModelConfig) -> None:
+    """A ValueError naming the first mismatch unless the checkpoint's tensors are the ones
+    `cfg` needs, in its shapes: read from the safetensors headers alone (no tensor is read),
+    cheapest check first. A config with more layers than the tensor names hold, or with more
+    parameters than the weight files could hold at 1 byte each, is refused before any layer's
+    tensors are listed or shaped (num_hidden_layers 10**6 took minutes and gigabytes to
+    fail); then missing or unexpected names; then each tensor's shape. What `load_hf` checks
+    before it reads the weights, and `checkpoint_digest` before it reads them to hash."""
+    directory = Path(directory)
+    shapes = _header_shapes(directory)
+    if cfg.tie_embeddings:  # some exports store the tied copy
+        shapes.pop(_tied_copy(cfg), None)
+    held = max((int(m.group(1)) + 1 for name in shapes
+                if (m := re.search(r"\.layers\.(\d+)\.", name))), default=0)
+    if cfg.num_layers > held:  # before listing (or shaping) every layer's tensors: cheap
+        raise ValueError(f"{directory / 'config.json'} has {cfg.num_layers} layers; the "
+                         f"checkpoint's tensors hold {held}")
+    stored = sum(path.stat().st_size for path in _weight_files(directory))
+    if (count := _parameter_count(cfg)) > stored:
+        raise ValueError(f"{directory / 'config.json'} implies {count:,} parameters; the "
+                         f"checkpoint's weight files hold {stored:,} bytes, too few for them "
+                         "at 1 byte each")
+    layout = list(_layout(cfg))
+    expected = jax.eval_shape(lambda: init_params(cfg, 0))
+    wanted = {t.hf: t.hf_shape(functools.reduce(operator.getitem, t.ours, expected).shape)
+              for t in layout}
+    if cfg.family == "gpt_neox":
+        N, H, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        for i in range(cfg.num_layers):
+            w_name, b_name = _fused_qkv_names(i)
+            wanted |= {w_name: (3 * N * H, D), b_name: (3 * N * H,)}
+    missing, extra = sorted(set(wanted) - set(shapes)), sorted(set(shapes) - set(wanted))
+    if missing or extra:
+        raise ValueError(f"checkpoint {directory} does not match its config: missing tensors "
+                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected tensors "
+                         f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
+    wrong = [name for name in wanted if shapes[name] != wanted[name]]
+    if wrong:
+        raise ValueError(f"tensor {wrong[0]} has shape {shapes[wrong[0]]}; the config implies "
+                         f"{wanted[wrong[0]]}"
+                         + (f" ({len(wrong) - 1} more tensors mis-shaped)" if wrong[1:] else ""))
+
+
 def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None = None
             ) -> Model:
     """A dynsys model from a local Hugging Face checkpoint directory; with `mesh`
     (dynsys.sharding.make_mesh) each parameter goes straight from the file onto the mesh, split
     over its "model" axis (dynsys.sharding.place).
 
-    Missing, unexpected or mis-shaped tensors raise ValueError naming them; a config with
-    more layers than the tensors hold is refused first, before every layer's tensors are
-    listed and shaped (num_hidden_layers 10**6 took minutes and gigabytes to fail).
+    Missing, unexpected or mis-shaped tensors raise ValueError naming them, from the
+    headers before any weight is read (`check_tensors`).
     """
     directory = Path(directory)
     cfg = load_config(directory, dtype)
+    check_tensors(directory, cfg)
     tensors = _read_tensors(directory)
     if cfg.tie_embeddings:  # some exports store the tied copy
-        tensors.pop("embed_out.weight" if cfg.family == "gpt_neox" else "lm_head.weight", None)
-    held = max((int(m.group(1)) + 1 for name in tensors
-                if (m := re.search(r"\.layers\.(\d+)\.", name))), default=0)
-    if cfg.num_layers > held:  # before listing (or shaping) every layer's tensors: cheap
-        raise ValueError(f"{directory / 'config.json'} has {cfg.num_layers} layers; the "
-                         f"checkpoint's tensors hold {held}")
+        tensors.pop(_tied_copy(cfg), None)
     layout = list(_layout(cfg))
-    names = {t.hf for t in layout}
-    if cfg.family == "gpt_neox":
-        names |= {n for i in range(cfg.num_layers) for n in _fused_qkv_names(i)}
-    missing, extra = sorted(names - set(tensors)), sorted(set(tensors) - names)
-    if missing or extra:
-        raise ValueError(f"checkpoint {directory} does not match its config: missing tensors "
-                         f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected tensors "
-                         f"{extra[:8]}{'...' if len(extra) > 8 else ''}")
     expected = jax.eval_shape(lambda: init_params(cfg, 0))
     params: dict = {}
 
@@ -349,18 +408,14 @@ def _tokenizer(directory: Path, cfg: ModelConfig) -> Tokenizer | None:
 def checkpoint_digest(name_or_path: str | Path) -> str:
     """What identifies a model's weights on disk: for a local checkpoint directory, the
     SHA-256 of config.json, the safetensors index (if any) and every safetensors file it uses,
-    read in full, after checking that each file's header reads (ValueError naming the file);
-    for a preset, "preset:NAME" (its random weights follow from the name and seed)."""
+    read in full, after checking from the headers that the tensors are the ones its config
+    needs, in its shapes (`check_tensors`: ValueError naming the file or tensor); for a
+    preset, "preset:NAME" (its random weights follow from the name and seed)."""
     if str(name_or_path) in PRESETS:
         return f"preset:{name_or_path}"
     directory = Path(name_or_path)
+    check_tensors(directory, load_config(directory))
     weights = _weight_files(directory)
-    for path in weights:
-        try:
-            with safe_open(path, framework="numpy"):
-                pass
-        except (OSError, SafetensorError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     index = [directory / _INDEX] if (directory / _INDEX).exists() else []
     h = hashlib.sha256()
     for path in [_config_file(directory), *index, *weights]:

@@ -16,7 +16,7 @@ from tokenizers.models import WordLevel
 
 from dynsys.config import to_hf_config
 from dynsys.decode import forward
-from dynsys.io import checkpoint_digest, load, load_config, load_hf, save_hf
+from dynsys.io import checkpoint_digest, hf, load, load_config, load_hf, save_hf
 
 
 def assert_same_params(a, b):
@@ -355,3 +355,46 @@ def test_checkpoint_carries_its_tokenizer(model_of, tmp_path):
     (tmp_path / "c" / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not a readable tokenizer"):
         load_hf(tmp_path / "c")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_parameter_count_from_the_config_matches_the_model(name, model_of):
+    model = model_of(name)
+    assert hf._parameter_count(model.config) == model.num_params
+    more = model.config.replace(num_layers=10**6)  # counted without building 10**6 layers
+    assert hf._parameter_count(more) > 10**6 * (model.num_params // (model.config.num_layers
+                                                                       + 2))
+
+
+def _edited_config(directory, **changes) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def test_more_parameters_than_the_files_hold_is_refused_before_reading(model_of, tmp_path,
+                                                                      monkeypatch):
+    """intermediate_size 2**30: 10**11 parameters for a checkpoint of kilobytes, refused from
+    the config and the files' sizes before a tensor is read or a shape compared."""
+    save_hf(model_of("llama-g1"), tmp_path)
+    _edited_config(tmp_path, intermediate_size=2**30)
+    monkeypatch.setattr(hf, "_read_tensors", lambda *a: pytest.fail("tensors read"))
+    size = (tmp_path / "model.safetensors").stat().st_size
+    for call in (load_hf, checkpoint_digest):
+        with pytest.raises(ValueError, match=rf"config.json implies [\d,]+ parameters; the "
+                                             rf"checkpoint's weight files hold {size:,} bytes"):
+            call(tmp_path)
+
+
+def test_mis_shaped_tensors_are_refused_from_the_headers(model_of, tmp_path, monkeypatch):
+    """The shapes come from the safetensors headers: nothing is read (checkpoint_digest, which
+    `dynsys run` calls before it makes the run directory, refuses them too)."""
+    model = model_of("llama-g1")
+    save_hf(model, tmp_path)
+    F, D = model.config.intermediate_size, model.config.hidden_size
+    _edited_config(tmp_path, intermediate_size=F // 2)
+    monkeypatch.setattr(hf, "_read_tensors", lambda *a: pytest.fail("tensors read"))
+    for call in (load_hf, checkpoint_digest):
+        with pytest.raises(ValueError, match=re.escape(
+                f"tensor model.layers.0.mlp.gate_proj.weight has shape {(F, D)}; the config "
+                f"implies {(F // 2, D)} ({3 * model.config.num_layers - 1} more tensors")):
+            call(tmp_path)
