@@ -180,3 +180,40 @@ def test_loss_finding():
     assert loss_finding({"english": high, "chichewa": low}, 500, 0).verdict == "fails"
     few = {"english": np.array([1.0, 2.0, 3.0]), "chichewa": np.array([1.5, 2.5, 3.5])}
     assert loss_finding(few, 500, 0).verdict == "inconclusive"
+
+
+class TableRun:
+    """What `findings` reads of a run: its config and tables, here synthetic."""
+
+    def __init__(self, config: dict, tables: dict[str, list[dict]]):
+        self.config, self.tables = config, tables
+
+    def read_table(self, name: str) -> list[dict]:
+        return self.tables[name]
+
+
+@pytest.mark.parametrize("chichewa_loss, verdicts", [
+    (2.0, ["holds", "holds"]),  # the premise holds: the claim is tested
+    (0.5, ["not testable here", "fails"]),  # the model knows the language better than English
+])
+def test_a_failed_premise_makes_the_claim_not_testable(chichewa_loss, verdicts):
+    """The same traces (Chichewa nearest step 0, English nearest the last step: the claim
+    holds on them) under a premise that holds and one that fails."""
+    rng = np.random.default_rng(1)
+    lengths = {**{("random", step): found for step, found in REFERENCE.items()},
+               ("english", 100): np.full(30, 9), ("chichewa", 100): np.zeros(30, int)}
+    windows = {"english": 1 + 0.05 * rng.standard_normal(20),
+               "chichewa": chichewa_loss + 0.05 * rng.standard_normal(20)}
+    run = TableRun(
+        {"resamples": 200, "seed": 0, "G": 30, "repeats": 3},
+        {"traces": training.trace_table({key: {"end": p, "anywhere": p}
+                                         for key, p in lengths.items()}, ("source", "step")),
+         "texts": [{"language": language, "tokens": 100, "bytes": 100, "bytes_per_token": 1.0}
+                   for language in LANGUAGES],
+         "window_losses": [{"language": language, "window": i, "loss": float(loss)}
+                           for language in LANGUAGES for i, loss in enumerate(windows[language])],
+         "losses": [{"step": 100, "language": language, "loss": float(windows[language].mean())}
+                    for language in LANGUAGES]})
+    found = e8_paths.findings(run)
+    assert [f.verdict for f in found[:2]] == verdicts
+    assert found[1].kind == "manipulation" and found[0].test.verdict == "holds"
