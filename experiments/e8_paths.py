@@ -1,5 +1,5 @@
 """E8 — under-trained paths: the final checkpoint of E7's training prompted with 100-token
-segments of held-out English and of Japanese (the low-resource language of the mixture);
+segments of held-out English and of Chichewa (the low-resource language of the mixture);
 minimal-cycle histograms per language, their total-variation distance to every checkpoint's
 histogram, and the loss per byte of each language.
 
