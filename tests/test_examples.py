@@ -1,8 +1,10 @@
-"""The tutorial in examples/ runs as a user would run it, on small sizes: the quick-start on the
-tiny preset writes its figure, and the own-model walk-through writes a checkpoint with save_hf,
+"""The tutorial runs as a user would run it: the README's Python quick-start (every name it uses
+is defined in it), examples/quickstart.py at the same sizes (the compiled programs are shared)
+writes its figure, and examples/own_model.py, on small sizes, writes a checkpoint with save_hf,
 runs the analysis on the model read back from that directory, and transformers reads the same
 directory and continues a prompt with the same greedy tokens."""
 
+import re
 import runpy
 from pathlib import Path
 
@@ -13,7 +15,8 @@ import transformers
 
 import dynsys as ds
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -22,9 +25,19 @@ def example(name: str):
     return runpy.run_path(str(EXAMPLES / f"{name}.py"))
 
 
+def test_readme_quickstart_runs_as_written(capsys):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python quick-start\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.splitlines()) <= 16
+    exec(compile(code, "README.md", "exec"), {})  # a fresh namespace: nothing predefined
+    out = capsys.readouterr().out
+    assert re.search(r"period \d+ from step \d+; f_P has \d+ cycle", out), out
+    assert "trace follows f_P on" in out and "MLP zeroed" in out, out
+
+
 def test_quickstart_prints_each_step_and_writes_its_figure(tmp_path, capsys):
     figure = tmp_path / "figs" / "quickstart.png"
-    example("quickstart")["main"]([str(figure), "--length", "96", "--new-tokens", "24"])
+    example("quickstart")["main"]([str(figure)])
     out = capsys.readouterr().out
     for step in ("greedy trace: period", "f_P:", "the trace follows f_P", "MLP zeroed", "wrote"):
         assert step in out, (step, out)
