@@ -87,6 +87,19 @@ def hf_logits(hf, tokens, positions=None) -> np.ndarray:
         return hf(torch.as_tensor(np.asarray(tokens), dtype=torch.long), **kwargs).logits.numpy()
 
 
+def hf_attentions(hf, tokens, mask=None) -> list[np.ndarray]:
+    """transformers' eager attention probabilities of tokens [B, T], one [B, N, T, T] per
+    layer; with a real-token mask [B, T] (left padding) the positions count real tokens."""
+    ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    kwargs = {}
+    if mask is not None:
+        mask = np.asarray(mask)
+        kwargs = {"attention_mask": torch.as_tensor(mask, dtype=torch.long),
+                  "position_ids": torch.as_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))}
+    with torch.no_grad():
+        return [a.numpy() for a in hf(ids, output_attentions=True, **kwargs).attentions]
+
+
 def hf_greedy(hf, prompts, new: int, with_scores: bool = False, **kwargs):
     """transformers' greedy continuation of equal-length prompts [B, n]: tokens [B, new]
     (and, with_scores, the processed scores [B, new, V] that greedy took the argmax of)."""

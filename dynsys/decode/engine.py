@@ -41,13 +41,16 @@ class Output:
 
 
 def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache | None, write_mask,
-        prefix: Prefix | None, edits: dict | None = None, record: bool = False) -> Output:
+        prefix: Prefix | None, edits: dict | None = None, record: bool = False,
+        key_bias: tuple | None = None) -> Output:
     """The one call of the model: tokens [B, T] at positions [B, T] written into `rows` where
     write_mask [B, T] (see Transformer.__call__), after the shared `prefix`; rows=None: one
     full causal sequence, no cache (Output.rows is None). `edits` (a
-    `dynsys.nn.sites.edits` tree, traced) changes named sites; `record` stores every site."""
+    `dynsys.nn.sites.edits` tree, traced) changes named sites; `record` stores every site
+    (with a row cache, "attn_weights" too); key_bias = (first slot, b) adds b to the scores of
+    the row keys from slot `first` up to each query's own slot, exclusive (Transformer)."""
     variables = {"params": params} if edits is None else {"params": params, "edits": edits}
-    args = (tokens, positions, rows, write_mask, prefix)
+    args = (tokens, positions, rows, write_mask, prefix, key_bias)
     if record:
         (hidden, rows), state = Transformer(cfg).apply(variables, *args, mutable=["record"])
         return Output(hidden, rows, Recorded(state["record"]))
@@ -256,9 +259,11 @@ def decode_segments(prompt: int, new_tokens: int) -> list[tuple[int, int, int]]:
 @functools.partial(jax.jit,
                    static_argnames=("cfg", "max_new_tokens", "kind", "with_margins", "record"))
 def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
-              tokens, write_mask, values, key, edits, record: tuple[str, ...] = ()):
+              tokens, write_mask, values, key, edits, record: tuple[str, ...] = (),
+              generated_key_bias=None):
     B, T = tokens.shape
     segments = decode_segments(T, max_new_tokens)
+    key_bias = None if generated_key_bias is None else (T, generated_key_bias)
     capacity = segments[0][2]
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
     hidden, rows, first = _prefill_rows(cfg, params, tokens, positions, write_mask,
@@ -279,20 +284,25 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     def body(state: DecodeState, i):
         token, margin, finite = choose(state, i)
         out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
-                  jnp.ones((B, 1), bool), None, edits, bool(record))
+                  jnp.ones((B, 1), bool), None, edits, bool(record), key_bias)
         state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
                             rows=out.rows, position=state.position + 1)
         return state, (token, margin, finite, _recorded_sites(cfg, out.recorded, record, 0))
 
-    pieces = []
+    def full_width(sites: dict) -> dict:
+        """attn_weights over a segment's cache, zero-padded to the last segment's slots."""
+        return {name: jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, segments[-1][2] - x.shape[-1])])
+                if name == "attn_weights" else x for name, x in sites.items()}
+
+    first, pieces = full_width(first), []
     for start, end, size in segments:
         extra = size - state.rows.capacity
         state = state.replace(seq=jnp.pad(state.seq, [(0, 0), (0, extra)]),
                               rows=grow(state.rows, size))
-        state, piece = jax.lax.scan(body, state, jnp.arange(start, end))
-        pieces.append(piece)
+        state, (*piece, sites) = jax.lax.scan(body, state, jnp.arange(start, end))
+        pieces.append((*piece, full_width(sites)))
     *steps, sites = jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
     last = choose(state, max_new_tokens - 1)
     # [B, G] each: tokens, margins, usable logits; then {site: [B, G, ...]}, entry 0 from the
@@ -326,24 +336,39 @@ def memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_generation_fits(cfg: ModelConfig, rows: int, width: int, max_new_tokens: int) -> None:
+def check_generation_fits(cfg: ModelConfig, rows: int, width: int, max_new_tokens: int,
+                          attn_weights: bool = False) -> None:
     """Refuse (ValueError) generating from `rows` prompts padded to `width` tokens when their
-    KV cache and logits alone exceed `memory_bytes()` (XLA would fail with RESOURCE_EXHAUSTED
-    after compiling, or the host would swap). A lower bound of the need: nothing that fits is
-    refused."""
+    KV cache and logits alone (and the recorded attention weights, with `attn_weights`)
+    exceed `memory_bytes()` (XLA would fail with RESOURCE_EXHAUSTED after compiling, or the
+    host would swap). A lower bound of the need: nothing that fits is refused."""
+    slots = width + max_new_tokens
     cache = (2 * cfg.num_layers * rows * cfg.num_kv_heads * cfg.head_dim
-             * (width + max_new_tokens) * jnp.dtype(cfg.cache_dtype).itemsize)
-    need, have = cache + 4 * rows * cfg.vocab_size, memory_bytes()
+             * slots * jnp.dtype(cfg.cache_dtype).itemsize)
+    weights = 4 * rows * max_new_tokens * cfg.num_layers * cfg.num_heads * slots
+    need, have = cache + 4 * rows * cfg.vocab_size + attn_weights * weights, memory_bytes()
     if need > have:
+        what = "KV cache, logits and attention weights" if attn_weights else "KV cache and logits"
         raise ValueError(f"{rows} prompts of {width} tokens (padded) + {max_new_tokens} new "
-                         f"tokens need at least {need / 2**30:.1f} GiB (KV cache and logits); "
+                         f"tokens need at least {need / 2**30:.1f} GiB ({what}); "
                          f"the devices hold {have / 2**30:.1f} GiB: generate fewer at a time")
+
+
+def check_key_bias(bias) -> jnp.ndarray:
+    """A generated-key bias b = log λ as a float32 scalar: a real number below +inf (−inf is
+    λ = 0); anything else is a ValueError naming it."""
+    if isinstance(bias, bool) or not isinstance(bias, int | float | np.integer | np.floating):
+        raise ValueError(f"generated_key_bias={bias!r} must be a float (log λ, −inf for λ = 0)")
+    if not float(bias) <= float(np.finfo(np.float32).max):  # NaN, +inf or beyond float32
+        raise ValueError(f"generated_key_bias={bias!r} must be a float32 number below +inf "
+                         "(log λ, −inf for λ = 0)")
+    return jnp.float32(bias)
 
 
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
              return_margins: bool = False, edits: dict | None = None,
-             record: Sequence[str] = ()):
+             record: Sequence[str] = (), generated_key_bias: float | None = None):
     """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
     (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]; then,
     with `record`, the recorded sites): `tokens`, `(tokens, margins)`, `(tokens, recorded)` or
@@ -354,6 +379,18 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     at the position whose logits token i was chosen from, the last prompt token for i = 0 and
     generated token i − 1 (fed at step i − 1) for i > 0, i.e. position p_b + i − 1 for a prompt
     of length p_b. record=() compiles the program generation has without recording.
+    recorded["attn_weights"] is [B, G, L, N, W + G]: each head's softmax weights over the key
+    slots, W = the padded prompt width (bucket of the longest prompt). Slot c < W holds prompt
+    token c − (W − p_b) (left padding: slots below W − p_b are 0), slot W + j generated token
+    j, at position p_b + j; entry [b, i] weighs slots up to W + i − 1 (its own), later ones 0.
+
+    generated_key_bias: b = log λ (a float, −inf allowed; None: the program without it). At
+    every decode step, in every layer and head, the scores of the earlier generated keys (every
+    generated token before the one fed, whose own key is untouched, as are the prompt's) get
+    + b. Token 0 (chosen after the prompt) and token 1 are unaffected; with b = −inf token i + 1
+    is f_{P,i}(token i), the greedy next token after the prompt and token i alone at its real
+    position p_b + i (forced-Markov decoding; `dynsys.dynamics.markov_map` with offset i).
+    b = 0 gives the tokens of b = None. b is traced: all values share one compile.
 
     prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
     and masked). `edits` (a `dynsys.nn.sites.edits` tree) changes named sites at every step,
@@ -374,18 +411,20 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
     check_edits(edits, cfg.num_layers)
     seed = check_seed(seed)
+    if generated_key_bias is not None:
+        generated_key_bias = check_key_bias(generated_key_bias)
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     longest = int(mask.sum(1).max())
     if longest + max_new_tokens > cfg.max_position_embeddings:
         raise ValueError(
             f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
             f"max_position_embeddings={cfg.max_position_embeddings}")
-    check_generation_fits(cfg, *tokens.shape, max_new_tokens)
+    check_generation_fits(cfg, *tokens.shape, max_new_tokens, "attn_weights" in record)
     with use(model.params):
         out, margins, finite, recorded = _generate(
             cfg, int(max_new_tokens), sampler.kind, return_margins, model.params,
             jnp.asarray(tokens), jnp.asarray(mask), sampler.values, jax.random.PRNGKey(seed),
-            edits, record=record)
+            edits, record=record, generated_key_bias=generated_key_bias)
     check_finite(finite, "generate ([row, step])")
     extra = ((margins,) if return_margins else ()) + ((recorded,) if record else ())
     return (out, *extra) if extra else out

@@ -17,6 +17,12 @@ attention branch), "resid_mid" [B, T, D] (x + attention), "mlp_up" [B, T, F] (th
 projection), "mlp_hidden" [B, T, F] (the activation entering the down projection), "mlp_out"
 [B, T, D] (the MLP branch), "resid_post" [B, T, D] (the block's output); and "embed_out" [B, T, D]
 (the token embedding, before block 0).
+
+"attn_weights" [B, T, N, S] is recorded only (`record`; an edit of it is refused: the output
+is computed from the scores, not from this copy): head n's softmax weights of query t over the
+S key slots of the call, a shared prefix's slots first, then the row cache's (0 at masked or
+padded slots). It is computed only when recording, from the scores the output uses; the
+blockwise full-sequence path (rows=None) does not record it.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from flax import struct
 BLOCK_SITES: dict[str, tuple[str, ...]] = {
     "query": ("attn",), "heads": ("attn",), "attn_out": (), "resid_mid": (),
     "mlp_up": ("mlp",), "mlp_hidden": ("mlp",), "mlp_out": (), "resid_post": (),
+    "attn_weights": ("attn",),
 }
 MODEL_SITES: tuple[str, ...] = ("embed_out",)
+RECORD_ONLY: tuple[str, ...] = ("attn_weights",)  # sites that can be recorded, not edited
 
 
 def site(module, name: str, x):
@@ -41,8 +49,13 @@ def site(module, name: str, x):
     if module.has_variable("edits", name):
         edit = module.get_variable("edits", name)
         x = (x * edit["scale"] + edit["shift"]).astype(x.dtype)
-    module.sow("record", name, x)
+    record(module, name, x)
     return x
+
+
+def record(module, name: str, x) -> None:
+    """Store x as site `name` of `module` when the "record" collection is mutable."""
+    module.sow("record", name, x)
 
 
 def _path(name: str, layer: int | None) -> tuple[str, ...]:
@@ -69,6 +82,7 @@ def edits(changes: Mapping[tuple[str, int | None], Mapping[str, object]],
     tree: dict = {}
     for (name, layer), change in changes.items():
         path = _path(name, layer)
+        _check_editable(name)
         if layer is not None and not 0 <= layer < num_layers:
             raise ValueError(f"layer={layer} is outside [0, {num_layers})")
         unknown = set(change) - {"scale", "shift"}
@@ -80,6 +94,12 @@ def edits(changes: Mapping[tuple[str, int | None], Mapping[str, object]],
         node[name] = {"scale": jnp.asarray(change.get("scale", 1.0), jnp.float32),
                       "shift": jnp.asarray(change.get("shift", 0.0), jnp.float32)}
     return tree
+
+
+def _check_editable(name: str) -> None:
+    if name in RECORD_ONLY:
+        raise ValueError(f"site {name!r} is recorded only and cannot be edited (the output is "
+                         "computed from the scores; edit 'query' or 'heads' instead)")
 
 
 def _site_paths(num_layers: int) -> set[tuple[str, ...]]:
@@ -103,6 +123,7 @@ def check_edits(tree: Mapping | None, num_layers: int) -> None:
         if not isinstance(node, Mapping):
             raise ValueError(f"edits: {where} is a {type(node).__name__}, not a mapping")
         if path in sites:
+            _check_editable(path[-1])
             if set(node) != {"scale", "shift"}:
                 raise ValueError(f"edits: {where} must hold 'scale' and 'shift', got "
                                  f"{sorted(map(str, node))}")

@@ -14,14 +14,14 @@ from dynsys.nn.blockwise import causal_attention
 from dynsys.nn.cache import ROW_KEY_AXES, ROW_VALUE_AXES, Prefix, RowCache, empty_rows
 from dynsys.nn.layers import Linear, norm_layer
 from dynsys.nn.rope import apply_rope
-from dynsys.nn.sites import site
+from dynsys.nn.sites import record, site
 from dynsys.sharding import constrain, partitioned
 
 
-def _cached(q, k, v, rows: tuple, prefix: tuple | None):
+def _cached(q, k, v, rows: tuple, prefix: tuple | None, weights: bool):
     """Write k, v [B, T, K, H] into the row cache and attend q [B, T, K, G, H] to the
-    prefix and the rows (see Attention.__call__): (output [B, T, K, G, H], updated (k, v))."""
-    cache_k, cache_v, slot, key_mask = rows
+    prefix and the rows (see Attention.__call__): (`Attended`, updated (k, v))."""
+    cache_k, cache_v, slot, key_mask, key_bias = rows
     # Padding slots are written too; key_mask keeps every query from reading them.
     cache_k = jax.lax.dynamic_update_slice(
         cache_k, k.astype(cache_k.dtype).transpose(0, 2, 3, 1), (0, 0, 0, slot))
@@ -31,11 +31,10 @@ def _cached(q, k, v, rows: tuple, prefix: tuple | None):
     # attention reads and the carried cache separately, copying every cache at every step.
     cache_k, cache_v = jax.lax.optimization_barrier((cache_k, cache_v))
     cache_k, cache_v = constrain(cache_k, ROW_KEY_AXES), constrain(cache_v, ROW_VALUE_AXES)
-    segments = [Segment(cache_k, cache_v, key_mask)]
+    segments = [Segment(cache_k, cache_v, key_mask, key_bias)]
     if prefix is not None:
         segments.insert(0, Segment(*prefix))
-    out, _ = attend(q, segments)
-    return out, (cache_k, cache_v)
+    return attend(q, segments, weights), (cache_k, cache_v)
 
 
 class Attention(nn.Module):
@@ -43,11 +42,16 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, rows: tuple, prefix: tuple | None):
-        """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask): this layer's row
-        cache (k [B, K, H, C], v [B, K, C, H]), the first slot to write and the row mask
-        [B, T, C]; prefix = (k [K, H, S], v [K, S, H], key mask [S]). Returns the output
-        [B, T, D] and the updated (k, v). rows=None (and no prefix): causal attention of the
-        T tokens alone, in blocks (dynsys.nn.blockwise), no cache; returns (output, None)."""
+        """x [B, T, D] at positions [B, T]; rows = (k, v, slot, key_mask, key_bias): this
+        layer's row cache (k [B, K, H, C], v [B, K, C, H]), the first slot to write, the row
+        mask [B, T, C] and an additive score bias [1, T, C] or None; prefix = (k [K, H, S],
+        v [K, S, H], key mask [S]). Returns the output [B, T, D] and the updated (k, v).
+        rows=None (and no prefix): causal attention of the T tokens alone, in blocks
+        (dynsys.nn.blockwise), no cache; returns (output, None).
+
+        When recording, the record-only site "attn_weights" [B, T, N, S + C] holds each
+        head's softmax weights over the prefix's S slots, then the C row slots (0 where
+        masked), from the scores the output is computed from; the blockwise path has none."""
         cfg = self.cfg
         B, T, _ = x.shape
         N, K, G, H = cfg.num_heads, cfg.num_kv_heads, cfg.heads_per_kv, cfg.head_dim
@@ -59,7 +63,11 @@ class Attention(nn.Module):
         if rows is None:
             out, kv = causal_attention(q.reshape(B, T, K, G, H), k, v), None
         else:
-            out, kv = _cached(q.reshape(B, T, K, G, H), k, v, rows, prefix)
+            recording = self.is_mutable_collection("record")
+            attended, kv = _cached(q.reshape(B, T, K, G, H), k, v, rows, prefix, recording)
+            out = attended.output
+            if recording:
+                record(self, "attn_weights", attended.weights.reshape(B, T, N, -1))
         out = site(self, "heads", out.reshape(B, T, N, H).astype(cfg.dtype))
         y = Linear(cfg, (cfg.hidden_size,), cfg.out_bias, ("embed", "heads", "head_dim"),
                    inputs=2, name="o")(out)
@@ -115,12 +123,18 @@ class Transformer(nn.Module):
         if not cfg.tie_embeddings:
             self.lm_head = Linear(cfg, (cfg.vocab_size,), False, ("vocab", "embed"))
 
-    def __call__(self, tokens, positions, rows: RowCache, write_mask, prefix: Prefix | None):
+    def __call__(self, tokens, positions, rows: RowCache, write_mask, prefix: Prefix | None,
+                 key_bias: tuple | None = None):
         """Run tokens [B, T] at positions [B, T], written to row slots [end, end + T) where
         write_mask [B, T] is True (False: left padding, attends to nothing, is never a key).
 
         Row keys visible to query t: written, valid slots c ≤ end + t. Prefix keys: its
         [0, length) slots. Returns hidden [B, T, D] and the updated RowCache.
+
+        key_bias = (first, b): in every layer and head, the scores of the row keys in slots
+        first ≤ c < end + t (those before query t's own slot) get + b (a traced float; −inf
+        hides them). With first = the first generated slot these are the earlier generated
+        keys: the prompt's keys and the query's own are untouched.
 
         rows=None (training's full sequence; write_mask and prefix are then unused): every
         query t sees tokens 0..t of this call alone, by dynsys.nn.blockwise, and no cache is
@@ -128,6 +142,8 @@ class Transformer(nn.Module):
         """
         x = site(self, "embed_out", constrain(self.embed(tokens), ("batch", "seq", "embed")))
         if rows is None:
+            if key_bias is not None:
+                raise ValueError("key_bias needs a row cache (rows=None attends in blocks)")
             for block in self.blocks:
                 x, _ = block(x, positions, None, None)
             return self.final_norm(x), None
@@ -136,10 +152,16 @@ class Transformer(nn.Module):
         valid = jax.lax.dynamic_update_slice(rows.valid, write_mask, (0, rows.end))
         causal = jnp.arange(rows.capacity)[None, :] <= slots[:, None]  # [T, C]
         key_mask = valid[:, None, :] & causal[None] & write_mask[:, :, None]
+        bias = None
+        if key_bias is not None:
+            first, b = key_bias
+            slot = jnp.arange(rows.capacity)[None, :]
+            earlier = (slot >= first) & (slot < slots[:, None])  # [T, C]
+            bias = jnp.where(earlier, jnp.asarray(b, jnp.float32), 0.0)[None]  # [1, T, C]
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             layer_prefix = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.valid)
-            x, (k, v) = block(x, positions, (rows.k[i], rows.v[i], rows.end, key_mask),
+            x, (k, v) = block(x, positions, (rows.k[i], rows.v[i], rows.end, key_mask, bias),
                               layer_prefix)
             new_k.append(k)
             new_v.append(v)

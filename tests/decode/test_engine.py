@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import hf_greedy, hf_logits
+from conftest import hf_attentions, hf_greedy, hf_logits
 
 import dynsys
 import dynsys.decode.engine
@@ -261,6 +261,11 @@ def test_generation_without_record_compiles_no_recording(model_of, monkeypatch):
     monkeypatch.setattr(dynsys.nn.transformer, "site", lambda module, name, x: x)
     monkeypatch.setattr(dynsys.decode.engine, "_recorded_sites", lambda *args: {})
     assert lowered_generation(model, ()) == plain
+    # nor any attention weights: an attend that never computes them gives the same program
+    attend = dynsys.nn.transformer.attend
+    monkeypatch.setattr(dynsys.nn.transformer, "attend", lambda q, segments, weights: attend(
+        q, segments))
+    assert lowered_generation(model, ()) == plain
 
 
 @pytest.mark.parametrize("record", [("resid_post", "mlp_gate"), "resid"])
@@ -269,3 +274,100 @@ def test_recording_an_unknown_site_raises_naming_it(model_of, record):
     bad = record[-1] if isinstance(record, tuple) else record
     with pytest.raises(ValueError, match=f"unknown site '{bad}'"):
         generate(model, tokens(model, 1, 5), 2, record=record)
+
+
+@pytest.mark.parametrize("name, new", [("llama-g4-tied-llama3", 6), ("qwen2-g2-tied", 6),
+                                       ("neox-rot50-tied-seq", 131)])
+def test_recorded_attention_weights_of_decode_steps_equal_transformers_eager(name, new, pair):
+    """Ragged (left-padded) prompts: entry [b, i] of recorded["attn_weights"] is transformers'
+    eager attention row of the query at slot W − 1 + i of the same left-padded sequence
+    (prompt, then the generated tokens; attention_mask and position_ids), over all W + G
+    slots; 131 tokens take several decode segments, whose weights are padded to W + G."""
+    model, hf = pair(name)
+    cfg = model.config
+    prompts = [tokens(model, 16, seed=2), tokens(model, 9, seed=3)]
+    out, recorded = generate(model, prompts, new, record="attn_weights")
+    ours = np.asarray(recorded["attn_weights"])  # [B, G, L, N, W + G]
+    W = ours.shape[-1] - new
+    assert W == 16 and ours.shape == (2, new, cfg.num_layers, cfg.num_heads, W + new)
+    seq, mask = np.zeros((2, W + new), np.int64), np.zeros((2, W + new), bool)
+    for b, prompt in enumerate(prompts):
+        seq[b, W - len(prompt):] = np.concatenate([prompt, np.asarray(out[b])])
+        mask[b, W - len(prompt):] = True
+    theirs = hf_attentions(hf, seq, mask)
+    np.testing.assert_allclose(ours.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(ours[1, ..., :W - 9], 0)  # left padding
+    for layer in range(cfg.num_layers):
+        rows = theirs[layer][:, :, W - 1:W - 1 + new].transpose(0, 2, 1, 3)  # [B, G, N, W + G]
+        np.testing.assert_allclose(ours[:, :, layer], rows, atol=1e-5, err_msg=f"layer {layer}")
+
+
+def test_key_bias_scales_the_earlier_generated_keys_weights(model_of):
+    """In layer 0, whose scores the bias cannot change, + b on slots [first, own slot) is the
+    unbiased weights with those keys scaled by λ = e^b and renormalised; the prompt's keys and
+    each query's own key keep theirs. Later layers change; b = 0 changes nothing."""
+    import jax.numpy as jnp
+    model = model_of("llama-g2-narrow")
+    cfg, (B, T), first = model.config, (2, 20), 12
+    seq = tokens(model, B, T, seed=5)
+
+    def weights(key_bias, layer):
+        out = dynsys.decode.engine.run(cfg, model.params, seq, np.tile(np.arange(T), (B, 1)),
+                                       empty_rows(cfg, B, T), np.ones((B, T), bool), None,
+                                       record=True, key_bias=key_bias)
+        return np.asarray(out.recorded("attn_weights", layer), np.float64)  # [B, T, N, T]
+
+    plain = weights(None, 0)
+    slot = np.arange(T)
+    earlier = (slot[None, :] >= first) & (slot[None, :] < slot[:, None])  # [query, key]
+    for b in (0.0, np.log(0.25), -np.inf):
+        scaled = plain * np.where(earlier, np.exp(b), 1.0)[None, :, None, :]
+        np.testing.assert_allclose(weights((first, jnp.float32(b)), 0),
+                                   scaled / scaled.sum(-1, keepdims=True), atol=1e-6)
+    np.testing.assert_array_equal(weights((first, jnp.float32(0.0)), 1), weights(None, 1))
+    assert not np.allclose(weights((first, jnp.float32(-1.0)), 1), weights(None, 1), atol=1e-4)
+
+
+@pytest.mark.parametrize("rope", [True, False], ids=["rope", "nope"])
+def test_forced_markov_decoding_iterates_the_position_exact_map(rope, model_of):
+    """generated_key_bias = −inf (λ = 0): each generated token attends to the prompt and to
+    itself, so greedy decoding is x_{t+1} = f_{P,t−1}(x_t), the map with x_t alone after P at
+    its real position n + t − 1 (suffix_map, offset t − 1), token for token; x_1 is the greedy
+    token after P. Ragged prompts (left padding) included."""
+    from dynsys.dynamics import suffix_map
+    model = model_of("llama-g2-narrow").with_rope(rope)
+    G = 12
+    prompts = [tokens(model, 10, seed=8), tokens(model, 13, seed=9), tokens(model, 16, seed=10)]
+    forced = np.asarray(generate(model, prompts, G, generated_key_bias=-np.inf))
+    for b, prompt in enumerate(prompts):
+        assert forced[b, 0] == np.argmax(np.asarray(forward(model, prompt[None]))[0, -1])
+        f = suffix_map(model, prompt, forced[b, :-1, None], offset=np.arange(G - 1),
+                       progress=False)
+        np.testing.assert_array_equal(forced[b, 1:], f.next)
+    assert not np.array_equal(forced, np.asarray(generate(model, prompts, G)))
+
+
+def test_generated_key_bias_zero_is_normal_decoding_and_all_values_share_one_compile(model_of):
+    """b = 0 gives normal decoding's tokens and margins bit for bit, greedy and sampled; new
+    values of b (λ = 0.5, 0.1, 0) reuse the compiled program."""
+    model = model_of("llama-g1")
+    prompts = [tokens(model, 10, seed=3), tokens(model, 16, seed=4)]
+    for sampler in (Sampler(), Sampler(temperature=0.7, top_p=0.9)):
+        plain = generate(model, prompts, 20, sampler=sampler, seed=5, return_margins=True)
+        zero = generate(model, prompts, 20, sampler=sampler, seed=5, return_margins=True,
+                        generated_key_bias=0.0)
+        for a, b in zip(plain, zero):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    compiled = dynsys.decode.engine._generate._cache_size()
+    traces = [np.asarray(generate(model, prompts, 20, sampler=sampler, seed=5,
+                                  return_margins=True, generated_key_bias=b)[0])
+              for b in (np.log(0.5), np.log(0.1), -np.inf)]
+    assert dynsys.decode.engine._generate._cache_size() == compiled
+    assert not np.array_equal(traces[0], traces[2])
+
+
+@pytest.mark.parametrize("bias", [np.nan, np.inf, 1e39, "0", True, [0.0]])
+def test_a_bad_generated_key_bias_is_refused_naming_it(bias, model_of):
+    model = model_of("llama-g1")
+    with pytest.raises(ValueError, match="generated_key_bias="):
+        generate(model, tokens(model, 1, 5), 2, generated_key_bias=bias)

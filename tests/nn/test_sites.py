@@ -66,6 +66,28 @@ def test_recorded_sites_are_the_model_s_own_values(model):
             jnp.ones(tokens.shape, bool), None, record=True).recorded("query", 99)
 
 
+def test_attention_weights_after_a_shared_prefix_list_its_slots_first(model):
+    """Rows after a shared prefix (capacity 32, 20 tokens): "attn_weights" holds the prefix's
+    32 slots (0 beyond its length), then the rows' own; they equal the last query's weights
+    in a full forward of the prompt and the row's token."""
+    n, B = 20, 3
+    prompt, (v, _) = inputs(CFG, 1, n, seed=4)[0][0], inputs(CFG, B, 1, seed=5)
+    prefix = dynsys.decode.prefill(model, prompt)
+    assert prefix.capacity == 32
+    after = run(CFG, model.params, v, np.full((B, 1), n), empty_rows(CFG, B, 1),
+                jnp.ones((B, 1), bool), prefix, record=True).recorded
+    seq = np.concatenate([np.tile(prompt, (B, 1)), v], 1)
+    whole = run(CFG, model.params, seq, np.tile(np.arange(n + 1), (B, 1)),
+                empty_rows(CFG, B, n + 1), jnp.ones((B, n + 1), bool), None, record=True).recorded
+    for layer in range(CFG.num_layers):
+        ours = np.asarray(after("attn_weights", layer))
+        full = np.asarray(whole("attn_weights", layer))
+        assert ours.shape == (B, 1, CFG.num_heads, 33)
+        np.testing.assert_allclose(ours[..., :n], full[:, -1:, :, :n], atol=1e-6)
+        np.testing.assert_array_equal(ours[..., n:32], 0)
+        np.testing.assert_allclose(ours[..., 32], full[:, -1:, :, n], atol=1e-6)
+
+
 def test_edits_equal_the_same_change_made_to_the_weights(model):
     """Zeroing layer 0's MLP branch = zero down projection; flipping neuron 7's activation in
     layer 1 = negating column 7 of its down projection."""
@@ -104,6 +126,8 @@ def test_bad_edits_name_the_problem():
         edits({("mlp_out", None): {"scale": 0.0}}, 2)
     with pytest.raises(ValueError, match="'bias'"):
         edits({("mlp_out", 0): {"bias": 0.0}}, 2)
+    with pytest.raises(ValueError, match="'attn_weights' is recorded only"):
+        edits({("attn_weights", 0): {"scale": 0.0}}, 2)
 
 
 @pytest.mark.parametrize("layer", [True, 0.0, "0"])
@@ -129,7 +153,9 @@ def hand_built(path: tuple[str, ...], leaf=None) -> dict:
     (("blocks_0", "mlp_hidden"), None, "blocks_0/mlp_hidden is not a site"),
     (("embed_out",), {"scale": 0.0}, "embed_out must hold 'scale' and 'shift'"),
     (("blocks_1", "mlp"), 0.0, "blocks_1/mlp is a float, not a mapping"),
-], ids=["misspelled", "missing-layer", "wrong-owner", "no-owner", "no-shift", "not-a-tree"])
+    (("blocks_0", "attn", "attn_weights"), None, "'attn_weights' is recorded only"),
+], ids=["misspelled", "missing-layer", "wrong-owner", "no-owner", "no-shift", "not-a-tree",
+        "record-only"])
 def test_hand_built_edit_trees_are_checked_against_the_model_s_sites(model, path, leaf,
                                                                       message):
     """Every entry point taking edits refuses a tree naming a site the model does not have

@@ -1,10 +1,10 @@
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS, hf_greedy, hf_logits, small
+from conftest import CONFIGS, hf_attentions, hf_greedy, hf_logits, small
 
-from dynsys.decode import forward, generate
-from dynsys.nn import init_params
+from dynsys.decode import forward, generate, run
+from dynsys.nn import empty_rows, init_params
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -21,6 +21,23 @@ def test_greedy_tokens_match_transformers(name, pair):
     prompts = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 24))
     ours = np.asarray(generate(model, prompts, 64))
     np.testing.assert_array_equal(ours, hf_greedy(hf, prompts, 64))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_recorded_attention_weights_equal_transformers_eager(name, pair):
+    """The "attn_weights" site of a recording full forward: each layer's [B, T, N, T] softmax
+    weights sum to 1 over the keys and equal transformers' eager output_attentions."""
+    model, hf = pair(name)
+    cfg, (B, T) = model.config, (2, 40)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (B, T))
+    recorded = run(cfg, model.params, tokens, np.tile(np.arange(T), (B, 1)),
+                   empty_rows(cfg, B, T), np.ones((B, T), bool), None, record=True).recorded
+    theirs = hf_attentions(hf, tokens)
+    for layer in range(cfg.num_layers):
+        ours = np.asarray(recorded("attn_weights", layer))
+        assert ours.shape == (B, T, cfg.num_heads, T)
+        np.testing.assert_allclose(ours.sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(ours, theirs[layer].transpose(0, 2, 1, 3), atol=1e-5)
 
 
 def test_init_is_like_transformers_and_seeded():
