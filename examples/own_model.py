@@ -55,12 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=48, help="G, the tokens generated")
     parser.add_argument("--prompts", type=int, default=4, help="prompts of each kind")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:  # not a checkpoint dynsys reads, or bad sizes: one
+        parser.error(str(e))            # line and exit status 2, as the dynsys CLI does
 
+
+def run(args: argparse.Namespace) -> None:
     checkpoint = args.checkpoint or stand_in(args.out)
-    try:  # a path that is not a preset name is read from the directory, or refused
-        model = ds.load(checkpoint)
-    except (ValueError, OSError) as e:  # not a checkpoint dynsys reads: one line, exit 2
-        parser.error(str(e))
+    model = ds.load(checkpoint)  # a path that is not a preset name is read from the directory
     cfg = model.config
     print(f"{checkpoint}: {cfg.family}, V = {cfg.vocab_size}, {cfg.num_layers} layers, "
           f"RoPE {'on' if cfg.use_rope else 'off'}, tokenizer: {model.tokenizer is not None}")

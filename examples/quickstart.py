@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ngram", type=int, default=3, help="N, the repeated N-gram's length")
     parser.add_argument("--new-tokens", type=int, default=64, help="G, the tokens generated")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ValueError as e:  # bad sizes: one line and exit status 2, as the dynsys CLI does
+        parser.error(str(e))
 
+
+def run(args: argparse.Namespace) -> None:
     model = ds.load("tiny", seed=0)  # a preset: its config, random Hugging Face-style init
     cfg = model.config
     prompt = ds.prompts.repeated_ngram(cfg.vocab_size, n=args.ngram, length=args.length, seed=1)
