@@ -38,7 +38,7 @@ from dynsys.runs import check_npz_target, load_npz, open_run, read_run, save_npz
 from dynsys.sharding import parse_mesh
 from dynsys.studies import training
 from dynsys.studies.finding import RULE, summary, write_report
-from dynsys.surgery import NeuronEdit, save_edited
+from dynsys.surgery import OPS, NeuronEdit, save_edited
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")
@@ -128,7 +128,8 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
                                                  help="experiments to include"),
            as_json: bool = typer.Option(False, "--json", help="print the findings as JSON "
                                         "(progress goes to stderr)")) -> None:
-    """The main job: every experiment at its small scale on the tiny random-init model,
+    """The main job: every experiment at its small scale (its verify scale where it has one)
+    on the tiny random-init model,
     RoPE on and off; prints the verdicts (tested claims, checks and premises apart, raw and
     corrected for multiplicity), writes OUT/findings.json and findings.csv and a run
     directory per experiment with its figures."""
@@ -138,7 +139,8 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
         module = studies.study(name)
         log.rule(f"{name}: {module.TITLE}")
         t = time.perf_counter()
-        studies.run_study(name, out / name, "small", progress=not as_json)
+        studies.run_study(name, out / name, "verify" if "verify" in module.SCALES else "small",
+                          progress=not as_json)
         log.log(f"{name} done in {time.perf_counter() - t:.0f} s")
     _report("dynsys verify: the Markov-degeneration argument on tiny random-init models",
             out, as_json)
@@ -391,7 +393,7 @@ def edit(checkpoint: str = typer.Argument(..., help="preset name or local Huggin
                                                     "checkpoint directory"),
          neuron: list[str] = typer.Option(..., help="MLP neuron LAYER:INDEX (repeatable, or "
                                                     "a comma list)"),
-         op: str = typer.Option(..., help="zero, flip (sign-invert) or scale"),
+         op: str = typer.Option(..., help=f"one of {', '.join(OPS)} (flip: sign-invert)"),
          factor: float = typer.Option(None, help="the factor of --op scale"),
          out: Path = typer.Option(..., help="directory of the new checkpoint (must not exist)"),
          seed: int = SEED) -> None:

@@ -35,7 +35,7 @@ from dynsys.data.prompts import random_tokens
 from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
 from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
-                            e7_training, e8_paths, e9_surgery)
+                            e7_training, e8_paths, e9_surgery, e10_regime)
 from dynsys.studies import finding
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import Training
@@ -46,7 +46,7 @@ ATTENTION_PROMPTS, ATTENTION_LENGTH = 8, 512
 
 STUDIES: dict[str, types.ModuleType] = {
     m.NAME: m for m in (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
-                        e7_training, e8_paths, e9_surgery)}
+                        e7_training, e8_paths, e9_surgery, e10_regime)}
 
 
 def study(name: str) -> types.ModuleType:
@@ -119,16 +119,18 @@ def run_study(name: str, out, scale: str = "small", overrides: dict | None = Non
               progress: bool = True, draw: bool = True) -> Run:
     """Run (or resume) experiment `name` into the run directory `out`; draw its figures.
 
-    The settings and the model are checked first (config_for, model_digest), so that a bad
+    The settings and the model are checked first (config_for, model_digest; a study of
+    several models states its inputs itself, module.inputs(config, progress)), so that a bad
     one fails before the run directory is made. The model's digest is one of the run's
     inputs: resuming with other weights under the same name is refused."""
     module = study(name)
     config = config_for(name, scale, overrides)
     seeds = {"seed": getattr(config, "seed", None), **prompt_seeds(module, config)}
-    run = open_run(out, module.NAME, config, seeds=seeds,
-                   inputs={"model": model_digest(name, config)})
+    inputs = (module.inputs(config, progress) if hasattr(module, "inputs")
+              else {"model": model_digest(name, config)})
+    run = open_run(out, module.NAME, config, seeds=seeds, inputs=inputs)
     module.run(run, config, progress=progress)
-    if not isinstance(config, Training):
+    if hasattr(config, "model") and not isinstance(config, Training):
         write_attention(run, config)
     if draw:
         render_run(run)

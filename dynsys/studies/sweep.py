@@ -36,19 +36,28 @@ from dynsys.stats.verdict import Verdict
 MIN_PROMPTS = 8
 
 
-def _unit(model: Model, kind: str, n: int, seeds: range, G: int, ngram: int) -> dict:
-    batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram) for s in seeds])
-    traces = np.asarray(generate(model, batch, G))
+def trace_agreement(model: Model, prompts: np.ndarray, traces: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt [B, n] and its greedy trace [B, G], whether step t (t = 1..G−1) takes the
+    map's image of x_t: (x_{t+1} = f_P(x_t), x_{t+1} = f_{P,t−1}(x_t)), bool [B, G−1] each."""
+    G = traces.shape[1]
     # one map call per prompt: rows 0..G−2 at offset 0 (f_P), rows G−1.. at offset t−1
     offsets = np.concatenate([np.zeros(G - 1, int), np.arange(G - 1)])
     markov, exact = [], []
-    for prompt, trace in zip(batch, traces):
+    for prompt, trace in zip(prompts, traces):
         rows = np.tile(trace[:-1], 2)[:, None]
         agree = suffix_map(model, prompt, rows, offset=offsets, prefix=prefill(model, prompt),
                            progress=False).next == np.tile(trace[1:], 2)
         markov.append(agree[:G - 1])
         exact.append(agree[G - 1:])
-    return {"traces": traces, "agree_markov": np.array(markov), "agree_position": np.array(exact)}
+    return np.array(markov).reshape(-1, G - 1), np.array(exact).reshape(-1, G - 1)
+
+
+def _unit(model: Model, kind: str, n: int, seeds: range, G: int, ngram: int) -> dict:
+    batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram) for s in seeds])
+    traces = np.asarray(generate(model, batch, G))
+    markov, exact = trace_agreement(model, batch, traces)
+    return {"traces": traces, "agree_markov": markov, "agree_position": exact}
 
 
 def unit_name(rope: bool, kind: str, n: int) -> str:

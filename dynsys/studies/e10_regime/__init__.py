@@ -1,0 +1,202 @@
+"""E10: does decoding become Markov in a trained model with a long prompt, and is that why it
+loops?
+
+The argument: with a prompt of n tokens and G generated ones, the generated tokens get a share
+of attention that vanishes as n/G grows (dilution), so each greedy step depends on the current
+token alone (x_{t+1} = f_{P,t−1}(x_t), a map on token ids) and a finite map must cycle. At
+random initialisation dilution holds because attention is uniform; the question is whether it
+holds in trained models. Per model (random-init presets, registered test beds, checkpoints:
+models.py) and prompt kind, E10 measures, as n grows at fixed G (measure.py):
+
+  1. where the attention goes at each generated token's query: the first token (sink), the
+     first SINK tokens, the rest of the prompt and the generated tokens, per layer and head,
+     and the excess e of the generated tokens over their uniform share r/(n + r);
+  2. agreement of the greedy trace with f_{P,t−1} and f_P per step, against n/g for the
+     horizons g of tables.HORIZONS;
+  3. loops (terminal period, onset) of the traces;
+  4. for a Markov test bed, the known answer: the model's f_P against the Bayes predictor's
+     over the whole alphabet, and the Bayes predictor's own trace;
+and at the largest n, on the primary prompts: forced-Markov decoding and its dose-response
+(the scores of earlier generated keys shifted by log λ, λ in Config.lambdas; λ = 0 iterates
+f_{P,t−1}), and sampled decoding (temperature × top-p, and DRY). The claims, their thresholds
+and the rule that gives each model's one-line answer are in verdicts.py.
+
+Not measured here: the size ladder and E9's neuron counts against size, the smallest memory k
+that explains each step, and the sampled-decoding theorem's prediction beside the sampled loop
+shares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dynsys.studies.e10_regime import figures as _figures
+from dynsys.studies.e10_regime import measure, tables, verdicts
+from dynsys.studies.e10_regime.models import KINDS, Subject, prompts, subject
+from dynsys.runs import Run
+from dynsys.studies.finding import Finding
+from dynsys.studies.settings import Settings
+
+NAME = "e10"
+TITLE = "The regime: attention, agreement and loops against n/G on trained models"
+PILOT_SEEDS = (0, 0)  # no pilot chose these sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Settings):
+    models: tuple[str, ...] = ("tiny", "tiny:0.1", "markov1-paper@final",
+                               "longctx-rope-paper@final", "longctx-nope-paper@final")
+    root: str = "runs/testbeds"  # the test-bed registry's directory
+    lengths: tuple[int, ...] = (64, 128, 256, 512, 1024, 1920)  # n; those with n + G above a
+    G: int = 128  # model's context are skipped for it
+    horizon: int = 16  # the g of the agreement claim
+    prompts: int = 48  # prompts per (model, kind, n)
+    prompt_seed: int = 1000
+    kinds: tuple[str, ...] = KINDS
+    lambdas: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.0)
+    temperatures: tuple[float, ...] = (0.3, 0.7, 1.0)
+    top_ps: tuple[float, ...] = (1.0, 0.9)
+    dry: float = 0.8  # DRY multiplier of the sampled breaker run (0: none)
+    seed: int = 0  # the samplers' seed
+
+    LIMITS = {"lengths": measure.SINK + 1, "G": 4, "horizon": 2,
+              "prompts": 2, "prompt_seed": 0, "kinds": KINDS,
+              "lambdas": 0.0, "temperatures": 0.0, "top_ps": 0.0, "dry": 0.0, "seed": 0}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.horizon > self.G:
+            raise ValueError(f"horizon={self.horizon} must be at most G={self.G}")
+        for name, low, high in (("lambdas", 0, 1), ("top_ps", 0, 1)):
+            bad = [x for x in getattr(self, name) if not low <= x <= high or x == 0 and
+                   name == "top_ps"]
+            if bad:
+                raise ValueError(f"{name}={list(getattr(self, name))}: {bad[0]} is outside "
+                                 f"{'(0, 1]' if name == 'top_ps' else '[0, 1]'}")
+        if 0 in self.temperatures:
+            raise ValueError(f"temperatures={list(self.temperatures)}: 0 is greedy decoding, "
+                             "which the sweep already runs")
+
+    def positions(self) -> int:
+        return max(self.lengths) + self.G
+
+
+SCALES = {
+    # tiny random init, a Markov test bed trained inside the run if absent (context 256)
+    "small": Config(models=("tiny", "markov1-small@final"),
+                    lengths=(32, 64, 128, 192, 512, 1024), G=64, horizon=8, prompts=24,
+                    lambdas=(1.0, 0.25, 0.0), temperatures=(0.7,), top_ps=(1.0, 0.9)),
+    # what `dynsys verify` runs: the tiny random-init model only
+    "verify": Config(models=("tiny",), lengths=(64, 256, 1024), G=32, horizon=8, prompts=16,
+                     kinds=("random",), lambdas=(1.0, 0.0), temperatures=(0.7,),
+                     top_ps=(1.0,), dry=0.0),
+    "paper": Config(),
+}
+
+
+def subjects(config: Config, progress: bool = True) -> list[Subject]:
+    """The config's models, loaded (test beds trained first where absent)."""
+    return [subject(name, config.root, progress) for name in config.models]
+
+
+def inputs(config: Config, progress: bool = True) -> dict[str, str]:
+    """What a resumed run must find again: each model's weights' digest; ValueError for a
+    model that no prompt length fits."""
+    found = {}
+    for s in subjects(config, progress):
+        if not lengths(s, config):
+            raise ValueError(f"e10: no prompt length of {list(config.lengths)} fits model "
+                             f"{s.name!r} ({s.context} positions) with G={config.G}")
+        found[s.name] = s.digest
+    return found
+
+
+def lengths(s: Subject, config: Config) -> tuple[int, ...]:
+    """The prompt lengths n with n + G within the model's context."""
+    return tuple(n for n in config.lengths if n + config.G <= s.context)
+
+
+def kinds(s: Subject, config: Config) -> tuple[str, ...]:
+    return tuple(k for k in config.kinds if k in s.kinds)
+
+
+def run(run: Run, config: Config, progress: bool = True) -> None:
+    found = subjects(config, progress)
+    drawn = {}
+
+    def drawn_prompts(i: int, kind: str) -> np.ndarray:
+        if (i, kind) not in drawn:
+            drawn[i, kind] = prompts(found[i], kind, config.prompts, max(lengths(found[i],
+                                     config)), config.prompt_seed)
+        return drawn[i, kind]
+
+    sweep = [(i, kind, n) for i, s in enumerate(found) for kind in kinds(s, config)
+             for n in lengths(s, config)]
+    run.fill(sweep, _sweep_name, lambda i, kind, n: measure.sweep_unit(
+        found[i], drawn_prompts(i, kind)[:, :n], config.G), "E10 sweep", progress)
+    last = [(i,) for i, s in enumerate(found)]
+
+    def primary(i: int) -> np.ndarray:
+        return drawn_prompts(i, found[i].primary)
+
+    run.fill(last, lambda i: f"m{i}_lambda", lambda i: measure.lambda_unit(
+        found[i], primary(i), config.G, config.lambdas), "E10 forced-Markov", progress)
+    chosen = measure.samplers(config.temperatures, config.top_ps, config.dry)
+    run.fill(last, lambda i: f"m{i}_sampled", lambda i: measure.sampled_unit(
+        found[i], primary(i), config.G, chosen, config.seed), "E10 sampled", progress)
+    write_tables(run, config, found, [label for label, _ in chosen])
+
+
+def _sweep_name(i: int, kind: str, n: int) -> str:
+    return f"m{i}_{kind}_n{n}"
+
+
+def write_tables(run: Run, config: Config, found: list[Subject], labels: list[str]) -> None:
+    rows = {name: [] for name in ("prompts", "masses", "agreement", "lambda", "sampled")}
+    for i, s in enumerate(found):
+        for kind in kinds(s, config):
+            for n in lengths(s, config):
+                unit = run.load(_sweep_name(i, kind, n))
+                rows["prompts"] += tables.prompt_rows(s.name, kind, n, unit, config.horizon)
+                rows["masses"] += tables.attention_rows(s.name, kind, n, unit)
+                rows["agreement"] += tables.agreement_rows(s.name, kind, n, unit)
+        rows["lambda"] += tables.lambda_rows(s.name, config.lambdas, run.load(f"m{i}_lambda"))
+        rows["sampled"] += tables.sampled_rows(s.name, labels, run.load(f"m{i}_sampled"))
+    for name, table in rows.items():
+        run.write_table(name, table)
+
+
+def findings(run: Run) -> list[Finding]:
+    config = run.settings(Config)
+    prompt_rows, lambda_rows = run.read_table("prompts"), run.read_table("lambda")
+    sampled_rows = run.read_table("sampled")
+    claims, reach, out = {}, {}, []
+    for model in config.models:
+        kind = "source" if tables.select(prompt_rows, model=model, kind="source") else "random"
+        rows = tables.select(prompt_rows, model=model, kind=kind)
+        claims[model] = verdicts.model_findings(model, rows, tables.select(lambda_rows,
+                                                model=model), config.horizon)
+        reach[model] = max(r["n"] for r in rows) / config.horizon
+        out += claims[model].values()
+        out.append(verdicts.sampled_finding(model, tables.select(sampled_rows, model=model)))
+        if "map_bayes" in rows[0]:
+            out.append(_ground_truth(model, rows))
+    return out + verdicts.answers(claims, reach)
+
+
+def _ground_truth(model: str, rows: list[dict]) -> Finding:
+    """The Markov test bed's known answer, as a description per n."""
+    parts = []
+    for n in sorted({r["n"] for r in rows}):
+        sel = tables.select(rows, n=n)
+        parts.append(f"n={n}: map {np.mean([r['map_bayes'] for r in sel]):.2f}, traces "
+                     f"{np.mean([r['trace_bayes'] for r in sel]):.2f}")
+    return Finding(NAME, f"{model}: the trained model's f_P equals the Bayes predictor's "
+                         "(share of the alphabet), and its trace the Bayes trace (share of "
+                         "prompts)", "; ".join(parts), None)
+
+
+def figures(run: Run):
+    return _figures.draw(run)

@@ -1,0 +1,137 @@
+"""E10's measurements, one unit of work each (saved in the run directory as it finishes).
+
+Sweep unit (model, kind, n): P prompts of n tokens, each continued by G greedy tokens with the
+attention weights recorded (site "attn_weights", no second forward pass). Entry i = 1..G−1 of
+the recording is the step whose query is generated token i−1 (0-based), at position n + i − 1:
+its keys are the n prompt tokens and the r = i generated tokens (its own included). Per step,
+layer and head the attention mass splits into
+
+    sink1  the first prompt token          sink4  the first SINK prompt tokens (sink1 within)
+    body   the prompt after the first SINK  generated  the r generated tokens
+
+(sink4 + body + generated = 1), and the excess concentration of the generated tokens is
+e = generated / (r / (n + r)), 1 under uniform attention. The unit also holds the traces,
+their agreement with f_P and f_{P,t−1} per step (sweep.trace_agreement), the period and onset
+of each trace's terminal loop (dynamics.traces, k = 3 copies) and, for a Markov test bed, the
+trained model's f_P over the whole alphabet beside the Bayes predictor's (known in closed
+form, dynsys.testbeds.markov), and the Bayes predictor's own greedy trace.
+
+Forced-Markov unit (model, "lambda"): at the largest n, primary kind, the same prompts decoded
+with the attention scores of the earlier generated keys shifted by log λ for λ in LAMBDAS
+(decode.generate's generated_key_bias; λ = 0 iterates f_{P,t−1} exactly): loops, onsets and
+agreement with f_{P,t−1}, paired by prompt across λ.
+
+Sampled unit (model, "sampled"): the same prompts sampled at each (temperature, top-p) of the
+config and with DRY at the middle temperature: loop period and onset per trace.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from dynsys.decode import Sampler, generate
+from dynsys.dynamics import markov_map
+from dynsys.dynamics.traces import periodicity_batch
+from dynsys.studies.e10_regime.models import Subject
+from dynsys.studies.sweep import trace_agreement
+from dynsys.testbeds.markov import bayes_map, bayes_trace
+
+SINK = 4  # the leading prompt tokens counted as the attention sink
+REPEATS = 3  # copies of a period that make a loop (dynamics.traces)
+BATCH = 16  # prompts generated together (bounds the recorded attention weights' memory)
+PARTS = ("sink1", "sink4", "body", "generated")
+
+
+def attention_parts(weights: np.ndarray, n: int) -> np.ndarray:
+    """[B, G−1, L, N, 4] masses (PARTS) of recorded attention weights [B, G, L, N, W + G] of
+    prompts of exactly n tokens (left-padded to W slots), for the steps i = 1..G−1."""
+    weights = np.asarray(weights, np.float64)
+    W = weights.shape[-1] - weights.shape[1]
+    first = W - n  # the slot of prompt token 0
+    steps = weights[:, 1:]
+    return np.stack([steps[..., first], steps[..., first:first + SINK].sum(-1),
+                     steps[..., first + SINK:W].sum(-1), steps[..., W:].sum(-1)],
+                    axis=-1).astype(np.float32)
+
+
+def excess(parts: np.ndarray, n: int) -> np.ndarray:
+    """[B, G−1, L, N] e = generated mass / (r / (n + r)) at steps r = 1..G−1."""
+    r = np.arange(1, parts.shape[1] + 1)[None, :, None, None]
+    return parts[..., 3] / (r / (n + r))
+
+
+def loops(traces: np.ndarray) -> dict[str, np.ndarray]:
+    """Terminal loop period (0: none) and onset (the trace's length: none) per trace."""
+    found = periodicity_batch(np.asarray(traces), k=REPEATS)
+    return {"period": np.asarray(found.period), "onset": np.asarray(found.onset)}
+
+
+def _batches(prompts: np.ndarray):
+    return (prompts[i:i + BATCH] for i in range(0, len(prompts), BATCH))
+
+
+def sweep_unit(subject: Subject, prompts: np.ndarray, G: int) -> dict[str, np.ndarray]:
+    """The sweep unit of prompts [P, n] (module docstring)."""
+    model, n = subject.model, prompts.shape[1]
+    traces, parts = [], []
+    for batch in _batches(prompts):
+        tokens, recorded = generate(model, batch, G, record="attn_weights")
+        traces.append(np.asarray(tokens))
+        parts.append(attention_parts(recorded["attn_weights"], n))
+    traces = np.concatenate(traces)
+    markov, position = trace_agreement(model, prompts, traces)
+    unit = {"traces": traces, "parts": np.concatenate(parts), "agree_markov": markov,
+            "agree_position": position, **loops(traces)}
+    if subject.markov is not None:
+        unit |= {"f_model": np.stack([markov_map(model, p, progress=False).next
+                                      for p in prompts]),
+                 "f_bayes": np.stack([bayes_map(subject.markov, p) for p in prompts]),
+                 "bayes_traces": np.stack([bayes_trace(subject.markov, p, G)
+                                           for p in prompts])}
+    return unit
+
+
+def lambda_unit(subject: Subject, prompts: np.ndarray, G: int,
+                lambdas: tuple[float, ...]) -> dict[str, np.ndarray]:
+    """The forced-Markov unit: per λ (axis 0) the traces, loops and agreement with
+    f_{P,t−1} of prompts [P, n]."""
+    model = subject.model
+    traces = np.stack([np.concatenate([
+        np.asarray(generate(model, batch, G,
+                            generated_key_bias=float(np.log(lam)) if lam > 0 else -np.inf))
+        for batch in _batches(prompts)]) for lam in lambdas])
+    agree = np.stack([trace_agreement(model, prompts, t)[1] for t in traces])
+    found = [loops(t) for t in traces]
+    return {"traces": traces, "agree_position": agree,
+            "period": np.stack([f["period"] for f in found]),
+            "onset": np.stack([f["onset"] for f in found])}
+
+
+def samplers(temperatures: tuple[float, ...], top_ps: tuple[float, ...],
+             dry: float) -> list[tuple[str, Sampler]]:
+    """(label, Sampler) per temperature × top-p, then DRY (multiplier `dry`) at the middle
+    temperature with top-p 1 (dry = 0: none)."""
+    out = [(f"T={t:g} top_p={p:g}", Sampler(temperature=t, top_p=p))
+           for t, p in itertools.product(temperatures, top_ps)]
+    if dry > 0:
+        middle = sorted(temperatures)[len(temperatures) // 2]
+        out.append((f"T={middle:g} top_p=1 DRY={dry:g}",
+                    Sampler(temperature=middle, dry_multiplier=dry)))
+    return out
+
+
+def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
+                 chosen: list[tuple[str, Sampler]], seed: int) -> dict[str, np.ndarray]:
+    """The sampled unit: per sampler (axis 0) the loop period and onset of each prompt's
+    sampled trace (seed `seed` + batch index)."""
+    period, onset = [], []
+    for _, sampler in chosen:
+        traces = np.concatenate([
+            np.asarray(generate(subject.model, batch, G, sampler=sampler, seed=seed + k))
+            for k, batch in enumerate(_batches(prompts))])
+        found = loops(traces)
+        period.append(found["period"])
+        onset.append(found["onset"])
+    return {"period": np.stack(period), "onset": np.stack(onset)}
