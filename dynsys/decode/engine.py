@@ -355,11 +355,13 @@ def check_generation_fits(cfg: ModelConfig, rows: int, width: int, max_new_token
 
 
 def check_key_bias(bias) -> jnp.ndarray:
-    """A generated-key bias b = log λ as a float32 scalar: a real number below +inf (−inf is
-    λ = 0); anything else is a ValueError naming it."""
-    if isinstance(bias, bool) or not isinstance(bias, int | float | np.integer | np.floating):
+    """A generated-key bias b = log λ as a float32 scalar: a real number (or 0-d array of one)
+    below +inf (−inf is λ = 0); anything else is a ValueError naming it."""
+    value = np.asarray(bias) if isinstance(bias, int | float | np.generic | np.ndarray
+                                           | jax.Array) else None
+    if value is None or value.ndim or value.dtype.kind not in "iuf":
         raise ValueError(f"generated_key_bias={bias!r} must be a float (log λ, −inf for λ = 0)")
-    if not float(bias) <= float(np.finfo(np.float32).max):  # NaN, +inf or beyond float32
+    if not float(value) <= float(np.finfo(np.float32).max):  # NaN, +inf or beyond float32
         raise ValueError(f"generated_key_bias={bias!r} must be a float32 number below +inf "
                          "(log λ, −inf for λ = 0)")
     return jnp.float32(bias)

@@ -366,7 +366,7 @@ def test_generated_key_bias_zero_is_normal_decoding_and_all_values_share_one_com
     assert not np.array_equal(traces[0], traces[2])
 
 
-@pytest.mark.parametrize("bias", [np.nan, np.inf, 1e39, "0", True, [0.0]])
+@pytest.mark.parametrize("bias", [np.nan, np.inf, 1e39, "0", True, [0.0], np.zeros(2), 1j])
 def test_a_bad_generated_key_bias_is_refused_naming_it(bias, model_of):
     model = model_of("llama-g1")
     with pytest.raises(ValueError, match="generated_key_bias="):
