@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import numpy as np
 
 from dynsys.config import ModelConfig
@@ -103,15 +102,20 @@ class WeightConstants:
         """x ↦ MLP(norm₂ x) of block `layer` in float64 (dynsys.theory.exact), on streams
         x [..., D]."""
         tree = self.mlp_params[layer]
-        with jax.enable_x64(True):
-            y = exact.norm(self.config, tree["norm2"], np.asarray(x, np.float64))
-            return np.asarray(exact.mlp(self.config, tree["mlp"], y))
+        return _branch(self.config, tree["norm2"], tree["mlp"], np.asarray(x, np.float64))
 
     def final_norm(self, x: np.ndarray) -> np.ndarray:
         """The final norm N_f in float64 on streams x [..., D]."""
-        with jax.enable_x64(True):
-            return np.asarray(exact.norm(self.config, self.final_params,
-                                         np.asarray(x, np.float64)))
+        return _norm(self.config, self.final_params, np.asarray(x, np.float64))
+
+
+_norm = exact.on_host(exact.norm)
+
+
+@exact.on_host
+def _branch(cfg: ModelConfig, norm: dict, mlp: dict, x):
+    """x ↦ MLP(norm₂ x) in float64."""
+    return exact.mlp(cfg, mlp, exact.norm(cfg, norm, x))
 
 
 def weight_constants(model: Model) -> WeightConstants:

@@ -15,6 +15,7 @@ activations or KV cache are not float32 (bfloat16 rounds 2¹⁶ times coarser) i
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -40,6 +41,18 @@ def check_float32(cfg: ModelConfig, what: str) -> None:
 def float64(tree):
     """A parameter tree (or any pytree of arrays) as float64 numpy arrays."""
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def on_host(fn):
+    """fn evaluated under jax.enable_x64 on numpy (or float64) inputs, returning numpy arrays:
+    the float64 pieces below for host-side numpy code."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.enable_x64(True):
+            return jax.tree_util.tree_map(np.asarray, fn(*args, **kwargs))
+
+    return wrapped
 
 
 def _check_x64(x):

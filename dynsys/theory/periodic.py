@@ -28,23 +28,14 @@ import numpy as np
 
 from dynsys.nn import Model
 from dynsys.nn.rope import rope_angles, rotate
+from dynsys.theory import exact
 from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.exact import check_float32
 from dynsys.theory.lemmas import norm_lipschitz
 
 
-def _norm(cfg, tree: dict, x: np.ndarray) -> np.ndarray:
-    if cfg.norm == "layer":
-        x = x - x.mean(-1, keepdims=True)
-    y = x / np.sqrt(np.mean(x * x, -1, keepdims=True) + cfg.norm_eps) * tree["scale"]
-    return y + tree["bias"] if "bias" in tree else y
-
-
-def _spread(cfg, x: np.ndarray) -> np.ndarray:
-    """rms (RMSNorm) or standard deviation (LayerNorm) over the last axis."""
-    if cfg.norm == "layer":
-        x = x - x.mean(-1, keepdims=True)
-    return np.sqrt(np.mean(x * x, -1))
+_norm = exact.on_host(exact.norm)  # float64 numpy streams, as everything here
+_spread = exact.on_host(exact.spread)
 
 
 def _project(dense: dict, u: np.ndarray) -> np.ndarray:
