@@ -4,7 +4,9 @@ logits a model produced are checked to be usable (finite, not all equal)."""
 
 from __future__ import annotations
 
+import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +14,46 @@ import numpy as np
 # device, and the logits divided by it overflow.
 MIN_TEMPERATURE = float(np.finfo(np.float32).tiny)
 
+
+# --- numbers and flags: each returns the plain Python value or raises a one-line ValueError
+# naming the field and the value. Nothing is coerced: "64", 64.0 and True are not 64.
+
+def check_int(name: str, value: Any, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """`value` as an int: a Python or numpy integer, never a bool; at least `minimum` and at
+    most `maximum` where given."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        bounds = [f"{op} {b}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
+        raise ValueError(f"{name}={value!r} must be an integer{' ' if bounds else ''}"
+                         f"{' and '.join(bounds)}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, *, above: float | None = None,
+                at_least: float | None = None, at_most: float | None = None) -> float:
+    """`value` as a float: a Python or numpy int or float, never a bool or a string; finite (no
+    NaN, no ±inf) and > `above`, >= `at_least`, <= `at_most` where given."""
+    bounds = [f"{op} {b}" for op, b in ((">", above), (">=", at_least), ("<=", at_most))
+              if b is not None]
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (above is None or value > above) and (at_least is None or value >= at_least)
+          and (at_most is None or value <= at_most))
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a finite number{' ' if bounds else ''}"
+                         f"{' and '.join(bounds)}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value` if it is True or False (not 0/1, not "false", not None)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} must be true or false")
+    return value
+
+
+# --- token ids, positions, neurons -----------------------------------------------------------
 
 def check_tokens(tokens, vocab_size: int, name: str, ndim: int) -> np.ndarray:
     """An int32 array of token ids in [0, vocab_size) with `ndim` dims and no empty axis."""
@@ -29,6 +71,22 @@ def check_positions(positions, shape: tuple[int, ...], limit: int) -> np.ndarray
     if arr.shape != tuple(shape):
         raise ValueError(f"positions have shape {arr.shape}, expected {tuple(shape)}")
     return _in_range(arr, limit, "positions", "max_position_embeddings")
+
+
+def check_neuron(neuron, num_layers: int | None = None,
+                 width: int | None = None) -> tuple[int, int]:
+    """An MLP neuron (layer, index) as a pair of ints; with `num_layers` and `width` (the
+    intermediate size F) also one of the model's: layer in [0, num_layers), index in
+    [0, width). Errors name the neuron."""
+    if not isinstance(neuron, tuple | list) or len(neuron) != 2:
+        raise ValueError(f"neuron {neuron!r} must be a (layer, index) pair")
+    layer, index = check_int("layer", neuron[0]), check_int("neuron index", neuron[1])
+    if num_layers is not None and not 0 <= layer < num_layers:
+        raise ValueError(f"neuron {layer}:{index}: layer {layer} is outside [0, {num_layers})")
+    if width is not None and not 0 <= index < width:
+        raise ValueError(f"neuron {layer}:{index}: index {index} is outside [0, {width}) "
+                         "(intermediate_size)")
+    return layer, index
 
 
 def _in_range(arr: np.ndarray, limit: int, name: str, what: str) -> np.ndarray:

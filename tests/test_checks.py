@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dynsys.nn.cache import empty_rows
-from dynsys.checks import check_positions, check_tokens, usable_logits
+from dynsys.checks import check_int, check_neuron, check_positions, check_tokens, usable_logits
 from dynsys.decode import forward, generate, prefill, step
 from dynsys.nn import Model, init_params
 from dynsys.decode.sampling import Sampler
@@ -147,3 +147,35 @@ def test_seeds_are_integers_a_prng_key_takes(seed, model):
         generate(model, ids(1, 4), 2, seed=seed)
     with pytest.raises(ValueError, match=re.escape(f"seed={seed!r} must be an integer")):
         init_params(model.config, seed)
+
+
+@pytest.mark.parametrize("value, minimum, maximum", [
+    (True, None, None), (1.0, None, None), ("3", None, None), (np.float32(2), None, None),
+    (0, 1, None), (5, None, 4)])
+def test_check_int_refuses_what_is_not_an_integer_in_range(value, minimum, maximum):
+    with pytest.raises(ValueError, match=re.escape(f"n={value!r} must be an integer")):
+        check_int("n", value, minimum, maximum)
+
+
+def test_check_int_gives_a_python_int():
+    out = check_int("n", np.int64(3), 0, 3)
+    assert out == 3 and type(out) is int
+
+
+@pytest.mark.parametrize("neuron, message", [
+    ((0,), "neuron (0,) must be a (layer, index) pair"),
+    ((0, 1, 2), "neuron (0, 1, 2) must be a (layer, index) pair"),
+    ((0, 1.5), "neuron index=1.5 must be an integer"),
+    ((True, 1), "layer=True must be an integer"),
+    ((2, 0), "neuron 2:0: layer 2 is outside [0, 2)"),
+    ((-1, 0), "neuron -1:0: layer -1 is outside [0, 2)"),
+    ((1, 8), "neuron 1:8: index 8 is outside [0, 8) (intermediate_size)"),
+])
+def test_check_neuron_names_the_neuron(neuron, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_neuron(neuron, 2, 8)
+
+
+def test_check_neuron_without_a_model_checks_the_pair_only():
+    assert check_neuron([np.int64(5), 99]) == (5, 99)
+    assert check_neuron((1, 7), 2, 8) == (1, 7)

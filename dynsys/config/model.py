@@ -4,9 +4,9 @@ kinds resolved once from the family."""
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from typing import Any, Literal
+
+from dynsys.checks import check_bool, check_float, check_int
 
 Family = Literal["llama", "qwen2", "gpt_neox"]
 FAMILIES: tuple[str, ...] = ("llama", "qwen2", "gpt_neox")
@@ -14,45 +14,6 @@ DType = Literal["float32", "bfloat16"]
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 # Token ids and positions are int32: a size (vocabulary, position limit) is at most this.
 INT32_LIMIT = 2**31
-
-
-# --- validation (also used by dynsys.decode.sampling) ---------------------------------------
-# Each check returns the value as a plain Python int, float or bool, or raises a one-line
-# ValueError naming the field and the value. Nothing is coerced: "64", 64.0 and True are not 64.
-
-def check_int(name: str, value: Any, minimum: int | None = None,
-              maximum: int | None = None) -> int:
-    """`value` as an int: a Python or numpy integer, never a bool; at least `minimum` and at
-    most `maximum` where given."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or (minimum is not None and value < minimum)
-            or (maximum is not None and value > maximum)):
-        bounds = [f"{op} {b}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
-        raise ValueError(f"{name}={value!r} must be an integer{' ' if bounds else ''}"
-                         f"{' and '.join(bounds)}")
-    return int(value)
-
-
-def check_float(name: str, value: Any, *, above: float | None = None,
-                at_least: float | None = None, at_most: float | None = None) -> float:
-    """`value` as a float: a Python or numpy int or float, never a bool or a string; finite (no
-    NaN, no ±inf) and > `above`, >= `at_least`, <= `at_most` where given."""
-    bounds = [f"{op} {b}" for op, b in ((">", above), (">=", at_least), ("<=", at_most))
-              if b is not None]
-    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-          and (above is None or value > above) and (at_least is None or value >= at_least)
-          and (at_most is None or value <= at_most))
-    if not ok:
-        raise ValueError(f"{name}={value!r} must be a finite number{' ' if bounds else ''}"
-                         f"{' and '.join(bounds)}")
-    return float(value)
-
-
-def check_bool(name: str, value: Any) -> bool:
-    """`value` if it is True or False (not 0/1, not "false", not None)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be true or false")
-    return value
 
 
 def set_frozen(obj: Any, **values: Any) -> None:

@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 
 from dynsys.config import PRESETS, ModelConfig, from_hf_config, preset, to_hf_config
 from dynsys.nn import Model, init_params, param_axes
+from dynsys.nn.params import get, param_path, part, put
 from dynsys.sharding import place
 
 _INDEX = "model.safetensors.index.json"
@@ -69,43 +70,33 @@ def _layout(cfg: ModelConfig) -> Iterator[_Tensor]:
     norm_names = ("weight", "bias") if neox else ("weight",)
     ours_norm = {"weight": "scale", "bias": "bias"}
     for i in range(cfg.num_layers):
-        hf_layer, us = f"{root}.layers.{i}", f"blocks_{i}"
+        hf_layer = f"{root}.layers.{i}"
         for hf_norm, norm in (("input_layernorm", "norm1"), ("post_attention_layernorm", "norm2")):
             for p in norm_names:
-                yield _Tensor(f"{hf_layer}.{hf_norm}.{p}", (us, norm, ours_norm[p]))
+                yield _Tensor(f"{hf_layer}.{hf_norm}.{p}", param_path(i, norm, ours_norm[p]))
         if neox:
             attn, mlp = f"{hf_layer}.attention", f"{hf_layer}.mlp"
-            yield _Tensor(f"{attn}.dense.weight", (us, "attn", "o", "kernel"), 1)
-            yield _Tensor(f"{attn}.dense.bias", (us, "attn", "o", "bias"))
+            yield _Tensor(f"{attn}.dense.weight", param_path(i, "attn", "o", "kernel"), 1)
+            yield _Tensor(f"{attn}.dense.bias", param_path(i, "attn", "o", "bias"))
             for hf, name in (("dense_h_to_4h", "up"), ("dense_4h_to_h", "down")):
-                yield _Tensor(f"{mlp}.{hf}.weight", (us, "mlp", name, "kernel"), 1)
-                yield _Tensor(f"{mlp}.{hf}.bias", (us, "mlp", name, "bias"))
+                yield _Tensor(f"{mlp}.{hf}.weight", param_path(i, "mlp", name, "kernel"), 1)
+                yield _Tensor(f"{mlp}.{hf}.bias", param_path(i, "mlp", name, "bias"))
         else:
             attn = f"{hf_layer}.self_attn"
             for name in "qkv":
-                yield _Tensor(f"{attn}.{name}_proj.weight", (us, "attn", name, "kernel"), 2)
+                yield _Tensor(f"{attn}.{name}_proj.weight",
+                              param_path(i, "attn", name, "kernel"), 2)
                 if cfg.qkv_bias:
-                    yield _Tensor(f"{attn}.{name}_proj.bias", (us, "attn", name, "bias"))
-            yield _Tensor(f"{attn}.o_proj.weight", (us, "attn", "o", "kernel"), 1)
+                    yield _Tensor(f"{attn}.{name}_proj.bias", param_path(i, "attn", name, "bias"))
+            yield _Tensor(f"{attn}.o_proj.weight", param_path(i, "attn", "o", "kernel"), 1)
             for name in ("gate", "up", "down"):
-                yield _Tensor(f"{hf_layer}.mlp.{name}_proj.weight", (us, "mlp", name, "kernel"), 1)
+                yield _Tensor(f"{hf_layer}.mlp.{name}_proj.weight",
+                              param_path(i, "mlp", name, "kernel"), 1)
     for p in norm_names:
         hf_final = f"{root}.final_layer_norm" if neox else "model.norm"
         yield _Tensor(f"{hf_final}.{p}", ("final_norm", ours_norm[p]))
     if not cfg.tie_embeddings:
         yield _Tensor("embed_out.weight" if neox else "lm_head.weight", ("lm_head", "kernel"), 1)
-
-
-def _get(tree: dict, path: tuple[str, ...]):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
 
 
 def _fused_qkv_names(i: int) -> tuple[str, str]:
@@ -117,10 +108,10 @@ def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
     """The Hugging Face state dict (numpy, HF names, weights [out, in]) of a dynsys model."""
     cfg = model.config
     params = jax.tree_util.tree_map(np.asarray, model.params)
-    state = {t.hf: t.to_hf(_get(params, t.ours)) for t in _layout(cfg)}
+    state = {t.hf: t.to_hf(get(params, t.ours)) for t in _layout(cfg)}
     if cfg.family == "gpt_neox":  # output axis laid out as (heads, 3, head_dim)
         for i in range(cfg.num_layers):
-            attn = params[f"blocks_{i}"]["attn"]
+            attn = part(params, i, "attn")
             kernel = np.stack([attn[n]["kernel"] for n in "qkv"], axis=1)  # [N, 3, H, D]
             bias = np.stack([attn[n]["bias"] for n in "qkv"], axis=1)  # [N, 3, H]
             w, b = _fused_qkv_names(i)
@@ -366,11 +357,11 @@ def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None =
     expected = jax.eval_shape(lambda: init_params(cfg, 0))
     params: dict = {}
 
-    def put(path: tuple[str, ...], value: np.ndarray) -> None:
-        _set(params, path, np.asarray(value, jnp.dtype(cfg.dtype)))
+    def place_value(keys: tuple[str, ...], value: np.ndarray) -> None:
+        put(params, keys, np.asarray(value, jnp.dtype(cfg.dtype)))
 
     for t in layout:
-        put(t.ours, t.from_hf(tensors[t.hf], _get(expected, t.ours).shape))
+        place_value(t.ours, t.from_hf(tensors[t.hf], get(expected, t.ours).shape))
     if cfg.family == "gpt_neox":
         N, H, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
         for i in range(cfg.num_layers):
@@ -383,8 +374,8 @@ def load_hf(directory: str | Path, dtype: str | None = None, mesh: Mesh | None =
             w = w.reshape(N, 3, H, D)
             b = b.reshape(N, 3, H)
             for j, name in enumerate("qkv"):
-                put((f"blocks_{i}", "attn", name, "kernel"), w[:, j])
-                put((f"blocks_{i}", "attn", name, "bias"), b[:, j])
+                place_value(param_path(i, "attn", name, "kernel"), w[:, j])
+                place_value(param_path(i, "attn", name, "bias"), b[:, j])
     params = jax.device_put(params) if mesh is None else place(params, param_axes(cfg), mesh)
     return Model(cfg, params, _tokenizer(directory, cfg))
 

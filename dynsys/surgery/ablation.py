@@ -30,7 +30,7 @@ from dynsys.config import ModelConfig
 from dynsys.decode.engine import generate, run
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
-from dynsys.nn.sites import BLOCK_SITES, edits
+from dynsys.nn.sites import Recorded, edits
 from dynsys.stats import paired_difference
 from dynsys.surgery.loops import (K, LoopRate, as_prompts, check_components, check_layers,
                                   check_length, check_prompts, left_positions, site_shapes)
@@ -71,6 +71,16 @@ class Sweep:
     base: LoopRate
     rows: tuple[SweepRow, ...]
 
+    @classmethod
+    def of(cls, base: LoopRate, conditions) -> Sweep:
+        """The sweep of `conditions`, (layer, component, mode, LoopRate) in order, each with
+        its paired change against `base` on the same prompts."""
+        rows = []
+        for layer, component, mode, result in conditions:
+            d, interval = paired_difference(result.loops, base.loops)
+            rows.append(SweepRow(int(layer), component, mode, result, d, interval))
+        return cls(base, tuple(rows))
+
     def table(self) -> list[dict]:
         """The rows as dicts, the unablated condition first (layer −1, component "none")."""
         b = self.base
@@ -97,16 +107,13 @@ def component_means(model: Model, prompts, components: Sequence[str] = COMPONENT
     components = check_components(cfg, components)
     layers = check_layers(layers, cfg.num_layers)
     tokens, mask = check_prompts(cfg, prompts, 0)
-    tree = _record(cfg, model.params, jnp.asarray(tokens), jnp.asarray(left_positions(mask)),
-                   jnp.asarray(mask))
+    recorded = Recorded(_record(cfg, model.params, jnp.asarray(tokens),
+                                jnp.asarray(left_positions(mask)), jnp.asarray(mask)))
     weights = mask / mask.sum()
     out = {}
     for layer in layers:
         for c in components:
-            node = tree[f"blocks_{layer}"]
-            for key in BLOCK_SITES[c]:
-                node = node[key]
-            x = np.asarray(node[c][0], np.float64)
+            x = np.asarray(recorded(c, layer), np.float64)
             out[c, layer] = np.tensordot(weights, x, axes=([0, 1], [0, 1])).astype(np.float32)
     return out
 
@@ -154,10 +161,6 @@ def ablation_sweep(model: Model, prompts, G: int, components: Sequence[str] = CO
                                    edits=_uniform_edits(cfg, components, changes)))
 
     base = LoopRate.of(traces({}), k)
-    rows = []
-    for layer in layers:
-        for c in components:
-            result = LoopRate.of(traces({(c, layer): (0.0, means.get((c, layer)))}), k)
-            d, interval = paired_difference(result.loops, base.loops)
-            rows.append(SweepRow(layer, c, mode, result, d, interval))
-    return Sweep(base, tuple(rows))
+    return Sweep.of(base, [(layer, c, mode,
+                            LoopRate.of(traces({(c, layer): (0.0, means.get((c, layer)))}), k))
+                           for layer in layers for c in components])

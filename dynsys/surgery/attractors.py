@@ -24,7 +24,7 @@ import dataclasses
 
 import numpy as np
 
-from dynsys.checks import check_tokens
+from dynsys.checks import check_int, check_tokens
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.orbits import check_map, orbits
 from dynsys.nn import Model
@@ -103,8 +103,7 @@ def attractor_distances(f, traces, target: int) -> np.ndarray:
     """[B, G] (or [G] for one trace) float: d(x_t) = min{s ≥ 0 : f^s(x_t) on the cycle that
     state `target` drains into}, ∞ when x_t drains into another cycle (module docstring)."""
     f = check_map(f)
-    if not isinstance(target, int | np.integer) or not 0 <= target < f.size:
-        raise ValueError(f"target={target!r} is not a state in [0, {f.size})")
+    target = check_int("target", target, 0, f.size - 1)
     traces = np.asarray(traces)
     if traces.ndim not in (1, 2) or traces.shape[-1] < 1:
         raise ValueError(f"traces must be [G] or [B, G], got shape {traces.shape}")
@@ -144,8 +143,7 @@ def surface(f, greedy, traces, label: str = "traces", near_steps: int = 1) -> Su
     """Distances of `traces` [B, G] (or [G]) to the cycle of f that the `greedy` trace's last
     token drains into, and the shares of steps on it, within `near_steps` of it, and in
     another basin."""
-    if not isinstance(near_steps, int | np.integer) or near_steps < 0:
-        raise ValueError(f"near_steps={near_steps!r} must be a non-negative integer")
+    near_steps = check_int("near_steps", near_steps, minimum=0)
     greedy = np.asarray(greedy)
     if greedy.ndim != 1 or not greedy.size:
         raise ValueError(f"greedy must be one non-empty trace [G], got shape {greedy.shape}")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.checks import check_tokens
+from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import logits, run
 from dynsys.dynamics.traces import periodicity
@@ -171,8 +171,7 @@ def _attribute(cfg: ModelConfig, params, tokens, positions, mask, targets, steps
 def _chunks(B: int, batch: int):
     """Row indices in chunks of exactly `batch` rows (the last padded with row 0, whose
     results are dropped), so every call has the same shapes: one compile."""
-    if not isinstance(batch, int | np.integer) or batch < 1:
-        raise ValueError(f"batch={batch!r} must be a positive integer")
+    batch = check_int("batch", batch, minimum=1)
     for start in range(0, B, batch):
         rows = np.arange(start, min(start + batch, B))
         yield rows, np.concatenate([rows, np.zeros(batch - rows.size, np.int64)])

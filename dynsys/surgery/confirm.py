@@ -2,11 +2,12 @@
 
 For a ranking of neurons (e.g. `Attribution.ranked()`) and each k in `ks`, greedy generation
 of G tokens per prompt with the top-k neurons' activations h_{l,j} (site "mlp_hidden") scaled
-by s = NEURON_SCALES[op] at every position: s = 0 ("zero") or s = −1 ("flip"). Each row gives
-the loop rate after (exact interval) and the paired change d = r_after − r_before against the
-unedited model on the same prompts, with its score interval (Tango)
-(`dynsys.stats.paired_difference`). A site edit scaling h_j by s is the weight edit scaling
-W_down[:, j] by s (`dynsys.surgery.edit`). After the Gemma-loops study's confirmation sweeps.
+by s = SCALES[op] (`dynsys.surgery.edit`) at every position: s = 0 ("zero") or s = −1
+("flip"). Each row gives the loop rate after (exact interval) and the paired change
+d = r_after − r_before against the unedited model on the same prompts, with its score
+interval (Tango) (`dynsys.stats.paired_difference`). A site edit scaling h_j by s is the
+weight edit scaling W_down[:, j] by s (`dynsys.surgery.edit`). After the Gemma-loops study's
+confirmation sweeps.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dynsys.checks import check_int, check_neuron
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import generate
 from dynsys.nn import Model
 from dynsys.nn.sites import edits
 from dynsys.stats import paired_difference
+from dynsys.surgery.edit import FIXED_OPS, SCALES
 from dynsys.surgery.loops import K, LoopRate, as_prompts, check_length, check_prompts
 
-__all__ = ["NEURON_SCALES", "ConfirmRow", "Confirmation", "confirm", "neuron_edits"]
-
-NEURON_SCALES: dict[str, float] = {"zero": 0.0, "flip": -1.0}  # the scale put on a neuron
+__all__ = ["ConfirmRow", "Confirmation", "confirm", "neuron_edits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,28 +67,28 @@ class Confirmation:
 # --- edits and the sweep -------------------------------------------------------------------
 
 
-def _neuron_pairs(neurons, cfg: ModelConfig) -> list[tuple[int, int]]:
-    out = []
-    for item in neurons:
-        layer, index = int(item[0]), int(item[1])
-        if not 0 <= layer < cfg.num_layers:
-            raise ValueError(f"layer={layer} is outside [0, {cfg.num_layers})")
-        if not 0 <= index < cfg.intermediate_size:
-            raise ValueError(f"neuron={index} is outside [0, {cfg.intermediate_size}) "
-                             f"(layer {layer})")
-        out.append((layer, index))
-    return out
+def _scale(op: str) -> float:
+    """The scale `op` (one of FIXED_OPS) puts on a neuron (`dynsys.surgery.edit.SCALES`)."""
+    if op not in FIXED_OPS:
+        raise ValueError(f"op={op!r} must be one of {', '.join(FIXED_OPS)}")
+    return SCALES[op]
+
+
+def _neurons(ranking, cfg: ModelConfig) -> list[tuple[int, int]]:
+    """The (layer, neuron) pairs of a ranking's (layer, neuron[, score]) items, checked
+    against the model."""
+    return [check_neuron(tuple(item[:2]), cfg.num_layers, cfg.intermediate_size)
+            for item in ranking]
 
 
 def neuron_edits(cfg: ModelConfig, neurons, op: str = "zero") -> dict:
-    """The edit tree scaling each (layer, neuron) of `neurons` by NEURON_SCALES[op] (0 or −1)
+    """The edit tree scaling each (layer, neuron) of `neurons` by SCALES[op] (0 or −1)
     on site "mlp_hidden": scale vectors [F] on every layer (1 elsewhere), shift 0, so every set
     of neurons gives a tree of the same structure and shapes."""
-    if op not in NEURON_SCALES:
-        raise ValueError(f"op={op!r} must be one of {', '.join(NEURON_SCALES)}")
+    scale = _scale(op)
     scales = np.ones((cfg.num_layers, cfg.intermediate_size), np.float32)
-    for layer, index in _neuron_pairs(neurons, cfg):
-        scales[layer, index] = NEURON_SCALES[op]
+    for layer, index in _neurons(neurons, cfg):
+        scales[layer, index] = scale
     return edits({("mlp_hidden", i): {"scale": scales[i], "shift": 0.0}
                   for i in range(cfg.num_layers)}, cfg.num_layers)
 
@@ -102,12 +103,10 @@ def confirm(model: Model, prompts, G: int, neurons, op: str = "zero",
     all conditions (`neuron_edits`)."""
     cfg, prompts = model.config, as_prompts(prompts)
     G = check_length(G)
-    pairs = _neuron_pairs(neurons, cfg)
-    if op not in NEURON_SCALES:
-        raise ValueError(f"op={op!r} must be one of {', '.join(NEURON_SCALES)}")
+    pairs = _neurons(neurons, cfg)
+    _scale(op)
     for kk in ks:
-        if not isinstance(kk, int | np.integer) or not 1 <= kk <= len(pairs):
-            raise ValueError(f"k={kk!r} must be an integer in [1, {len(pairs)}] (neurons given)")
+        check_int("k", kk, 1, len(pairs))  # at most the neurons given
     check_prompts(cfg, prompts, G)
 
     def traces(chosen):

@@ -25,11 +25,16 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from dynsys.config import PRESETS
-from dynsys.config.model import check_float, check_int, set_frozen
+from dynsys.checks import check_float, check_neuron
+from dynsys.config.model import set_frozen
 from dynsys.io import checkpoint_digest, checkpoint_file, load, save_hf
 from dynsys.nn import Model
+from dynsys.nn.params import part
 
-OPS: tuple[str, ...] = ("zero", "flip", "scale")
+# The factor s each operation puts on a neuron's down-projection column (None: given).
+SCALES: dict[str, float | None] = {"zero": 0.0, "flip": -1.0, "scale": None}
+OPS: tuple[str, ...] = tuple(SCALES)
+FIXED_OPS: tuple[str, ...] = tuple(op for op, s in SCALES.items() if s is not None)
 # Copied from the source checkpoint beside the edited weights, where it has them.
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json")
 
@@ -61,9 +66,7 @@ class NeuronEdit:
             factor = None
         neurons = []
         for pair in self.neurons:
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise ValueError(f"neuron {pair!r} must be a (layer, index) pair")
-            neuron = (check_int("layer", pair[0]), check_int("neuron index", pair[1]))
+            neuron = check_neuron(pair)
             if neuron in neurons:
                 raise ValueError(f"neuron {neuron} is named more than once")
             neurons.append(neuron)
@@ -74,7 +77,7 @@ class NeuronEdit:
     @property
     def scale(self) -> float:
         """s, the factor on each named neuron's down-projection column."""
-        return {"zero": 0.0, "flip": -1.0, "scale": self.factor}[self.op]
+        return self.factor if self.op == "scale" else SCALES[self.op]
 
 
 def apply_edit(model: Model, edit: NeuronEdit) -> Model:
@@ -84,17 +87,12 @@ def apply_edit(model: Model, edit: NeuronEdit) -> Model:
     [0, intermediate_size)."""
     cfg = model.config
     by_layer: dict[int, list[int]] = defaultdict(list)
-    for layer, j in edit.neurons:
-        if not 0 <= layer < cfg.num_layers:
-            raise ValueError(f"neuron {layer}:{j}: layer {layer} is outside "
-                             f"[0, {cfg.num_layers})")
-        if not 0 <= j < cfg.intermediate_size:
-            raise ValueError(f"neuron {layer}:{j}: index {j} is outside "
-                             f"[0, {cfg.intermediate_size}) (intermediate_size)")
+    for neuron in edit.neurons:
+        layer, j = check_neuron(neuron, cfg.num_layers, cfg.intermediate_size)
         by_layer[layer].append(j)
     params = model.copy().params  # fresh dicts, shared (immutable) leaves
     for layer, neurons in by_layer.items():
-        mlp = params[f"blocks_{layer}"]["mlp"]
+        mlp = part(params, layer, "mlp")
         j = jnp.asarray(neurons)
         mlp["down"]["kernel"] = jnp.asarray(mlp["down"]["kernel"]).at[:, j].multiply(edit.scale)
         if edit.op == "zero":

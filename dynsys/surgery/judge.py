@@ -29,7 +29,9 @@ greedy trace (or a sampled loop breaker's) leaves f_P's attractor or only change
 `dynsys.surgery.attractors`.
 
 `judge` runs the three on a before and an after model and returns a `Judgement` whose
-`table()` has one row per quantity.
+`table()` has one row per quantity. The before model's side (greedy traces, window losses,
+maps and the map prompts' greedy traces) is a `Baseline`: computed once (`Baseline.of`) it
+serves every fix judged on the same inputs.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dynsys.checks import check_tokens
+from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import generate, sequence_logits
 from dynsys.dynamics.markov import markov_map
@@ -53,8 +55,8 @@ from dynsys.surgery.attractors import AttractorChange, Surface, compare_attracto
 from dynsys.surgery.loops import (K, as_prompts, check_length, check_pair, check_prompts,
                                   looping)
 
-__all__ = ["LOSS_METHODS", "Judgement", "LossChange", "RateChange", "collapsing", "judge",
-           "loss_change", "rate_changes", "window_losses"]
+__all__ = ["LOSS_METHODS", "Baseline", "Judgement", "LossChange", "RateChange", "collapsing",
+           "judge", "loss_change", "rate_changes", "window_losses"]
 
 LOSS_METHODS: tuple[str, ...] = ("t", "bootstrap")
 
@@ -94,8 +96,8 @@ class RateChange:
                    proportion_interval(int(after.sum()), n), float(d), interval)
 
     def row(self) -> dict:
-        return {"part": "rate", "quantity": self.name, "prompt": None,
-                "n": int(self.flags_before.size), "before": self.before,
+        """A table row (no arrays)."""
+        return {"quantity": self.name, "n": int(self.flags_before.size), "before": self.before,
                 "before_lo": self.before_interval[0], "before_hi": self.before_interval[1],
                 "after": self.after, "after_lo": self.after_interval[0],
                 "after_hi": self.after_interval[1], "change": self.change,
@@ -108,8 +110,7 @@ def collapsing(traces, delimiter, window: int = 8) -> np.ndarray:
     traces = np.asarray(traces)
     if traces.ndim != 2 or traces.shape[1] < 1:
         raise ValueError(f"traces must be 2-D [batch, G], got shape {traces.shape}")
-    if not isinstance(window, int | np.integer) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window={window!r} must be a positive integer")
+    window = check_int("window", window, minimum=1)
     return np.array([collapse(t, delimiter, window).is_collapse for t in traces], bool)
 
 
@@ -133,6 +134,12 @@ def rate_changes(before: Model, after: Model, prompts, G: int, *, delimiter=None
     check_prompts(cfg, prompts, G)
     delimiter = _check_delimiter(delimiter, cfg.vocab_size)
     x0, x1 = (np.asarray(generate(m, prompts, G)) for m in (before, after))
+    return _rates(x0, x1, delimiter, window, k)
+
+
+def _rates(x0: np.ndarray, x1: np.ndarray, delimiter, window: int, k: int
+           ) -> tuple[RateChange, ...]:
+    """(loop,) or (loop, collapse) changes from the traces before (x0) and after (x1)."""
     out = [RateChange.of("loop", looping(x0, k), looping(x1, k))]
     if delimiter is not None:
         out.append(RateChange.of("collapse", collapsing(x0, delimiter, window),
@@ -163,8 +170,9 @@ class LossChange:
     method: str
 
     def row(self) -> dict:
-        return {"part": "loss", "quantity": "heldout_loss", "prompt": None,
-                "n": int(self.losses_before.size), "before": self.before, "after": self.after,
+        """A table row (no arrays)."""
+        return {"quantity": "heldout_loss", "n": int(self.losses_before.size),
+                "before": self.before, "after": self.after,
                 "change": self.change, "change_lo": self.change_interval[0],
                 "change_hi": self.change_interval[1], "method": self.method}
 
@@ -192,10 +200,8 @@ def window_losses(model: Model, windows, batch: int = 16) -> np.ndarray:
     docstring), `batch` windows per call (the last call padded, so one compile)."""
     cfg = model.config
     windows = _check_windows(cfg, windows)
-    if not isinstance(batch, int | np.integer) or isinstance(batch, bool) or batch < 1:
-        raise ValueError(f"batch={batch!r} must be a positive integer")
     n = len(windows)
-    batch = min(int(batch), n)
+    batch = min(check_int("batch", batch, minimum=1), n)
     out = np.zeros(n, np.float64)
     for start in range(0, n, batch):
         rows = windows[start:start + batch]
@@ -211,12 +217,22 @@ def loss_change(before: Model, after: Model, windows, *, method: str = "t",
     paired change D = mean(ℓ^after − ℓ^before) with a 95% paired t interval ("t") or paired
     percentile bootstrap interval ("bootstrap", 2000 resamples, `seed`)."""
     check_pair(before, after)
+    windows = _check_loss_inputs(before.config, windows, method)
+    return _loss(window_losses(before, windows, batch), window_losses(after, windows, batch),
+                 method, seed)
+
+
+def _check_loss_inputs(cfg: ModelConfig, windows, method: str) -> np.ndarray:
     if method not in LOSS_METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(LOSS_METHODS)}")
-    windows = _check_windows(before.config, windows)
+    windows = _check_windows(cfg, windows)
     if len(windows) < 2:
         raise ValueError(f"{len(windows)} window(s): a paired interval needs at least 2")
-    l0, l1 = window_losses(before, windows, batch), window_losses(after, windows, batch)
+    return windows
+
+
+def _loss(l0: np.ndarray, l1: np.ndarray, method: str, seed: int = 0) -> LossChange:
+    """The LossChange of per-window losses before (l0) and after (l1)."""
     delta = l1 - l0
     if not delta.any():
         interval = (0.0, 0.0)
@@ -229,6 +245,49 @@ def loss_change(before: Model, after: Model, windows, *, method: str = "t",
 
 
 # --- all three -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """The before model's side of a judgement on fixed inputs: what `judge` compares every
+    after model with. Computed once (`Baseline.of`), it serves any number of fixes.
+
+    Attributes:
+        traces: [B, G] greedy continuations of the held-out prompts.
+        losses: [n] per-window held-out losses ℓ_i (`window_losses`).
+        maps: [M, V] the Markov map f_P of each map prompt (`markov_map(...).next`).
+        greedy: [M, G] the greedy G-token trace of each map prompt.
+    """
+
+    traces: np.ndarray
+    losses: np.ndarray
+    maps: np.ndarray
+    greedy: np.ndarray
+
+    @classmethod
+    def of(cls, model: Model, prompts, G: int, heldout_windows, map_prompts=(),
+           batch: int = 16) -> Baseline:
+        """`model`'s traces, window losses, maps and map-prompt traces (the quantities `judge`
+        reads from the before model)."""
+        cfg, prompts, G = model.config, as_prompts(prompts), check_length(G)
+        check_prompts(cfg, prompts, G)
+        map_prompts = as_prompts(map_prompts)
+        V = cfg.vocab_size
+        return cls(np.asarray(generate(model, prompts, G)),
+                   window_losses(model, heldout_windows, batch),
+                   np.stack([markov_map(model, p, progress=False).next for p in map_prompts])
+                   if len(map_prompts) else np.zeros((0, V), np.int64),
+                   np.stack([np.asarray(generate(model, [p], G))[0] for p in map_prompts])
+                   if len(map_prompts) else np.zeros((0, G), np.int64))
+
+    def check(self, cfg: ModelConfig, prompts: int, G: int, windows: int, maps: int) -> None:
+        """ValueError naming the first array whose shape does not fit these inputs."""
+        expected = {"traces": (prompts, G), "losses": (windows,), "maps": (maps, cfg.vocab_size),
+                    "greedy": (maps, G)}
+        for name, shape in expected.items():
+            got = np.shape(getattr(self, name))
+            if got != shape:
+                raise ValueError(f"baseline {name} has shape {got}; these inputs need {shape}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,40 +304,52 @@ class Judgement:
     def table(self) -> list[dict]:
         """One dict per quantity; every row has part, quantity, prompt (map prompt index or
         None); before/after/change where they apply."""
-        rows = [r.row() for r in self.rates] + [self.loss.row()]
+        rows = [{"part": "rate", "prompt": None, **r.row()} for r in self.rates]
+        rows.append({"part": "loss", "prompt": None, **self.loss.row()})
         for i, (att, surfs) in enumerate(zip(self.attractors, self.surfaces)):
             rows += att.rows(i) + [s.row(i) for s in surfs]
         return rows
 
 
 def judge(before: Model, after: Model, prompts, G: int, heldout_windows, map_prompts=(), *,
-          sampled: Sequence | None = None, delimiter=None, window: int = 8,
-          near_steps: int = 1, method: str = "t", k: int = K) -> Judgement:
+          baseline: Baseline | None = None, sampled: Sequence | None = None, delimiter=None,
+          window: int = 8, near_steps: int = 1, method: str = "t", k: int = K) -> Judgement:
     """Judge `after` (e.g. `apply_edit(before, ...)`) against `before` three ways:
 
     (a) loop (and, with `delimiter`, collapse) rates of greedy G-token continuations of the
         held-out `prompts` (`rate_changes`);
     (b) held-out loss on `heldout_windows` [n, T + 1] (`loss_change`, `method`);
     (c) for each of `map_prompts`: the attractors of f_P before and after
-        (`attractor_change`), and the Surfaces, in the before f_P relative to the cycle the
-        before model's greedy G-token trace of P ends in, of the after model's greedy trace
-        ("after greedy") and of `sampled[i]` ([S, G] traces from P, e.g. a loop-breaking
-        sampler; "sampled").
+        (`dynsys.surgery.attractors.compare_attractors`), and the Surfaces, in the before f_P
+        relative to the cycle the before model's greedy G-token trace of P ends in, of the
+        after model's greedy trace ("after greedy") and of `sampled[i]` ([S, G] traces from
+        P, e.g. a loop-breaking sampler; "sampled").
+
+    The before side is `baseline` where given (`Baseline.of(before, prompts, G,
+    heldout_windows, map_prompts)`, checked to fit these inputs), computed here otherwise:
+    judging many fixes of one model computes it once.
     """
-    map_prompts = as_prompts(map_prompts)
+    cfg = check_pair(before, after)
+    prompts, G, map_prompts = as_prompts(prompts), check_length(G), as_prompts(map_prompts)
     if sampled is not None and len(sampled) != len(map_prompts):
         raise ValueError(f"{len(sampled)} sampled trace sets but {len(map_prompts)} map "
                          "prompts")
-    rates = rate_changes(before, after, prompts, G, delimiter=delimiter, window=window, k=k)
-    loss = loss_change(before, after, heldout_windows, method=method)
+    check_prompts(cfg, prompts, G)
+    delimiter = _check_delimiter(delimiter, cfg.vocab_size)
+    windows = _check_loss_inputs(cfg, heldout_windows, method)
+    if baseline is None:
+        baseline = Baseline.of(before, prompts, G, windows, map_prompts)
+    baseline.check(cfg, len(prompts), G, len(windows), len(map_prompts))
+    rates = _rates(baseline.traces, np.asarray(generate(after, prompts, G)), delimiter, window,
+                   k)
+    loss = _loss(baseline.losses, window_losses(after, windows), method)
     changes, surfaces = [], []
     for i, prompt in enumerate(map_prompts):
-        f = markov_map(before, prompt).next
-        change = compare_attractors(f, markov_map(after, prompt).next)
-        g0, g1 = (np.asarray(generate(m, [prompt], G))[0] for m in (before, after))
+        f, g0 = baseline.maps[i], baseline.greedy[i]
+        changes.append(compare_attractors(f, markov_map(after, prompt, progress=False).next))
+        g1 = np.asarray(generate(after, [prompt], G))[0]
         surfs = [surface(f, g0, g1, "after greedy", near_steps)]
         if sampled is not None:
             surfs.append(surface(f, g0, sampled[i], "sampled", near_steps))
-        changes.append(change)
         surfaces.append(tuple(surfs))
     return Judgement(rates, loss, tuple(changes), tuple(surfaces))

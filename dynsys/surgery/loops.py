@@ -26,12 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynsys.checks import check_int
 from dynsys.config import ModelConfig
 from dynsys.decode.engine import left_pad, run
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.nn import Model, init_params
 from dynsys.nn.cache import empty_rows
-from dynsys.nn.sites import BLOCK_SITES
+from dynsys.nn.sites import BLOCK_SITES, Recorded
 from dynsys.stats import proportion_interval
 
 __all__ = ["K", "LoopRate", "as_prompts", "check_components", "check_layers", "check_length",
@@ -45,13 +46,13 @@ class LoopRate:
     """Greedy traces of B prompts under one condition and their loop rate.
 
     Attributes:
-        traces: [B, G] the generated tokens.
+        traces: [B, G] the generated tokens (None when made from stored flags, `of_loops`).
         loops: [B] bool, trace b loops (`looping`).
         rate: r = loops.sum() / B.
         interval: the exact (Clopper–Pearson) 95% interval of r.
     """
 
-    traces: np.ndarray
+    traces: np.ndarray | None
     loops: np.ndarray
     rate: float
     interval: tuple[float, float]
@@ -59,7 +60,12 @@ class LoopRate:
     @classmethod
     def of(cls, traces, k: int = K) -> LoopRate:
         traces = np.asarray(traces)
-        loops = looping(traces, k)
+        return cls.of_loops(looping(traces, k), traces)
+
+    @classmethod
+    def of_loops(cls, loops, traces: np.ndarray | None = None) -> LoopRate:
+        """The rate of [B] loop flags (of `traces` where given)."""
+        loops = np.asarray(loops, bool)
         return cls(traces, loops, float(loops.mean()),
                    proportion_interval(int(loops.sum()), loops.size))
 
@@ -77,20 +83,15 @@ def looping(traces, k: int = K) -> np.ndarray:
 
 
 def check_length(G) -> int:
-    if not isinstance(G, int | np.integer) or isinstance(G, bool) or G < 2:
-        raise ValueError(f"G={G!r} must be an integer >= 2 (generated tokens per prompt)")
-    return int(G)
+    """G, the generated tokens per prompt: an integer >= 2 (a loop needs two tokens)."""
+    return check_int("G", G, minimum=2)
 
 
 def check_layers(layers, num_layers: int) -> tuple[int, ...]:
+    """The layers named (every layer for None), each an integer in [0, num_layers)."""
     if layers is None:
         return tuple(range(num_layers))
-    out = []
-    for layer in layers:
-        if not isinstance(layer, int | np.integer) or not 0 <= layer < num_layers:
-            raise ValueError(f"layer={layer!r} is outside [0, {num_layers})")
-        out.append(int(layer))
-    return tuple(out)
+    return tuple(check_int("layer", layer, 0, num_layers - 1) for layer in layers)
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,15 +105,13 @@ def site_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
                   record=True)
         return out.recorded.tree
 
-    params = jax.eval_shape(lambda: init_params(cfg, 0))
-    tree = jax.eval_shape(call, params)["blocks_0"]
+    recorded = Recorded(jax.eval_shape(call, jax.eval_shape(lambda: init_params(cfg, 0))))
     shapes = {}
-    for name, owner in BLOCK_SITES.items():
-        node = tree
-        for key in owner:
-            node = node.get(key, {})
-        if name in node:
-            shapes[name] = tuple(node[name][0].shape[2:])
+    for name in BLOCK_SITES:
+        try:
+            shapes[name] = tuple(recorded(name, 0).shape[2:])
+        except KeyError:  # a site this family does not have
+            continue
     return shapes
 
 

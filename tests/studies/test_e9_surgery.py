@@ -124,6 +124,10 @@ def test_tables_follow_the_units_and_the_model(study):
         np.asarray(ds.generate(after, test, CONFIG.G)), CONFIG.repeats))
     np.testing.assert_array_equal(fix["loop_before"], looping(
         np.concatenate([base[k][HALF:] for k in KINDS]), CONFIG.repeats))
+    baseline = run.load("baseline")  # the unedited side, computed once for every fix
+    np.testing.assert_array_equal(baseline["traces"], np.asarray(ds.generate(model, test,
+                                                                             CONFIG.G)))
+    np.testing.assert_array_equal(fix["loss_before"], baseline["losses"])
     table = {(r["fix"], r["k"], r["quantity"], r["kind"]): r for r in run.read_table("fixes")}
     row = table["zero", 4, "loop", "all"]
     assert (row["before"], row["after"]) == pytest.approx((fix["loop_before"].mean(),
@@ -160,7 +164,8 @@ def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
     tables = {p.name: p.read_bytes() for p in (run.path / "tables").iterdir()}
     calls = []
     for name in ("generate", "judge", "ablation_sweep", "neuron_attribution", "markov_map"):
-        monkeypatch.setattr(e9_surgery, name, counting(calls, name, getattr(e9_surgery, name)))
+        monkeypatch.setattr(e9_surgery.study, name,
+                            counting(calls, name, getattr(e9_surgery.study, name)))
     monkeypatch.setattr(training, "train_tokenizer", lambda *a: pytest.fail("corpus rebuilt"))
     run_study("e9", run.path, "small", E9, progress=False, draw=False)
     assert calls == []

@@ -54,9 +54,9 @@ def test_neuron_edits_scale_the_chosen_neurons_only():
 def test_bad_input_names_the_value(model, prompts):
     with pytest.raises(ValueError, match="G=1"):
         confirm(model, prompts, 1, [(0, 1)])
-    with pytest.raises(ValueError, match="neuron=128"):
+    with pytest.raises(ValueError, match=r"index 128 is outside \[0, "):
         confirm(model, prompts, G, [(0, 128)])
-    with pytest.raises(ValueError, match="layer=-1"):
+    with pytest.raises(ValueError, match=r"layer -1 is outside \[0, "):
         confirm(model, prompts, G, [(-1, 0)])
     with pytest.raises(ValueError, match="k=3"):
         confirm(model, prompts, G, [(0, 1), (1, 2)], ks=(3,))

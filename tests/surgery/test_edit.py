@@ -147,6 +147,11 @@ def test_cli_edit_writes_the_edited_checkpoint_and_its_record(models, source, tm
     for a, b in zip(jax.tree_util.tree_leaves(written.params),
                     jax.tree_util.tree_leaves(expected.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tokens, positions = inputs(written.config)  # the site edit the command's help names
+    site = step(models["llama"], None, tokens, positions,
+                edits=site_scales(written.config, 2.5))[0]
+    np.testing.assert_allclose(np.asarray(step(written, None, tokens, positions)[0]),
+                               np.asarray(site), atol=1e-5, rtol=1e-5)
     record = json.loads((out / "edit.json").read_text())
     assert record == {"source": {"checkpoint": str(source.resolve()),
                                  "digest": checkpoint_digest(source)},

@@ -3,6 +3,7 @@ flags, per-window losses by a numpy softmax, the paired t interval by hand), an 
 changing nothing, a planted loop neuron zeroed changing the loop rate and the attractors of the
 Markov map (the edited model's greedy trace leaves the attractor), and bad input."""
 
+import importlib
 import math
 from collections import Counter
 
@@ -15,7 +16,8 @@ from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, make_model, make_
 from dynsys.decode import forward, generate
 from dynsys.surgery import NeuronEdit, apply_edit
 from dynsys.surgery.attractors import attractor_change
-from dynsys.surgery.judge import collapsing, judge, loss_change, rate_changes, window_losses
+from dynsys.surgery.judge import (Baseline, collapsing, judge, loss_change, rate_changes,
+                                  window_losses)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_loss_change_is_a_paired_interval(planted, unplanted, windows):
     boot = loss_change(planted, unplanted, windows, method="bootstrap")
     assert boot.change == pytest.approx(t.change)
     assert boot.change_interval[0] <= boot.change <= boot.change_interval[1]
-    assert t.row()["part"] == "loss"
+    assert t.row()["quantity"] == "heldout_loss"
 
 
 
@@ -148,6 +150,27 @@ def test_a_zeroed_loop_neuron_changes_the_rate_and_the_attractor(planted, unplan
     alone = attractor_change(planted, unplanted, prompts[0])
     assert alone.vanished == j.attractors[0].vanished
     assert alone.appeared == j.attractors[0].appeared
+
+
+def test_a_stored_baseline_gives_the_same_judgement_from_the_after_model_alone(
+        planted, unplanted, prompts, windows, monkeypatch):
+    baseline = Baseline.of(planted, prompts, G, windows, prompts[:2])
+    fresh = judge(planted, unplanted, prompts, G, windows, prompts[:2], delimiter=5, window=2)
+    maps = []
+    module = importlib.import_module("dynsys.surgery.judge")  # the package's judge is the function
+    real = module.markov_map
+    monkeypatch.setattr(module, "markov_map",
+                        lambda m, *a, **kw: maps.append(m) or real(m, *a, **kw))
+    stored = judge(planted, unplanted, prompts, G, windows, prompts[:2], baseline=baseline,
+                   delimiter=5, window=2)
+    assert maps == [unplanted, unplanted]  # the before model's maps are not recomputed
+    assert stored.table() == fresh.table()
+    np.testing.assert_array_equal(stored.loss.losses_before, window_losses(planted, windows))
+    with pytest.raises(ValueError, match=r"baseline traces has shape \(8, 16\); these inputs "
+                                         r"need \(4, 16\)"):
+        judge(planted, unplanted, prompts[:4], G, windows, prompts[:2], baseline=baseline)
+    with pytest.raises(ValueError, match=r"baseline maps has shape \(2, "):
+        judge(planted, unplanted, prompts, G, windows, prompts[:1], baseline=baseline)
 
 
 def test_bad_input_names_the_value(model, prompts, windows):
