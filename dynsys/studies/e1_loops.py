@@ -55,6 +55,7 @@ from dynsys.runs import Run
 from dynsys.stats import equivalence_power, mcnemar, paired_equivalence, proportion_test
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
+from dynsys.studies.training import length_bins
 
 NAME = "e1"
 TITLE = "Loops of an untrained model: minimal cycle lengths, RoPE on and off"
@@ -383,15 +384,6 @@ def findings(run: Run) -> list[Finding]:
 
 def figures(run: Run):
     return [*_histograms(run), *_loop_shares(run), *_timeline(run)]
-
-
-def length_bins(top: int) -> list[tuple[int, int]]:
-    """Bins [lo, hi] of minimal cycle lengths: none (0), 1, 2, 3, 4, then 5–8, 9–16, ... up
-    to the bin that holds `top`."""
-    bins = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
-    while bins[-1][1] < top:
-        bins.append((bins[-1][1] + 1, 2 * bins[-1][1]))
-    return bins
 
 
 def _histograms(run: Run):

@@ -44,7 +44,6 @@ from dynsys.data.prompts import random_tokens, repeated_ngram
 from dynsys.dynamics.traces import min_cycle_anywhere, periodicity_batch
 from dynsys.io import load_config
 from dynsys.runs import Run
-from dynsys.studies.e1_loops import length_bins
 from dynsys.studies.settings import Settings
 from dynsys.train import TrainConfig, checkpoint_steps, read_log, train
 
@@ -218,6 +217,15 @@ def read_lengths(rows: list[dict], columns: tuple[str, ...],
     for r in sorted(rows, key=lambda r: r["prompt"]):
         out.setdefault(tuple(r[c] for c in columns), []).append(r[reading])
     return {key: np.array(values) for key, values in out.items()}
+
+
+def length_bins(top: int) -> list[tuple[int, int]]:
+    """Bins [lo, hi] of minimal cycle lengths: none (0), 1, 2, 3, 4, then 5–8, 9–16, ... up
+    to the bin that holds `top`."""
+    edges = [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+    while edges[-1][1] < top:
+        edges.append((edges[-1][1] + 1, 2 * edges[-1][1]))
+    return edges
 
 
 def bins(new_tokens: int, k: int) -> list[tuple[int, int]]:
