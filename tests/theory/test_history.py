@@ -99,11 +99,11 @@ def test_lower_bounds_hold_for_every_history_tried(cfg):
 
 
 @pytest.mark.parametrize("r", [1, 2])
-def test_lower_bounds_hold_for_every_history_of_length_r(r):
+@pytest.mark.parametrize("cfg", [LLAMA, QWEN2], ids=["llama-rope-gqa", "qwen2-bias"])
+def test_lower_bounds_hold_for_every_history_of_length_r(cfg, r):
     """Exhaustively (all V^r histories, 61 and 3721) for each query token at r = 1, 2: 0 true
     margins below the certified lower bound or above the upper one (float32 tolerance as
     above)."""
-    cfg = LLAMA
     model, prefix, tokens, rs, bound = case(cfg, 0.05)
     grid = np.stack(np.meshgrid(*[np.arange(cfg.vocab_size)] * r, indexing="ij"), -1)
     hist = grid.reshape(-1, r)
