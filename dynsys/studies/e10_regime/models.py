@@ -65,12 +65,14 @@ class Subject:
 
 
 def _testbed(spec: str, root: Path, progress: bool) -> tuple[Path, Source]:
-    """The checkpoint and source of a registered test bed, training it first if its key
-    NAME-SCALE names a recipe that was never trained under root."""
+    """The checkpoint and source of a registered test bed, training it first (or resuming
+    its training) if its key NAME-SCALE names a recipe whose directory under root is absent
+    or unregistered."""
     key = spec.partition("@")[0]
     entries = read_registry(root)
     name, _, scale = key.rpartition("-")
-    if key not in entries and name in TESTBEDS and scale in TESTBEDS[name].scales:
+    if (not (root / key).is_dir() or key not in entries) and name in TESTBEDS \
+            and scale in TESTBEDS[name].scales:
         train_testbed(recipe(name, scale), root / key, root, progress)
         entries = read_registry(root)
     path = resolve(spec, root)

@@ -4,7 +4,8 @@
                 and heads), the sink share, the steps of the first `horizon` − 1 that disagree
                 with f_{P,t−1} and with f_P, the terminal loop's period and onset; for a
                 Markov test bed the share of the alphabet where the model's f_P is the Bayes
-                predictor's and whether the trace is the Bayes predictor's trace
+                predictor's and whether the trace is the Bayes predictor's trace (empty for
+                other models)
     masses      (model, kind, n, layer): mean masses on sink1, sink4, body and generated
                 tokens and the mean excess, over prompts, heads and steps
     agreement   (model, kind, n, g): per g in the horizons, n/g, the share of steps
@@ -35,9 +36,11 @@ def prompt_rows(model: str, kind: str, n: int, unit: dict, horizon: int) -> list
                "disagree_position": int((~unit["agree_position"][k, :horizon - 1]).sum()),
                "disagree_markov": int((~unit["agree_markov"][k, :horizon - 1]).sum()),
                "period": int(unit["period"][k]), "onset": int(unit["onset"][k])}
-        if "f_bayes" in unit:
-            row["map_bayes"] = float((unit["f_model"][k] == unit["f_bayes"][k]).mean())
-            row["trace_bayes"] = bool((unit["traces"][k] == unit["bayes_traces"][k]).all())
+        markov = "f_bayes" in unit
+        row["map_bayes"] = (float((unit["f_model"][k] == unit["f_bayes"][k]).mean())
+                            if markov else None)
+        row["trace_bayes"] = (bool((unit["traces"][k] == unit["bayes_traces"][k]).all())
+                              if markov else None)
         rows.append(row)
     return rows
 
