@@ -1,9 +1,10 @@
-"""Shared by the surgery tests: one tiny GELU model, prompts, edit trees of the structures the
-instruments use, and a model with a planted loop neuron."""
+"""Shared by the surgery tests: the tiny GELU model's config (its fixtures are in
+surgery_fixtures), edit trees of the structures the instruments use, and a model with a
+planted loop neuron."""
 
 import jax.numpy as jnp
 import numpy as np
-from conftest import CONFIGS, random_model
+from conftest import CONFIGS
 
 from dynsys.nn import Model, norm_layer
 from dynsys.nn.sites import edits
@@ -12,15 +13,6 @@ CFG = CONFIGS["neox-rot25"]  # GELU MLP and biases: a branch is removed by zeroi
 G = 16
 BOTH = ("attn_out", "mlp_out")
 PLANT_TOKEN, PLANT_NEURON = 42, 7
-
-
-def make_model():
-    return random_model(CFG, seed=3)
-
-
-def make_prompts(seed: int = 0, batch: int = 8):
-    """Equal lengths 12 (left-padded to the bucket 16, so padding is exercised)."""
-    return np.random.default_rng(seed).integers(0, CFG.vocab_size, (batch, 12)).astype(np.int32)
 
 
 def identity_tree():

@@ -5,22 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from surgery_helpers import BOTH, CFG, G, identity_tree, make_model, make_prompts, with_params
+from surgery_helpers import BOTH, CFG, G, identity_tree, with_params
 
 import dynsys.decode.engine
 from dynsys.decode import generate, run
 from dynsys.nn.cache import empty_rows
 from dynsys.surgery import ablation_sweep, component_means, looping
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return make_prompts()
+pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 
 @pytest.fixture(scope="module")

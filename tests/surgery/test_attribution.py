@@ -3,21 +3,12 @@ generation's own margins, a planted loop neuron ranked first by both methods, an
 
 import numpy as np
 import pytest
-from surgery_helpers import (CFG, G, PLANT_NEURON, PLANT_TOKEN, make_model, make_prompts, plant,
-                             scaled)
+from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant, scaled
 
 from dynsys.decode import generate
 from dynsys.surgery import loop_margin, looping, neuron_attribution
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return make_prompts()
+pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 
 @pytest.fixture(scope="module")

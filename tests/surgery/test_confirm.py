@@ -4,20 +4,12 @@ generation breaks its loop; edit trees of one structure; bad input."""
 import jax
 import numpy as np
 import pytest
-from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, make_model, make_prompts, plant
+from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant
 
 from dynsys.decode import generate
 from dynsys.surgery import confirm, neuron_attribution, neuron_edits
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return make_prompts()
+pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 
 def test_a_planted_loop_neuron_is_ranked_first_and_confirmed(model, prompts):

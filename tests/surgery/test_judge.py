@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, random_model
 from scipy import stats
-from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, make_model, make_prompts, plant
+from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant
 
 from dynsys.decode import forward, generate
 from dynsys.surgery import NeuronEdit, apply_edit
@@ -19,15 +19,7 @@ from dynsys.surgery.attractors import attractor_change
 from dynsys.surgery.judge import (Baseline, collapsing, judge, loss_change, rate_changes,
                                   window_losses)
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model()
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    return make_prompts()
+pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 
 @pytest.fixture(scope="module")
