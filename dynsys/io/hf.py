@@ -10,7 +10,6 @@ import functools
 import hashlib
 import json
 import math
-import operator
 import os
 import re
 import shutil
@@ -319,7 +318,7 @@ def check_tensors(directory: str | Path, cfg: ModelConfig) -> None:
                          "at 1 byte each")
     layout = list(_layout(cfg))
     expected = jax.eval_shape(lambda: init_params(cfg, 0))
-    wanted = {t.hf: t.hf_shape(functools.reduce(operator.getitem, t.ours, expected).shape)
+    wanted = {t.hf: t.hf_shape(get(expected, t.ours).shape)
               for t in layout}
     if cfg.family == "gpt_neox":
         N, H, D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
