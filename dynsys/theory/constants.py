@@ -9,6 +9,7 @@ import numpy as np
 
 from dynsys.config import ModelConfig
 from dynsys.nn import Model
+from dynsys.nn import params as layout
 from dynsys.theory import exact
 from dynsys.theory.exact import check_float32, float64
 from dynsys.theory.lemmas import GELU_CURVE, GELU_SLOPE, SILU_CURVE, SILU_SLOPE
@@ -140,7 +141,7 @@ def weight_constants(model: Model) -> WeightConstants:
         "key_bias", "value", "value_bias", "out", "gate", "up", "mlp_in", "mlp_out",
         "gate_cols", "up_cols")}
     for i in range(cfg.num_layers):
-        block = p[f"blocks_{i}"]
+        block = layout.block(p, i)
         for name in ("norm1", "norm2"):
             gain, radius = norm(block[name])
             rows[name].append(gain)
@@ -170,7 +171,7 @@ def weight_constants(model: Model) -> WeightConstants:
         config=cfg, final=final, final_radius=final_radius, head_rows=head,
         head_norm=float(np.linalg.norm(head, axis=1).max()),
         head=float(np.linalg.norm(head * scale, axis=1).max()),
-        mlp_params=tuple({k: p[f"blocks_{i}"][k] for k in ("norm2", "mlp")}
+        mlp_params=tuple({k: layout.block(p, i)[k] for k in ("norm2", "mlp")}
                          for i in range(cfg.num_layers)),
         final_params=p["final_norm"], **arrays)
 

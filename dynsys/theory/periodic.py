@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsys.nn import Model
+from dynsys.nn import params as layout
 from dynsys.nn.rope import rope_angles, rotate
 from dynsys.theory import exact
 from dynsys.theory.constants import WeightConstants, weight_constants
@@ -82,7 +83,7 @@ def limit_logits(model: Model, period, tokens) -> Limit:
     phases, x = p["embed"]["embedding"][period], p["embed"]["embedding"][tokens]
     first, mid_spread = {}, None
     for i in range(cfg.num_layers):
-        block = p[f"blocks_{i}"]
+        block = layout.block(p, i)
         attn = block["attn"]
         u, uq = _norm(cfg, block["norm1"], phases), _norm(cfg, block["norm1"], x)
         k, v = _project(attn["k"], u)[:, kv], _project(attn["v"], u)[:, kv]  # [N_p, heads, H]
@@ -197,7 +198,7 @@ def shift_bound(model: Model, period, tokens, n: int, tau: int,
                          "measured (dynsys.theory.dilution.position_drift)")
     w = weight_constants(model) if weights is None else weights
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.params)
-    block, period, tokens = p["blocks_0"], np.asarray(period), np.asarray(tokens)
+    block, period, tokens = layout.block(p, 0), np.asarray(period), np.asarray(tokens)
     attn, N, root = block["attn"], len(period), math.sqrt(cfg.head_dim)
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     rope = _rope if cfg.use_rope else (lambda cfg, x, positions: x)

@@ -16,6 +16,7 @@ import numpy as np
 from dynsys.config import ModelConfig
 from dynsys.decode.sampling import margin
 from dynsys.nn import Model
+from dynsys.nn import params as layout
 from dynsys.nn.cache import Prefix, empty_rows
 from dynsys.theory import exact
 from dynsys.theory.dilution import check_trace, run_recorded, streams
@@ -201,7 +202,7 @@ def markov_stats(model: Model, prompt, trace, prefix: Prefix | None = None) -> M
     logits, xs, mids = (np.asarray(a) for a in _reference_run(
         cfg, model.params, prefix, jnp.asarray(trace), jnp.asarray(positions)))
     p = exact.float64(model.params)
-    params = {"blocks": [p[f"blocks_{i}"] for i in range(cfg.num_layers)],
+    params = {"blocks": [layout.block(p, i) for i in range(cfg.num_layers)],
               "final_norm": p["final_norm"]}
     with jax.enable_x64(True):
         out = _exact_stats(cfg, params, exact.float64(prefix.k), exact.float64(prefix.v),

@@ -40,6 +40,7 @@ from dynsys.config.model import check_int
 from dynsys.decode import step
 from dynsys.decode.engine import prefix_for
 from dynsys.nn import Model
+from dynsys.nn import params as layout
 from dynsys.nn.cache import Prefix, bucket
 from dynsys.nn.rope import rope_angles, rotate
 from dynsys.theory.exact import check_float32
@@ -278,7 +279,7 @@ def _constants(model: Model, prefix: Prefix, n: int) -> dict:
     valid = np.arange(prefix.capacity) < n
     layers = []
     for i in range(cfg.num_layers):
-        b = p[f"blocks_{i}"]
+        b = layout.block(p, i)
         at, mlp, gamma = b["attn"], b["mlp"], b["norm1"]["scale"]
         lw = dict(norm1=gamma, norm2=b["norm2"]["scale"],
                   wq=at["q"]["kernel"], bq=at["q"].get("bias", zeros((N, H))),
