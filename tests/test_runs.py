@@ -9,12 +9,34 @@ import pytest
 
 from dynsys import figstyle, runs
 from dynsys.runs import FORMAT, RunError, open_run, read_run
+from dynsys.studies import settings
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     n: int = 3
     lengths: tuple[int, ...] = (8, 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked(settings.Settings):
+    """A study-style Config: lists are taken as tuples when it is made."""
+
+    n: int = 3
+    lengths: tuple[int, ...] = (8, 16)
+
+
+def test_a_run_gives_back_its_typed_settings_and_says_which_tables_it_has(tmp_path):
+    run = open_run(tmp_path, "demo", Checked(n=5, lengths=(4,)))
+    back = read_run(tmp_path)
+    assert back.config == {"n": 5, "lengths": [4]}  # JSON: a list
+    assert back.settings(Checked) == Checked(n=5, lengths=(4,))
+    assert back.settings(Checked).lengths == (4,)
+    assert not run.has_table("summary")
+    run.write_table("summary", [{"n": 1}])
+    assert run.has_table("summary") and not run.has_table("other")
+    with pytest.raises(RunError, match="'../escape'"):
+        run.has_table("../escape")
 
 
 def test_new_run_records_config_and_provenance(tmp_path):
