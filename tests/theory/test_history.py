@@ -212,7 +212,7 @@ def test_relaxations_against_sampling():
 
 @pytest.mark.parametrize("change, message", [
     (dict(r=-1), "r=-1 must be an integer >= 0"),
-    (dict(tokens=[3, 61]), "token 61 is outside the vocabulary [0, 61)"),
+    (dict(tokens=[3, 61]), "tokens[1] = 61 is outside the vocabulary [0, 61)"),
     (dict(family="gpt_neox"), "family 'gpt_neox' is not supported")])
 def test_bad_input_is_refused(change, message):
     cfg = LLAMA if "family" not in change else dataclasses.replace(

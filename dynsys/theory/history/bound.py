@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.config.model import check_int
 from dynsys.decode import step
 from dynsys.decode.engine import prefix_for
 from dynsys.nn import Model
@@ -343,13 +343,7 @@ def history_bound(model: Model, prompt, tokens, r, prefix: Prefix | None = None,
     `dynsys.decode.prefill(model, prompt)`."""
     cfg = model.config
     check_family(cfg)
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or tokens.size == 0 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be a non-empty 1-D integer array, got {tokens!r}")
-    bad = (tokens < 0) | (tokens >= cfg.vocab_size)
-    if bad.any():
-        raise ValueError(f"token {int(tokens[bad][0])} is outside the vocabulary "
-                         f"[0, {cfg.vocab_size})")
+    tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=1)
     rs = np.broadcast_to(np.asarray(r), tokens.shape)
     for value in np.unique(rs):
         check_int("r", value.item(), 0)
