@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dynsys.checks import check_bool, check_float, check_int  # re-exported: many callers
 from dynsys.config.hf import from_hf_config, to_hf_config
-from dynsys.config.model import (DTYPES, FAMILIES, Llama3Scaling, ModelConfig, check_bool,
-                                 check_float, check_int, set_frozen)
+from dynsys.config.model import DTYPES, FAMILIES, Llama3Scaling, ModelConfig, set_frozen
 from dynsys.config.presets import PRESETS, preset
 
 __all__ = ["DTYPES", "FAMILIES", "Llama3Scaling", "ModelConfig", "PRESETS", "check_bool",
