@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -29,12 +30,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from tokenizers import Tokenizer
 
 from dynsys.distributed import process
 from dynsys.io import save_hf
-from dynsys.nn import Model
+from dynsys.nn import Model, init_params
 from dynsys.runs import atomic_path
 from dynsys.train.config import NonFiniteLossError, TrainConfig, TrainError
 from dynsys.train.data import batch_at, batches_per_epoch, digest, windows
@@ -72,9 +74,11 @@ class TrainSummary:
 
 
 def train(config: TrainConfig, train_tokens, heldout_tokens, out_dir: str | Path,
-          tokenizer_dir: str | Path | None = None, progress: bool = True) -> TrainSummary:
-    """Train config.model from scratch on train_tokens for config.steps steps, in `out_dir`
-    (created, or resumed where a killed or finished run left it; see the module).
+          tokenizer_dir: str | Path | None = None, progress: bool = True,
+          start: dict | None = None) -> TrainSummary:
+    """Train config.model from scratch (or from the parameters `start`, a warm start, of
+    config.model's shapes) on train_tokens for config.steps steps, in `out_dir` (created, or
+    resumed where a killed or finished run left it; see the module).
 
     train_tokens, heldout_tokens: 1-D integer arrays of token ids (documents joined by an
     end-of-text separator). tokenizer_dir: a directory holding tokenizer.json and/or
@@ -96,10 +100,33 @@ def train(config: TrainConfig, train_tokens, heldout_tokens, out_dir: str | Path
         raise TrainError(f"training runs in one process (this is process {index} of {count}): "
                          "several processes would each train and write the same log; train "
                          "first in one process, then run the rest with several")
-    resumed = _open(out_dir, config, {"train_tokens": digest(data),
-                                      "heldout_tokens": digest(held)})
+    inputs = {"train_tokens": digest(data), "heldout_tokens": digest(held)}
+    if start is not None:
+        inputs["start"] = params_digest(config, start)
+    resumed = _open(out_dir, config, inputs)
     with trainer_lock(out_dir):
-        return _run(config, data, per_epoch, held, tokenizer_files, out_dir, resumed, progress)
+        return _run(config, data, per_epoch, held, tokenizer_files, out_dir,
+                    resumed or (init_state(config, start), {"wall_time": 0.0}), bool(resumed),
+                    progress)
+
+
+def params_digest(config: TrainConfig, params: dict) -> str:
+    """SHA-256 of a parameter tree of config.model's shapes (float32, in the tree's order);
+    TrainError naming the first parameter whose shape differs."""
+    expected = jax.eval_shape(lambda: init_params(config.model, 0))
+    have = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    found = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(expected)[0]:
+        name = jax.tree_util.keystr(path)
+        if path not in have or np.shape(have[path]) != leaf.shape:
+            raise TrainError(f"start: parameter {name} has shape "
+                             f"{np.shape(have[path]) if path in have else 'none'}, the model "
+                             f"{leaf.shape}")
+        found.update(np.ascontiguousarray(have[path], np.float32).tobytes())
+    if len(have) != len(jax.tree_util.tree_leaves(expected)):
+        raise TrainError(f"start holds {len(have)} parameters, the model "
+                         f"{len(jax.tree_util.tree_leaves(expected))}")
+    return found.hexdigest()
 
 
 @contextlib.contextmanager
@@ -127,11 +154,12 @@ def trainer_lock(out_dir: Path) -> Iterator[None]:
 
 
 def _run(config: TrainConfig, data, per_epoch: int, held, tokenizer_files: tuple[Path, ...],
-         out_dir: Path, resumed: tuple[TrainState, dict] | None,
+         out_dir: Path, begin: tuple[TrainState, dict], resumed: bool,
          progress: bool) -> TrainSummary:
-    """The steps of `train` (under its lock), from `resumed` or from step 0."""
+    """The steps of `train` (under its lock), from the state and meta `begin` (a saved state
+    when `resumed`, else step 0)."""
     cfg = config.model
-    state, meta = resumed if resumed else (init_state(config), {"wall_time": 0.0})
+    state, meta = begin
     start = int(state.step)
     resume_log(out_dir / "log.csv", start + 1 if resumed else 0)
     schedule = set(checkpoint_steps(config.steps, config.checkpoint_every))

@@ -43,10 +43,13 @@ class TrainState:
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def init_state(config: TrainConfig) -> TrainState:
-    """Step 0: parameters drawn by `init_params(config.model, config.seed)`, a fresh
-    optimizer state, data position (0, 0)."""
-    params = init_params(config.model, config.seed)
+def init_state(config: TrainConfig, params: dict | None = None) -> TrainState:
+    """Step 0: `params` (a warm start: parameters of config.model's shapes) or parameters
+    drawn by `init_params(config.model, config.seed)`, a fresh optimizer state, data position
+    (0, 0)."""
+    if params is None:
+        params = init_params(config.model, config.seed)
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params, optimizer(config).init(params), zero, zero, zero)
 

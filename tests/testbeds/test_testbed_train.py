@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ import dynsys as ds
 from dynsys import cli
 from dynsys.cli import app
 from dynsys.testbeds import MarkovSource, read_registry, recipe, resolve
-from dynsys.testbeds.registry import REGISTRY
+from dynsys.testbeds.registry import REGISTRY, train_testbed
 from dynsys.train import read_log
 
 # markov1 cut to seconds: 12 steps of 4 windows of 33 tokens, a 2-layer width-32 llama
@@ -163,3 +164,29 @@ def test_without_testbed_the_corpus_training_is_unchanged():
 def _snapshot(directory) -> dict:
     return {str(p.relative_to(directory)): p.read_bytes()
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_warm_start_begins_at_the_named_checkpoint(tmp_path):
+    """init=KEY@final: step 0 of the new run holds the named checkpoint's parameters, on
+    longer windows (RoPE has no learned positions); a NoPE recipe cannot start from it, nor
+    a model of other shapes (one line, nothing trained)."""
+    short = recipe("markov1", "small", {**REDUCED, "steps": 4, "checkpoint_every": 4})
+    train_testbed(short, tmp_path / "markov1-small", tmp_path, progress=False)
+    longer = recipe("markov1", "paper", {**REDUCED, "seq_len": 64, "steps": 2,
+                                         "init": "markov1-small@final"})
+    train_testbed(longer, tmp_path / "markov1-paper", tmp_path, progress=False)
+    start = ds.load(resolve("markov1-small@final", tmp_path))
+    step0 = ds.load(resolve("markov1-paper@0", tmp_path))
+    assert step0.config.max_position_embeddings == 64
+    for a, b in zip(jax.tree_util.tree_leaves(start.params),
+                    jax.tree_util.tree_leaves(step0.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    nope = recipe("markov1", "paper", {**REDUCED, "rope": False, "init": "markov1-small@final"})
+    with pytest.raises(ValueError, match="init='markov1-small@final' is a RoPE model and "
+                                         "'markov1' is NoPE"):
+        train_testbed(nope, tmp_path / "nope", tmp_path, progress=False)
+    wider = recipe("markov1", "paper", {**REDUCED, "hidden": 64, "init": "markov1-small@final"})
+    with pytest.raises(ValueError, match=r"start: parameter \['blocks_0'\].* has shape "
+                                         r"\(2, 16, 32\), the model \(2, 32, 64\)"):
+        train_testbed(wider, tmp_path / "wider", tmp_path, progress=False)
+    assert not (tmp_path / "wider" / "train" / "log.csv").exists()

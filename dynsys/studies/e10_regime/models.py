@@ -26,9 +26,9 @@ from dynsys.config import PRESETS
 from dynsys.data.prompts import make_prompt
 from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.nn import Model, init_params
-from dynsys.testbeds import TESTBEDS, read_registry, recipe, resolve
+from dynsys.testbeds import read_registry, recipe
 from dynsys.testbeds.markov import MarkovSource
-from dynsys.testbeds.registry import Source, train_testbed
+from dynsys.testbeds.registry import Source, trained
 
 KINDS = ("source", "random", "ngram")
 NGRAM = 3  # the repeated N-gram of the "ngram" prompts
@@ -65,21 +65,13 @@ class Subject:
 
 
 def _testbed(spec: str, root: Path, progress: bool) -> tuple[Path, Source]:
-    """The checkpoint and source of a registered test bed, training it first (or resuming
-    its training) if its key NAME-SCALE names a recipe whose directory under root is absent
-    or unregistered."""
+    """The checkpoint and source of a registered test bed, trained first where absent
+    (dynsys.testbeds.registry.trained)."""
+    path = trained(spec, root, progress)
     key = spec.partition("@")[0]
     entries = read_registry(root)
-    name, _, scale = key.rpartition("-")
-    if (not (root / key).is_dir() or key not in entries) and name in TESTBEDS \
-            and scale in TESTBEDS[name].scales:
-        train_testbed(recipe(name, scale), root / key, root, progress)
-        entries = read_registry(root)
-    path = resolve(spec, root)
-    entry = entries.get(key) or next(
-        (e for e in entries.values() if e.get("testbed") == key), None)
-    settings = {k: v for k, v in entry["settings"].items()}
-    return path, recipe(entry["testbed"], entry["scale"], settings).source
+    entry = entries.get(key) or next(e for e in entries.values() if e.get("testbed") == key)
+    return path, recipe(entry["testbed"], entry["scale"], dict(entry["settings"])).source
 
 
 @functools.lru_cache(maxsize=8)
