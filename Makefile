@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Linux the default index serves the CUDA build, gigabytes of it); set TORCH_INDEX to change it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: run test dev bench gallery paper clean
+.PHONY: run test dev lint bench gallery paper clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,11 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e '.[test]'
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.test
-	$(PIP) -e '.[test,dev]'
+$(VENV)/.lint: $(VENV)/.core
+	$(PIP) -e '.[dev]'
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.test $(VENV)/.lint
 	touch $@
 
 run: $(VENV)/.core
@@ -31,7 +34,10 @@ run: $(VENV)/.core
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n auto --dist loadfile
 
-dev: $(VENV)/.dev  # the test extras and the pinned linter: .venv/bin/ruff check dynsys tests
+dev: $(VENV)/.dev  # the test extras and the pinned linter
+
+lint: $(VENV)/.lint  # the pinned ruff with pyproject.toml's rules, on the whole tree
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.test
 	$(PY) experiments/bench_generate.py
@@ -48,4 +54,4 @@ paper: $(VENV)/.core
 	for e in e1 e2 e3 e4 e5 e6 e7 e8 e9; do $(VENV)/bin/dynsys run $$e --scale paper || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
