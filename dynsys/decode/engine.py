@@ -167,7 +167,7 @@ def prefix_for(model: Model, prompt, prefix: Prefix | None = None) -> Prefix:
     return prefix
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",))
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("rows",))
 def _step(cfg: ModelConfig, params, prefix, tokens, positions, rows, edits):
     out = run(cfg, params, tokens, positions, rows, jnp.ones(tokens.shape, bool), prefix, edits)
     return logits(cfg, params, out.hidden), out.rows
@@ -181,6 +181,8 @@ def step(model: Model, prefix: Prefix | None, tokens, positions,
     site `edits` applied.
 
     With rows=None a fresh RowCache of capacity T is used. The prefix is never copied per row.
+    A `rows` passed in is consumed (donated: updated in place, not copied): use the RowCache
+    returned, never the one given, afterwards.
     """
     cfg = model.config
     tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=2)

@@ -17,8 +17,7 @@ B·T 96, C 40, D 48, F 80, V 301, N 4, K 2, H 12, L 2), so an array's dimensions
   whose root is one) are not materializations.
 
 One decode step is compiled as the generation loop runs it: the row cache donated (updated in
-place); `ds.step` itself does not donate its `rows`, so each call copies the row cache once
-(outside any loop: that is the price of keeping the caller's cache). The last tests feed the
+place), as `ds.step` donates its `rows` (the caller's cache is consumed). The last tests feed the
 checker deliberately broken programs (the cache written twice in a step and in a loop, a weight
 transposed at every step) and require that it flags them.
 """
@@ -210,16 +209,27 @@ def test_a_batch_1_decode_loop_copies_nothing(params):
     assert materialized(hlo, caches | weight_shapes(params), loops_only=True) == []
 
 
-def test_the_step_entry_point_copies_the_row_cache_once_per_call(params):
-    """`ds.step` does not donate `rows`: XLA copies each layer's cache once before updating it
-    (the caller keeps its cache). Once per call, never per token of a loop."""
+def test_the_step_entry_point_updates_the_row_cache_in_place(params):
+    """`ds.step` donates `rows`: each output cache aliases its input (no copy), each layer's
+    cache is written once, and nothing of a cache's or a weight's size is materialized."""
     token = jnp.zeros((B, 1), jnp.int32)
-    hlo = engine._step.lower(CFG, params, None, token, token, empty_rows(CFG, B, CAPACITY),
-                             None).compile().as_text()
+    lowered = engine._step.lower(CFG, params, None, token, token, empty_rows(CFG, B, CAPACITY),
+                                 None)
+    hlo = lowered.compile().as_text()
     caches = cache_shapes(CFG, B, CAPACITY)
     assert cache_writes(hlo, caches)[0] == 2 * CFG.num_layers
-    assert sorted(op for _, op, _ in materialized(hlo, caches | weight_shapes(params))) == [
-        "copy"] * (2 * CFG.num_layers)
+    assert materialized(hlo, caches | weight_shapes(params)) == []
+    # every cache leaf (2·L arrays, valid, end) is an input-output alias of the program
+    module = hlo.splitlines()[0]  # HloModule ..., input_output_alias={ {1}: (5, {}, may-alias), …
+    assert len(re.findall(r"\(\d+, \{\}, (?:may|must)-alias\)", module)) == 2 * CFG.num_layers + 2
+
+
+def test_step_consumes_the_row_cache_it_is_given():
+    model = random_model(CFG, seed=3)
+    token = np.zeros((B, 1), np.int32)
+    rows = empty_rows(CFG, B, CAPACITY)
+    _, new = engine.step(model, None, token, token, rows)
+    assert all(k.is_deleted() for k in rows.k) and not new.k[0].is_deleted()
 
 
 @pytest.mark.xfail(strict=True, reason="bf16 decode converts every weight and every cache to "
