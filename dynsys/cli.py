@@ -225,6 +225,28 @@ def _train_testbed(name: str, scale: str, out: Path | None, overrides: dict) -> 
                   f"them {summary.key}@final, @latest or @step_XXXXXXX (dynsys.testbeds.resolve)")
 
 
+@command("testbeds")
+def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs (default: "
+                                                                "all), or KEY@CHECKPOINT"),
+                    root: Path = typer.Option(testbeds.ROOT, help="directory of the registry")
+                    ) -> None:
+    """Every registered test bed at its latest checkpoint (dynsys.testbeds.report): size,
+    context, tokens, time, held-out loss beside the references, attention concentration per
+    layer, and copying (TP_1 and TP_8)."""
+    keys = keys or list(testbeds.read_registry(root))
+    if not keys:
+        raise ValueError(f"no test bed is registered in {root / testbeds.REGISTRY}")
+    for key in keys:
+        report = testbeds.testbed_report(key, root)
+        table = Table(title=f"test bed {report.summary.key}"
+                            + ("" if report.finished else " (still training)"))
+        table.add_column("what")
+        table.add_column("value", justify="right")
+        for what, value in testbeds.report_rows(report):
+            table.add_row(what, value)
+        console.print(table)
+
+
 @command()
 def figures(run_dir: Path = typer.Argument(..., help="a run directory, or a directory of them")
             ) -> None:

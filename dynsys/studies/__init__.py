@@ -147,12 +147,8 @@ def write_attention(run: Run, config) -> None:
     prompts = np.stack([random_tokens(model.config.vocab_size, n, seed=i)
                         for i in range(ATTENTION_PROMPTS)])
     found = attention_concentration(model, prompts)
-    run.write_table(ATTENTION, [
-        {"layer": layer, "keys": n, "excess": float(found.excess[:, layer].mean()),
-         "max_excess": float(found.excess[:, layer].max()),
-         "score_sd": float(found.score_sd[:, layer].mean()),
-         "entropy": float(found.entropy[:, layer].mean())}
-        for layer in range(model.config.num_layers)])
+    run.write_table(ATTENTION, [{"layer": row.pop("layer"), "keys": n, **row}
+                                for row in found.layers()])
 
 
 def attention_finding(run: Run) -> Finding:

@@ -47,6 +47,13 @@ class Concentration:
         return {"excess": float(self.excess.mean()), "max_excess": float(self.excess.max()),
                 "score_sd": float(self.score_sd.mean()), "entropy": float(self.entropy.mean())}
 
+    def layers(self) -> list[dict[str, float]]:
+        """Per layer: `summary` over prompts and heads ({layer, excess, max_excess, score_sd,
+        entropy})."""
+        return [{"layer": layer, **Concentration(
+            self.excess[:, layer], self.score_sd[:, layer], self.entropy[:, layer],
+            self.weights[:, layer]).summary()} for layer in range(self.excess.shape[1])]
+
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _last_query_attention(cfg: ModelConfig, params, tokens):
