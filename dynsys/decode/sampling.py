@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from dynsys.checks import check_temperature
 from dynsys.config import check_float, check_int, set_frozen
 from dynsys.config.model import INT32_LIMIT
+from dynsys.nn.cache import bucket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,19 +81,25 @@ class Sampler:
 
     @property
     def values(self) -> dict[str, jnp.ndarray]:
-        """The traced part (the breakers' count is a shape: one compile per count)."""
-        return {"temperature": jnp.float32(self.temperature), "top_k": jnp.int32(self.top_k),
-                "top_p": jnp.float32(self.top_p),
-                "repetition_penalty": jnp.float32(self.repetition_penalty),
-                "dry_multiplier": jnp.float32(self.dry_multiplier),
-                "dry_base": jnp.float32(self.dry_base),
-                "dry_allowed_length": jnp.int32(self.dry_allowed_length),
-                "dry_sequence_breakers": jnp.asarray(self.dry_sequence_breakers, jnp.int32),
-                "dry_penalty_last_n": jnp.int32(self.dry_penalty_last_n)}
+        """The traced part, DRY's entries only when DRY is on. The breakers are padded with −1
+        (no token) to `bucket(count, DRY_BREAKER_BUCKET)`: counts in one bucket share a compile."""
+        values = {"temperature": jnp.float32(self.temperature), "top_k": jnp.int32(self.top_k),
+                  "top_p": jnp.float32(self.top_p),
+                  "repetition_penalty": jnp.float32(self.repetition_penalty)}
+        if self.dry_multiplier == 0:
+            return values
+        breakers = self.dry_sequence_breakers
+        padded = (*breakers, *(-1,) * (bucket(len(breakers), DRY_BREAKER_BUCKET) - len(breakers)))
+        return values | {"dry_multiplier": jnp.float32(self.dry_multiplier),
+                         "dry_base": jnp.float32(self.dry_base),
+                         "dry_allowed_length": jnp.int32(self.dry_allowed_length),
+                         "dry_sequence_breakers": jnp.asarray(padded, jnp.int32),
+                         "dry_penalty_last_n": jnp.int32(self.dry_penalty_last_n)}
 
 
 GREEDY = Sampler()
 DRY_MAX_MATCH = 50  # text-generation-webui's cap on a DRY match length
+DRY_BREAKER_BUCKET = 8  # up to this many sequence breakers share one compile
 
 
 def process(logits: jnp.ndarray, seq: jnp.ndarray, seen: jnp.ndarray, kind: tuple,

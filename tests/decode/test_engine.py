@@ -4,9 +4,9 @@ from conftest import hf_attentions, hf_greedy, hf_logits
 
 import dynsys
 import dynsys.decode.engine
-from dynsys.nn.cache import bucket, empty_rows
 from dynsys.decode import forward, generate, prefill, step
 from dynsys.decode.sampling import Sampler
+from dynsys.nn.cache import bucket, empty_rows
 
 
 def tokens(model, *shape, seed=0):
@@ -371,3 +371,16 @@ def test_a_bad_generated_key_bias_is_refused_naming_it(bias, model_of):
     model = model_of("llama-g1")
     with pytest.raises(ValueError, match="generated_key_bias="):
         generate(model, tokens(model, 1, 5), 2, generated_key_bias=bias)
+
+
+def test_dry_breaker_counts_share_one_compile(model_of):
+    """Breakers are padded to a bucket: 1, 2 and 3 of them compile one program (that the
+    padding is no token: test_sampling's DRY brute force, through Sampler.values)."""
+    model = model_of("llama-g1")
+    prompts = tokens(model, 2, 12)
+    dry = dict(dry_multiplier=2.0, dry_allowed_length=1)
+    generate(model, prompts, 20, sampler=Sampler(**dry, dry_sequence_breakers=(7,)))
+    compiled = dynsys.decode.engine._generate._cache_size()
+    for breakers in ((7, 8), (7, 8, 9)):
+        generate(model, prompts, 20, sampler=Sampler(**dry, dry_sequence_breakers=breakers))
+    assert dynsys.decode.engine._generate._cache_size() == compiled

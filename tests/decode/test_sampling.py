@@ -8,8 +8,13 @@ import torch
 from conftest import hf_greedy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from transformers import (NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor,
-                          TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+from transformers import (
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from dynsys.checks import MIN_TEMPERATURE
 from dynsys.decode import generate
@@ -381,3 +386,11 @@ def test_repetition_stop_matches_brute_force(seed, alphabet, sizes, min_count):
 def test_repetition_stop_rejects_bad_sizes(args, bad):
     with pytest.raises(ValueError, match=bad):
         repetition_stop(np.zeros((2, 8), int), *args)
+
+
+def test_sampler_values_carry_dry_only_when_on_and_pad_the_breakers():
+    assert not [name for name in Sampler(dry_sequence_breakers=(3,)).values if "dry" in name]
+    for count, width in ((0, 8), (3, 8), (8, 8), (9, 16)):
+        breakers = Sampler(dry_multiplier=1.0, dry_sequence_breakers=tuple(range(count))
+                           ).values["dry_sequence_breakers"]
+        assert np.asarray(breakers).tolist() == [*range(count), *[-1] * (width - count)]
