@@ -37,7 +37,7 @@ _MODULES = {"prompts": "dynsys.data.prompts", "traces": "dynsys.dynamics.traces"
                                                    "studies", "surgery")}}
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = sorted([*_WHERE, *_MODULES])
+__all__ = sorted([*_WHERE, *_MODULES])  # noqa: PLE0605 (the lazy tables above are the list)
 
 
 def __getattr__(name: str):

@@ -106,7 +106,7 @@ def check_temperature(value, greedy: bool = False) -> float:
     """A sampling temperature as a float: a finite number >= MIN_TEMPERATURE (Python or
     numpy, never a bool), or exactly 0 (greedy) where `greedy`."""
     ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
-          and (MIN_TEMPERATURE <= value < np.inf or greedy and value == 0))
+          and (MIN_TEMPERATURE <= value < np.inf or (greedy and value == 0)))
     if not ok:
         raise ValueError(f"temperature={value!r} must be a finite number >= {MIN_TEMPERATURE:.4g}"
                          f"{' or 0 (greedy)' if greedy else ''} (below float32's smallest "

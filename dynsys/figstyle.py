@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from dynsys.runs import atomic_path  # noqa: E402
+from dynsys.runs import atomic_path
 
 COLUMN = 3.4  # inches: one column of a two-column paper
 FULL = 7.0  # inches: the full text width

@@ -220,7 +220,7 @@ def provenance(seeds: dict | None = None) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "devices": [f"{d.platform}:{d.device_kind}" for d in jax.devices()],
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "argv": sys.argv,
         "seeds": seeds or {},
     }

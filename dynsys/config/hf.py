@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dynsys.config.model import (Llama3Scaling, ModelConfig, check_bool, check_float, check_int)
+from dynsys.config.model import Llama3Scaling, ModelConfig, check_bool, check_float, check_int
 
 # smollm3 is a llama whose layers each use RoPE or not (`no_rope_layers`): a NoPE llama
 # (use_rope=False) is written as one with no RoPE layer.

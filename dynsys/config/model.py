@@ -67,7 +67,8 @@ class ModelConfig:
     float32 master weights under bfloat16 compute.
 
     Sizes are positive integers (never bools) up to INT32_LIMIT (token ids and positions are
-    int32: a larger vocabulary or position limit would wrap silently); rope_theta and norm_eps finite and > 0,
+    int32: a larger vocabulary or position limit would wrap silently); rope_theta and norm_eps
+    finite and > 0,
     initializer_range finite and >= 0, rotary_pct in (0, 1] (ints accepted, stored as floats);
     the flags are True or False. Anything else raises ValueError: such a model would not fail
     loudly but produce NaN logits.

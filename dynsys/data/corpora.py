@@ -31,8 +31,8 @@ import types
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
 from pathlib import Path
+from typing import TypeVar
 
 from dynsys.config import check_float, check_int, set_frozen
 

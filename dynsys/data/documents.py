@@ -21,8 +21,16 @@ import tokenize
 from collections.abc import Mapping, Sequence
 
 from dynsys.config import check_int
-from dynsys.data.corpora import (PSF, Corpus, check_document, python_label, split_groups,
-                                 stdlib_files, stdlib_root, unique)
+from dynsys.data.corpora import (
+    PSF,
+    Corpus,
+    check_document,
+    python_label,
+    split_groups,
+    stdlib_files,
+    stdlib_root,
+    unique,
+)
 
 PYTHON_SOURCE = "python-source"
 SHAKESPEARE = "shakespeare"

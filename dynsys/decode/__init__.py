@@ -2,9 +2,21 @@
 full-sequence logits, jitted generation) and the samplers it applies."""
 
 from dynsys.decode import sampling
-from dynsys.decode.engine import (DecodeState, Output, forward, generate, last_logits, left_pad,
-                                  logits, prefill, prefill_chunk, prefix_for, run, sequence_logits,
-                                  step)
+from dynsys.decode.engine import (
+    DecodeState,
+    Output,
+    forward,
+    generate,
+    last_logits,
+    left_pad,
+    logits,
+    prefill,
+    prefill_chunk,
+    prefix_for,
+    run,
+    sequence_logits,
+    step,
+)
 from dynsys.decode.sampling import GREEDY, Sampler
 
 __all__ = ["GREEDY", "DecodeState", "Output", "Sampler", "forward", "generate", "last_logits",

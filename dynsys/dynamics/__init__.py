@@ -4,11 +4,19 @@ stationary laws (stationary), the random-mapping null (nullmodel), and traces ag
 (compare)."""
 
 from dynsys.dynamics.compare import Comparison, SampledFit, compare, compare_sampled
-from dynsys.dynamics.kernels import (KernelClasses, absorption_probabilities, absorption_times,
-                                     kernel_classes)
+from dynsys.dynamics.kernels import (
+    KernelClasses,
+    absorption_probabilities,
+    absorption_times,
+    kernel_classes,
+)
 from dynsys.dynamics.markov import MarkovMap, lazy_orbit, markov_map, suffix_map
-from dynsys.dynamics.nullmodel import (compare_to_null, indegree_shuffle, random_mapping,
-                                       random_mapping_expectations)
+from dynsys.dynamics.nullmodel import (
+    compare_to_null,
+    indegree_shuffle,
+    random_mapping,
+    random_mapping_expectations,
+)
 from dynsys.dynamics.orbits import Orbits, check_map, orbit_graph, orbit_of, orbits
 from dynsys.dynamics.stationary import stationary_distributions
 from dynsys.dynamics.traces import Periodicity, periodicity, periodicity_batch

@@ -38,23 +38,9 @@ import numpy as np
 
 from dynsys.config import check_int
 
-__all__ = [
-    "Collapse",
-    "LoopFlag",
-    "Periodicity",
-    "Segment",
-    "collapse",
-    "holtzman_loop",
-    "loop_segments",
-    "min_cycle_length",
-    "periodicity",
-    "periodicity_batch",
-    "rep_l",
-    "repetition_stop",
-    "rep_r",
-    "rep_w",
-    "seq_rep_n",
-]
+__all__ = ["Collapse", "LoopFlag", "Periodicity", "Segment", "collapse", "holtzman_loop",
+           "loop_segments", "min_cycle_length", "periodicity", "periodicity_batch", "rep_l",
+           "rep_r", "rep_w", "repetition_stop", "seq_rep_n"]
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,7 @@ def _read_tensors(directory: Path) -> dict[str, np.ndarray]:
     for path in _weight_files(directory):
         try:
             with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (safe_open is no dict)
                     tensors[name] = f.get_tensor(name)
         except (OSError, SafetensorError) as e:
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
@@ -273,7 +273,7 @@ def _header_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     for path in _weight_files(directory):
         try:
             with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (safe_open is no dict)
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         except (OSError, SafetensorError) as e:
             raise ValueError(f"{path} is not a readable safetensors file: {e}") from None

@@ -116,7 +116,10 @@ def _flash_bwd(residuals, do):
         i, j = ij
         p = jnp.exp(_scores(q[i], k[j], i, j) - lse[i][..., None])
         ds = p * (jnp.einsum("bkrh,bkch->bkrc", do[i], v[j]) - d[i][..., None])
-        add = lambda x, y, at: jax.lax.dynamic_update_index_in_dim(x, x[at] + y, at, 0)
+
+        def add(x, y, at):
+            return jax.lax.dynamic_update_index_in_dim(x, x[at] + y, at, 0)
+
         return (add(dq, jnp.einsum("bkrc,bkch->bkrh", ds, k[j]), i),
                 add(dk, jnp.einsum("bkrc,bkrh->bkch", ds, q[i]), j),
                 add(dv, jnp.einsum("bkrc,bkrh->bkch", p, do[i]), j)), None

@@ -58,7 +58,7 @@ def rotate(x: jnp.ndarray, angles: jnp.ndarray, rotary_dim: int) -> jnp.ndarray:
     rot = x[..., :d].astype(angles.dtype)
     x1, x2 = rot[..., : d // 2], rot[..., d // 2:]
     parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
-    return jnp.concatenate(parts + [x[..., d:]] if x.shape[-1] > d else parts, axis=-1)
+    return jnp.concatenate([*parts, x[..., d:]] if x.shape[-1] > d else parts, axis=-1)
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, cfg: ModelConfig) -> jnp.ndarray:

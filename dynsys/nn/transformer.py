@@ -147,7 +147,7 @@ class Transformer(nn.Module):
             for block in self.blocks:
                 x, _ = block(x, positions, None, None)
             return self.final_norm(x), None
-        B, T = tokens.shape
+        _, T = tokens.shape
         slots = rows.end + jnp.arange(T)
         valid = jax.lax.dynamic_update_slice(rows.valid, write_mask, (0, rows.end))
         causal = jnp.arange(rows.capacity)[None, :] <= slots[:, None]  # [T, C]

@@ -2,19 +2,41 @@
 three-valued verdict of a preregistered claim (verdict) and the correction of a family of
 claims for multiplicity (multiplicity)."""
 
-from dynsys.stats.intervals import (bootstrap_distribution, bootstrap_interval,
-                                    difference_interval, mean_interval, percentile_interval,
-                                    proportion_interval)
-from dynsys.stats.paired import (equivalence_power, mcnemar, paired_difference,
-                                 paired_equivalence, paired_p_value, paired_test,
-                                 tango_interval)
+from dynsys.stats.intervals import (
+    bootstrap_distribution,
+    bootstrap_interval,
+    difference_interval,
+    mean_interval,
+    percentile_interval,
+    proportion_interval,
+)
 from dynsys.stats.multiplicity import adjusted_verdict, holm
-from dynsys.stats.verdict import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE, VERDICTS,
-                                  Evidence, bootstrap_test, decide, interval_test, p_value,
-                                  proportion_test)
+from dynsys.stats.paired import (
+    equivalence_power,
+    mcnemar,
+    paired_difference,
+    paired_equivalence,
+    paired_p_value,
+    paired_test,
+    tango_interval,
+)
+from dynsys.stats.verdict import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_TESTABLE,
+    VERDICTS,
+    Evidence,
+    bootstrap_test,
+    decide,
+    interval_test,
+    p_value,
+    proportion_test,
+)
 
 __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "Evidence",
-           "adjusted_verdict", "bootstrap_distribution", "bootstrap_interval", "bootstrap_test", "decide",
-           "difference_interval", "equivalence_power", "holm", "interval_test", "mcnemar", "mean_interval",
-           "p_value", "paired_difference", "paired_equivalence", "paired_p_value", "paired_test",
-           "percentile_interval", "proportion_interval", "proportion_test", "tango_interval"]
+           "adjusted_verdict", "bootstrap_distribution", "bootstrap_interval", "bootstrap_test",
+           "decide", "difference_interval", "equivalence_power", "holm", "interval_test", "mcnemar",
+           "mean_interval", "p_value", "paired_difference", "paired_equivalence", "paired_p_value",
+           "paired_test", "percentile_interval", "proportion_interval", "proportion_test",
+           "tango_interval"]

@@ -30,8 +30,7 @@ import numpy as np
 from scipy import stats
 from scipy.special import gammaln
 
-from dynsys.stats.verdict import (FAILS, HOLDS, INCONCLUSIVE, LEVEL, Evidence, Verdict,
-                                  decide)
+from dynsys.stats.verdict import FAILS, HOLDS, INCONCLUSIVE, LEVEL, Evidence, Verdict, decide
 
 _EDGE = 1e-12  # Z is 0/0 at δ = ±1 exactly: evaluate just inside
 CONTINUITY = 0.5  # subtracted from |b − c − nδ|: half the step of b − c
@@ -149,7 +148,7 @@ def equivalence_power(n: int, discordance: float, margin: float, alpha: float = 
     q_b = (discordance + difference)/2 and q_c = (discordance − difference)/2, computed
     exactly over the multinomial of (b, c) (every b + c <= n)."""
     q_b, q_c = (discordance + difference) / 2, (discordance - difference) / 2
-    if not (0 <= q_c and 0 <= q_b and q_b + q_c <= 1):
+    if not (q_c >= 0 and q_b >= 0 and q_b + q_c <= 1):
         raise ValueError(f"discordance={discordance}, difference={difference} give no "
                          f"probabilities")
     b, c = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")

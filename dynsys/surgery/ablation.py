@@ -32,8 +32,17 @@ from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import Recorded, edits
 from dynsys.stats import paired_difference
-from dynsys.surgery.loops import (K, LoopRate, as_prompts, check_components, check_layers,
-                                  check_length, check_prompts, left_positions, site_shapes)
+from dynsys.surgery.loops import (
+    K,
+    LoopRate,
+    as_prompts,
+    check_components,
+    check_layers,
+    check_length,
+    check_prompts,
+    left_positions,
+    site_shapes,
+)
 
 __all__ = ["COMPONENTS", "MODES", "Sweep", "SweepRow", "ablation_sweep", "component_means"]
 

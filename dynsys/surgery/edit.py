@@ -24,8 +24,8 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from dynsys.config import PRESETS
 from dynsys.checks import check_float, check_neuron
+from dynsys.config import PRESETS
 from dynsys.config.model import set_frozen
 from dynsys.io import checkpoint_digest, checkpoint_file, load, save_hf
 from dynsys.nn import Model

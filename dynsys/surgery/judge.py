@@ -52,8 +52,7 @@ from dynsys.dynamics.traces import collapse
 from dynsys.nn import Model
 from dynsys.stats import bootstrap_interval, mean_interval, paired_difference, proportion_interval
 from dynsys.surgery.attractors import AttractorChange, Surface, compare_attractors, surface
-from dynsys.surgery.loops import (K, as_prompts, check_length, check_pair, check_prompts,
-                                  looping)
+from dynsys.surgery.loops import K, as_prompts, check_length, check_pair, check_prompts, looping
 
 __all__ = ["LOSS_METHODS", "Baseline", "Judgement", "LossChange", "RateChange", "collapsing",
            "judge", "loss_change", "rate_changes", "window_losses"]

@@ -94,7 +94,7 @@ def check_layers(layers, num_layers: int) -> tuple[int, ...]:
     return tuple(check_int("layer", layer, 0, num_layers - 1) for layer in layers)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def site_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The block sites this family's model records, with each value's trailing shape (after
     [B, T]); nothing is drawn or computed (eval_shape of a recorded call)."""
