@@ -33,8 +33,13 @@ from dynsys.runs import Run
 from dynsys.stats import proportion_test
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
-from dynsys.studies.sweep import (agreement_sweep, agreement_table, by_length,
-                                  exponent_estimate, prompt_table)
+from dynsys.studies.sweep import (
+    agreement_sweep,
+    agreement_table,
+    by_length,
+    exponent_estimate,
+    prompt_table,
+)
 
 NAME = "e2"
 TITLE = "Agreement with the Markov map vs prompt length n and generation length G"

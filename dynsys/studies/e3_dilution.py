@@ -53,8 +53,13 @@ from dynsys.stats import INCONCLUSIVE
 from dynsys.studies.finding import CHECK, Finding
 from dynsys.studies.settings import Settings
 from dynsys.studies.sweep import bootstrap_estimate, by_length, exponent_estimate
-from dynsys.theory import (Certificate, markov_stats, perturbation_bound, uniform_bound,
-                           weight_constants)
+from dynsys.theory import (
+    Certificate,
+    markov_stats,
+    perturbation_bound,
+    uniform_bound,
+    weight_constants,
+)
 from dynsys.theory.dilution import probe_trace
 from dynsys.theory.history import FAMILIES as HISTORY_FAMILIES
 from dynsys.theory.history import history_horizon

@@ -33,8 +33,12 @@ import numpy as np
 from dynsys import figstyle
 from dynsys.data.prompts import PROMPT_KINDS, make_prompt
 from dynsys.dynamics.markov import markov_map
-from dynsys.dynamics.nullmodel import (compare_to_null, mapping_statistics, random_mapping,
-                                       random_mapping_expectations)
+from dynsys.dynamics.nullmodel import (
+    compare_to_null,
+    mapping_statistics,
+    random_mapping,
+    random_mapping_expectations,
+)
 from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, Evidence, proportion_interval

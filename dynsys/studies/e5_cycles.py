@@ -33,8 +33,15 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.io import load
 from dynsys.nn.cache import bucket
 from dynsys.runs import Run
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, Evidence, difference_interval,
-                          interval_test, proportion_test)
+from dynsys.stats import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Evidence,
+    difference_interval,
+    interval_test,
+    proportion_test,
+)
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
@@ -175,7 +182,7 @@ def findings(run: Run) -> list[Finding]:
             (k_lo, m_lo), (k_hi, m_hi) = hits[lo], hits[hi]
             test = _both(proportion_test(k_hi, m_hi, 0.5), interval_test(
                 k_hi / m_hi - k_lo / m_lo,
-                lambda level: difference_interval(k_hi, m_hi, k_lo, m_lo, level),
+                functools.partial(difference_interval, k_hi, m_hi, k_lo, m_lo),
                 m_hi + m_lo, 0.0, "above"))
             share, diff = test.interval, difference_interval(k_hi, m_hi, k_lo, m_lo)
             sized = min(m_lo, m_hi) >= CELL

@@ -243,7 +243,7 @@ def _drift_figure(run: Run):
         top.set_title(f"period N = {N}")
         bottom.set_yscale("log")
     fig.supxlabel(r"offset $\tau$ of the current token (dotted: multiples of N)", fontsize=8)
-    axes[0][0].set_ylabel("share of $V$ with\n" r"$f_{P,\tau}(v) \neq f_P(v)$")
+    axes[0][0].set_ylabel("share of $V$ with\n$f_{P,\\tau}(v) \\neq f_P(v)$")
     axes[1][0].set_ylabel("mean logit change\n(RoPE on; off: 0, Prop. 0)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5))

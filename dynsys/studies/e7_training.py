@@ -18,18 +18,17 @@ is the test bed trivial?), and the self-reinforcement curve TP_k of Xu et al. 20
 probability of repeating a window of `span_length` tokens for the k-th time, k = 0..K−1 with
 K = seq_len // span_length (at most 16), also for windows of i.i.d. uniform ids.
 
-The three claims are tested on the random prompts, end reading, each by the paired
-difference of one indicator between two checkpoints on the same prompts (Tango's score
-interval, `dynsys.stats.paired_test`); the early peak is chosen on the even-numbered prompts
-and the claims are tested on the odd-numbered ones: (a) the loop share at the early peak (the early checkpoint,
-0 < step <= EARLY · final step, with the largest loop share) exceeds the share at step 0;
-(b) the share of traces caught in a cycle of length <= SHORT is lower at the final checkpoint
-than at the early peak; (c) the share of traces with no loop is higher at the final checkpoint
-than at the early peak. The null of each is a difference of 0; the threshold is 0. And (d),
-Xu et al.'s self-reinforcement at the final checkpoint: TP_{K−1} − TP_1 > 0 for English
-windows (mean over windows, percentile bootstrap interval; null 0). Its premise, a manipulation
-check, is that the final model is trained (held-out loss below the unigram model's); where
-it fails, (d) is not testable here.
+The three claims are tested on the random prompts, end reading, each by the paired difference of one
+indicator between two checkpoints on the same prompts (Tango's score interval,
+`dynsys.stats.paired_test`); the early peak is chosen on the even-numbered prompts and the claims
+are tested on the odd-numbered ones: (a) the loop share at the early peak (the early checkpoint, 0 <
+step <= EARLY · final step, with the largest loop share) exceeds the share at step 0; (b) the share
+of traces caught in a cycle of length <= SHORT is lower at the final checkpoint than at the early
+peak; (c) the share of traces with no loop is higher at the final checkpoint than at the early peak.
+The null of each is a difference of 0; the threshold is 0. And (d), Xu et al.'s self-reinforcement
+at the final checkpoint: TP_{K−1} − TP_1 > 0 for English windows (mean over windows, percentile
+bootstrap interval; null 0). Its premise, a manipulation check, is that the final model is trained
+(held-out loss below the unigram model's); where it fails, (d) is not testable here.
 """
 
 from __future__ import annotations
@@ -47,12 +46,31 @@ from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.nullmodel import compare_to_null
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.stats import (NOT_TESTABLE, Evidence, bootstrap_distribution, bootstrap_interval,
-                          bootstrap_test, paired_test, proportion_interval)
+from dynsys.stats import (
+    NOT_TESTABLE,
+    Evidence,
+    bootstrap_distribution,
+    bootstrap_interval,
+    bootstrap_test,
+    paired_test,
+    proportion_interval,
+)
 from dynsys.studies.finding import MANIPULATION, Finding
-from dynsys.studies.training import (READINGS, SMALL, Training, bin_labels, bins, checkpoints,
-                                     cycle_lengths, make_prompts, read_lengths, step_axis,
-                                     tokenizer_dir, trace_table, write_training_tables)
+from dynsys.studies.training import (
+    READINGS,
+    SMALL,
+    Training,
+    bin_labels,
+    bins,
+    checkpoints,
+    cycle_lengths,
+    make_prompts,
+    read_lengths,
+    step_axis,
+    tokenizer_dir,
+    trace_table,
+    write_training_tables,
+)
 from dynsys.theory.concentration import attention_concentration
 from dynsys.theory.reinforcement import repetition_probability
 
@@ -262,13 +280,13 @@ def loop_findings(lengths: dict[int, np.ndarray]) -> list[Finding]:
              f"{int((~chosen).sum())}")
     out = []
     for claim, name, pick, steps_, side in (
-            (f"training first strengthens looping: the loop share of random prompts at the "
-             f"early peak (step {peak}, the largest share of the {len(early)} checkpoints <= "
-             f"{EARLY:g} x {final}) exceeds that at step 0", "loop share",
+            ((f"training first strengthens looping: the loop share of random prompts at the "
+              f"early peak (step {peak}, the largest share of the {len(early)} checkpoints <= "
+              f"{EARLY:g} x {final}) exceeds that at step 0"), "loop share",
              lambda v: v > 0, (0, peak), "above"),
-            (f"later, short loops are removed: fewer traces end in a cycle of length <= "
-             f"{SHORT} at the final checkpoint than at the early peak", f"cycle length <= "
-             f"{SHORT}", lambda v: (v > 0) & (v <= SHORT), (peak, final), "below"),
+            ((f"later, short loops are removed: fewer traces end in a cycle of length <= "
+              f"{SHORT} at the final checkpoint than at the early peak"),
+             f"cycle length <= {SHORT}", lambda v: (v > 0) & (v <= SHORT), (peak, final), "below"),
             ("more traces have no loop at the end of training than at the early peak",
              "no loop", lambda v: v == 0, (peak, final), "above")):
         measured, test = _compared(name, pick(held[steps_[0]]), pick(held[steps_[1]]),

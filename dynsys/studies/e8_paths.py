@@ -42,17 +42,38 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from dynsys import figstyle
-from dynsys.data import (chichewa, chichewa_chapters, encode, english, load_tokenizer,
-                          provenance, split)
+from dynsys.data import (
+    chichewa,
+    chichewa_chapters,
+    encode,
+    english,
+    load_tokenizer,
+    provenance,
+    split,
+)
 from dynsys.decode import generate
 from dynsys.io import load
 from dynsys.runs import Run
 from dynsys.stats import HOLDS, NOT_TESTABLE, bootstrap_test
 from dynsys.studies.finding import MANIPULATION, Finding
-from dynsys.studies.training import (SMALL, Training, bin_index, bin_labels, bins, checkpoints,
-                                     corpus, cycle_lengths, histogram, make_prompts,
-                                     read_lengths, step_axis, tokenizer_dir, trace_table,
-                                     train_config, write_training_tables)
+from dynsys.studies.training import (
+    SMALL,
+    Training,
+    bin_index,
+    bin_labels,
+    bins,
+    checkpoints,
+    corpus,
+    cycle_lengths,
+    histogram,
+    make_prompts,
+    read_lengths,
+    step_axis,
+    tokenizer_dir,
+    trace_table,
+    train_config,
+    write_training_tables,
+)
 from dynsys.train import heldout_loss
 
 NAME = "e8"

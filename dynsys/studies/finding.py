@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from dynsys.runs import atomic_path
-from dynsys.stats import HOLDS, FAILS, INCONCLUSIVE, VERDICTS
+from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, VERDICTS
 from dynsys.stats.multiplicity import ALPHA, adjusted_verdict, holm
 from dynsys.stats.verdict import NOT_TESTABLE, Evidence, Verdict
 

@@ -100,7 +100,7 @@ def agreement_table(results: list[dict], horizons=(8, 16, 32, 64)) -> list[dict]
     rows = []
     for r in results:
         for G in horizons:
-            if G - 1 > r["agree_markov"].shape[1]:
+            if r["agree_markov"].shape[1] < G - 1:
                 continue
             per_seed = r["agree_markov"][:, :G - 1].mean(1)
             rows.append({

@@ -43,16 +43,15 @@ scale E7's, at paper scale E7's paper training), final checkpoint. Three prompt 
    greedy trace (the reference: its transient counts too). A breaker's trace from a map
    prompt is its row among the test prompts' traces.
 
-Claims (verdicts by dynsys.stats.decide on 95% intervals, each with its dual p-value): for
-the edit "zero" at the largest k, (a) the loop rate on the test prompts is lower after than
-before (paired difference, null 0, threshold 0), (b) the held-out loss rises by less than
-`loss_tolerance` nats (paired t interval of the mean change, threshold loss_tolerance; null: a
-rise of at least it), (c) the top-k neurons lower the loop rate more than k random neurons (paired difference of the two
-edits' loop flags, null 0); for each breaker, (d) it lowers the loop rate (paired, null 0)
-and (e) its trace from a map prompt stays near the unedited f_P's attractor: the mean over map
-prompts of the share of steps within near_steps of C* exceeds `stay_share` (percentile
-bootstrap over map prompts; null: at most stay_share): the breaker changes the surface of the
-loop, not the attractor.
+Claims (verdicts by dynsys.stats.decide on 95% intervals, each with its dual p-value): for the edit
+"zero" at the largest k, (a) the loop rate on the test prompts is lower after than before (paired
+difference, null 0, threshold 0), (b) the held-out loss rises by less than `loss_tolerance` nats
+(paired t interval of the mean change, threshold loss_tolerance; null: a rise of at least it), (c)
+the top-k neurons lower the loop rate more than k random neurons (paired difference of the two
+edits' loop flags, null 0); for each breaker, (d) it lowers the loop rate (paired, null 0) and (e)
+its trace from a map prompt stays near the unedited f_P's attractor: the mean over map prompts of
+the share of steps within near_steps of C* exceeds `stay_share` (percentile bootstrap over map
+prompts; null: at most stay_share): the breaker changes the surface of the loop, not the attractor.
 
 The package: config (the settings, scales and unit names), prompts (the prompt kinds and their
 halves), study (`run`: the units, in order), tables, claims (`findings`) and plots
@@ -60,8 +59,18 @@ halves), study (`run`: the units, in order), tables, claims (`findings`) and plo
 """
 
 from dynsys.studies.e9_surgery.claims import findings, loss_finding, rate_finding, stay_finding
-from dynsys.studies.e9_surgery.config import (ATTRACTOR_STATS, BREAKERS, KINDS, NAME, OPS, SCALES,
-                                              TITLE, Config, breaker_unit, fix_unit)
+from dynsys.studies.e9_surgery.config import (
+    ATTRACTOR_STATS,
+    BREAKERS,
+    KINDS,
+    NAME,
+    OPS,
+    SCALES,
+    TITLE,
+    Config,
+    breaker_unit,
+    fix_unit,
+)
 from dynsys.studies.e9_surgery.plots import figures
 from dynsys.studies.e9_surgery.prompts import halves, list_documents, map_choice, prompt_unit
 from dynsys.studies.e9_surgery.study import ranked, run

@@ -14,8 +14,15 @@ from dynsys.decode import generate
 from dynsys.dynamics.markov import markov_map
 from dynsys.io import load
 from dynsys.runs import Run
-from dynsys.studies.e9_surgery.config import (ATTRACTOR_STATS, ATTRIBUTION_BATCH, BREAKERS,
-                                              KINDS, Config, breaker_unit, fix_unit)
+from dynsys.studies.e9_surgery.config import (
+    ATTRACTOR_STATS,
+    ATTRIBUTION_BATCH,
+    BREAKERS,
+    KINDS,
+    Config,
+    breaker_unit,
+    fix_unit,
+)
 from dynsys.studies.e9_surgery.prompts import halves, map_choice, prompt_unit
 from dynsys.studies.e9_surgery.tables import evaluation_traces, surface_arrays, write_tables
 from dynsys.studies.training import checkpoints, write_training_tables

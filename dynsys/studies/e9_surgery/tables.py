@@ -10,8 +10,15 @@ import numpy as np
 from dynsys.dynamics.traces import repetition_stop
 from dynsys.runs import Run
 from dynsys.stats import mean_interval, proportion_interval
-from dynsys.studies.e9_surgery.config import (ATTRACTOR_STATS, BREAKERS, KINDS, LEVEL, Config,
-                                              breaker_unit, fix_unit)
+from dynsys.studies.e9_surgery.config import (
+    ATTRACTOR_STATS,
+    BREAKERS,
+    KINDS,
+    LEVEL,
+    Config,
+    breaker_unit,
+    fix_unit,
+)
 from dynsys.surgery.ablation import Sweep
 from dynsys.surgery.attractors import attractors, surface
 from dynsys.surgery.judge import RateChange, collapsing
