@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> None:
     gap = ds.compare(model, prompt, trace, fmap)
     print(f"from x_1 = {trace[0]}, f_P reaches a cycle of length {len(cycle)} after {len(tail)} "
           f"steps; the trace follows f_P on {gap.agreement:.0%} of steps, ends in period "
-          f"{gap.trace_period} (0: no loop), {'an' if gap.cycle_is_orbit else 'not an'} orbit of f_P")
+          f"{gap.trace_period} (0: no loop), {'an' if gap.cycle_is_orbit else 'not an'} "
+          "orbit of f_P")
     if model.tokenizer is not None:
         print("the trace as text:", repr(model.tokenizer.decode(trace.tolist())))
 

@@ -70,13 +70,13 @@ def run_case(preset: str, prompt_len: int, new: int, batches: tuple[int, ...],
     for batch in batches:
         prompts = np.random.default_rng(batch).integers(
             0, model.config.vocab_size, (batch, prompt_len)).astype(np.int32)
-        ours = lambda: np.asarray(jax.block_until_ready(ds.generate(model, prompts, new)))  # noqa: E731
+        ours = lambda: np.asarray(jax.block_until_ready(ds.generate(model, prompts, new)))  # noqa: E731, B023
         _, compile_s = timed(ours)
         tokens, our_s = timed(ours)
         with torch.no_grad():
             ids = torch.tensor(prompts, dtype=torch.long)
             theirs, hf_s = timed(lambda: hf.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
+                ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,  # noqa: B023
                 min_new_tokens=new, pad_token_id=0).numpy()[:, prompt_len:])
         same = np.array_equal(tokens, theirs)
         print(f"{preset:14s} batch {batch:3d}: dynsys {batch * new / our_s:9.1f} tok/s "

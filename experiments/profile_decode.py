@@ -86,7 +86,8 @@ def trace_durations(fn) -> collections.Counter:
     with tempfile.TemporaryDirectory() as out:
         with jax.profiler.trace(out, create_perfetto_trace=True):
             fn()
-        events = json.load(gzip.open(glob.glob(out + "/**/*.json.gz", recursive=True)[0]))
+        with gzip.open(glob.glob(out + "/**/*.json.gz", recursive=True)[0]) as f:
+            events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     total = collections.Counter()
     for e in events:

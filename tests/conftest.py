@@ -10,8 +10,8 @@ import torch
 import transformers
 
 from dynsys.config import Llama3Scaling, ModelConfig
-from dynsys.nn import Model, init_params
 from dynsys.io import save_hf
+from dynsys.nn import Model, init_params
 
 torch.set_grad_enabled(False)
 torch.set_num_threads(1)  # tiny matrices: more threads only contend (100x slower when loaded)

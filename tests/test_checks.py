@@ -4,11 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from dynsys.nn.cache import empty_rows
 from dynsys.checks import check_int, check_neuron, check_positions, check_tokens, usable_logits
 from dynsys.decode import forward, generate, prefill, step
-from dynsys.nn import Model, init_params
 from dynsys.decode.sampling import Sampler
+from dynsys.nn import Model, init_params
+from dynsys.nn.cache import empty_rows
 
 V = 257  # vocabulary of CONFIGS["llama-g1"]
 

@@ -292,7 +292,8 @@ def test_a_duplicate_index_and_another_count_are_refused_at_start(tmp_path, monk
     other = hold_claim(tmp_path / "r", 1, 2)
     try:
         as_process(monkeypatch, 1, 2)
-        with pytest.raises(ValueError, match=r"DYNSYS_PROCESS_ID=1 is taken .*\(pid 4242 on elsewhere since"):
+        taken = r"DYNSYS_PROCESS_ID=1 is taken .*\(pid 4242 on elsewhere since"
+        with pytest.raises(ValueError, match=taken):
             open_run(tmp_path / "r", "demo", {"n": 1})
     finally:
         os.close(other)  # that process ends: its index is free
@@ -300,8 +301,8 @@ def test_a_duplicate_index_and_another_count_are_refused_at_start(tmp_path, monk
     with pytest.raises(ValueError, match=r"^process 0 in .* runs with DYNSYS_NUM_PROCESSES=2"
                                          r".*process 2 with 3: every process needs the same"):
         open_run(tmp_path / "r", "demo", {"n": 1})
-    assert not any(path.stat().st_size == 0 or path.name == "2.json" and
-                   distributed.live_claims(tmp_path / "r").get(2)
+    assert not any(path.stat().st_size == 0 or (path.name == "2.json" and
+                   distributed.live_claims(tmp_path / "r").get(2))
                    for path in (tmp_path / "r" / distributed.CLAIMS).iterdir())
     as_process(monkeypatch, 1, 2)  # a claim left by a process that ended is no claim
     assert open_run(tmp_path / "r", "demo", {"n": 1}).config == {"n": 1}

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -127,7 +128,7 @@ def test_atomic_save_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     runs.save_npz_atomic(path, x=np.ones(3))
 
     def dying(file, **arrays):
-        open(file, "wb").write(b"partial")
+        pathlib.Path(file).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runs.np, "savez", dying)
@@ -196,7 +197,7 @@ def test_failed_writes_leave_no_temporary_files(tmp_path, monkeypatch):
     assert not list((tmp_path / "r" / "tables").iterdir())
 
     def full_disk(file, **arrays):
-        open(file, "wb").write(b"partial")
+        pathlib.Path(file).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(runs.np, "savez", full_disk)
@@ -224,7 +225,7 @@ def test_figures_are_written_atomically(tmp_path, monkeypatch):
 
     def full_disk(path, **kwargs):
         if str(path).endswith(".png"):
-            open(path, "wb").write(b"partial")
+            pathlib.Path(path).write_bytes(b"partial")
             raise OSError(28, "No space left on device")
         savefig(path, **kwargs)
 

@@ -15,8 +15,19 @@ from collections import Counter
 
 import pytest
 
-from dynsys.data import (SEPARATOR, Corpus, characters, chichewa, chichewa_chapters, english,
-                         lists, mix, provenance, split, text)
+from dynsys.data import (
+    SEPARATOR,
+    Corpus,
+    characters,
+    chichewa,
+    chichewa_chapters,
+    english,
+    lists,
+    mix,
+    provenance,
+    split,
+    text,
+)
 
 KANA = re.compile("[\u3040-\u30ff]")
 

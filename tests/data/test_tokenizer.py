@@ -9,8 +9,19 @@ import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynsys.data import (EOT, SEPARATOR, chichewa, decode, encode, english, lists, load_tokenizer,
-                         save_tokenizer, text, train_tokenizer)
+from dynsys.data import (
+    EOT,
+    SEPARATOR,
+    chichewa,
+    decode,
+    encode,
+    english,
+    lists,
+    load_tokenizer,
+    save_tokenizer,
+    text,
+    train_tokenizer,
+)
 
 VOCAB = 512
 ENGLISH_SAMPLE = ('The "with" statement is used to wrap the execution of a block with methods '

@@ -3,7 +3,8 @@
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dynsys as ds
 from dynsys.checks import MIN_TEMPERATURE

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import re
@@ -261,7 +262,7 @@ def finished_within(call, seconds: float):
     def target():
         try:
             call()
-        except Exception as e:  # noqa: BLE001 - returned to the test
+        except Exception as e:
             raised.append(e)
 
     thread = threading.Thread(target=target, daemon=True)
@@ -280,10 +281,8 @@ def test_a_named_pipe_in_a_checkpoint_is_refused_without_blocking(name, model_of
         assert isinstance(error, ValueError), error
         assert f"{directory / name} is not a regular file" in str(error)
     finally:  # release a reader blocked in open(), if any
-        try:
+        with contextlib.suppress(OSError):
             os.close(os.open(directory / name, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
 
 
 @pytest.mark.parametrize("content", [b"[]", b"null", b'"llama"', b"", b"\xff\xfe{}"],

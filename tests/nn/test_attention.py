@@ -22,7 +22,7 @@ def dense_reference(q, segments, with_weights=False):
     [1, T, S]), in float64 numpy.
     Returns the output [B, T, K, G, H] (0 for a query with no key) and each segment's mass
     [n, B, T, K, G] (with_weights: and every key's weight [B, T, K, G, S_1 + … + S_n])."""
-    B, T, K, G, H = q.shape
+    B, T, _, _, H = q.shape
     keys, values, masks, biases, owner = [], [], [], [], []
     for i, (k, v, mask, *bias) in enumerate(segments):
         if k.ndim == 3:  # shared: the same keys for every row

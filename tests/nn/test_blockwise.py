@@ -9,8 +9,8 @@ import pytest
 from conftest import CONFIGS, random_model
 
 from dynsys.decode import engine
-from dynsys.nn.attention import Segment, attend
 from dynsys.nn import init_params
+from dynsys.nn.attention import Segment, attend
 from dynsys.nn.blockwise import causal_attention
 from dynsys.train import TrainConfig
 from dynsys.train.step import loss

@@ -6,17 +6,16 @@ import pytest
 from conftest import CONFIGS, random_model
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
+from test_sites import inputs, lowered
 
 import dynsys.nn
 import dynsys.nn.transformer
-from dynsys.nn.cache import ROW_KEY_AXES, ROW_VALUE_AXES
 from dynsys.decode import forward
 from dynsys.io import load
 from dynsys.nn import param_axes
+from dynsys.nn.cache import ROW_KEY_AXES, ROW_VALUE_AXES
 from dynsys.sharding import AXES, RULES, make_mesh, mesh_of, parse_mesh, place
 from dynsys.sharding import spec as spec_of
-
-from test_sites import inputs, lowered
 
 
 @pytest.mark.parametrize("name", CONFIGS)

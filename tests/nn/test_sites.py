@@ -10,8 +10,8 @@ import dynsys.decode
 import dynsys.decode.engine
 import dynsys.nn
 import dynsys.nn.transformer
-from dynsys.nn.cache import empty_rows
 from dynsys.decode import logits, run, step
+from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import BLOCK_SITES, check_edits, edits
 from dynsys.surgery import loop_margin
 

@@ -7,8 +7,16 @@ import pytest
 from scipy import optimize, stats
 from scipy.special import gammaln
 
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, paired_difference, paired_equivalence,
-                          paired_p_value, paired_test, tango_interval)
+from dynsys.stats import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    paired_difference,
+    paired_equivalence,
+    paired_p_value,
+    paired_test,
+    tango_interval,
+)
 from dynsys.stats.paired import CONTINUITY, tango_z
 
 SIZES = (32, 64, 128, 256)

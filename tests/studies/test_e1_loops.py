@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 import dynsys as ds
 from dynsys.dynamics.nullmodel import indegree_orbit_null, random_map_null, random_mapping
@@ -15,7 +16,6 @@ from dynsys.runs import open_run
 from dynsys.stats import decide, proportion_interval
 from dynsys.studies import e1_loops, run_study
 from dynsys.studies.e1_loops import Config, make_prompts, unit_name
-from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 SMALLER = dict(ngrams=[1, 2], length=48, new_tokens=60, prompts=6, batch=3, top=4, maps=2,
                shuffles=20)

@@ -6,11 +6,11 @@ import re
 
 import numpy as np
 import pytest
+from study_helpers import assert_figures, small_study
 
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE
 from dynsys.studies import e2_agreement, sweep
 from dynsys.studies.e2_agreement import MOST, limit, scaling, verdicts
-from study_helpers import assert_figures, small_study
 
 SMALLER = {"lengths": [16, 32], "G": 6, "prompts": 2, "kinds": ["random"]}
 LENGTHS = (64, 256, 1024)

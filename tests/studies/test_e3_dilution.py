@@ -12,8 +12,15 @@ import dynsys as ds
 from dynsys.runs import read_run
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE
 from dynsys.studies import config_for, e3_dilution, findings, render, run_study
-from dynsys.studies.e3_dilution import (DECAY, EXCESS, RTOL, bound_finding, horizon_finding,
-                                        measured_findings, violations)
+from dynsys.studies.e3_dilution import (
+    DECAY,
+    EXCESS,
+    RTOL,
+    bound_finding,
+    horizon_finding,
+    measured_findings,
+    violations,
+)
 from dynsys.studies.sweep import MIN_PROMPTS
 from dynsys.theory.margin import certify_margin
 

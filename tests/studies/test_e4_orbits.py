@@ -7,15 +7,21 @@ import math
 
 import numpy as np
 import pytest
+from study_helpers import assert_figures
 
 import dynsys as ds
+from dynsys.data.prompts import make_prompt
 from dynsys.dynamics.nullmodel import random_mapping_expectations
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, proportion_interval
 from dynsys.studies import e4_orbits, run_study
-from dynsys.studies.e4_orbits import (ALPHA, cyclic_points, mc_pvalue, shuffle_draws,
-                                      mc_finding, uniform_draws)
-from dynsys.data.prompts import make_prompt
-from study_helpers import assert_figures
+from dynsys.studies.e4_orbits import (
+    ALPHA,
+    cyclic_points,
+    mc_finding,
+    mc_pvalue,
+    shuffle_draws,
+    uniform_draws,
+)
 
 # 48 and 64 share one prefill bucket: one compile per RoPE setting
 OVERRIDES = {"lengths": [48, 64], "prompts": 2, "prompt_seed": 0, "shuffles": 3,

@@ -7,14 +7,14 @@ import itertools
 
 import numpy as np
 import pytest
+from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 import dynsys as ds
+from dynsys.data.prompts import make_prompt
 from dynsys.runs import open_run
 from dynsys.stats import proportion_interval
 from dynsys.studies import e5_cycles, run_study
 from dynsys.studies.e5_cycles import CELL, Config, unit_name
-from dynsys.data.prompts import make_prompt
-from study_helpers import CFG, assert_figures, brute_periodicity, small_study
 
 SMALLER = dict(lengths=[32, 200], G=40, prompts=2)
 
@@ -74,7 +74,7 @@ def test_tables_match_brute_force(study):
 def test_stored_map_and_trace_against_forward(study):
     """Row v: P + [v] + x_2..x_G, whose logits at position n give f_P(v); the last row:
     P + trace, whose argmax from position n−1 on is the trace (teacher forcing)."""
-    run, config, model = study
+    run, _, model = study
     for rope in (True, False):
         unit = run.load(unit_name(rope, "random", 200, 1))
         P, trace = unit["prompt"], unit["trace"]

@@ -5,14 +5,14 @@ tests/dynamics/test_invariants.py."""
 
 import numpy as np
 import pytest
+from study_helpers import assert_figures
 
 import dynsys as ds
+from dynsys.data.prompts import make_prompt
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE
 from dynsys.studies import config_for, e6_drift, run_study
 from dynsys.studies.e6_drift import PERIOD, PERIODIC, verdicts
 from dynsys.studies.sweep import MIN_PROMPTS
-from dynsys.data.prompts import make_prompt
-from study_helpers import assert_figures
 
 # 40 and 64 share one prefill bucket: one compile
 OVERRIDES = {"periods": [1, 2, 3], "lengths": [40, 64], "offsets": 4, "prompts": 2}
@@ -102,18 +102,19 @@ def test_prompt_and_period_tables_match_the_units(done):
         unit = stored(done, r["N"], r["n"], r["seed"])
         f, change = unit["next"], unit["logit_change"].mean(1)
 
-        def defect(s):
+        def defect(f, s):
             pairs = [(t, v) for t in range(T + 1 - s) for v in range(512)]
             return sum(f[t + s, v] != f[t, v] for t, v in pairs) / len(pairs)
 
-        assert r["period_defect"] == pytest.approx(defect(r["N"]))
-        assert r["step_defect"] == pytest.approx(defect(1))
+        assert r["period_defect"] == pytest.approx(defect(f, r["N"]))
+        assert r["step_defect"] == pytest.approx(defect(f, 1))
         assert r["at_period"] == pytest.approx(change[r["N"] - 1])
         if r["N"] > 1:
             assert r["ratio"] == pytest.approx(change[r["N"] - 1] / change[:r["N"] - 1].mean())
         else:
             assert np.isnan(r["before"]) and np.isnan(r["ratio"])
-        assert r["max_changed"] == pytest.approx(max((f[t] != f[0]).mean() for t in range(1, T + 1)))
+        changed = max((f[t] != f[0]).mean() for t in range(1, T + 1))
+        assert r["max_changed"] == pytest.approx(changed)
     period = done.read_table("period")
     assert [(r["N"], r["n"], r["prompts"]) for r in period] == [
         (N, n, 2) for N in (1, 2, 3) for n in (40, 64)]

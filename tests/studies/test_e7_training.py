@@ -7,18 +7,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from study_helpers import assert_figures, counting, decided
 
 import dynsys as ds
-from dynsys.data import load_tokenizer
+from dynsys.data import EOT, english, load_tokenizer, split
+from dynsys.dynamics.traces import min_cycle_anywhere
 from dynsys.io import load_config
 from dynsys.studies import e7_training, render_run, run_study, training
-from dynsys.dynamics.traces import min_cycle_anywhere
-from dynsys.data import EOT, english, split
 from dynsys.studies.e7_training import MAPS, Config, loop_findings, unit_name
 from dynsys.theory.concentration import attention_concentration
 from dynsys.theory.reinforcement import repetition_probability
 from dynsys.train import checkpoint_steps, read_log
-from study_helpers import assert_figures, counting, decided
 
 # A 1-layer model trained for 40 steps: 9 checkpoints (0, 1, 2, 4, 8, 16, 20, 32, 40).
 TRAINING = {"vocab": 300, "hidden": 32, "layers": 1, "heads": 2, "kv_heads": 1, "ffn": 64,
@@ -193,7 +192,7 @@ def test_probes_are_the_theory_functions_on_held_out_windows(study):
 
 
 def test_figures_and_findings(study):
-    run, config = study
+    run, _ = study
     render_run(run)
     assert_figures(run, ("e7_cycle_lengths", "e7_training", "e7_probes"))
     found = e7_training.findings(run)
@@ -211,7 +210,7 @@ def test_figures_and_findings(study):
 
 
 def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
-    run, config = study
+    run, _ = study
     tables = {p.name: p.read_bytes() for p in (run.path / "tables").iterdir()}
     checkpoints = {p: p.stat().st_mtime_ns
                    for p in (run.path / "train" / "checkpoints").rglob("*")}
@@ -248,7 +247,7 @@ STEPS_SYNTHETIC = (0, 1, 2, 4, 8, 16, 100)
 
 def synthetic(n, at_zero, early, peak, final):
     """Step 0, every early step but 8, step 8 (the peak), and the final step 100."""
-    shares = {0: at_zero, **{s: early for s in (1, 2, 4, 16)}, 8: peak, 100: final}
+    shares = {0: at_zero, **dict.fromkeys((1, 2, 4, 16), early), 8: peak, 100: final}
     return lengths_of(n, dict(sorted(shares.items())))
 
 

@@ -6,13 +6,13 @@ data."""
 import numpy as np
 import pytest
 from scipy.special import log_softmax
+from study_helpers import assert_figures, counting
+from test_e7_training import STEPS, TRAINING, brute_anywhere, brute_end, shared_e7
 
 import dynsys as ds
 from dynsys.data import load_tokenizer, split
 from dynsys.studies import e8_paths, render_run, run_study, training
 from dynsys.studies.e8_paths import LANGUAGES, Config, loss_finding, nearest_finding, step_unit
-from study_helpers import assert_figures, counting
-from test_e7_training import STEPS, TRAINING, brute_anywhere, brute_end, shared_e7
 
 E8 = {**TRAINING, "prompts": 6, "length": 16, "reference_length": 10, "G": 30, "windows": 4,
       "resamples": 50}

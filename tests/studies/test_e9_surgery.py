@@ -2,20 +2,31 @@
 ("../e7/train"): the prompts, the tables against a recomputation from the stored units and the
 final checkpoint, resuming, figures, and each finding on synthetic data."""
 
+import itertools
+
 import numpy as np
 import pytest
+from study_helpers import assert_figures, counting
+from test_e7_training import STEPS, TRAINING, shared_e7
 
 import dynsys as ds
 from dynsys.data import EOT, encode, english, load_tokenizer, split
 from dynsys.decode.sampling import Sampler
 from dynsys.dynamics.traces import repetition_stop
 from dynsys.studies import e9_surgery, render_run, run_study, training
-from dynsys.studies.e9_surgery import (BREAKERS, KINDS, Config, breaker_unit, fix_unit,
-                                       loss_finding, map_choice, rate_finding, stay_finding)
+from dynsys.studies.e9_surgery import (
+    BREAKERS,
+    KINDS,
+    Config,
+    breaker_unit,
+    fix_unit,
+    loss_finding,
+    map_choice,
+    rate_finding,
+    stay_finding,
+)
 from dynsys.surgery import NeuronEdit, apply_edit
 from dynsys.surgery.loops import looping
-from study_helpers import assert_figures, counting
-from test_e7_training import STEPS, TRAINING, shared_e7
 
 E9 = {**TRAINING, "prompts": 8, "length": 12, "list_length": 12, "random_length": 10, "G": 30,
       "ks": [1, 4], "maps": 2, "windows": 4, "collapse_window": 2, "resamples": 50}
@@ -115,8 +126,8 @@ def test_tables_follow_the_units_and_the_model(study):
     ranking = e9_surgery.ranked(found, CONFIG.method)
     neurons = run.read_table("neurons")
     assert [(r["layer"], r["neuron"]) for r in neurons] == ranking[:4]
-    assert all(a["grad_x_act"] >= b["grad_x_act"] for a, b in zip(neurons, neurons[1:]))
-    loc, test, kinds = e9_surgery.halves(CONFIG, unit)
+    assert all(a["grad_x_act"] >= b["grad_x_act"] for a, b in itertools.pairwise(neurons))
+    _, test, _ = e9_surgery.halves(CONFIG, unit)
     fix = run.load(fix_unit("zero", 4))  # the edit recomputed from its neurons
     assert [tuple(p) for p in fix["neurons"]] == ranking[:4]
     after = apply_edit(model, NeuronEdit(tuple(ranking[:4]), "zero"))

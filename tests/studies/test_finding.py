@@ -6,10 +6,16 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from dynsys.stats import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE, Evidence,
-                          proportion_test)
-from dynsys.studies.finding import (CHECK, MANIPULATION, Finding, counts, report, summary,
-                                    write_report)
+from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE, NOT_TESTABLE, Evidence, proportion_test
+from dynsys.studies.finding import (
+    CHECK,
+    MANIPULATION,
+    Finding,
+    counts,
+    report,
+    summary,
+    write_report,
+)
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "findings.schema.json").read_text())
 

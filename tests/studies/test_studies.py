@@ -8,22 +8,21 @@ import sys
 import time
 
 import pytest
+from study_helpers import CFG, save_checkpoint
 
 import dynsys as ds
 from dynsys import studies
-from dynsys.studies import sweep
-from dynsys.runs import RunError
-from dynsys.studies import e2_agreement
-from dynsys.studies.settings import Settings
 from dynsys.io import checkpoint_digest
-from study_helpers import CFG, save_checkpoint
+from dynsys.runs import RunError
+from dynsys.studies import e2_agreement, sweep
+from dynsys.studies.settings import Settings
 
 MICRO_E2 = {"lengths": [16, 24, 32, 40, 48, 56], "G": 4, "prompts": 2, "kinds": ["random"]}
 
 
 def test_every_study_has_the_same_face():
     for name, module in studies.STUDIES.items():
-        assert module.NAME == name and module.TITLE
+        assert name == module.NAME and module.TITLE
         # a study may have a smaller "verify" scale, the one `dynsys verify` runs
         assert set(module.SCALES) - {"verify"} == {"small", "paper"}
         assert module.SCALES["paper"] == module.Config()
@@ -73,8 +72,8 @@ def test_settings_are_checked():
     ("e2", {"seed": -1}, "e2: seed=-1 must be >= 0"),
     ("e2", {"seed": 2**64}, "e2: seed=18446744073709551616 must be an integer in"),
     ("e2", {"ngram": 0}, "e2: ngram=0 must be >= 1"),
-    ("e2", {"kinds": ["words"]}, "e2: kinds=['words'] must hold only values in ('ngram', "
-                                 "'random')"),
+    ("e2", {"kinds": ["words"]},
+     "e2: kinds=['words'] must hold only values in ('ngram', 'random')"),
     ("e2", {"model": ""}, "e2: model='' must be a non-empty string"),
     ("e2", {"G": True}, "e2: G=True must be an integer"),
     ("e3", {"G": 1}, "e3: G=1 must be >= 2"),
@@ -129,7 +128,8 @@ def test_resume_refuses_a_checkpoint_overwritten_with_other_weights(tmp_path_fac
 def test_settings_files(tmp_path):
     (tmp_path / "s.toml").write_text('G = 8\nkinds = ["ngram"]\n')
     (tmp_path / "s.json").write_text('{"G": 8, "kinds": ["ngram"]}')
-    assert studies.read_overrides(tmp_path / "s.toml") == studies.read_overrides(tmp_path / "s.json")
+    read = studies.read_overrides
+    assert read(tmp_path / "s.toml") == read(tmp_path / "s.json")
     (tmp_path / "bad.json").write_text('{"G": 8,')
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         studies.read_overrides(tmp_path / "bad.json")

@@ -5,12 +5,18 @@ import numpy as np
 import pytest
 
 import dynsys as ds
-from dynsys.studies import sweep
-from dynsys.runs import open_run
 from dynsys.data.prompts import make_prompt
+from dynsys.runs import open_run
 from dynsys.stats import HOLDS, INCONCLUSIVE
-from dynsys.studies.sweep import (MIN_PROMPTS, agreement_sweep, agreement_table,
-                                  bootstrap_estimate, exponent, exponent_estimate)
+from dynsys.studies import sweep
+from dynsys.studies.sweep import (
+    MIN_PROMPTS,
+    agreement_sweep,
+    agreement_table,
+    bootstrap_estimate,
+    exponent,
+    exponent_estimate,
+)
 
 CFG = ds.ModelConfig("llama", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=1,
                      num_heads=2, num_kv_heads=1, head_dim=16, max_position_embeddings=4096)

@@ -60,7 +60,7 @@ def test_mean_sweep_equals_a_constant_branch(model, prompts):
     np.testing.assert_allclose(component_means(model, prompts, ("mlp_out",), [1])["mlp_out", 1],
                                mu, rtol=1e-5, atol=1e-6)
     sweep = ablation_sweep(model, prompts, G, BOTH, "mean", layers=[1])
-    row = [r for r in sweep.rows if r.component == "mlp_out"][0]
+    row = next(r for r in sweep.rows if r.component == "mlp_out")
     down = model.params["blocks_1"]["mlp"]["down"]
     constant = with_params(model, {("blocks_1", "mlp", "down"): {
         "kernel": jnp.zeros_like(down["kernel"]), "bias": jnp.asarray(mu)}})

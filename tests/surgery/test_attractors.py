@@ -7,8 +7,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from dynsys.surgery.attractors import (attractor_distances, attractors, compare_attractors,
-                                       surface)
+from dynsys.surgery.attractors import attractor_distances, attractors, compare_attractors, surface
 
 HAND = np.array([1, 2, 0, 4, 3, 5, 5, 6, 0, 8])  # 0→1→2→0, 3↔4, 5 fixed; tails 6,7 and 8,9
 

@@ -3,7 +3,7 @@ generation's own margins, a planted loop neuron ranked first by both methods, an
 
 import numpy as np
 import pytest
-from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant, scaled
+from surgery_helpers import CFG, PLANT_NEURON, PLANT_TOKEN, G, plant, scaled
 
 from dynsys.decode import generate
 from dynsys.surgery import loop_margin, looping, neuron_attribution

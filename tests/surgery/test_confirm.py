@@ -4,7 +4,7 @@ generation breaks its loop; edit trees of one structure; bad input."""
 import jax
 import numpy as np
 import pytest
-from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant
+from surgery_helpers import CFG, PLANT_NEURON, PLANT_TOKEN, G, plant
 
 from dynsys.decode import generate
 from dynsys.surgery import confirm, neuron_attribution, neuron_edits

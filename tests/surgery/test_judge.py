@@ -11,13 +11,19 @@ import numpy as np
 import pytest
 from conftest import CONFIGS, random_model
 from scipy import stats
-from surgery_helpers import CFG, G, PLANT_NEURON, PLANT_TOKEN, plant
+from surgery_helpers import CFG, PLANT_NEURON, PLANT_TOKEN, G, plant
 
 from dynsys.decode import forward, generate
 from dynsys.surgery import NeuronEdit, apply_edit
 from dynsys.surgery.attractors import attractor_change
-from dynsys.surgery.judge import (Baseline, collapsing, judge, loss_change, rate_changes,
-                                  window_losses)
+from dynsys.surgery.judge import (
+    Baseline,
+    collapsing,
+    judge,
+    loss_change,
+    rate_changes,
+    window_losses,
+)
 
 pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
@@ -46,7 +52,7 @@ def brute_loops(trace, k=3):
 
 def brute_collapse(trace, delimiter, window):
     entries, cur = [], []
-    for x in list(trace) + [delimiter]:
+    for x in [*trace, delimiter]:
         if x == delimiter:
             if cur:
                 entries.append(tuple(cur))
@@ -61,9 +67,9 @@ def brute_collapse(trace, delimiter, window):
 def test_collapse_flags_follow_the_definition():
     D = 0
     diverse = [1, 2, 3, 4]
-    traces = [sum(([x, D] for x in diverse + [9, 9, 9, 5]), []),   # collapses onto (9,)
-              sum(([x, D] for x in diverse + [9, 5, 9, 5]), []),   # alternation: no majority
-              sum(([x, D] for x in [7, 7, 7, 7, 7, 7, 7, 7]), []),  # never diverse
+    traces = [[y for x in [*diverse, 9, 9, 9, 5] for y in (x, D)],  # collapses onto (9,)
+              [y for x in [*diverse, 9, 5, 9, 5] for y in (x, D)],  # alternation: no majority
+              [y for x in [7] * 8 for y in (x, D)],                 # never diverse
               [3, 4, D, 5, D, 6] + [0] * 10]                        # too few entries
     traces = np.array([t[:16] + [D] * (16 - len(t[:16])) for t in traces])
     got = collapsing(traces, D, window=4)
