@@ -233,9 +233,15 @@ def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs
     """Every registered test bed at its latest checkpoint (dynsys.testbeds.report): size,
     context, tokens, time, held-out loss beside the references, attention concentration per
     layer, and copying (TP_1 and TP_8)."""
-    keys = keys or list(testbeds.read_registry(root))
     if not keys:
-        raise ValueError(f"no test bed is registered in {root / testbeds.REGISTRY}")
+        registered = testbeds.read_registry(root)
+        for key in registered:
+            if not testbeds.checkpointed(key, root):
+                console.print(f"{key}: registered, no checkpoint yet")
+        keys = [key for key in registered if testbeds.checkpointed(key, root)]
+    if not keys:
+        raise ValueError(f"no test bed with a checkpoint is registered in "
+                         f"{root / testbeds.REGISTRY}")
     for key in keys:
         report = testbeds.testbed_report(key, root)
         table = Table(title=f"test bed {report.summary.key}"

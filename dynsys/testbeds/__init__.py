@@ -31,12 +31,12 @@ from dynsys.testbeds.registry import (
     summary_rows,
     train_testbed,
 )
-from dynsys.testbeds.report import TestbedReport, report_rows, testbed_report
+from dynsys.testbeds.report import TestbedReport, checkpointed, report_rows, testbed_report
 
 __all__ = [
     "REGISTRY", "ROOT", "TESTBEDS", "DocumentSource", "LanguageScale", "MarkovScale",
     "MarkovSource", "Recipe", "Scale", "Source", "Testbed", "TestbedReport", "TestbedSummary",
-    "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "counts", "read_registry",
-    "recipe", "report_rows", "resolve", "sample", "summary_rows", "testbed_report",
-    "train_testbed",
+    "bayes_losses", "bayes_map", "bayes_predictive", "bayes_trace", "checkpointed", "counts",
+    "read_registry", "recipe", "report_rows", "resolve", "sample", "summary_rows",
+    "testbed_report", "train_testbed",
 ]

@@ -101,6 +101,12 @@ def testbed_report(spec: str, root: str | Path = ROOT) -> TestbedReport:
         tp={kind: {1: float(tp[kind][1]), COPIES: float(tp[kind][COPIES])} for kind in KINDS})
 
 
+def checkpointed(key: str, root: str | Path = ROOT) -> bool:
+    """Whether the run KEY under root has saved a checkpoint (a registered training may not
+    have yet)."""
+    return any((Path(root) / key / "train" / "checkpoints").glob("step_*/config.json"))
+
+
 def report_rows(report: TestbedReport) -> list[tuple[str, str]]:
     """(what, value) lines of a report, for a printed table: summary_rows, then per kind the
     attention concentration per layer and TP_1, TP_COPIES."""

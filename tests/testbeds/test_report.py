@@ -82,7 +82,9 @@ def test_probes_equal_transformers_on_the_sources_heldout_windows(trained, repor
             assert report.tp[kind][k] == pytest.approx(tp, abs=1e-5), (kind, k)
 
 
-def test_a_run_still_training_is_reported_at_its_latest_checkpoint(trained, tmp_path):
+def test_a_run_still_training_is_reported_at_its_latest_checkpoint(trained, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(cli, "console", Console(width=400))
     root, made = trained
     shutil.copytree(root, tmp_path, dirs_exist_ok=True)
     entries = read_registry(tmp_path)
@@ -95,6 +97,12 @@ def test_a_run_still_training_is_reported_at_its_latest_checkpoint(trained, tmp_
         assert report.summary.references == read_registry(root)["markov1-small"]["summary"][
             "references"]  # recomputed from the source's held-out windows
         shutil.rmtree(tmp_path / "markov1-small" / "train" / "checkpoints" / f"step_{step:07d}")
+    shutil.rmtree(tmp_path / "markov1-small" / "train" / "checkpoints")  # just registered
+    result = CliRunner().invoke(app, ["testbeds", "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "markov1-small: registered, no checkpoint yet",
+        f"error: no test bed with a checkpoint is registered in {tmp_path / REGISTRY}"]
 
 
 def test_command_lists_every_test_bed_and_refuses_an_unknown_key(trained, report, monkeypatch):
