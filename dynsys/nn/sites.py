@@ -30,8 +30,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
+
+from dynsys.nn.params import block_name
 
 # Site name -> the submodule of a block that owns it (() = the block itself).
 BLOCK_SITES: dict[str, tuple[str, ...]] = {
@@ -61,8 +62,11 @@ def record(module, name: str, x) -> None:
 def _path(name: str, layer: int | None) -> tuple[str, ...]:
     """The module path of site `name` of block `layer` (a true integer: True and 0.0 would
     name modules "blocks_True" and "blocks_0.0" that do not exist)."""
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int | np.integer)):
-        raise ValueError(f"layer={layer!r} of site {name!r} must be an integer")
+    if layer is not None:
+        try:
+            block = block_name(layer)
+        except ValueError:
+            raise ValueError(f"layer={layer!r} of site {name!r} must be an integer") from None
     if name in MODEL_SITES:
         if layer is not None:
             raise ValueError(f"site {name!r} is not per layer (got layer={layer})")
@@ -71,7 +75,7 @@ def _path(name: str, layer: int | None) -> tuple[str, ...]:
         raise ValueError(f"unknown site {name!r}; sites: {[*MODEL_SITES, *BLOCK_SITES]}")
     if layer is None:
         raise ValueError(f"site {name!r} is per layer: give a layer")
-    return (f"blocks_{layer}", *BLOCK_SITES[name])
+    return (block, *BLOCK_SITES[name])
 
 
 def edits(changes: Mapping[tuple[str, int | None], Mapping[str, object]],

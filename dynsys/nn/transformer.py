@@ -187,7 +187,9 @@ def _init_boxed(cfg: ModelConfig, seed: int) -> dict:
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
-    """Random parameters drawn like Hugging Face's `_init_weights` (see module docstring)."""
+    """Random parameters drawn like Hugging Face's `_init_weights`: normal(0, initializer_range)
+    for linear and embedding weights, ones for norm scales, zeros for biases (dynsys.nn.layers),
+    in the tree dynsys.nn.params describes."""
     return nn.meta.unbox(_init_boxed(cfg, check_seed(seed)))
 
 
