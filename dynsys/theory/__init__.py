@@ -6,13 +6,41 @@ uniform bound with its n0 (uniform). Statements and proofs: proofs/."""
 from dynsys.theory.certificate import Bound, Certificate, certify, perturbation_bound
 from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.dilution import Drift, Probe, dilute, position_drift, probe_trace
-from dynsys.theory.lemmas import (GELU_CURVE, GELU_SLOPE, SILU_CURVE, SILU_SLOPE, extremal_scores,
-                                  mass_bound, norm_curvature, norm_lipschitz)
+from dynsys.theory.lemmas import (
+    GELU_CURVE,
+    GELU_SLOPE,
+    SILU_CURVE,
+    SILU_SLOPE,
+    extremal_scores,
+    mass_bound,
+    norm_curvature,
+    norm_lipschitz,
+)
 from dynsys.theory.reference import MarkovStats, markov_stats
 from dynsys.theory.uniform import UniformBound, uniform_bound
 
-__all__ = ["Bound", "Certificate", "Drift", "GELU_CURVE", "GELU_SLOPE", "MarkovStats", "Probe",
-           "SILU_CURVE", "SILU_SLOPE", "UniformBound", "WeightConstants", "certify", "dilute",
-           "extremal_scores", "mass_bound", "markov_stats", "norm_curvature", "norm_lipschitz",
-           "perturbation_bound", "position_drift", "probe_trace", "uniform_bound",
-           "weight_constants"]
+__all__ = [
+    "GELU_CURVE",
+    "GELU_SLOPE",
+    "SILU_CURVE",
+    "SILU_SLOPE",
+    "Bound",
+    "Certificate",
+    "Drift",
+    "MarkovStats",
+    "Probe",
+    "UniformBound",
+    "WeightConstants",
+    "certify",
+    "dilute",
+    "extremal_scores",
+    "markov_stats",
+    "mass_bound",
+    "norm_curvature",
+    "norm_lipschitz",
+    "perturbation_bound",
+    "position_drift",
+    "probe_trace",
+    "uniform_bound",
+    "weight_constants",
+]

@@ -34,7 +34,6 @@ from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.exact import check_float32
 from dynsys.theory.lemmas import norm_lipschitz
 
-
 _norm = exact.on_host(exact.norm)  # float64 numpy streams, as everything here
 _spread = exact.on_host(exact.spread)
 

@@ -94,10 +94,7 @@ def uniform_bound(w: WeightConstants, rms_floor: float = 0.0) -> UniformBound:
              + w.value[i][kv])
         dh = w.out[i] * (2 * np.linalg.norm(v_max[i]) + lam1 * c * np.linalg.norm(a))
         lip = w.mlp_lipschitz(i) * lam2
-        if cfg.parallel_residual:
-            c = c + dh + lip * c
-        else:
-            c = (c + dh) * (1 + lip)
+        c = c + dh + lip * c if cfg.parallel_residual else (c + dh) * (1 + lip)
     gain = w.head * norm_lipschitz(1.0, rms_floor, cfg.norm_eps) * c
     score_range = float(np.max(2 * q_max * k_max / root))
     return UniformBound(score_range, float(gain), rms_floor, np.asarray(drift))

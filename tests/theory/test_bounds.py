@@ -14,6 +14,10 @@ from hypothesis import strategies as st
 from scipy.special import erf, expit
 
 from dynsys import theory as bounds
+from dynsys.config import ModelConfig
+from dynsys.decode import generate, prefill
+from dynsys.dynamics.traces import periodicity
+from dynsys.nn import MLP, Model, init_params, norm_layer
 from dynsys.theory import (
     Bound,
     Certificate,
@@ -25,11 +29,7 @@ from dynsys.theory import (
     uniform_bound,
     weight_constants,
 )
-from dynsys.config import ModelConfig
-from dynsys.decode import generate, prefill
 from dynsys.theory.dilution import probe_trace
-from dynsys.nn import MLP, Model, init_params, norm_layer
-from dynsys.dynamics.traces import periodicity
 
 LLAMA = ModelConfig(family="llama", vocab_size=61, hidden_size=16, intermediate_size=32,
                     num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8,
@@ -263,7 +263,7 @@ def test_prompt_n0_never_above_weight_only_and_is_the_threshold(cfg):
             assert n0p <= n0
             mean = np.exp(np.maximum(lse - c * u.score_drift - math.log(n), -half)).min()
 
-            def alpha(m):
+            def alpha(m, steps=steps, mean=mean):
                 return (steps - 1) * math.exp(half) / ((steps - 1) * math.exp(half) + m * mean
                                                         + math.exp(-half))
             assert alpha(n0p) < c * (1 + 1e-12) and (n0p == 0 or alpha(n0p - 1) >= c * (1 - 1e-12))

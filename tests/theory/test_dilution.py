@@ -9,15 +9,15 @@ from conftest import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynsys.theory import extremal_scores, mass_bound
-from dynsys.nn.cache import RowCache, empty_rows
 from dynsys.checks import NonFiniteError
-from dynsys.dynamics.compare import compare
 from dynsys.config import ModelConfig
 from dynsys.decode import generate, logits, prefill, run
-from dynsys.theory.dilution import dilute, position_drift, probe_trace, run_recorded
+from dynsys.dynamics.compare import compare
 from dynsys.nn import Model, init_params
+from dynsys.nn.cache import RowCache, empty_rows
 from dynsys.nn.rope import apply_rope
+from dynsys.theory import extremal_scores, mass_bound
+from dynsys.theory.dilution import dilute, position_drift, probe_trace, run_recorded
 
 S_MAX = 256
 heads = jax.jit(jax.vmap(dilute))

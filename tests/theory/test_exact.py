@@ -17,8 +17,7 @@ from dynsys.decode import prefill
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.rope import inverse_frequencies
-from dynsys.theory import (certify, markov_stats, perturbation_bound, uniform_bound,
-                           weight_constants)
+from dynsys.theory import certify, markov_stats, perturbation_bound, uniform_bound, weight_constants
 from dynsys.theory.dilution import run_recorded, streams
 from dynsys.theory.history import history_bound, history_horizon
 from dynsys.theory.margin import certify_margin, margin_bound
@@ -148,5 +147,5 @@ def test_reference_quantities_are_float64():
     np.testing.assert_allclose(s.final_jacobian, jf, rtol=1e-7, atol=1e-7 * np.abs(jf).max())
     w = weight_constants(model)
     for i in range(QWEN2.num_layers):
-        jb = central(lambda x: x + w.mlp_branch(i, x), s.mlp_input[:, i])
+        jb = central(lambda x, i=i: x + w.mlp_branch(i, x), s.mlp_input[:, i])
         np.testing.assert_allclose(s.block_jacobian[:, i], jb, atol=1e-7 * np.abs(jb).max())

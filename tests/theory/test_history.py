@@ -95,7 +95,7 @@ def test_lower_bounds_hold_for_every_history_tried(cfg):
         assert (np.abs(xs - bound.centre[row]) <= bound.radius[row] + slack).all()
         change = np.abs(margins - bound.margin[row]).max(0)[bound.near[row]]
         tight.append((bound.change[row, bound.near[row]] / change).min())
-    assert 1 <= min(tight) and min(tight) < 20
+    assert min(tight) >= 1 and min(tight) < 20
 
 
 @pytest.mark.parametrize("r", [1, 2])

@@ -13,8 +13,7 @@ from theory.test_bounds import LLAMA, NEOX, model_of
 from dynsys.decode import prefill, step
 from dynsys.dynamics.traces import periodicity
 from dynsys.theory.dilution import position_drift
-from dynsys.theory.periodic import (limit_bound, limit_logits, shift_bound, skew_cycle,
-                                   skew_orbit)
+from dynsys.theory.periodic import limit_bound, limit_logits, shift_bound, skew_cycle, skew_orbit
 
 PERIOD = np.array([5, 17, 42, 17])  # N = 4, a repeated token: multiplicity 2 in layer 1
 CAPACITY = 4096

@@ -14,9 +14,16 @@ from scipy.special import softmax
 from dynsys.stats import proportion_interval
 from dynsys.theory import UniformBound
 from dynsys.theory.lemmas import mass_bound
-from dynsys.theory.sampled import (adversarial_perturbation, escape_bound, history_tv_bound,
-                                   kept_tokens, maximal_coupling, step_tv_bound,
-                                   total_variation, truncation_is_stable)
+from dynsys.theory.sampled import (
+    adversarial_perturbation,
+    escape_bound,
+    history_tv_bound,
+    kept_tokens,
+    maximal_coupling,
+    step_tv_bound,
+    total_variation,
+    truncation_is_stable,
+)
 
 
 def tv_of(logits, delta, temperature):
@@ -273,12 +280,12 @@ def test_lower_bound_trace_leaves_the_orbit_where_predicted(n, S, c, mu):
     # x_{n+1..n+t*} is the Markov orbit 1, 2, …; step t* outputs the trap
     assert trace[:t_star] == list(range(1, t_star + 1)) and trace[t_star] == m + 1
     # on the visited tokens the Markov map f_P is the cycle (reference: prompt + current token)
-    f = [int(np.argmax(step_logits(model, np.array(prompt + [v])))) for v in range(1, t_star + 1)]
+    f = [int(np.argmax(step_logits(model, np.array([*prompt, v])))) for v in range(1, t_star + 1)]
     assert f == list(range(2, t_star + 2))
     # exact dilution: the logit change is (c/2) n/(n+1) a(R), a(R) = mass_bound(r, n+r+1, 0, S)
     r = t_star - 1
     seq = np.array(prompt + list(range(1, t_star + 1)))
-    change = step_logits(model, seq) - step_logits(model, np.array(prompt + [t_star]))
+    change = step_logits(model, seq) - step_logits(model, np.array([*prompt, t_star]))
     a = mass_bound(r, n + r + 1, 0.0, S)
     assert np.abs(change).max() == pytest.approx(c / 2 * n / (n + 1) * a, rel=1e-9)
 

@@ -3,7 +3,12 @@ f_{P,r}(x) for every history h ∈ V^r, certified from the query position alone.
 affine forms and their sound transformers; `bound`: the enclosure of a llama block and the
 public entry points."""
 
-from dynsys.theory.history.bound import (FAMILIES, HistoryBound, HistoryHorizon, history_bound,
-                                         history_horizon)
+from dynsys.theory.history.bound import (
+    FAMILIES,
+    HistoryBound,
+    HistoryHorizon,
+    history_bound,
+    history_horizon,
+)
 
 __all__ = ["FAMILIES", "HistoryBound", "HistoryHorizon", "history_bound", "history_horizon"]

@@ -223,8 +223,8 @@ def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top
                             k0_max=weights["k0_max"][kv])
         per_head["gamma"] = jnp.broadcast_to(lw["norm1"], (cfg.num_heads, cfg.hidden_size))
         per_head["index"] = jnp.arange(cfg.num_heads)
-        heads, blocks, w_max = jax.vmap(
-            lambda w: _head(cfg, u, pos, logr, gen_pos, gen_mask, valid, w, i == 0))(per_head)
+        heads, blocks, w_max = jax.vmap(functools.partial(
+            _head, cfg, u, pos, logr, gen_pos, gen_mask, valid, first=i == 0))(per_head)
         wo = lw["wo"]  # [D, N, H]
         attn = (jnp.einsum("dnh,nh->d", wo, heads[0]) + lw["bo"],
                 jnp.einsum("dnh,nhjk->djk", wo, heads[1]), jnp.einsum("dnh,nhm->dm", wo, heads[2]))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dynsys.theory.exact import F64  # noqa: F401 (dm.F64: the float64 slack)
+from dynsys.theory.exact import F64
 
 GRID = 17  # points of the grid bounding a relaxation of silu / gelu
 
@@ -114,7 +114,7 @@ def widen(f, half):
 def ball(f, size):
     """The form plus a ball of radius `size` (a scalar ≥ 0): as d/H blocks of size H on
     consecutive coordinates (their product contains the ball) when H divides d, else a box."""
-    c, g, x = f
+    c, g, _ = f
     d, H = c.shape[0], g.shape[2]
     if d % H:
         return widen(f, jnp.full((d,), size))
