@@ -26,9 +26,9 @@ import numpy as np
 
 from dynsys.checks import check_finite, check_tokens
 from dynsys.config import ModelConfig
+from dynsys.decode import run
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
-from dynsys.decode import run
 from dynsys.theory.dilution import queries
 
 
