@@ -154,12 +154,14 @@ def _sweep_name(i: int, kind: str, n: int) -> str:
 
 
 def write_tables(run: Run, config: Config, found: list[Subject], labels: list[str]) -> None:
-    rows = {name: [] for name in ("prompts", "masses", "agreement", "lambda", "sampled")}
+    rows = {name: [] for name in ("prompts", "layers", "masses", "agreement", "lambda",
+                                  "sampled")}
     for i, s in enumerate(found):
         for kind in kinds(s, config):
             for n in lengths(s, config):
                 unit = run.load(_sweep_name(i, kind, n))
                 rows["prompts"] += tables.prompt_rows(s.name, kind, n, unit, config.horizon)
+                rows["layers"] += tables.layer_rows(s.name, kind, n, unit)
                 rows["masses"] += tables.attention_rows(s.name, kind, n, unit)
                 rows["agreement"] += tables.agreement_rows(s.name, kind, n, unit)
         rows["lambda"] += tables.lambda_rows(s.name, config.lambdas, run.load(f"m{i}_lambda"))
@@ -171,6 +173,7 @@ def write_tables(run: Run, config: Config, found: list[Subject], labels: list[st
 def findings(run: Run) -> list[Finding]:
     config = run.settings(Config)
     prompt_rows, lambda_rows = run.read_table("prompts"), run.read_table("lambda")
+    layer_rows = run.read_table("layers")
     sampled_rows = run.read_table("sampled")
     claims, reach, out = {}, {}, []
     for model in config.models:
@@ -180,6 +183,8 @@ def findings(run: Run) -> list[Finding]:
                                                 model=model), config.horizon)
         reach[model] = max(r["n"] for r in rows) / config.horizon
         out += claims[model].values()
+        out.append(verdicts.layer_finding(model, tables.select(layer_rows, model=model,
+                                                               kind=kind)))
         out.append(verdicts.sampled_finding(model, tables.select(sampled_rows, model=model)))
         if rows[0]["map_bayes"] != "":  # a Markov test bed
             out.append(_ground_truth(model, rows))

@@ -6,6 +6,8 @@
                 Markov test bed the share of the alphabet where the model's f_P is the Bayes
                 predictor's and whether the trace is the Bayes predictor's trace (empty for
                 other models)
+    layers      (model, kind, n, prompt, layer): the excess e and the sink4 share (means over
+                steps and heads)
     masses      (model, kind, n, layer): mean masses on sink1, sink4, body and generated
                 tokens and the mean excess, over prompts, heads and steps
     agreement   (model, kind, n, g): per g in the horizons, n/g, the share of steps
@@ -43,6 +45,15 @@ def prompt_rows(model: str, kind: str, n: int, unit: dict, horizon: int) -> list
                               if markov else None)
         rows.append(row)
     return rows
+
+
+def layer_rows(model: str, kind: str, n: int, unit: dict) -> list[dict]:
+    """Per prompt and layer: the excess e and the sink4 share (means over steps and heads)."""
+    e = excess(unit["parts"], n).mean(axis=(1, 3))
+    sink = unit["parts"][..., 1].mean(axis=(1, 3))
+    return [{"model": model, "kind": kind, "n": n, "prompt": k, "layer": layer,
+             "excess": float(e[k, layer]), "sink4": float(sink[k, layer])}
+            for k in range(e.shape[0]) for layer in range(e.shape[1])]
 
 
 def attention_rows(model: str, kind: str, n: int, unit: dict) -> list[dict]:

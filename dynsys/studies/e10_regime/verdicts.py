@@ -138,6 +138,25 @@ def answers(claims: dict[str, dict[str, Finding]], n_over_g: dict[str, float]
             for model, found in claims.items()]
 
 
+def layer_finding(model: str, rows: list[dict]) -> Finding:
+    """Per layer, the slope of log e and of log(sink4 share) on log n with bootstrap intervals
+    over prompts (a description: the claim is on the mean over layers)."""
+    parts = []
+    for layer in sorted({r["layer"] for r in rows}):
+        sel = select(rows, layer=layer)
+        estimates = []
+        for key in ("excess", "sink4"):
+            lengths, columns = by_length(sel, key)
+            if len(lengths) < 2:
+                return Finding(NAME, f"{model}: per-layer slopes", "one prompt length", None)
+            estimates.append(bootstrap_estimate(columns, lambda *c: slope(lengths, c), SLOPE,
+                                                side="below").text())
+        parts.append(f"layer {layer}: e {estimates[0]}, sink {estimates[1]}")
+    return Finding(NAME, f"{model}: slope of log e and of log(sink share, first 4 tokens) on "
+                         "log n, per layer (mean over heads; bootstrap over prompts)",
+                   "; ".join(parts), None)
+
+
 def sampled_finding(model: str, rows: list[dict]) -> Finding:
     """Loop share per sampler (a description: the theorem's prediction is not compared)."""
     labels = list(dict.fromkeys(r["sampler"] for r in rows))
