@@ -34,9 +34,19 @@ from dynsys import figstyle
 from dynsys.data.prompts import random_tokens
 from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
-from dynsys.studies import (e1_loops, e2_agreement, e3_dilution, e4_orbits, e5_cycles, e6_drift,
-                            e7_training, e8_paths, e9_surgery, e10_regime)
-from dynsys.studies import finding
+from dynsys.studies import (
+    e1_loops,
+    e2_agreement,
+    e3_dilution,
+    e4_orbits,
+    e5_cycles,
+    e6_drift,
+    e7_training,
+    e8_paths,
+    e9_surgery,
+    e10_regime,
+    finding,
+)
 from dynsys.studies.finding import Finding
 from dynsys.studies.training import Training
 from dynsys.theory.concentration import attention_concentration
@@ -194,8 +204,7 @@ def findings(path) -> list[Finding]:
 
 def _run_findings(run: Run) -> list[Finding]:
     return [*study(run.experiment).findings(run),
-            *([attention_finding(run)] if (run.path / "tables" / f"{ATTENTION}.csv").exists()
-              else [])]
+            *([attention_finding(run)] if run.has_table(ATTENTION) else [])]
 
 
 def report(path) -> list[dict]:

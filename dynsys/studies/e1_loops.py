@@ -273,7 +273,7 @@ def attractor_table(traces: dict, shortest: dict, top: int) -> list[dict]:
 
 def _optional_table(run: Run, name: str) -> list[dict]:
     """A table that is absent when no trace loops (segments, attractors): its rows, or []."""
-    return run.read_table(name) if (run.path / "tables" / f"{name}.csv").exists() else []
+    return run.read_table(name) if run.has_table(name) else []
 
 
 def _proportion(claim: str, hits: np.ndarray, threshold: float, detail: str) -> Finding:
@@ -348,11 +348,11 @@ def findings(run: Run) -> list[Finding]:
                        for c in columns} for rope in ROPES}
     nulls = run.read_table("null")
     null = {r["statistic"]: r for r in nulls if r.get("null", "uniform") == "uniform"}
-    repeats = run.config["repeats"]
+    config = run.settings(Config)
     uniform = f"orbits of a uniform random map on V = {null['cycle']['vocab_size']} tokens"
     tested = [_proportion(f"{claim} ({figstyle.rope_label(rope)})", hits(per_rope[rope]),
                           threshold, detail(per_rope[rope]))
-              for claim, hits, threshold, detail in _claims(null, repeats, uniform)
+              for claim, hits, threshold, detail in _claims(null, config.repeats, uniform)
               for rope in ROPES]
     out = [*tested[:4], *(_rope_finding(rows, o) for o in ROPE_OUTCOMES), *tested[4:]]
     for rope in ROPES:  # claims 1 and 2 against the in-degree-matched null, where computed
@@ -360,10 +360,10 @@ def findings(run: Run) -> list[Finding]:
                    if r.get("null") == "indegree" and r["rope"] == rope}
         if matched:
             vs = (f"orbits of random maps with f_P's in-degrees (f∘σ, {matched['cycle']['maps']}"
-                  f" maps x {run.config['shuffles']} draws)")
+                  f" maps x {config.shuffles} draws)")
             out += [_proportion(f"{claim} ({figstyle.rope_label(rope)})", hits(per_rope[rope]),
                                 threshold, detail(per_rope[rope]))
-                    for claim, hits, threshold, detail in _claims(matched, repeats, vs)[:2]]
+                    for claim, hits, threshold, detail in _claims(matched, config.repeats, vs)[:2]]
     lengths = run.read_table("cycle_lengths")
     attractors = _optional_table(run, "attractors")
     for rope in ROPES:
@@ -441,8 +441,9 @@ def _timeline(run: Run):
     """The loops of the first TIMELINE_ROWS traces of each N along the generated tokens, one
     row per trace, coloured by period; RoPE on and off side by side."""
     segments = _optional_table(run, "segments")
-    ngrams, G = run.config["ngrams"], run.config["new_tokens"]
-    traces = [(N, j) for N in ngrams for j in range(min(TIMELINE_ROWS, run.config["prompts"]))]
+    config = run.settings(Config)
+    ngrams, G = config.ngrams, config.new_tokens
+    traces = [(N, j) for N in ngrams for j in range(min(TIMELINE_ROWS, config.prompts))]
     colours = figstyle.PALETTE[2:]
     fig, axes = figstyle.figure(ncols=len(ROPES), width=figstyle.FULL,
                                 aspect=0.1 * len(traces) + 0.2, sharey=True)

@@ -379,9 +379,10 @@ def _span(rows: list[dict], key: str, fmt: str = ".2g") -> str:
 
 def findings(run: Run) -> list[Finding]:
     rows, bounds = run.read_table("summary"), run.read_table("bounds")
-    G, top = run.config["G"], rows[-1]
+    config, top = run.settings(Config), rows[-1]
+    G = config.G
     layers = [r["ratio_r1"] for r in run.read_table("layers") if r["n"] == top["n"]]
-    limit = load_config(run.config["model"]).max_position_embeddings
+    limit = load_config(config.model).max_position_embeddings
     return [
         *measured_findings(run.read_table("units"), G),
         bound_finding(bounds),
@@ -393,8 +394,8 @@ def findings(run: Run) -> list[Finding]:
                 f"{top['logit_bound_r1'] / top['logit_r1']:.2g}x at n={top['n']}); "
                 f"bound/measured ||x_l - x'_l|| by layer "
                 f"at r=1, n={top['n']}: {' '.join(f'{x:.2g}' for x in layers)}", None),
-        horizon_finding(bounds, G, run.read_table("history")
-                        if (run.path / "tables" / "history.csv").exists() else []),
+        horizon_finding(bounds, G,
+                        run.read_table("history") if run.has_table("history") else []),
         Finding(NAME, "the weight-only n0 of the degeneration theorem (minimum margin along "
                       "the traces); vacuous where it exceeds the model's max positions",
                 "; ".join(f"rms floor {r['rms_floor']:.2g}: S={r['score_range']:.2g}, gain "
@@ -496,7 +497,7 @@ OFF_SCALE = 1e4  # the logit panel shows bounds up to this many times the larges
 
 def figures(run: Run):
     rows = run.read_table("summary")
-    n, G = [r["n"] for r in rows], run.config["G"]
+    n, G = [r["n"] for r in rows], run.settings(Config).G
     fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=0.85)
     mass, logit, horizon = axes[0]
     for ax, key in ((mass, "mass"), (logit, "logit")):

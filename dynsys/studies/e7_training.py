@@ -334,7 +334,7 @@ def probe_findings(run: Run, first: int, last: int, trained: bool = True) -> lis
                     f", score s.d. {rows[s]['score_sd']:.2f}, entropy/ln n "
                     f"{rows[s]['entropy']:.2f}" for s in (first, last)), None)]
     found = reinforcement_finding(run.load(unit_name(last, PROBES))["tp_english"],
-                                  run.config["seed"])
+                                  run.settings(Config).seed)
     out.append(found if trained else dataclasses.replace(found, verdict=NOT_TESTABLE))
     return out
 
@@ -400,7 +400,8 @@ def _histograms(run: Run):
     minimal cycle length (binned), end and anywhere readings."""
     rows = [r for r in run.read_table("cycle_lengths") if r["kind"] == "random"]
     steps = sorted({r["step"] for r in rows})
-    edges = bins(run.config["G"], run.config["repeats"])
+    config = run.settings(Config)
+    edges = bins(config.G, config.repeats)
     x = np.arange(len(edges))
     ncols = min(len(steps), 5)
     nrows = -(-len(steps) // ncols)
@@ -419,7 +420,7 @@ def _histograms(run: Run):
         ax.set_xlabel("minimal cycle length")
     fig.supylabel("share of traces", fontsize=8)
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2,
-               title=f"minimal cycle repeated >= {run.config['repeats']} times")
+               title=f"minimal cycle repeated >= {config.repeats} times")
     return figstyle.save(fig, run.figures, "e7_cycle_lengths")
 
 

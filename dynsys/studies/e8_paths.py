@@ -321,7 +321,7 @@ def loss_finding(losses: dict[str, np.ndarray], resamples: int, seed: int) -> Fi
 
 
 def findings(run: Run) -> list[Finding]:
-    config = run.config
+    config = run.settings(Config)
     lengths = read_lengths(run.read_table("traces"), ("source", "step"))
     reference = {step: p for (source, step), p in lengths.items() if source == "random"}
     languages = {source: p for (source, _), p in lengths.items() if source in LANGUAGES}
@@ -331,9 +331,9 @@ def findings(run: Run) -> list[Finding]:
                 * texts[language]["tokens"] / texts[language]["bytes"] for language in LANGUAGES}
     losses = {(r["language"], r["step"]): r["loss"] for r in run.read_table("losses")}
     final = max(reference)
-    premise = loss_finding(per_byte, config["resamples"], config["seed"])
-    nearest = nearest_finding(languages, reference, bins(config["G"], config["repeats"]),
-                              config["resamples"], config["seed"])
+    premise = loss_finding(per_byte, config.resamples, config.seed)
+    nearest = nearest_finding(languages, reference, bins(config.G, config.repeats),
+                              config.resamples, config.seed)
     return [nearest if premise.verdict == HOLDS
             else dataclasses.replace(nearest, verdict=NOT_TESTABLE),
             premise,

@@ -3,6 +3,8 @@ it ("../e7/train"): the texts, the tables against a brute-force recomputation fr
 units, the losses against a forward pass, resuming, figures, and each finding on synthetic
 data."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.special import log_softmax
@@ -183,10 +185,14 @@ def test_loss_finding():
 
 
 class TableRun:
-    """What `findings` reads of a run: its config and tables, here synthetic."""
+    """What `findings` reads of a run: its settings (the Config's defaults but for `config`)
+    and tables, here synthetic."""
 
     def __init__(self, config: dict, tables: dict[str, list[dict]]):
         self.config, self.tables = config, tables
+
+    def settings(self, cls):
+        return dataclasses.replace(cls(), **self.config)
 
     def read_table(self, name: str) -> list[dict]:
         return self.tables[name]
