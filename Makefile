@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python >= 3.11 and make:
 #   make run    set up and run the main job on the embedded default (tiny preset)
 #   make test   set up and pass the tests
+# (make lint runs the pinned ruff over the tree; CI runs it before the tests.)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
