@@ -197,8 +197,10 @@ def test_a_segmented_decode_loop_reads_a_growing_cache_and_copies_nothing_per_st
                    "axis, reads the cache through a bitcast, and fuses the cache update into that "
                    "read and into the carried cache separately: each layer's cache is copied and "
                    "written twice per step (measured by experiments/profile_decode.py: ~30% of "
-                   "tiny's batch-1 step, ~2% of llama-3.2-1b's); the fix is to attend to the old "
-                   "cache and the new keys as two segments and write the cache after the reads")
+                   "tiny's batch-1 step, ~2% of llama-3.2-1b's). Attending to the old cache and "
+                   "the new keys as two segments and writing the cache after the reads (tried, "
+                   "issue 27 item 9) halves the writes to one per step, but XLA still copies "
+                   "each carried cache twice at the top of the loop body, barriers or not")
 def test_a_batch_1_decode_loop_copies_nothing(params):
     tokens = jnp.zeros((1, PROMPT), jnp.int32)
     hlo = engine._generate.lower(CFG, NEW, GREEDY.kind, False, params, tokens,
