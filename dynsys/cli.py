@@ -244,8 +244,8 @@ def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs
                          f"{root / testbeds.REGISTRY}")
     for key in keys:
         report = testbeds.testbed_report(key, root)
-        table = Table(title=f"test bed {report.summary.key}"
-                            + ("" if report.finished else " (still training)"))
+        table = Table(title=f"test bed {report.summary.key}, step {report.summary.step} of "
+                            f"{report.summary.steps}")
         table.add_column("what")
         table.add_column("value", justify="right")
         for what, value in testbeds.report_rows(report):

@@ -4,7 +4,6 @@ long-context RoPE and NoPE twins), a model and a training at each scale — trai
 `train_testbed` and named by `resolve("NAME@CHECKPOINT")`."""
 
 from dynsys.testbeds.language import DocumentSource
-
 from dynsys.testbeds.markov import (
     MarkovSource,
     bayes_losses,

@@ -29,8 +29,14 @@ import numpy as np
 
 from dynsys.data.prompts import random_tokens
 from dynsys.io import load
-from dynsys.testbeds.registry import (ROOT, TestbedSummary, read_registry, recipe, resolve,
-                                      summary_rows)
+from dynsys.testbeds.registry import (
+    ROOT,
+    TestbedSummary,
+    read_registry,
+    recipe,
+    resolve,
+    summary_rows,
+)
 from dynsys.theory.concentration import attention_concentration
 from dynsys.theory.reinforcement import repetition_probability
 from dynsys.train import read_log
@@ -55,6 +61,7 @@ class TestbedReport:
 
     @property
     def finished(self) -> bool:
+        """Whether the checkpoint is the recipe's last step."""
         return self.summary.step == self.summary.steps
 
 
@@ -114,8 +121,8 @@ def report_rows(report: TestbedReport) -> list[tuple[str, str]]:
     rows = summary_rows(report.summary)
     for kind in KINDS:
         rows += [(f"attention, layer {r['layer']}, {names[kind]} ({report.keys} keys)",
-                  f"excess {r['excess']:.2f} (max {r['max_excess']:.1f}), score s.d. "
-                  f"{r['score_sd']:.2f}, entropy/ln n {r['entropy']:.3f}")
+                  (f"excess {r['excess']:.2f} (max {r['max_excess']:.1f}), score s.d. "
+                   f"{r['score_sd']:.2f}, entropy/ln n {r['entropy']:.3f}"))
                  for r in report.attention[kind]]
     rows += [(f"TP_1 → TP_{COPIES}, {names[kind]} spans of {SPAN_LENGTH}",
               f"{report.tp[kind][1]:.3f} → {report.tp[kind][COPIES]:.3f}") for kind in KINDS]

@@ -85,7 +85,7 @@ def test_probes_equal_transformers_on_the_sources_heldout_windows(trained, repor
 def test_a_run_still_training_is_reported_at_its_latest_checkpoint(trained, tmp_path,
                                                                    monkeypatch):
     monkeypatch.setattr(cli, "console", Console(width=400))
-    root, made = trained
+    root, _ = trained
     shutil.copytree(root, tmp_path, dirs_exist_ok=True)
     entries = read_registry(tmp_path)
     entries["markov1-small"]["summary"] = None  # as train_testbed registers a started run
@@ -113,6 +113,7 @@ def test_command_lists_every_test_bed_and_refuses_an_unknown_key(trained, report
     for what, value in report_rows(report):
         assert what in result.output and value in result.output
     assert "TP_1 → TP_8" in result.output
+    assert "test bed markov1-small, step 12 of 12" in result.output
     result = CliRunner().invoke(app, ["testbeds", "markov2-small", "--root", str(root)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
