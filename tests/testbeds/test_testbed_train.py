@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import dynsys as ds
 from dynsys import cli
 from dynsys.cli import app
-from dynsys.testbeds import MarkovSource, read_registry, recipe, resolve
+from dynsys.testbeds import read_registry, recipe, resolve
 from dynsys.testbeds.registry import REGISTRY, train_testbed
 from dynsys.train import read_log
 
@@ -65,7 +65,7 @@ def test_summary_sets_the_model_beside_the_bayes_predictor(trained):
     assert entry["testbed"] == "markov1" and entry["scale"] == "small" and entry["steps"] == 12
     assert summary["step"] == 12 and summary["tokens"] == 12 * 4 * 32
     assert summary["context"] == 32 and summary["params"] > 0 and summary["seconds"] > 0
-    source = MarkovSource(32, 1, 0.1)
+    source = recipe("markov1", "small").source
     held = source.windows("heldout", 4, 32, seed=0)
     assert summary["references"] == source.references(held)
     last = read_log(root / "markov1-small" / "train" / "log.csv")[-1]
@@ -83,7 +83,7 @@ def test_resolved_checkpoint_matches_transformers(trained):
     torch.set_num_threads(1)
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.float32, attn_implementation="eager").eval()
-    batch = MarkovSource(32, 1, 0.1).windows("heldout", 2, 31, seed=5)
+    batch = recipe("markov1", "small").source.windows("heldout", 2, 31, seed=5)
     np.testing.assert_allclose(hf_logits(hf, batch), ds.forward(model, batch), atol=1e-4, rtol=0)
 
 

@@ -147,6 +147,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     run.fill(last, lambda i: f"m{i}_sampled", lambda i: measure.sampled_unit(
         found[i], primary(i), config.G, chosen, config.seed), "E10 sampled", progress)
     write_tables(run, config, found, [label for label, _ in chosen])
+    run.write_table("summary", summary_rows(run))
 
 
 def _sweep_name(i: int, kind: str, n: int) -> str:
@@ -189,6 +190,33 @@ def findings(run: Run) -> list[Finding]:
         if rows[0]["map_bayes"] != "":  # a Markov test bed
             out.append(_ground_truth(model, rows))
     return out + verdicts.answers(claims, reach)
+
+
+def summary_rows(run: Run) -> list[dict]:
+    """One row per model: the claims' estimates and raw verdicts, the loop shares of normal
+    and forced-Markov decoding and of sampling at temperature 0.7 (top-p 1), and the answer."""
+    config = run.settings(Config)
+    found = findings(run)
+    sampled = run.read_table("sampled")
+    rows = []
+    for model in config.models:
+        mine = {f.claim.split(": ")[1]: f for f in found if f.claim.startswith(f"{model}: ")}
+        normal, forced = (tables.loop_share(tables.select(run.read_table("lambda"),
+                                                          model=model, **{"lambda": lam}))
+                          for lam in (1.0, 0.0))
+        warm = [r for r in tables.select(sampled, model=model)
+                if r["sampler"] == "T=0.7 top_p=1"]
+        answer = next(f for f in found if f.claim == f"{model}: the answer, by the rule "
+                                                     "stated in the code")
+        rows.append({
+            "model": model,
+            **{f"{c}_estimate": (mine[c].test.estimate if mine[c].test else "")
+               for c in verdicts.CLAIMS},
+            **{f"{c}_verdict": mine[c].verdict for c in verdicts.CLAIMS},
+            "loops_normal": normal, "loops_forced": forced,
+            "loops_sampled_T0.7": tables.loop_share(warm) if warm else "",
+            "answer": answer.measured.split(";")[0]})
+    return rows
 
 
 def _ground_truth(model: str, rows: list[dict]) -> Finding:
