@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynsys import figstyle
+from dynsys import distributed, figstyle
 from dynsys.data.prompts import random_tokens
 from dynsys.io import checkpoint_digest, load, load_config
 from dynsys.runs import Run, RunError, open_run, read_run
@@ -136,6 +136,11 @@ def run_study(name: str, out, scale: str = "small", overrides: dict | None = Non
     module = study(name)
     config = config_for(name, scale, overrides)
     seeds = {"seed": getattr(config, "seed", None), **prompt_seeds(module, config)}
+    index, count = distributed.process()
+    if isinstance(config, Training) and count > 1:
+        raise ValueError(f"{name} trains its model, which runs in one process (this is process "
+                         f"{index} of {count}): run it in one process first, then the rest "
+                         "with several; nothing was written")
     inputs = (module.inputs(config, progress) if hasattr(module, "inputs")
               else {"model": model_digest(name, config)})
     run = open_run(out, module.NAME, config, seeds=seeds, inputs=inputs)

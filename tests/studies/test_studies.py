@@ -191,3 +191,14 @@ def test_render_redraws_from_stored_results_only(tmp_path, monkeypatch):
     assert paths[0].read_bytes().startswith(b"%PDF")
     with pytest.raises(RunError, match="holds none"):
         studies.render(tmp_path / "e2" / "figures")
+
+
+def test_a_training_study_under_several_processes_writes_nothing(tmp_path, monkeypatch):
+    """E7 trains its model in one process: under two it is refused before the run directory
+    exists (it used to leave run.json and empty folders behind)."""
+    monkeypatch.setenv("DYNSYS_NUM_PROCESSES", "2")
+    monkeypatch.setenv("DYNSYS_PROCESS_ID", "0")
+    with pytest.raises(ValueError, match="e7 trains its model, which runs in one process "
+                                         r"\(this is process 0 of 2\)"):
+        studies.run_study("e7", tmp_path / "run", "small", progress=False)
+    assert not (tmp_path / "run").exists()
