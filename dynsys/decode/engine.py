@@ -16,14 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dynsys.checks import (check_finite, check_positions, check_seed, check_tokens,
-                           usable_logits)
+from dynsys.checks import check_finite, check_positions, check_seed, check_tokens, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
-from dynsys.nn.cache import (PREFIX_KEY_AXES, PREFIX_VALUE_AXES, Prefix, RowCache, bucket,
-                             digest_words, empty_rows, grow, prefix_of, source_digest,
-                             words_digest)
+from dynsys.nn.cache import (
+    PREFIX_KEY_AXES,
+    PREFIX_VALUE_AXES,
+    Prefix,
+    RowCache,
+    bucket,
+    digest_words,
+    empty_rows,
+    grow,
+    prefix_of,
+    source_digest,
+    words_digest,
+)
 from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded, check_edits
 from dynsys.sharding import constrain, use
 

@@ -27,8 +27,17 @@ import math
 import numpy as np
 from tokenizers import Tokenizer
 
-from dynsys.data import (Document, as_corpus, by_source, encode, long_documents, mix_documents,
-                         provenance, split_documents, train_tokenizer)
+from dynsys.data import (
+    Document,
+    as_corpus,
+    by_source,
+    encode,
+    long_documents,
+    mix_documents,
+    provenance,
+    split_documents,
+    train_tokenizer,
+)
 from dynsys.train.data import document_windows
 
 SPLITS = ("train", "heldout")

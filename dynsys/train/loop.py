@@ -270,7 +270,7 @@ def _tokenizer_files(tokenizer_dir: str | Path | None, vocab_size: int) -> tuple
     if files[0].name == "tokenizer.json":
         try:
             size = Tokenizer.from_file(str(files[0])).get_vocab_size(with_added_tokens=True)
-        except Exception as e:  # noqa: BLE001 (tokenizers raises bare Exceptions)
+        except Exception as e:
             raise TrainError(f"{files[0]} is not a readable tokenizer: {e}") from None
         if size > vocab_size:
             raise TrainError(f"the tokenizer {files[0]} has {size} tokens; the model's "

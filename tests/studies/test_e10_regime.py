@@ -5,6 +5,7 @@ rule."""
 
 import numpy as np
 import pytest
+from study_helpers import assert_figures
 
 import dynsys as ds
 from dynsys.data.prompts import random_tokens
@@ -16,7 +17,6 @@ from dynsys.studies.e10_regime.models import prompts, subject
 from dynsys.studies.finding import Finding
 from dynsys.testbeds import recipe
 from dynsys.testbeds.registry import train_testbed
-from study_helpers import assert_figures
 
 SMALLER = {"lengths": [16, 48], "G": 8, "horizon": 4, "prompts": 3, "kinds": ["source", "random"],
            "lambdas": [1.0, 0.0], "temperatures": [0.7], "top_ps": [1.0], "dry": 0.5}
@@ -99,7 +99,7 @@ def test_findings_and_figures(study):
 
 
 def test_prompts_of_each_kind(study, tmp_path):
-    run, config = study
+    _, config = study
     s = subject("markov1-small@final", config.root, False)
     source = prompts(s, "source", 3, 40, 1000)
     assert source.shape == (3, 40) and source.max() < 8
@@ -171,7 +171,7 @@ def test_forcing_claim(forced, normal, expected):
 
 
 def test_answer_rule():
-    held = {c: HOLDS for c in verdicts.CLAIMS}
+    held = dict.fromkeys(verdicts.CLAIMS, HOLDS)
     assert verdicts.answer("m", {}, held, 120).measured.startswith("the argument holds here")
     assert verdicts.answer("m", {}, held, 50).measured.startswith("cannot tell here: n/g")
     failed = {**held, "agreement": FAILS}

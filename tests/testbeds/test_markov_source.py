@@ -41,7 +41,7 @@ def test_predictive_is_the_ratio_of_evidences(order):
     rng = np.random.default_rng(order)
     for length in range(7):
         x = list(rng.integers(0, 3, length))
-        expected = np.exp([evidence(source, x + [j]) - evidence(source, x) for j in range(3)])
+        expected = np.exp([evidence(source, [*x, j]) - evidence(source, x) for j in range(3)])
         np.testing.assert_allclose(bayes_predictive(source, x), expected, rtol=1e-12)
 
 
@@ -75,7 +75,7 @@ def test_sampler_matches_the_predictive_by_monte_carlo(order, alpha, count, leng
 def test_samples_are_reproducible_prefixes_and_splits_differ():
     source = MarkovSource(vocab=32, order=1, alpha=0.1)
     a = sample(source, "train", 70, 50, seed=0)
-    assert a.dtype == np.int32 and a.shape == (70, 50) and 0 <= a.min() and a.max() < 32
+    assert a.dtype == np.int32 and a.shape == (70, 50) and a.min() >= 0 and a.max() < 32
     np.testing.assert_array_equal(a, sample(source, "train", 70, 50, seed=0))
     np.testing.assert_array_equal(a[:5], sample(source, "train", 5, 50, seed=0))
     assert not np.array_equal(a, sample(source, "heldout", 70, 50, seed=0))
@@ -85,7 +85,7 @@ def test_samples_are_reproducible_prefixes_and_splits_differ():
 
 def brute_map(source: MarkovSource, prompt) -> np.ndarray:
     """f_P(v) = argmax_j p(j | P + [v]) by evaluating the predictor on each P + [v]."""
-    return np.array([int(np.argmax(bayes_predictive(source, list(prompt) + [v])))
+    return np.array([int(np.argmax(bayes_predictive(source, [*prompt, v])))
                      for v in range(source.vocab)])
 
 
@@ -121,7 +121,8 @@ def test_trace_is_greedy_decoding_of_the_predictor(order):
 
 @pytest.mark.parametrize("field, value, message", [
     ("vocab", 1, "vocab=1: the alphabet needs at least 2 symbols"),
-    ("alpha", 0.0, "alpha=0.0: the Dirichlet concentration"), ("alpha", -1.0, "alpha=-1.0"), ("order", -1, "order=-1")])
+    ("alpha", 0.0, "alpha=0.0: the Dirichlet concentration"), ("alpha", -1.0, "alpha=-1.0"),
+    ("order", -1, "order=-1")])
 def test_bad_source_settings_name_the_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         MarkovSource(**{"vocab": 8, "order": 1, "alpha": 1.0, field: value})

@@ -3,8 +3,6 @@ registry entry, its checkpoints in transformers, a resume after SIGKILL, and ref
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import dynsys as ds
 from dynsys import cli
 from dynsys.cli import app
 from dynsys.testbeds import read_registry, recipe, resolve
-from dynsys.testbeds.registry import REGISTRY, train_testbed
+from dynsys.testbeds.registry import train_testbed
 from dynsys.train import read_log
 
 # markov1 cut to seconds: 12 steps of 4 windows of 33 tokens, a 2-layer width-32 llama

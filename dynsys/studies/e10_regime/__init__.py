@@ -32,10 +32,10 @@ import dataclasses
 
 import numpy as np
 
+from dynsys.runs import Run
 from dynsys.studies.e10_regime import figures as _figures
 from dynsys.studies.e10_regime import measure, tables, verdicts
 from dynsys.studies.e10_regime.models import KINDS, Subject, prompts, subject
-from dynsys.runs import Run
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
 
@@ -70,8 +70,8 @@ class Config(Settings):
         if self.horizon > self.G:
             raise ValueError(f"horizon={self.horizon} must be at most G={self.G}")
         for name, low, high in (("lambdas", 0, 1), ("top_ps", 0, 1)):
-            bad = [x for x in getattr(self, name) if not low <= x <= high or x == 0 and
-                   name == "top_ps"]
+            bad = [x for x in getattr(self, name) if not low <= x <= high or (x == 0 and
+                   name == "top_ps")]
             if bad:
                 raise ValueError(f"{name}={list(getattr(self, name))}: {bad[0]} is outside "
                                  f"{'(0, 1]' if name == 'top_ps' else '[0, 1]'}")

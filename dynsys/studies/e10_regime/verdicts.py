@@ -25,6 +25,8 @@ tested claims, as the report corrects them):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dynsys.stats import FAILS, HOLDS, adjusted_verdict, holm, paired_equivalence, proportion_test
@@ -43,6 +45,10 @@ CLAIMS = ("dilution", "agreement", "forcing")
 def slope(lengths, columns: tuple[np.ndarray, ...]) -> float:
     """The least-squares slope of log(mean of each column) on log n."""
     return float(np.polyfit(np.log(lengths), np.log([c.mean() for c in columns]), 1)[0])
+
+
+def _slope_of(lengths, *columns: np.ndarray) -> float:
+    return slope(lengths, columns)
 
 
 def dilution(model: str, rows: list[dict]) -> Finding:
@@ -149,8 +155,8 @@ def layer_finding(model: str, rows: list[dict]) -> Finding:
             lengths, columns = by_length(sel, key)
             if len(lengths) < 2:
                 return Finding(NAME, f"{model}: per-layer slopes", "one prompt length", None)
-            estimates.append(bootstrap_estimate(columns, lambda *c: slope(lengths, c), SLOPE,
-                                                side="below").text())
+            estimates.append(bootstrap_estimate(
+                columns, functools.partial(_slope_of, lengths), SLOPE, side="below").text())
         parts.append(f"layer {layer}: e {estimates[0]}, sink {estimates[1]}")
     return Finding(NAME, f"{model}: slope of log e and of log(sink share, first 4 tokens) on "
                          "log n, per layer (mean over heads; bootstrap over prompts)",
