@@ -21,7 +21,8 @@ def draw(run: Run):
     lambdas = run.read_table("lambda")
     models = list(dict.fromkeys(r["model"] for r in prompts))
     colours = dict(zip(models, figstyle.PALETTE[2:] + figstyle.PALETTE[:2]))
-    fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=0.32)
+    g_line = run.config["horizon"]  # the agreement claim's g: the line; other g: points
+    fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=0.85)
     ax_e, ax_a, ax_l = axes[0]
     for model in models:
         rows = _primary(prompts, model)
@@ -30,9 +31,13 @@ def draw(run: Run):
         ax_e.errorbar(n, [x.mean() for x in e],
                       [x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0 for x in e],
                       marker="o", capsize=1.5, color=colours[model], label=model)
-        sel = sorted(_primary(agreement, model), key=lambda r: r["n_over_g"])
-        ax_a.plot([r["n_over_g"] for r in sel], [r["position"] for r in sel], marker=".",
-                  color=colours[model], label=model)
+        rows = _primary(agreement, model)
+        ax_a.scatter([r["n_over_g"] for r in rows], [r["position"] for r in rows], s=4,
+                     color=colours[model], alpha=0.35, linewidths=0)
+        line = sorted(select(rows, g=max(r["g"] for r in rows if r["g"] <= g_line)),
+                      key=lambda r: r["n"])
+        ax_a.plot([r["n_over_g"] for r in line], [r["position"] for r in line], marker="o",
+                  color=colours[model])
         lam = sorted({r["lambda"] for r in select(lambdas, model=model)})
         shares = [[r["period"] > 0 for r in select(lambdas, model=model, **{"lambda": x})]
                   for x in lam]
@@ -44,11 +49,12 @@ def draw(run: Run):
                       marker="o", capsize=1.5, color=colours[model], label=model)
     ax_e.axhline(1, color="0.6", linewidth=0.6)
     ax_e.set(xscale="log", yscale="log", xlabel="prompt length n",
-             ylabel="excess e of generated tokens\n(1 = uniform attention)")
+             ylabel="excess e, generated tokens")
     ax_a.axvline(100, color="0.6", linewidth=0.6, linestyle=":")
-    ax_a.set(xscale="log", ylim=(-0.02, 1.02), xlabel="n / g",
+    ax_a.set(xscale="log", ylim=(-0.02, 1.02), xlabel="n / g (line: g of the claim)",
              ylabel=r"steps with $x_{t+1} = f_{P,t-1}(x_t)$")
     ax_l.set(ylim=(-0.02, 1.02), xlabel=r"$\lambda$ (weight of earlier generated keys)",
              ylabel="loop share (95% exact)")
-    ax_l.legend(loc="best", fontsize="small")
+    fig.legend(*ax_l.get_legend_handles_labels(), loc="outside lower center",
+               ncols=min(len(models), 4), frameon=False)
     return figstyle.save(fig, run.figures, "e10_regime")
