@@ -378,6 +378,21 @@ def check_key_bias(bias) -> jnp.ndarray:
     return jnp.float32(bias)
 
 
+def pad_prompts(cfg: ModelConfig, prompts, new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts left-padded as generation pads them: (tokens [B, W], real mask [B, W]), after
+    checking that an array is 2-D and that the longest prompt and `new_tokens` more fit in
+    the model's positions (ValueError naming the value otherwise)."""
+    if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
+        raise ValueError(f"prompts must be 2-D [batch, length], got shape {np.shape(prompts)}")
+    tokens, mask = left_pad(list(prompts), cfg.vocab_size)
+    longest = int(mask.sum(1).max())
+    if longest + new_tokens > cfg.max_position_embeddings:
+        raise ValueError(
+            f"prompt length {longest} + max_new_tokens {new_tokens} exceeds the cache limit "
+            f"max_position_embeddings={cfg.max_position_embeddings}")
+    return tokens, mask
+
+
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
              return_margins: bool = False, edits: dict | None = None,
@@ -426,12 +441,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     seed = check_seed(seed)
     if generated_key_bias is not None:
         generated_key_bias = check_key_bias(generated_key_bias)
-    tokens, mask = left_pad(list(prompts), cfg.vocab_size)
-    longest = int(mask.sum(1).max())
-    if longest + max_new_tokens > cfg.max_position_embeddings:
-        raise ValueError(
-            f"prompt length {longest} + max_new_tokens {max_new_tokens} exceeds the cache limit "
-            f"max_position_embeddings={cfg.max_position_embeddings}")
+    tokens, mask = pad_prompts(cfg, prompts, max_new_tokens)
     check_generation_fits(cfg, *tokens.shape, max_new_tokens, "attn_weights" in record)
     with use(model.params):
         out, margins, finite, recorded = _generate(

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate, run
+from dynsys.decode.engine import generate, pad_prompts, run
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import Recorded, edits
@@ -39,7 +39,6 @@ from dynsys.surgery.loops import (
     check_components,
     check_layers,
     check_length,
-    check_prompts,
     left_positions,
     site_shapes,
 )
@@ -115,7 +114,7 @@ def component_means(model: Model, prompts, components: Sequence[str] = COMPONENT
     cfg, prompts = model.config, as_prompts(prompts)
     components = check_components(cfg, components)
     layers = check_layers(layers, cfg.num_layers)
-    tokens, mask = check_prompts(cfg, prompts, 0)
+    tokens, mask = pad_prompts(cfg, prompts, 0)
     recorded = Recorded(_record(cfg, model.params, jnp.asarray(tokens),
                                 jnp.asarray(left_positions(mask)), jnp.asarray(mask)))
     weights = mask / mask.sum()
@@ -162,7 +161,7 @@ def ablation_sweep(model: Model, prompts, G: int, components: Sequence[str] = CO
         raise ValueError(f"mode={mode!r} must be one of {', '.join(MODES)}")
     components = check_components(cfg, components)
     layers = check_layers(layers, cfg.num_layers)
-    check_prompts(cfg, prompts, G)
+    pad_prompts(cfg, prompts, G)
     means = component_means(model, prompts, components, layers) if mode == "mean" else {}
 
     def traces(changes):

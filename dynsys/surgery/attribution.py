@@ -28,12 +28,12 @@ import numpy as np
 
 from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import logits, run
+from dynsys.decode.engine import logits, pad_prompts, run
 from dynsys.dynamics.traces import periodicity
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import check_edits, edits
-from dynsys.surgery.loops import K, as_prompts, check_length, check_prompts, left_positions
+from dynsys.surgery.loops import K, as_prompts, check_length, left_positions
 
 __all__ = ["METHODS", "Attribution", "Neuron", "loop_margin", "neuron_attribution"]
 
@@ -104,7 +104,7 @@ def _layout(cfg: ModelConfig, prompts, traces, k: int):
     if traces.ndim != 2:
         raise ValueError(f"traces must be 2-D [batch, G], got shape {traces.shape}")
     G = check_length(traces.shape[1])
-    prompt_tokens, prompt_mask = check_prompts(cfg, prompts, G)
+    prompt_tokens, prompt_mask = pad_prompts(cfg, prompts, G)
     if len(prompt_tokens) != len(traces):
         raise ValueError(f"{len(prompt_tokens)} prompts but {len(traces)} traces")
     traces = check_tokens(traces, cfg.vocab_size, "traces", ndim=2)

@@ -19,12 +19,12 @@ import numpy as np
 
 from dynsys.checks import check_int, check_neuron
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate
+from dynsys.decode.engine import generate, pad_prompts
 from dynsys.nn import Model
 from dynsys.nn.sites import edits
 from dynsys.stats import paired_difference
 from dynsys.surgery.edit import FIXED_OPS, SCALES
-from dynsys.surgery.loops import K, LoopRate, as_prompts, check_length, check_prompts
+from dynsys.surgery.loops import K, LoopRate, as_prompts, check_length
 
 __all__ = ["ConfirmRow", "Confirmation", "confirm", "neuron_edits"]
 
@@ -107,7 +107,7 @@ def confirm(model: Model, prompts, G: int, neurons, op: str = "zero",
     _scale(op)
     for kk in ks:
         check_int("k", kk, 1, len(pairs))  # at most the neurons given
-    check_prompts(cfg, prompts, G)
+    pad_prompts(cfg, prompts, G)
 
     def traces(chosen):
         return np.asarray(generate(model, prompts, G, edits=neuron_edits(cfg, chosen, op)))

@@ -46,13 +46,13 @@ import numpy as np
 
 from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate, sequence_logits
+from dynsys.decode.engine import generate, pad_prompts, sequence_logits
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.traces import collapse
 from dynsys.nn import Model
 from dynsys.stats import bootstrap_interval, mean_interval, paired_difference, proportion_interval
 from dynsys.surgery.attractors import AttractorChange, Surface, compare_attractors, surface
-from dynsys.surgery.loops import K, as_prompts, check_length, check_pair, check_prompts, looping
+from dynsys.surgery.loops import K, as_prompts, check_length, check_pair, looping
 
 __all__ = ["LOSS_METHODS", "Baseline", "Judgement", "LossChange", "RateChange", "collapsing",
            "judge", "loss_change", "rate_changes", "window_losses"]
@@ -130,7 +130,7 @@ def rate_changes(before: Model, after: Model, prompts, G: int, *, delimiter=None
     change. Returns (loop,) or (loop, collapse)."""
     cfg = check_pair(before, after)
     prompts, G = as_prompts(prompts), check_length(G)
-    check_prompts(cfg, prompts, G)
+    pad_prompts(cfg, prompts, G)
     delimiter = _check_delimiter(delimiter, cfg.vocab_size)
     x0, x1 = (np.asarray(generate(m, prompts, G)) for m in (before, after))
     return _rates(x0, x1, delimiter, window, k)
@@ -269,7 +269,7 @@ class Baseline:
         """`model`'s traces, window losses, maps and map-prompt traces (the quantities `judge`
         reads from the before model)."""
         cfg, prompts, G = model.config, as_prompts(prompts), check_length(G)
-        check_prompts(cfg, prompts, G)
+        pad_prompts(cfg, prompts, G)
         map_prompts = as_prompts(map_prompts)
         V = cfg.vocab_size
         return cls(np.asarray(generate(model, prompts, G)),
@@ -333,7 +333,7 @@ def judge(before: Model, after: Model, prompts, G: int, heldout_windows, map_pro
     if sampled is not None and len(sampled) != len(map_prompts):
         raise ValueError(f"{len(sampled)} sampled trace sets but {len(map_prompts)} map "
                          "prompts")
-    check_prompts(cfg, prompts, G)
+    pad_prompts(cfg, prompts, G)
     delimiter = _check_delimiter(delimiter, cfg.vocab_size)
     windows = _check_loss_inputs(cfg, heldout_windows, method)
     if baseline is None:

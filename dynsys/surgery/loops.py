@@ -12,9 +12,10 @@ Traces are greedy continuations x_0..x_{G−1} of prompts (`dynsys.decode.genera
 - the **final loop** of a looping trace is its longest periodic suffix: period p and onset o
   (`dynsys.dynamics.traces.periodicity`), so x_t = x_{t−p} for o + p ≤ t < G.
 
-The checks (`check_length`, `check_layers`, `check_components`, `check_prompts`) raise
-ValueError naming the offending value; `as_prompts`, `left_positions` and `site_shapes` give
-prompts, positions and site shapes the way `generate` sees them.
+The checks (`check_length`, `check_layers`, `check_components`, and for prompts
+`dynsys.decode.engine.pad_prompts`) raise ValueError naming the offending value;
+`as_prompts`, `left_positions` and `site_shapes` give prompts, positions and site shapes the
+way `generate` sees them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from dynsys.checks import check_int
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import left_pad, run
+from dynsys.decode.engine import run
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.nn import Model, init_params
 from dynsys.nn.cache import empty_rows
@@ -36,7 +37,7 @@ from dynsys.nn.sites import BLOCK_SITES, Recorded
 from dynsys.stats import proportion_interval
 
 __all__ = ["K", "LoopRate", "as_prompts", "check_components", "check_layers", "check_length",
-           "check_pair", "check_prompts", "left_positions", "looping", "site_shapes"]
+           "check_pair", "left_positions", "looping", "site_shapes"]
 
 K = 3  # whole copies of the period for a trace to count as looping
 
@@ -126,18 +127,6 @@ def check_components(cfg: ModelConfig, components) -> tuple[str, ...]:
     if not components:
         raise ValueError("no components given")
     return tuple(components)
-
-
-def check_prompts(cfg: ModelConfig, prompts, G: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded prompts (tokens, real mask), as `generate` pads them, checked to fit G."""
-    if isinstance(prompts, np.ndarray | jnp.ndarray) and np.ndim(prompts) != 2:
-        raise ValueError(f"prompts must be 2-D [batch, length], got shape {np.shape(prompts)}")
-    tokens, mask = left_pad(list(prompts), cfg.vocab_size)
-    longest = int(mask.sum(1).max())
-    if longest + G > cfg.max_position_embeddings:
-        raise ValueError(f"prompt length {longest} + G={G} exceeds max_position_embeddings="
-                         f"{cfg.max_position_embeddings}")
-    return tokens, mask
 
 
 def as_prompts(prompts):

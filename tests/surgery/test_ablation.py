@@ -10,6 +10,7 @@ from surgery_helpers import BOTH, CFG, G, identity_tree, with_params
 import dynsys.decode.engine
 from dynsys.decode import generate, run
 from dynsys.nn.cache import empty_rows
+from dynsys.nn.params import param_path, part
 from dynsys.surgery import ablation_sweep, component_means, looping
 
 pytest_plugins = ["surgery_fixtures"]  # model, prompts
@@ -61,8 +62,8 @@ def test_mean_sweep_equals_a_constant_branch(model, prompts):
                                mu, rtol=1e-5, atol=1e-6)
     sweep = ablation_sweep(model, prompts, G, BOTH, "mean", layers=[1])
     row = next(r for r in sweep.rows if r.component == "mlp_out")
-    down = model.params["blocks_1"]["mlp"]["down"]
-    constant = with_params(model, {("blocks_1", "mlp", "down"): {
+    down = part(model.params, 1, "mlp")["down"]
+    constant = with_params(model, {param_path(1, "mlp", "down"): {
         "kernel": jnp.zeros_like(down["kernel"]), "bias": jnp.asarray(mu)}})
     np.testing.assert_array_equal(row.result.traces,
                                   generate(constant, prompts, G, edits=identity_tree()))
