@@ -63,8 +63,9 @@ def test_each_recipe_builds(name, scale):
     if scale == "small":
         assert 256 <= made.train.seq_len <= 512 and 512 <= model.vocab_size <= 1024
     else:
-        assert made.train.seq_len >= 2048 and model.hidden_size == 256
-        assert made.train.steps * made.train.tokens_per_step >= 10_000_000
+        # what 2 CPU cores train in about an hour (the registry's note)
+        assert made.train.seq_len >= 2048 and model.hidden_size >= 128
+        assert made.train.steps * made.train.tokens_per_step >= 4_000_000
 
 
 def test_twins_differ_only_in_positional_encoding():
