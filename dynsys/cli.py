@@ -1,4 +1,4 @@
-"""The `dynsys` command line: verify, run, train, figures, generate, map, orbits, sweep.
+"""The `dynsys` command line: verify, run, settings, train, figures, generate, map, orbits, sweep.
 
 A user error (a bad setting, value or file) ends a command with one line, `error: ...`,
 naming it, and exit status 2; nothing is left half-written.
@@ -6,7 +6,9 @@ naming it, and exit status 2; nothing is left half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib.metadata
 import json
 import re
 import shutil
@@ -25,7 +27,7 @@ from dynsys.data import prompts
 from dynsys.data.prompts import make_prompt
 from dynsys.decode import generate as generate_tokens
 from dynsys.decode.engine import check_generation_fits
-from dynsys.decode.sampling import Sampler
+from dynsys.decode.sampling import GREEDY, Sampler
 from dynsys.distributed import process
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.nullmodel import compare_to_null
@@ -34,7 +36,14 @@ from dynsys.dynamics.orbits import orbits as orbit_structure
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.io import load
 from dynsys.nn.cache import bucket
-from dynsys.runs import check_npz_target, load_npz, open_run, read_run, save_npz_atomic
+from dynsys.runs import (
+    atomic_path,
+    check_npz_target,
+    load_npz,
+    open_run,
+    read_run,
+    save_npz_atomic,
+)
 from dynsys.sharding import parse_mesh
 from dynsys.studies import training
 from dynsys.studies.finding import RULE, summary, write_report
@@ -54,8 +63,19 @@ MESH = typer.Option(None, help="device mesh DATAxMODEL, e.g. 2x4 (as many device
                     "rows split over DATA, the model tensor-parallel over MODEL")
 
 
+def _version(shown: bool) -> None:
+    """--version: the installed distribution's version, then exit."""
+    if shown:
+        try:
+            console.print(f"dynsys {importlib.metadata.version('dynsys')}")
+        except importlib.metadata.PackageNotFoundError:
+            console.print("dynsys (not installed as a distribution: version unknown)")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the installed version and exit")) -> None:
     """dynsys: why autoregressive transformers fall into loops."""
 
 
@@ -254,6 +274,38 @@ def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs
 
 
 @command()
+def settings(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.STUDIES)}")
+             ) -> None:
+    """An experiment's settings (its Config's fields): the value at each scale it has
+    (small, verify, paper), as `run --set FIELD=VALUE` takes it, and the limit each is
+    checked against (dynsys.studies.settings)."""
+    module = studies.study(experiment)
+    table = Table(title=f"{experiment}: {module.TITLE}")
+    table.add_column("setting")
+    for scale in module.SCALES:
+        table.add_column(scale, overflow="fold")
+    table.add_column("limit", overflow="fold")
+    for field in dataclasses.fields(module.Config):
+        values = [getattr(config, field.name) for config in module.SCALES.values()]
+        table.add_row(field.name, *(v if isinstance(v, str) else json.dumps(v) for v in values),
+                      _limit(module.Config.LIMITS.get(field.name), module.SCALES))
+    console.print(table)
+
+
+def _limit(limit, scales: dict) -> str:
+    """A LIMITS entry (dynsys.studies.settings) in words; one set by other settings, as its
+    value at each scale."""
+    if limit is None:
+        return ""
+    if callable(limit):
+        return "set by other settings: " + ", ".join(f">= {limit(config)} ({scale})"
+                                                      for scale, config in scales.items())
+    if isinstance(limit, tuple):
+        return f"one of {', '.join(limit)}"
+    return f">= {limit}"
+
+
+@command()
 def figures(run_dir: Path = typer.Argument(..., help="a run directory, or a directory of them")
             ) -> None:
     """Redraw the figures of stored runs (nothing is recomputed)."""
@@ -339,17 +391,63 @@ def generate(
     new_tokens: int = typer.Option(256, help="tokens to generate"),
     rope: str = typer.Option("both", help="'on', 'off' or 'both'"),
     temperature: float = typer.Option(0.0, help="0 is greedy"),
+    top_k: int = typer.Option(0, help="keep the k most likely tokens (0: off)"),
+    top_p: float = typer.Option(1.0, help="keep the smallest set of probability >= p (1: off)"),
+    repetition_penalty: float = typer.Option(1.0, help="CTRL's penalty rho on seen tokens "
+                                             "(1: off)"),
+    no_repeat_ngram_size: int = typer.Option(0, help="ban completing an n-gram already seen "
+                                             "(0: off)"),
+    dry_multiplier: float = typer.Option(0.0, help="DRY's multiplier m (0: off)"),
+    dry_base: float = typer.Option(1.75, help="DRY's base"),
+    dry_allowed_length: int = typer.Option(2, help="DRY's allowed match length"),
+    dry_sequence_breaker: list[int] = typer.Option([], help="a token id that ends a DRY match "
+                                                   "(repeatable)"),
+    dry_penalty_last_n: int = typer.Option(0, help="DRY looks at the last n tokens (0: all)"),
     repeats: int = typer.Option(3, help="copies a period needs to count as a cycle"),
     text: str = typer.Option(None, help="a text prompt instead of the N-gram prompts (a "
                              "checkpoint with a tokenizer.json): its continuation as ids and text"),
+    out: Path = typer.Option(None, help="also write the traces to OUT: .npz (one array per "
+                             "field, a row per trace) or .jsonl (one JSON object per trace)"),
+    as_json: bool = typer.Option(False, "--json", help="print the traces as JSON instead of a "
+                                 "table (progress goes to stderr)"),
     mesh: str = MESH,
 ) -> None:
     """Generate from repeated-N-gram prompts (or --text) and print each trace's period, onset
-    and repeats."""
+    and repeats. The sampler settings are dynsys.decode.sampling.Sampler's (Hugging Face's
+    semantics, DRY as text-generation-webui's)."""
+    sampler = Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
+                      dry_multiplier, dry_base, dry_allowed_length, tuple(dry_sequence_breaker),
+                      dry_penalty_last_n)
+    if out is not None:
+        _check_traces_target(out)
     devices = None if mesh is None else parse_mesh(mesh)
     if text is not None:
-        return _generate_text(load(model, seed=seed, mesh=devices), text, new_tokens,
-                              temperature, seed, repeats)
+        records = _generate_text(load(model, seed=seed, mesh=devices), text, new_tokens,
+                                 sampler, seed, repeats, as_json)
+    else:
+        records = _generate_ngrams(model, seed, devices, ngram, prompts_per_n, length,
+                                   new_tokens, rope, sampler, repeats, as_json)
+    if out is not None:
+        _write_traces(out, records)
+    if as_json:
+        print(json.dumps(records))
+    if out is not None:
+        (errors if as_json else console).print(f"wrote {len(records)} traces to {out}")
+
+
+def _describe(sampler: Sampler) -> str:
+    """The sampler's settings that differ from greedy decoding's, or 'greedy'."""
+    changed = [f"{f.name} {getattr(sampler, f.name)}" for f in dataclasses.fields(sampler)
+               if getattr(sampler, f.name) != getattr(GREEDY, f.name)]
+    return ", ".join(changed) or "greedy"
+
+
+def _generate_ngrams(model: str, seed: int, devices, ngram: list[int], prompts_per_n: int,
+                     length: int, new_tokens: int, rope: str, sampler: Sampler, repeats: int,
+                     as_json: bool) -> list[dict]:
+    """Traces from repeated-N-gram prompts, RoPE on, off or both: one record per trace (rope,
+    N, prompt, prompt_ids, tokens, period, onset, repeats), printed as a table unless
+    as_json."""
     if rope not in ("on", "off", "both"):
         raise ValueError(f"rope={rope!r} must be 'on', 'off' or 'both'")
     if prompts_per_n < 1:
@@ -360,49 +458,86 @@ def generate(
     batch = np.stack([prompts.repeated_ngram(cfg.vocab_size, n, length, seed=1000 * n + i)
                       for n in ngram for i in range(prompts_per_n)])
     labels = [(n, i) for n in ngram for i in range(prompts_per_n)]
-    table = Table(title=f"{model}: {len(batch)} prompts of {length} tokens, "
-                        f"{new_tokens} new tokens, temperature {temperature}")
-    for column in ("rope", "N", "prompt", "period", "onset", "repeats", "last tokens"):
-        table.add_column(column, justify="right")
+    log = errors if as_json else console
+    records = []
     for use_rope in {"on": [True], "off": [False], "both": [True, False]}[rope]:
         start = time.perf_counter()
-        with console.status(f"generating with RoPE {'on' if use_rope else 'off'}"):
+        with log.status(f"generating with RoPE {'on' if use_rope else 'off'}"):
             traces = np.asarray(generate_tokens(base.with_rope(use_rope), batch, new_tokens,
-                                                sampler=Sampler(temperature=temperature),
-                                                seed=seed))
-        console.log(f"RoPE {'on' if use_rope else 'off'}: {traces.size} tokens in "
-                    f"{time.perf_counter() - start:.1f} s")
+                                                sampler=sampler, seed=seed))
+        log.log(f"RoPE {'on' if use_rope else 'off'}: {traces.size} tokens in "
+                f"{time.perf_counter() - start:.1f} s")
         found = periodicity_batch(traces, k=repeats)
-        for j, (n, i) in enumerate(labels):
-            table.add_row("on" if use_rope else "off", str(n), str(i), str(found.period[j]),
-                          str(found.onset[j]), str(found.repeats[j]),
-                          " ".join(map(str, traces[j, -6:])))
-    console.print(table)
+        records += [{"rope": "on" if use_rope else "off", "N": n, "prompt": i,
+                     "prompt_ids": batch[j].tolist(), "tokens": traces[j].tolist(),
+                     "period": int(found.period[j]), "onset": int(found.onset[j]),
+                     "repeats": int(found.repeats[j])} for j, (n, i) in enumerate(labels)]
+    if not as_json:
+        table = Table(title=f"{model}: {len(batch)} prompts of {length} tokens, "
+                            f"{new_tokens} new tokens, {_describe(sampler)}")
+        for column in ("rope", "N", "prompt", "period", "onset", "repeats", "last tokens"):
+            table.add_column(column, justify="right")
+        for r in records:
+            table.add_row(r["rope"], str(r["N"]), str(r["prompt"]), str(r["period"]),
+                          str(r["onset"]), str(r["repeats"]), " ".join(map(str, r["tokens"][-6:])))
+        console.print(table)
+    return records
 
 
-def _generate_text(model, text: str, new_tokens: int, temperature: float, seed: int,
-                   repeats: int) -> None:
-    """Continue one text prompt; print the prompt's and the continuation's ids beside their
-    text, and the continuation's period, onset and repeats."""
+def _generate_text(model, text: str, new_tokens: int, sampler: Sampler, seed: int,
+                   repeats: int, as_json: bool) -> list[dict]:
+    """Continue one text prompt: one record (text, prompt_ids, tokens, period, onset,
+    repeats); unless as_json, the prompt's and the continuation's ids printed beside their
+    text with the continuation's period, onset and repeats."""
     if model.tokenizer is None:
         raise ValueError("--text needs a checkpoint directory holding a tokenizer.json; the "
                          "model has none")
     if not text:
         raise ValueError("--text='' is empty")
     ids = np.asarray(model.tokenizer.encode(text).ids, np.int32)
-    trace = np.asarray(generate_tokens(model, ids[None], new_tokens,
-                                       sampler=Sampler(temperature=temperature), seed=seed))[0]
+    trace = np.asarray(generate_tokens(model, ids[None], new_tokens, sampler=sampler,
+                                       seed=seed))[0]
     found = periodicity_batch(trace[None], k=repeats)
-    table = Table(title=f"{len(ids)} prompt tokens, {new_tokens} new tokens, temperature "
-                        f"{temperature}: period {found.period[0]}, onset {found.onset[0]}, "
-                        f"repeats {found.repeats[0]}", show_lines=True)
-    table.add_column("", style="bold")
-    table.add_column("ids")
-    table.add_column("text")
-    for name, part in (("prompt", ids), ("continuation", trace)):
-        table.add_row(name, " ".join(map(str, part)),
-                      Text(model.tokenizer.decode(part.tolist(), skip_special_tokens=False)))
-    console.print(table)
+    record = {"text": text, "prompt_ids": ids.tolist(), "tokens": trace.tolist(),
+              "period": int(found.period[0]), "onset": int(found.onset[0]),
+              "repeats": int(found.repeats[0])}
+    if not as_json:
+        table = Table(title=f"{len(ids)} prompt tokens, {new_tokens} new tokens, "
+                            f"{_describe(sampler)}: "
+                            f"period {record['period']}, onset {record['onset']}, repeats "
+                            f"{record['repeats']}", show_lines=True)
+        table.add_column("", style="bold")
+        table.add_column("ids")
+        table.add_column("text")
+        for name, part in (("prompt", ids), ("continuation", trace)):
+            table.add_row(name, " ".join(map(str, part)),
+                          Text(model.tokenizer.decode(part.tolist(), skip_special_tokens=False)))
+        console.print(table)
+    return [record]
+
+
+def _check_traces_target(path: Path) -> None:
+    """ValueError naming `path` unless traces can be written there: an .npz target
+    (check_npz_target), or a .jsonl file, not a directory, in a directory that exists."""
+    if path.suffix == ".npz":
+        check_npz_target(path)
+    elif path.suffix != ".jsonl":
+        raise ValueError(f"--out {path} must end in .npz or .jsonl")
+    elif path.is_dir():
+        raise ValueError(f"{path} is a directory; give the name of the .jsonl file to write")
+    elif not path.parent.is_dir():
+        raise ValueError(f"{path.parent} (the directory of {path}) is not a directory")
+
+
+def _write_traces(path: Path, records: list[dict]) -> None:
+    """The records, all with the same fields, to `path` whole or not at all: .npz, one array
+    per field with a row per record (no pickled objects), or .jsonl, a record a line."""
+    if path.suffix == ".npz":
+        save_npz_atomic(path, **{key: np.asarray([r[key] for r in records])
+                                 for key in records[0]})
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _neurons(specs: list[str]) -> list[tuple[int, int]]:

@@ -337,3 +337,103 @@ def test_run_on_a_mis_shaped_checkpoint_makes_no_run_directory(tmp_path):
                     f"model={ckpt}")
     refused(result, "mlp.gate_proj.weight has shape")
     assert not (tmp_path / "run").exists()
+
+
+SAMPLED = ["--temperature", "0.8", "--top-k", "5", "--top-p", "0.9", "--repetition-penalty",
+           "1.3", "--no-repeat-ngram-size", "3", "--dry-multiplier", "0.8", "--dry-base", "2",
+           "--dry-allowed-length", "3", "--dry-sequence-breaker", "1",
+           "--dry-sequence-breaker", "2", "--dry-penalty-last-n", "12"]
+
+
+def test_generate_takes_every_sampler_setting_and_writes_the_traces(tmp_path):
+    """Every Sampler field is an option; --json, --out .npz and --out .jsonl hold the traces
+    that ds.generate gives with that Sampler, and the same ones."""
+    from dynsys.data.prompts import repeated_ngram
+    from dynsys.decode.sampling import Sampler
+
+    args = ["generate", "--rope", "on", "--ngram", "2", "--prompts-per-n", "2", "--length",
+            "16", "--new-tokens", "8", "--seed", "3", *SAMPLED]
+    printed = json.loads(invoke(*args, "--json").stdout)
+    model = ds.load("tiny", seed=3)
+    batch = np.stack([repeated_ngram(model.config.vocab_size, 2, 16, seed=2000 + i)
+                      for i in range(2)])
+    sampler = Sampler(0.8, 5, 0.9, 1.3, 3, 0.8, 2.0, 3, (1, 2), 12)
+    expected = np.asarray(ds.generate(model.with_rope(True), batch, 8, sampler=sampler, seed=3))
+    assert [r["tokens"] for r in printed] == expected.tolist()
+    assert [r["prompt_ids"] for r in printed] == batch.tolist()
+    assert {(r["rope"], r["N"], r["prompt"]) for r in printed} == {("on", 2, 0), ("on", 2, 1)}
+    assert expected.tolist() != np.asarray(ds.generate(model, batch, 8)).tolist()  # not greedy
+    assert invoke(*args, "--out", str(tmp_path / "t.jsonl")).exit_code == 0
+    lines = (tmp_path / "t.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == printed
+    assert invoke(*args, "--out", str(tmp_path / "t.npz")).exit_code == 0
+    saved = ds.runs.load_npz(tmp_path / "t.npz")  # allow_pickle=False
+    for key in printed[0]:
+        assert saved[key].tolist() == [r[key] for r in printed], key
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--top-p", "0"], "top_p=0"),
+    (["--top-k", "-1"], "top_k=-1"),
+    (["--repetition-penalty", "0"], "repetition_penalty=0"),
+    (["--dry-base", "0.5"], "dry_base=0.5"),
+    (["--dry-allowed-length", "0"], "dry_allowed_length=0"),
+    (["--dry-sequence-breaker", "-3"], "dry_sequence_breakers=-3"),
+    (["--out", "traces.csv"], "traces.csv must end in .npz or .jsonl"),
+    (["--out", "/nonexistent/t.jsonl"], "/nonexistent"),
+    (["--out", "/nonexistent/t.npz"], "/nonexistent"),
+])
+def test_generate_refuses_bad_sampler_settings_and_targets(tmp_path, narrow, monkeypatch,
+                                                           args, named):
+    """One line, exit 2, before any model is loaded."""
+    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("loaded"))
+    refused(runner.invoke(app, ["generate", *args]), named)
+
+
+def test_generate_text_writes_its_trace(tmp_path):
+    """--text with --json: one record, the continuation ds.generate gives."""
+    from conftest import CONFIGS, random_model
+
+    from dynsys.data import english, train_tokenizer
+    from dynsys.nn import Model
+
+    tokenizer = train_tokenizer(english().documents[:20], 257)
+    base = random_model(CONFIGS["llama-g1"])
+    ds.save_hf(Model(base.config, base.params, tokenizer), tmp_path / "ckpt")
+    ids = tokenizer.encode("The with statement").ids
+    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6))[0]
+    result = invoke("generate", "--model", str(tmp_path / "ckpt"), "--text",
+                    "The with statement", "--new-tokens", "6", "--json")
+    [record] = json.loads(result.stdout)
+    assert record["prompt_ids"] == ids and record["tokens"] == expected.tolist()
+    assert record["text"] == "The with statement"
+
+
+def test_settings_prints_each_field_at_each_scale(monkeypatch):
+    """One row per Config field, one column per scale in SCALES (a verify scale too), the
+    values as `--set` takes them, and the limits."""
+    scales = {**e2_agreement.SCALES, "verify": dataclasses.replace(
+        e2_agreement.SCALES["small"], G=7)}
+    monkeypatch.setattr(e2_agreement, "SCALES", scales)
+    result = invoke("settings", "e2")
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in result.output.splitlines() if line.count("│") > 2}
+    assert list(rows) == [f.name for f in dataclasses.fields(e2_agreement.Config)]
+    header = next(line for line in result.output.splitlines() if "┃" in line)
+    assert [c.strip() for c in header.split("┃")[1:-1]] == ["setting", "small", "paper",
+                                                            "verify", "limit"]
+    for name, cells in rows.items():
+        for scale, cell in zip(scales, cells, strict=False):
+            value = getattr(scales[scale], name)
+            assert cell == (value if isinstance(value, str) else json.dumps(value)), name
+    assert rows["G"][:3] == ["16", str(e2_agreement.Config().G), "7"]
+    assert rows["kinds"][3].startswith("one of ")
+    refused(invoke("settings", "e99"), "unknown experiment 'e99'")
+
+
+def test_version_is_the_installed_distributions():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"dynsys {version('dynsys')}"
