@@ -234,15 +234,21 @@ def _train_testbed(name: str, scale: str, out: Path | None, overrides: dict) -> 
     for row in read_run(summary.out_dir).read_table("training"):
         table.add_row(str(row["step"]), str(row["tokens"]), f"{row['heldout_loss']:.4f}")
     console.print(table)
-    table = Table(title=f"test bed {made.key} ({summary.key} in "
-                        f"{summary.out_dir.parent / testbeds.REGISTRY})")
-    table.add_column("what")
-    table.add_column("value", justify="right")
-    for what, value in testbeds.summary_rows(summary):
-        table.add_row(what, value)
-    console.print(table)
+    console.print(_what_value(f"test bed {made.key} ({summary.key} in "
+                              f"{summary.out_dir.parent / testbeds.REGISTRY})",
+                              testbeds.summary_rows(summary)))
     console.print(f"checkpoints in {summary.out_dir / 'train' / 'checkpoints'}; a study names "
                   f"them {summary.key}@final, @latest or @step_XXXXXXX (dynsys.testbeds.resolve)")
+
+
+def _what_value(title: str, rows) -> Table:
+    """A two-column table (what, value) of (str, str) rows."""
+    table = Table(title=title)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for what, value in rows:
+        table.add_row(what, value)
+    return table
 
 
 @command("testbeds")
@@ -264,13 +270,9 @@ def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs
                          f"{root / testbeds.REGISTRY}")
     for key in keys:
         report = testbeds.testbed_report(key, root)
-        table = Table(title=f"test bed {report.summary.key}, step {report.summary.step} of "
-                            f"{report.summary.steps}")
-        table.add_column("what")
-        table.add_column("value", justify="right")
-        for what, value in testbeds.report_rows(report):
-            table.add_row(what, value)
-        console.print(table)
+        console.print(_what_value(f"test bed {report.summary.key}, step "
+                                  f"{report.summary.step} of {report.summary.steps}",
+                                  testbeds.report_rows(report)))
 
 
 @command()

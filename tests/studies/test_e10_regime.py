@@ -172,13 +172,13 @@ def test_forcing_claim(forced, normal, expected):
 
 def test_answer_rule():
     held = dict.fromkeys(verdicts.CLAIMS, HOLDS)
-    assert verdicts.answer("m", {}, held, 120).measured.startswith("the argument holds here")
-    assert verdicts.answer("m", {}, held, 50).measured.startswith("cannot tell here: n/g")
+    assert verdicts.answer("m", held, 120).measured.startswith("the argument holds here")
+    assert verdicts.answer("m", held, 50).measured.startswith("cannot tell here: n/g")
     failed = {**held, "agreement": FAILS}
-    assert verdicts.answer("m", {}, failed, 120).measured.startswith(
+    assert verdicts.answer("m", failed, 120).measured.startswith(
         "the argument fails here (agreement fails)")
     open_ = {**held, "forcing": INCONCLUSIVE}
-    assert verdicts.answer("m", {}, open_, 120).measured.startswith(
+    assert verdicts.answer("m", open_, 120).measured.startswith(
         "cannot tell here (forcing undecided)")
 
 

@@ -181,7 +181,7 @@ def findings(run: Run) -> list[Finding]:
         kind = "source" if tables.select(prompt_rows, model=model, kind="source") else "random"
         rows = tables.select(prompt_rows, model=model, kind=kind)
         claims[model] = verdicts.model_findings(model, rows, tables.select(lambda_rows,
-                                                model=model), config.horizon)
+                                                                          model=model))
         reach[model] = max(r["n"] for r in rows) / config.horizon
         out += claims[model].values()
         out.append(verdicts.layer_finding(model, tables.select(layer_rows, model=model,
@@ -197,12 +197,12 @@ def summary_rows(run: Run) -> list[dict]:
     and forced-Markov decoding and of sampling at temperature 0.7 (top-p 1), and the answer."""
     config = run.settings(Config)
     found = findings(run)
-    sampled = run.read_table("sampled")
+    sampled, lambdas = run.read_table("sampled"), run.read_table("lambda")
     rows = []
     for model in config.models:
         mine = {f.claim.split(": ")[1]: f for f in found if f.claim.startswith(f"{model}: ")}
-        normal, forced = (tables.loop_share(tables.select(run.read_table("lambda"),
-                                                          model=model, **{"lambda": lam}))
+        normal, forced = (tables.loop_share(tables.select(lambdas, model=model,
+                                                          **{"lambda": lam}))
                           for lam in (1.0, 0.0))
         warm = [r for r in tables.select(sampled, model=model)
                 if r["sampler"] == "T=0.7 top_p=1"]

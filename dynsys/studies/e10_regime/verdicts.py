@@ -104,8 +104,7 @@ def _claim(model: str, which: str, detail: str = "") -> str:
     return f"{model}: {text}"
 
 
-def answer(model: str, tested: dict[str, Finding], adjusted: dict[str, str],
-           n_over_g: float) -> Finding:
+def answer(model: str, adjusted: dict[str, str], n_over_g: float) -> Finding:
     """The one-line answer for one model (module docstring's rule) from its claims'
     adjusted verdicts."""
     failed = [c for c in CLAIMS if adjusted[c] == FAILS]
@@ -123,8 +122,8 @@ def answer(model: str, tested: dict[str, Finding], adjusted: dict[str, str],
                    kind=DESCRIBE)
 
 
-def model_findings(model: str, prompt_rows: list[dict], lambda_rows: list[dict],
-                   horizon: int) -> dict[str, Finding]:
+def model_findings(model: str, prompt_rows: list[dict], lambda_rows: list[dict]
+                   ) -> dict[str, Finding]:
     """The three tested claims of one model, by name."""
     return {"dilution": dilution(model, prompt_rows),
             "agreement": agreement(model, prompt_rows),
@@ -140,8 +139,7 @@ def answers(claims: dict[str, dict[str, Finding]], n_over_g: dict[str, float]
     adjusted = {}
     for (model, name, f), p in zip(flat, adjusted_p):
         adjusted.setdefault(model, {})[name] = adjusted_verdict(f.verdict, p)
-    return [answer(model, found, adjusted[model], n_over_g[model])
-            for model, found in claims.items()]
+    return [answer(model, adjusted[model], n_over_g[model]) for model in claims]
 
 
 def layer_finding(model: str, rows: list[dict]) -> Finding:
