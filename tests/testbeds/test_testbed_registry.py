@@ -41,7 +41,8 @@ def test_overrides_reach_source_model_and_training():
 
 @pytest.mark.parametrize("args, message", [
     (("markov9",),
-     "unknown test bed 'markov9' (known: markov1, markov2, longctx-rope, longctx-nope)"),
+     ("unknown test bed 'markov9' (known: markov1, markov2, longctx-rope, longctx-nope, "
+      "ladder-1, ladder-2, ladder-3)")),
     (("markov1", "huge"), "scale 'huge' of test bed 'markov1' is not one of small, paper"),
     (("markov1", "small", {"alhpa": 1}), "unknown setting(s) alhpa of test bed 'markov1'"),
     (("markov1", "small", {"alpha": 0}), "alpha=0: the Dirichlet concentration must be"),
@@ -104,4 +105,5 @@ def test_resolve_refuses_what_it_cannot_name(tmp_path):
         resolve("markov1-small@last", tmp_path)
     with pytest.raises(ValueError, match="must look like KEY@CHECKPOINT"):
         resolve("markov1-small", tmp_path)
-    assert sorted(TESTBEDS) == ["longctx-nope", "longctx-rope", "markov1", "markov2"]
+    assert sorted(TESTBEDS) == ["ladder-1", "ladder-2", "ladder-3", "longctx-nope", "longctx-rope",
+                               "markov1", "markov2"]
