@@ -7,52 +7,105 @@ naming it, and exit status 2; nothing is left half-written.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import importlib.metadata
 import json
 import re
-import shutil
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from safetensors import SafetensorError
+from typer._click import exceptions as usage  # typer's own click (typer >= 0.29)
 
-from dynsys import studies, testbeds
-from dynsys.data import prompts
-from dynsys.data.prompts import make_prompt
-from dynsys.decode import generate as generate_tokens
-from dynsys.decode.engine import check_generation_fits
-from dynsys.decode.sampling import GREEDY, Sampler
-from dynsys.distributed import process
-from dynsys.dynamics.markov import markov_map
-from dynsys.dynamics.nullmodel import compare_to_null
-from dynsys.dynamics.orbits import check_map
-from dynsys.dynamics.orbits import orbits as orbit_structure
-from dynsys.dynamics.traces import periodicity_batch
-from dynsys.io import load
-from dynsys.nn.cache import bucket
-from dynsys.runs import (
-    atomic_path,
-    check_npz_target,
-    load_npz,
-    open_run,
-    read_run,
-    save_npz_atomic,
-)
-from dynsys.sharding import parse_mesh
-from dynsys.studies import training
-from dynsys.studies.finding import RULE, summary, write_report
-from dynsys.surgery import OPS, NeuronEdit, save_edited
+if TYPE_CHECKING:
+    import numpy as np
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+    from dynsys.decode.sampling import Sampler
+
+# Only typer, rich and the standard library are imported here, so that `dynsys --help` (and
+# every command's --help) answers at once; jax, flax and the studies are imported inside the
+# command that runs. The choices below are therefore spelled here; tests/test_cli.py checks
+# them against the tables they name.
+DISTRIBUTION = "dynsys"  # the name on the package index; the import name is dynsys
+STUDY_NAMES = ("e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10")  # studies.STUDIES
+Study = enum.StrEnum("Study", {name: name for name in STUDY_NAMES})
+
+
+class Scale(enum.StrEnum):
+    """A study's scale: small (minutes, CI), verify (verify's, where a study has one), paper."""
+    small = "small"
+    verify = "verify"
+    paper = "paper"
+
+
+class TrainScale(enum.StrEnum):
+    """The scale of `dynsys train` (a test bed's recipes have the same two)."""
+    small = "small"
+    paper = "paper"
+
+
+class PromptKind(enum.StrEnum):
+    """dynsys.data.prompts.PROMPT_KINDS."""
+    ngram = "ngram"
+    random = "random"
+
+
+class Rope(enum.StrEnum):
+    """--rope of a command that runs one model: RoPE on or off."""
+    on = "on"
+    off = "off"
+
+
+class Ropes(enum.StrEnum):
+    """--rope of a command that can run the model both ways: on, off, or both in turn."""
+    on = "on"
+    off = "off"
+    both = "both"
+
+
+class Op(enum.StrEnum):
+    """dynsys.surgery.edit.OPS."""
+    zero = "zero"
+    flip = "flip"
+    scale = "scale"
+
+
+class Group(typer.core.TyperGroup):
+    """The command group, whose usage errors (a value not among the choices, a missing
+    option, a malformed number) end with one line, `error: ... (see COMMAND --help)`, and
+    exit status 2, as the commands' own errors do."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True,
+             **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except usage.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(0)
+        except usage.ClickException as e:
+            where = getattr(e, "ctx", None)
+            _error(e.format_message() + (f" (see {where.command_path} --help)" if where else ""))
+            sys.exit(e.exit_code)
+        except usage.Abort:
+            _error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=Group, no_args_is_help=True,
                   help="Greedy decoding as a dynamical system on token ids.")
-console = Console()
-errors = Console(stderr=True)
+# log_path=False: a log line's time without the file and line that printed it.
+console = Console(log_path=False)
+errors = Console(stderr=True, log_path=False)
 # What a user's input can raise: bad values, settings and files (RunError, UnreadableFile and
 # JSON/TOML errors are ValueErrors), files that cannot be read or written, and checkpoints
 # that safetensors cannot read.
@@ -63,11 +116,18 @@ MESH = typer.Option(None, help="device mesh DATAxMODEL, e.g. 2x4 (as many device
                     "rows split over DATA, the model tensor-parallel over MODEL")
 
 
+def _error(message: str) -> None:
+    """`error: MESSAGE` on stderr as one line, whatever the terminal's width (typer's
+    'Value error, ' before a choice's message dropped)."""
+    message = " ".join(message.replace("Value error, ", "").split())
+    errors.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+
+
 def _version(shown: bool) -> None:
     """--version: the installed distribution's version, then exit."""
     if shown:
         try:
-            console.print(f"dynsys {importlib.metadata.version('dynsys')}")
+            console.print(f"dynsys {importlib.metadata.version(DISTRIBUTION)}")
         except importlib.metadata.PackageNotFoundError:
             console.print("dynsys (not installed as a distribution: version unknown)")
         raise typer.Exit()
@@ -89,17 +149,20 @@ def command(name: str | None = None):
             try:
                 return fn(*args, **kwargs)
             except USER_ERRORS as e:
-                message = " ".join(str(e).splitlines())
-                errors.print(Text.assemble(("error:", "red"), " ", message), soft_wrap=True)
+                _error(str(e))
                 raise typer.Exit(2) from None
 
-        return app.command(name)(checked)
+        # The listing of `dynsys --help`: the docstring's first sentence, on one line.
+        first = re.split(r"(?<=\.)\s", " ".join(fn.__doc__.split()), maxsplit=1)[0]
+        return app.command(name, short_help=first)(checked)
 
     return register
 
 
 def _settings(config: Path | None, assignments: list[str]) -> dict:
     """Experiment settings from a JSON/TOML file, then `key=value` pairs (values in JSON)."""
+    from dynsys import studies
+
     out = studies.read_overrides(config) if config else {}
     for item in assignments:
         key, sep, text = item.partition("=")
@@ -132,6 +195,9 @@ def _verdict_table(title: str, rows: list[dict]) -> Table:
 def _report(title: str, out: Path, as_json: bool) -> list[dict]:
     """The findings of the run directory (or directories) `out`: written to OUT/findings.json
     and findings.csv, then printed as a table with the counts by kind, or as JSON."""
+    from dynsys import studies
+    from dynsys.studies.finding import RULE, summary, write_report
+
     rows = studies.report(out)
     write_report(out, rows)
     if as_json:
@@ -144,8 +210,8 @@ def _report(title: str, out: Path, as_json: bool) -> list[dict]:
 
 @command()
 def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (resumes)"),
-           experiments: list[str] = typer.Option(list(studies.STUDIES), "--experiment", "-e",
-                                                 help="experiments to include"),
+           experiments: list[Study] = typer.Option(list(Study), "--experiment", "-e",
+                                                   help="experiments to include (repeatable)"),
            as_json: bool = typer.Option(False, "--json", help="print the findings as JSON "
                                         "(progress goes to stderr)")) -> None:
     """The main job: every experiment at its small scale (its verify scale where it has one)
@@ -153,9 +219,11 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
     RoPE on and off; prints the verdicts (tested claims, checks and premises apart, raw and
     corrected for multiplicity), writes OUT/findings.json and findings.csv and a run
     directory per experiment with its figures."""
+    from dynsys import studies
+
     start = time.perf_counter()
     log = errors if as_json else console
-    for name in experiments:
+    for name in (e.value for e in experiments):
         module = studies.study(name)
         log.rule(f"{name}: {module.TITLE}")
         t = time.perf_counter()
@@ -169,18 +237,22 @@ def verify(out: Path = typer.Option(Path("runs/verify"), help="run directory (re
 
 
 @command()
-def run(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.STUDIES)}"),
-        scale: str = typer.Option("small", help="'small' (minutes, CI) or 'paper'"),
+def run(experiment: Study = typer.Argument(..., help="the experiment"),
+        scale: Scale = typer.Option(Scale.small, help="small (minutes, CI), verify (verify's "
+                                    "scale, where the experiment has one) or paper"),
         out: Path = typer.Option(None, help="run directory (default runs/EXPERIMENT-SCALE)"),
         config: Path = typer.Option(None, help="JSON or TOML file of settings"),
         set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
         ) -> None:
     """Run (or resume) one experiment into a run directory and draw its figures."""
-    _run_and_report(experiment, scale, out or Path("runs") / f"{experiment}-{scale}",
+    _run_and_report(experiment.value, scale.value,
+                    out or Path("runs") / f"{experiment.value}-{scale.value}",
                     _settings(config, set_))
 
 
 def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> None:
+    from dynsys import studies
+
     studies.run_study(experiment, out, scale, overrides)
     _report(f"{experiment} ({scale}): {studies.study(experiment).TITLE}", out, False)
     console.print(f"wrote {out} (findings in {out}/findings.json)")
@@ -189,22 +261,27 @@ def _run_and_report(experiment: str, scale: str, out: Path, overrides: dict) -> 
 @command()
 def train(out: Path = typer.Option(None, help="run directory (resumes; default runs/train, "
                                                "with --testbed runs/testbeds/NAME-SCALE)"),
-          scale: str = typer.Option("small", help="'small' (a 0.2M model, a minute) or 'paper' "
-                                                   "(~13M parameters, an hour on 2 cores)"),
+          scale: TrainScale = typer.Option(TrainScale.small, help="small (a 0.2M model, a "
+                                           "minute) or paper (~13M parameters, an hour on 2 "
+                                           "cores); a test bed's own small and paper recipes"),
           config: Path = typer.Option(None, help="JSON or TOML file of settings"),
           set_: list[str] = typer.Option([], "--set", help="a setting key=value (repeatable)"),
-          testbed: str = typer.Option(None, help="train this registered test bed instead "
-                                                 f"({', '.join(testbeds.TESTBEDS)})"),
+          testbed: str = typer.Option(None, help="train this test bed's recipe instead (a "
+                                      "name of dynsys.testbeds.TESTBEDS, e.g. markov1; an "
+                                      "unknown name is answered with the list)"),
           ) -> None:
     """Train a model from scratch on the offline corpus: tokenizer, training with checkpoints
     through time (Hugging Face directories under OUT/train/checkpoints), held-out losses.
     The settings are those of E7 and E8 (dynsys.studies.training.Training). With --testbed,
     the recipe of that test bed at --scale (settings: dynsys.testbeds), recorded in the
     registry testbeds.json beside OUT."""
+    from dynsys import studies
+    from dynsys.runs import open_run
+    from dynsys.studies import training
+
+    scale = scale.value
     if testbed is not None:
         return _train_testbed(testbed, scale, out, _settings(config, set_))
-    if scale not in ("small", "paper"):
-        raise ValueError(f"scale {scale!r} is not one of small, paper")
     out = out or Path("runs/train")
     overrides = {**(training.SMALL if scale == "small" else {}), **_settings(config, set_)}
     settings = studies.with_overrides(training.Training(), overrides, "train")
@@ -223,6 +300,9 @@ def train(out: Path = typer.Option(None, help="run directory (resumes; default r
 
 def _train_testbed(name: str, scale: str, out: Path | None, overrides: dict) -> None:
     """Train (or resume) a registered test bed and print its summary."""
+    from dynsys import testbeds
+    from dynsys.runs import read_run
+
     made = testbeds.recipe(name, scale, overrides)
     console.print(f"{made.key}: {testbeds.TESTBEDS[name].description}; "
                   f"{made.source.describe()}")
@@ -254,11 +334,15 @@ def _what_value(title: str, rows) -> Table:
 @command("testbeds")
 def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs (default: "
                                                                 "all), or KEY@CHECKPOINT"),
-                    root: Path = typer.Option(testbeds.ROOT, help="directory of the registry")
+                    root: Path = typer.Option(None, help="directory of the registry (default "
+                                              "dynsys.testbeds.ROOT, runs/testbeds)")
                     ) -> None:
     """Every registered test bed at its latest checkpoint (dynsys.testbeds.report): size,
     context, tokens, time, held-out loss beside the references, attention concentration per
     layer, and copying (TP_1 and TP_8)."""
+    from dynsys import testbeds
+
+    root = testbeds.ROOT if root is None else root
     if not keys:
         registered = testbeds.read_registry(root)
         for key in registered:
@@ -276,13 +360,14 @@ def testbeds_report(keys: list[str] = typer.Argument(None, help="registered KEYs
 
 
 @command()
-def settings(experiment: str = typer.Argument(..., help=f"one of {', '.join(studies.STUDIES)}")
-             ) -> None:
+def settings(experiment: Study = typer.Argument(..., help="the experiment")) -> None:
     """An experiment's settings (its Config's fields): the value at each scale it has
     (small, verify, paper), as `run --set FIELD=VALUE` takes it, and the limit each is
     checked against (dynsys.studies.settings)."""
-    module = studies.study(experiment)
-    table = Table(title=f"{experiment}: {module.TITLE}")
+    from dynsys import studies
+
+    module = studies.study(experiment.value)
+    table = Table(title=f"{experiment.value}: {module.TITLE}")
     table.add_column("setting")
     for scale in module.SCALES:
         table.add_column(scale, overflow="fold")
@@ -311,6 +396,8 @@ def _limit(limit, scales: dict) -> str:
 def figures(run_dir: Path = typer.Argument(..., help="a run directory, or a directory of them")
             ) -> None:
     """Redraw the figures of stored runs (nothing is recomputed)."""
+    from dynsys import studies
+
     for p in studies.render(run_dir):
         console.print(str(p))
 
@@ -328,20 +415,31 @@ def sweep(model: str = MODEL, seed: int = SEED,
 
 @command("map")
 def map_(model: str = MODEL, seed: int = SEED,
-         kind: str = typer.Option("ngram", help="prompt: 'ngram' (repeated) or 'random'"),
+         kind: PromptKind = typer.Option(PromptKind.ngram, help="prompt: ngram (a repeated "
+                                         "random N-gram) or random"),
          length: int = typer.Option(1024, help="prompt length n"),
          prompt_seed: int = typer.Option(0, help="seed of the random prompt"),
          offset: int = typer.Option(0, help="position offset τ of the current token"),
-         rope: bool = typer.Option(True, help="RoPE on (--rope) or off (--no-rope)"),
+         rope: Rope = typer.Option(Rope.on, help="RoPE on or off"),
          out: Path = typer.Option(Path("map.npz"), help="where to write next/margin/prompt"),
          mesh: str = MESH) -> None:
     """The Markov map f_{P,τ} on all of V, written as an .npz (resumable: finished chunks
     are kept in OUT.chunks, which is removed once OUT is written; with several processes
     (DYNSYS_NUM_PROCESSES, docs/scaling.md) the chunks are shared out, process 0 writes OUT
     and OUT.chunks stays, as another process may still be reading it)."""
+    import shutil
+
+    from dynsys.data.prompts import make_prompt
+    from dynsys.distributed import process
+    from dynsys.dynamics.markov import markov_map
+    from dynsys.io import load
+    from dynsys.runs import check_npz_target, save_npz_atomic
+    from dynsys.sharding import parse_mesh
+
     check_npz_target(out)
-    net = load(model, seed=seed, mesh=None if mesh is None else parse_mesh(mesh)).with_rope(rope)
-    prompt = make_prompt(kind, net.config.vocab_size, length, prompt_seed)
+    net = load(model, seed=seed, mesh=None if mesh is None else parse_mesh(mesh))
+    net = net.with_rope(rope is Rope.on)
+    prompt = make_prompt(kind.value, net.config.vocab_size, length, prompt_seed)
     chunks = out.with_name(out.stem + ".chunks")
     fmap = markov_map(net, prompt, offset=offset, resume_dir=chunks)
     index, count = process()
@@ -358,6 +456,9 @@ def orbits(map_file: Path = typer.Argument(..., help="an .npz with an array 'nex
            shuffles: int = typer.Option(20, help="in-degree-preserving shuffles for the null")
            ) -> None:
     """Cycles, tails and basins of a stored map next to the random-mapping null."""
+    from dynsys.dynamics.orbits import check_map
+    from dynsys.runs import load_npz
+
     saved = load_npz(map_file)
     if "next" not in saved:
         raise ValueError(f"{map_file} has no array 'next' (it holds: "
@@ -370,6 +471,11 @@ def orbits(map_file: Path = typer.Argument(..., help="an .npz with an array 'nex
 
 
 def _print_orbits(nxt: np.ndarray, shuffles: int = 20) -> None:
+    import numpy as np
+
+    from dynsys.dynamics.nullmodel import compare_to_null
+    from dynsys.dynamics.orbits import orbits as orbit_structure
+
     orb = orbit_structure(nxt)
     cycles = ", ".join(f"{len(orb.cycle(c))}:{orb.basin_size[c]}"
                        for c in np.argsort(-orb.basin_size)[:8])
@@ -391,7 +497,7 @@ def generate(
     prompts_per_n: int = typer.Option(4, help="random prompts per N"),
     length: int = typer.Option(256, help="prompt length in tokens"),
     new_tokens: int = typer.Option(256, help="tokens to generate"),
-    rope: str = typer.Option("both", help="'on', 'off' or 'both'"),
+    rope: Ropes = typer.Option(Ropes.both, help="RoPE on, off, or both in turn"),
     temperature: float = typer.Option(0.0, help="0 is greedy"),
     top_k: int = typer.Option(0, help="keep the k most likely tokens (0: off)"),
     top_p: float = typer.Option(1.0, help="keep the smallest set of probability >= p (1: off)"),
@@ -417,6 +523,10 @@ def generate(
     """Generate from repeated-N-gram prompts (or --text) and print each trace's period, onset
     and repeats. The sampler settings are dynsys.decode.sampling.Sampler's (Hugging Face's
     semantics, DRY as text-generation-webui's)."""
+    from dynsys.decode.sampling import Sampler
+    from dynsys.io import load
+    from dynsys.sharding import parse_mesh
+
     sampler = Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
                       dry_multiplier, dry_base, dry_allowed_length, tuple(dry_sequence_breaker),
                       dry_penalty_last_n)
@@ -428,7 +538,7 @@ def generate(
                                  sampler, seed, repeats, as_json)
     else:
         records = _generate_ngrams(model, seed, devices, ngram, prompts_per_n, length,
-                                   new_tokens, rope, sampler, repeats, as_json)
+                                   new_tokens, rope.value, sampler, repeats, as_json)
     if out is not None:
         _write_traces(out, records)
     if as_json:
@@ -439,6 +549,8 @@ def generate(
 
 def _describe(sampler: Sampler) -> str:
     """The sampler's settings that differ from greedy decoding's, or 'greedy'."""
+    from dynsys.decode.sampling import GREEDY
+
     changed = [f"{f.name} {getattr(sampler, f.name)}" for f in dataclasses.fields(sampler)
                if getattr(sampler, f.name) != getattr(GREEDY, f.name)]
     return ", ".join(changed) or "greedy"
@@ -450,8 +562,15 @@ def _generate_ngrams(model: str, seed: int, devices, ngram: list[int], prompts_p
     """Traces from repeated-N-gram prompts, RoPE on, off or both: one record per trace (rope,
     N, prompt, prompt_ids, tokens, period, onset, repeats), printed as a table unless
     as_json."""
-    if rope not in ("on", "off", "both"):
-        raise ValueError(f"rope={rope!r} must be 'on', 'off' or 'both'")
+    import numpy as np
+
+    from dynsys.data import prompts
+    from dynsys.decode import generate as generate_tokens
+    from dynsys.decode.engine import check_generation_fits
+    from dynsys.dynamics.traces import periodicity_batch
+    from dynsys.io import load
+    from dynsys.nn.cache import bucket
+
     if prompts_per_n < 1:
         raise ValueError(f"--prompts-per-n={prompts_per_n} must be at least 1")
     base = load(model, seed=seed, mesh=devices)
@@ -491,6 +610,11 @@ def _generate_text(model, text: str, new_tokens: int, sampler: Sampler, seed: in
     """Continue one text prompt: one record (text, prompt_ids, tokens, period, onset,
     repeats); unless as_json, the prompt's and the continuation's ids printed beside their
     text with the continuation's period, onset and repeats."""
+    import numpy as np
+
+    from dynsys.decode import generate as generate_tokens
+    from dynsys.dynamics.traces import periodicity_batch
+
     if model.tokenizer is None:
         raise ValueError("--text needs a checkpoint directory holding a tokenizer.json; the "
                          "model has none")
@@ -521,6 +645,8 @@ def _generate_text(model, text: str, new_tokens: int, sampler: Sampler, seed: in
 def _check_traces_target(path: Path) -> None:
     """ValueError naming `path` unless traces can be written there: an .npz target
     (check_npz_target), or a .jsonl file, not a directory, in a directory that exists."""
+    from dynsys.runs import check_npz_target
+
     if path.suffix == ".npz":
         check_npz_target(path)
     elif path.suffix != ".jsonl":
@@ -534,6 +660,10 @@ def _check_traces_target(path: Path) -> None:
 def _write_traces(path: Path, records: list[dict]) -> None:
     """The records, all with the same fields, to `path` whole or not at all: .npz, one array
     per field with a row per record (no pickled objects), or .jsonl, a record a line."""
+    import numpy as np
+
+    from dynsys.runs import atomic_path, save_npz_atomic
+
     if path.suffix == ".npz":
         save_npz_atomic(path, **{key: np.asarray([r[key] for r in records])
                                  for key in records[0]})
@@ -558,17 +688,24 @@ def edit(checkpoint: str = typer.Argument(..., help="preset name or local Huggin
                                                     "checkpoint directory"),
          neuron: list[str] = typer.Option(..., help="MLP neuron LAYER:INDEX (repeatable, or "
                                                     "a comma list)"),
-         op: str = typer.Option(..., help=f"one of {', '.join(OPS)} (flip: sign-invert)"),
-         factor: float = typer.Option(None, help="the factor of --op scale"),
+         op: Op = typer.Option(..., help="zero the neurons, flip their sign, or scale their "
+                               "down-projection columns by --factor"),
+         factor: float = typer.Option(None, help="the factor of --op scale (needed there, "
+                                      "refused with the others)"),
          out: Path = typer.Option(..., help="directory of the new checkpoint (must not exist)"),
          seed: int = SEED) -> None:
     """Zero, sign-flip or scale MLP neurons in the weights (neuron j of layer i writes
     h_j · W_down[:, j]; the column is scaled, and a zeroed neuron's input rows are zeroed
     too) and write the result as a new checkpoint, with edit.json recording the source, its
     digest and the edit."""
-    change = NeuronEdit(_neurons(neuron), op, factor)
+    if op is Op.scale and factor is None:
+        raise ValueError("--op scale needs --factor (the factor on each neuron's "
+                         "down-projection column, e.g. --factor 0.5)")
+    from dynsys.surgery import NeuronEdit, save_edited
+
+    change = NeuronEdit(_neurons(neuron), op.value, factor)
     save_edited(checkpoint, change, out, seed=seed)
-    console.print(f"wrote {out}: {op}{'' if factor is None else f' x{factor:g}'} of "
+    console.print(f"wrote {out}: {op.value}{'' if factor is None else f' x{factor:g}'} of "
                   f"{len(change.neurons)} neuron(s) of {checkpoint}")
 
 

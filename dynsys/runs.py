@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from rich import get_console
 from rich.progress import Progress
 
 from dynsys import distributed
@@ -171,7 +172,9 @@ def chunked(total: int, chunk: int, compute, *, store: Path | None = None,
 
     mine = set(distributed.share(starts, (index, count)))
     parts = {}
-    with Progress(disable=not progress, transient=True) as bar:
+    # A transient bar only on a terminal: written to a file or pipe it cannot vanish, and rich
+    # ends each such bar with a blank line (E9's maps, one bar per map, printed a hundred).
+    with Progress(disable=not progress or not get_console().is_terminal, transient=True) as bar:
         task = bar.add_task(description, total=total)
         for start in starts:
             if start not in mine:

@@ -3,19 +3,25 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
 import numpy as np
 import pytest
+import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
 import dynsys as ds
-from dynsys import cli
+from dynsys import cli, io, studies
 from dynsys.cli import app
+from dynsys.data import prompts
+from dynsys.dynamics import markov
 from dynsys.runs import open_run
 from dynsys.studies import e2_agreement
+from dynsys.surgery.edit import OPS
 
 MICRO = ["--set", "lengths=[16, 32]", "--set", "G=4", "--set", "prompts=2",
          "--set", 'kinds=["random"]']
@@ -120,14 +126,14 @@ def test_map_checks_out_before_computing(tmp_path, monkeypatch, out, message):
     a temporary (np.savez appends .npz to its name) behind."""
     (tmp_path / "m").mkdir()
     (tmp_path / "taken.npz").mkdir()
-    monkeypatch.setattr(cli, "markov_map", lambda *a, **k: pytest.fail("computed"))
+    monkeypatch.setattr(markov, "markov_map", lambda *a, **k: pytest.fail("computed"))
     result = invoke("map", "--length", "8", "--out", str(tmp_path / out))
     assert result.exit_code == 2 and says(result, str(tmp_path / out)) and says(result, message)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m", "taken.npz"]
 
 
 def test_generate_refuses_more_prompts_than_memory_holds_before_making_them(monkeypatch):
-    monkeypatch.setattr(cli.prompts, "repeated_ngram", lambda *a, **k: pytest.fail("made"))
+    monkeypatch.setattr(prompts, "repeated_ngram", lambda *a, **k: pytest.fail("made"))
     result = invoke("generate", "--prompts-per-n", "300000")
     assert result.exit_code == 2 and says(result, "1200000 prompts of 256 tokens (padded)")
 
@@ -145,15 +151,16 @@ def test_a_checkpoint_whose_config_json_is_not_an_object_is_named(tmp_path, cont
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "e99"], "unknown experiment 'e99'"),
+    (["run", "e99"], "'e99' is not one of 'e1', 'e2'"),
     (["run", "e2", "--set", "steps=3"], "unknown setting(s) 'steps'"),
     (["run", "e2", "--set", "G"], "--set 'G' must look like key=value"),
     (["run", "e2", "--set", "model=nope"], "'nope' is neither a preset"),
-    (["run", "e2", "--scale", "huge"], "scale 'huge'"),
+    (["run", "e2", "--scale", "huge"], "'huge' is not one of 'small', 'verify', 'paper'"),
     (["figures", "/nonexistent/run"], "is not a run directory"),
     (["map", "--model", "nope"], "'nope' is neither a preset"),
-    (["map", "--kind", "words", "--length", "8"], "prompt kind 'words'"),
-    (["generate", "--rope", "sideways"], "rope='sideways'"),
+    (["map", "--kind", "words", "--length", "8"], "'words' is not one of 'ngram', 'random'"),
+    (["map", "--rope", "both"], "'both' is not one of 'on', 'off'"),
+    (["generate", "--rope", "sideways"], "'sideways' is not one of 'on', 'off', 'both'"),
 ])
 def test_bad_input_is_named(tmp_path, args, message):
     result = runner.invoke(app, [*args, *(["--out", str(tmp_path / "r")]
@@ -386,7 +393,7 @@ def test_generate_takes_every_sampler_setting_and_writes_the_traces(tmp_path):
 def test_generate_refuses_bad_sampler_settings_and_targets(tmp_path, narrow, monkeypatch,
                                                            args, named):
     """One line, exit 2, before any model is loaded."""
-    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(io, "load", lambda *a, **k: pytest.fail("loaded"))
     refused(runner.invoke(app, ["generate", *args]), named)
 
 
@@ -429,11 +436,70 @@ def test_settings_prints_each_field_at_each_scale(monkeypatch):
             assert cell == (value if isinstance(value, str) else json.dumps(value)), name
     assert rows["G"][:3] == ["16", str(e2_agreement.Config().G), "7"]
     assert rows["kinds"][3].startswith("one of ")
-    refused(invoke("settings", "e99"), "unknown experiment 'e99'")
+    refused(invoke("settings", "e99"), "'e99' is not one of")
 
 
 def test_version_is_the_installed_distributions():
     from importlib.metadata import version
 
     result = invoke("--version")
-    assert result.exit_code == 0 and result.output.strip() == f"dynsys {version('dynsys')}"
+    assert result.output.strip() == f"dynsys {version(cli.DISTRIBUTION)}"
+
+
+def test_help_imports_neither_jax_nor_the_studies():
+    """`dynsys --help` and every command's --help answer before jax, flax or a study is
+    imported (about 10 s of imports before): in a fresh interpreter, none of them is loaded."""
+    names = [c.name for c in typer.main.get_command(app).commands.values()]
+    script = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dynsys.cli import app\n"
+        f"for args in [[], *[[name] for name in {names!r}]]:\n"
+        "    result = CliRunner().invoke(app, [*args, '--help'])\n"
+        "    assert result.exit_code == 0 and 'Usage' in result.output, (args, result.output)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'numpy')\n"
+        "             or m.startswith('dynsys.')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "['dynsys.cli']", done.stdout
+
+
+def test_choices_are_the_tables_they_name():
+    """The choices spelled in dynsys.cli (so that --help imports nothing) are the package's."""
+    assert tuple(studies.STUDIES) == cli.STUDY_NAMES
+    assert {s.value for s in cli.Scale} == {scale for m in studies.STUDIES.values()
+                                            for scale in m.SCALES}
+    assert tuple(o.value for o in cli.Op) == OPS
+    assert tuple(k.value for k in cli.PromptKind) == prompts.PROMPT_KINDS
+    from dynsys import testbeds
+
+    assert {s.value for s in cli.TrainScale} == {scale for bed in testbeds.TESTBEDS.values()
+                                                 for scale in bed.scales}
+
+
+@pytest.mark.parametrize("args, named", [
+    (["run"], "Missing argument 'experiment'"),
+    (["run", "e2", "--scale", "huge"], "'huge' is not one of"),
+    (["map", "--length", "many"], "'--length'"),
+    (["generate", "--no-such-option"], "--no-such-option"),
+    (["edit", "tiny", "--neuron", "0:1", "--op", "scale", "--out", "x"],
+     "--op scale needs --factor"),
+    (["edit", "tiny", "--neuron", "0:1", "--op", "zero", "--factor", "2", "--out", "x"],
+     "factor=2.0 is for op 'scale', not 'zero'"),
+])
+def test_usage_errors_are_one_line(tmp_path, narrow, monkeypatch, args, named):
+    """A bad choice, a missing argument, a malformed number or option and an incomplete edit:
+    one line, exit 2 (typer's boxed usage message before), nothing loaded or written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(io, "load", lambda *a, **k: pytest.fail("loaded"))
+    refused(invoke(*args), named)
+    assert not list(tmp_path.iterdir())
+
+
+def test_log_lines_carry_no_source_path(monkeypatch):
+    """verify's and generate's timestamped lines ended in `cli.py:NNN`."""
+    monkeypatch.undo()  # the module's own consoles, not the tests' wide one
+    for console in (cli.console, cli.errors):
+        with console.capture() as captured:
+            console.log("done")
+        assert "done" in captured.get() and "cli.py" not in captured.get()

@@ -315,3 +315,18 @@ def test_a_damaged_table_is_a_one_line_error(tmp_path):
         (tmp_path / "tables" / "t.csv").write_bytes(text)
         with pytest.raises(RunError, match=f"t.csv .*{message}.*rerun the study"):
             run.read_table("t")
+
+
+def test_chunked_prints_nothing_to_a_file_or_pipe(monkeypatch):
+    """Its transient bar cannot vanish from a file, and rich ended each with a blank line:
+    verify's log got one per E9 map (about a hundred)."""
+    import io
+
+    import rich
+    from rich.console import Console
+
+    out = io.StringIO()
+    monkeypatch.setattr(rich, "_console", Console(file=out, force_terminal=False))
+    parts = runs.chunked(4, 2, lambda a, b: {"rows": np.arange(a, b)}, description="rows")
+    assert [p["rows"].tolist() for p in parts] == [[0, 1], [2, 3]]
+    assert out.getvalue() == ""
