@@ -59,10 +59,12 @@ class AttentionBounds:
     radius: np.ndarray
 
 
-def attention_bounds(w: WeightConstants, s: MarkovStats, i: int,
-                     delta: np.ndarray) -> AttentionBounds:
+def attention_bounds(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray,
+                     support: np.ndarray | None = None) -> AttentionBounds:
     """Lemmas 3–4 of proofs/multi_layer.md for block i, all steps at once, given δ [G] ≥
-    ‖x − x′‖ entering it (every step's, since key i is step i's own stream)."""
+    ‖x − x′‖ entering it (every step's, since key i is step i's own stream). support [G, N,
+    S + G] bounds |⟨q − q′, k⟩|/√H for the prompt's keys k_j, then every step's own reference
+    key k′_i (the margin certificate's directional bounds); by default d_q ‖k‖/√H."""
     cfg = w.config
     D, H, eps = cfg.hidden_size, cfg.head_dim, cfg.norm_eps
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
@@ -74,29 +76,41 @@ def attention_bounds(w: WeightConstants, s: MarkovStats, i: int,
     dk = np.minimum(w.key[i][kv] * du, s.self_key[:, i] + k_max)
     dv = np.minimum(w.value[i][kv] * du, 2 * v_max)
     q_hat = np.minimum(s.query[:, i] + dq, q_max)
-    # Lemma 3, the prompt and the current token: o_h − o′ = C Δq/√H + (≤ rest)
-    zeta_p = dq * s.prefix_key[i] / root
-    zeta_s = (dq * s.self_key[:, i] + q_hat * dk) / root
+    keys = np.concatenate([s.prompt_keys[i][kv], s.own_key[:, i][:, kv].swapaxes(0, 1)], 1)
+    lipschitz = dq[..., None] * np.linalg.norm(keys, axis=-1)[None] / root  # [G, N, S + G]
+    support = lipschitz if support is None else np.minimum(support, lipschitz)
+    S = s.prefix_score.shape[-1]
+    zeta, cross = support[..., :S], support[..., S:]  # prompt keys; own keys k′_i [G, N, G]
+    # Lemma 3, the prompt and the current token: o_h − o′ = C Δq/√H + (≤ rest), |ζ_j| ≤ zeta_j
+    zeta_s = np.einsum("tnt->tn", cross) + q_hat * dk / root
+    score, dist = s.prefix_score[:, i], s.prefix_dist[:, i]  # [G, N, S]
+    a = np.exp(score - np.logaddexp(s.prefix_lse[:, i], s.self_score[:, i])[..., None])
+    with np.errstate(invalid="ignore"):
+        grow = np.where(a > 0, a * np.expm1(zeta), 0.0)  # a′_j (e^{ζ_j} − 1)
+        curve_p = np.sum(np.where(a > 0, a * (np.expm1(zeta) - zeta), 0.0) * dist, -1)
+    p_lo, p_hi = np.sum(a * np.exp(-zeta), -1), np.sum(a, -1) + np.sum(grow, -1)
+    lse_lo = np.logaddexp.reduce(score - zeta, axis=-1)  # ≤ log Σ_P e^{z_j}
+    lse_hi = np.logaddexp.reduce(score + zeta, axis=-1)
     a_self = expit(s.self_score[:, i] - s.prefix_lse[:, i])
-    a_hat = expit(s.self_score[:, i] + zeta_s - s.prefix_lse[:, i] + zeta_p)
-    z_lo = (1 - a_self) * np.exp(-zeta_p) + a_self * np.exp(-zeta_s)
-    z_hi = (1 - a_self) * np.exp(zeta_p) + a_self * np.exp(zeta_s)
+    a_hat = expit(s.self_score[:, i] + zeta_s - lse_lo)
+    z_lo = p_lo + a_self * np.exp(-zeta_s)
+    z_hi = p_hi + a_self * np.exp(zeta_s)
     z_gap = np.maximum(1 / z_lo - 1, 1 - 1 / z_hi)
     s_gap = np.maximum(np.exp(zeta_s) / z_lo - 1, 1 - np.exp(-zeta_s) / z_hi)
-    m, sv = s.value_mean[:, i], s.self_value[:, i]
-    rest = ((np.expm1(zeta_p) - zeta_p) * m + z_gap * (a_self * sv + np.expm1(zeta_p) * m)
-            + a_self * s_gap * sv + a_hat * dv)
+    sv = s.self_value[:, i]
+    spread = np.sum(grow * dist, -1)  # Σ_P a′_j (e^{ζ_j} − 1) ‖v_j − o′‖
+    rest = curve_p + z_gap * (a_self * sv + spread) + a_self * s_gap * sv + a_hat * dv
     curve_q = (s.covariance[:, i] * w.query[i] / root
                * norm_curvature(w.norm1[i], floor, eps, D)[:, None] * delta[:, None] ** 2 / 2)
     e = s.covariance[:, i] * dq / root + rest  # ≥ ‖o_h − o′‖
     # Lemma 4, the generated keys: key i < t is step i's current token
     earlier = s.generated[None, None, :] < s.generated[:, None, None]  # [G, 1, G]
-    shift = (dq[:, :, None] * s.self_key[:, i].T[None] + q_hat[:, :, None] * dk.T[None]) / root
+    shift = cross + q_hat[:, :, None] * dk.T[None] / root
     cap = (q_hat * k_max)[:, :, None] / root
     hi = np.where(earlier, np.minimum(s.cross_score[:, i] + shift, cap), -np.inf)  # [G, N, G]
     lo = np.where(earlier, np.maximum(s.cross_score[:, i] - shift, -cap), -np.inf)
-    low = np.logaddexp(s.prefix_lse[:, i] - zeta_p, s.self_score[:, i] - zeta_s)
-    high = np.logaddexp(s.prefix_lse[:, i] + zeta_p, s.self_score[:, i] + zeta_s)
+    low = np.logaddexp(lse_lo, s.self_score[:, i] - zeta_s)
+    high = np.logaddexp(lse_hi, s.self_score[:, i] + zeta_s)
     with np.errstate(invalid="ignore"):
         removed = np.logaddexp.reduce(hi, axis=-1)
         alpha = expit(removed - low)

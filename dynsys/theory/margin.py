@@ -158,7 +158,7 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
     residual = []
     for i in range(cfg.num_layers):
         d = delta()
-        heads = attention_bounds(w, s, i, d)
+        heads = attention_bounds(w, s, i, d, _support(w, s, i, c, q, e, d))
         ja, source, radius = s.attn_jacobian[:, i], heads.centre, heads.radius
         if not cfg.parallel_residual:  # the attention stage: M = I + J_A
             m = ja + np.eye(D)
@@ -191,6 +191,42 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
         e = np.nan_to_num(e, nan=np.inf)
         residual.append(delta())
     return c, q, e, residual[-1], np.stack(residual, 1)
+
+
+def _support(w: WeightConstants, s: MarkovStats, i: int, c, q, e, d) -> np.ndarray:
+    """[G, N, S + G] directional score bounds at block i: for the prompt's keys k_j and every
+    step's own reference key k′_i, with J_q the query's Jacobian at x′ and ½ κ₁ δ² Lemma 1.2's
+    remainder of the norm,
+
+        |⟨q − q′, k⟩| ≤ |kᵀ J_q c| + Σ_k ‖Q_kᵀ J_qᵀ k‖ e_k + ½ ‖W_q‖ κ₁ δ² ‖k‖      (over √H),
+
+    the support function of the enclosure x − x′ = c + Σ_k Q_k u_k, ‖u_k‖ ≤ e_k, entering the
+    block. ‖Q_kᵀ J_qᵀ k‖ is read from the Gram matrix A Aᵀ, A = J_q Q_k [H, D] per source, head
+    and step; each float64 product gets a relative slack F64 of its terms' sizes."""
+    cfg = w.config
+    D, H = cfg.hidden_size, cfg.head_dim
+    kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
+    keys = np.concatenate([s.prompt_keys[i][kv], s.own_key[:, i][:, kv].swapaxes(0, 1)], 1)
+    size = np.linalg.norm(keys, axis=-1)  # [N, S + G]
+    jq = s.query_jacobian[:, i] / math.sqrt(H)  # [G, N, H, D]
+    jq_norm = np.sqrt(np.einsum("tnhd,tnhd->tn", jq, jq))  # ‖J_q‖_F
+    linear = np.abs(np.einsum("nsh,tnh->tns", keys, np.einsum("tnhd,td->tnh", jq, c)))
+    sources = np.empty_like(linear)
+    with np.errstate(invalid="ignore"):
+        for t in range(len(c)):
+            a = jq[t][None] @ q[:, t][:, None]  # [K, N, H, D]
+            gram = a @ a.swapaxes(-1, -2)  # [K, N, H, H]
+            quad = np.sum((keys[None] @ gram) * keys[None], -1)  # [K, N, S + G]
+            frob = np.einsum("knhd,knhd->kn", a, a)[..., None]
+            norm = np.sqrt(np.maximum(quad, 0.0) + F64 * frob * size ** 2)
+            sources[t] = np.nan_to_num(np.sum(norm * e[:, t, None, None], 0), nan=np.inf)
+        slack = F64 * size[None] * (jq_norm * (np.linalg.norm(c, axis=1)[:, None]
+                                               + np.sum(_frobenius(q) * e, 0)[:, None]))[..., None]
+        slack = np.nan_to_num(slack, nan=np.inf)
+    floor = s.spread_in[:, i] - d / math.sqrt(D)
+    curve = (w.query[i] * (norm_curvature(w.norm1[i], floor, cfg.norm_eps, D) * d * d / 2)[:, None]
+             / math.sqrt(H))[..., None] * size[None]
+    return linear + sources + slack + curve
 
 
 def _f64(*streams: np.ndarray) -> np.ndarray:

@@ -36,8 +36,12 @@ class MarkovStats:
     [G]: entering the final norm. query, self_key [G, L, N]: ‖q′‖, ‖k′_s‖. prefix_key [L, N]:
     max_{j∈P} ‖k_j‖. prefix_lse: log Σ_{j∈P} e^{z′_j}; self_score: z′_s; self_value:
     ‖v′_s − o′‖; value_mean: Σ_{j∈P} a′_j ‖v_j − o′‖; covariance: ‖C‖, C = Σ_{j∈P} a′_j
-    (v_j − o′) k_jᵀ. cross_score [G, L, N, G]: ⟨q′_t, k′_i⟩/√H of step t's query and step i's own
-    key (the generated key i is step i's current token); source_norm: ‖v′_i − o′_t‖; source
+    (v_j − o′) k_jᵀ. prefix_score, prefix_dist [G, L, N, S] per prompt slot j: z′_j and
+    ‖v_j − o′‖ (−∞ and 0 off the prompt). prompt_keys [L, K, S, H]: the prompt's keys k_j (0 off
+    the prompt); own_key [G, L, K, H]: each step's own reference key k′_s; query_jacobian
+    [G, L, N, H, D]: J_q = ∂q/∂x at the reference stream (norm₁, projection, RoPE).
+    cross_score [G, L, N, G]: ⟨q′_t, k′_i⟩/√H of step t's query and step i's own key (the
+    generated key i is step i's current token); source_norm: ‖v′_i − o′_t‖; source
     [G, L, N, G, D]: W_o,nᵀ (v′_i − o′_t). attn_jacobian [G, L, D, D]: J_A = Σ_n W_o,nᵀ C_n J_q,n
     /√H, the attention output's derivative along the query path; block_jacobian: B = I + J_M
     J_N₂, the derivative of x ↦ x + MLP(norm₂ x); step_norm [G, L]: ‖I + J_A‖ (‖B + J_A‖ with a
@@ -61,6 +65,11 @@ class MarkovStats:
     self_value: np.ndarray
     value_mean: np.ndarray
     covariance: np.ndarray
+    prefix_score: np.ndarray
+    prefix_dist: np.ndarray
+    prompt_keys: np.ndarray
+    own_key: np.ndarray
+    query_jacobian: np.ndarray
     cross_score: np.ndarray
     source_norm: np.ndarray
     source: np.ndarray
@@ -124,13 +133,15 @@ def _attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
              "self_value": jnp.linalg.norm(vs_c[:, :, None] - o, axis=-1),
              "value_mean": jnp.sum(a * jnp.sqrt(jnp.maximum(dist, 0.0)), -1),
              "cross_score": jnp.einsum("BKGH,CKH->BKGC", q, ks),
-             "covariance": _opnorm(cov) + cov_slack}
+             "covariance": _opnorm(cov) + cov_slack, "prefix_score": z,
+             "prefix_dist": jnp.where(valid, jnp.sqrt(jnp.maximum(dist, 0.0)), 0.0)}
     stats = {name: x.reshape(B, -1, *x.shape[3:]) for name, x in stats.items()}
     w_o = attn["o"]["kernel"]  # [D, N, H]
     jq = jax.vmap(jax.jacfwd(lambda x, p: exact.project(
         attn["q"], exact.norm(cfg, block["norm1"], x), cfg, p)))(x, positions)  # [B, N, H, D]
     cov = cov.reshape(B, -1, H, H)
-    return dict(stats, source_norm=jnp.linalg.norm(centred, axis=-1),
+    return dict(stats, source_norm=jnp.linalg.norm(centred, axis=-1), own_key=ks,
+                query_jacobian=jq,
                 source=jnp.einsum("DNH,BNCH->BNCD", w_o, centred),
                 attn_jacobian=jnp.einsum("DNH,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
 
@@ -185,7 +196,10 @@ def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positi
         for name, value in stats.items():
             per.setdefault(name, []).append(value)
         per.setdefault("prefix_key", []).append(jnp.repeat(kmax, cfg.heads_per_kv))
-    out = {k: jnp.stack(v, 0 if k == "prefix_key" else 1) for k, v in per.items()}
+        per.setdefault("prompt_keys", []).append(
+            jnp.where(valid[:, None], keys[i].swapaxes(-1, -2), 0.0))
+    out = {k: jnp.stack(v, 0 if k in ("prefix_key", "prompt_keys") else 1)
+           for k, v in per.items()}
     final = xs[:, -1]
     final_jacobian = jax.vmap(jax.jacfwd(
         lambda x: exact.norm(cfg, params["final_norm"], x)))(final)

@@ -14,7 +14,7 @@ from theory.test_bounds import LLAMA, model_of
 
 from dynsys.decode import generate, prefill, step
 from dynsys.nn.cache import empty_rows
-from dynsys.theory import certify, markov_stats, uniform_bound, weight_constants
+from dynsys.theory import certify, margin, markov_stats, uniform_bound, weight_constants
 from dynsys.theory.certificate import attention_bounds
 from dynsys.theory.dilution import probe_trace, queries, run_recorded
 from dynsys.theory.margin import NEAR, UNIT, margin_bound, margin_change
@@ -179,6 +179,49 @@ def test_attention_lemmas_against_brute_force(std, seed):
         assert (heads.query_path >= gap - 1e-7).all()
         if layer:  # layer 0: δ = 0, both sides are rounding
             assert (heads.query_path[1:] < BITES * gap[1:]).all()
+
+
+@pytest.mark.parametrize("std, seed", SMALL)
+def test_directional_score_bounds_against_brute_force(std, seed, monkeypatch):
+    """The margin certificate's support functions (margin._support, as margin_bound calls them)
+    bound the measured |⟨q − q′, k⟩|/√H of every prompt key and every step's own reference key,
+    0 violations, and bite: within BITES of the measured change on the keys of largest change
+    (r ≥ 1, layers ≥ 1); attention_bounds with them still encloses the brute-force weights."""
+    c = case(std, seed)
+    seen = []
+    original = margin._support
+
+    def spy(w, s, i, *args):
+        seen.append(original(w, s, i, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(margin, "_support", spy)
+    margin.margin_bound(c["weights"], c["stats"])
+    _, real, ref_rows, ref = recorded(c["model"].params, c["prefix"], jnp.asarray(c["trace"]),
+                                      jnp.arange(N, N + G))
+    K, Gq = LLAMA.num_kv_heads, LLAMA.heads_per_kv
+    for layer in range(LLAMA.num_layers):
+        dq = (np.asarray(real[layer], np.float64) - np.asarray(ref[layer], np.float64))
+        dq = dq.reshape(G, K * Gq, -1)  # (q − q′)/√H [G, N, H]
+        pk = np.asarray(c["prefix"].k[layer], np.float64)[:, :, :N]  # [K, H, n]
+        own = np.asarray(ref_rows.k[layer][:, :, :, 0], np.float64)  # [G, K, H]
+        keys = np.concatenate([pk.swapaxes(1, 2), own.swapaxes(0, 1)], 1)  # [K, n + G, H]
+        keys = np.repeat(keys, Gq, 0)
+        change = np.abs(np.einsum("tnh,nsh->tns", dq, keys))
+        bound = np.concatenate([seen[layer][..., :N], seen[layer][..., -G:]], -1)
+        assert (change <= bound + 1e-6 * np.abs(change).max()).all()
+        if layer:
+            top = change[1:].max(-1)
+            assert (bound[1:].max(-1) < BITES * top).all()
+        delta = c["margin"].residual[:, layer - 1] if layer else np.zeros(G)
+        heads = attention_bounds(c["weights"], c["stats"], layer, delta, seen[layer])
+        weights, gap = brute_attention(c, layer)
+        earlier = np.broadcast_to(np.arange(G)[None, None] < np.arange(G)[:, None, None],
+                                  weights.shape)
+        tol = 1e-6 * weights
+        assert (heads.low[earlier] <= weights[earlier] + tol[earlier]).all()
+        assert (weights[earlier] <= heads.high[earlier] + tol[earlier]).all()
+        assert (heads.query_path >= gap - 1e-7).all()
 
 
 def test_degeneration_theorem_end_to_end():
