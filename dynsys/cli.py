@@ -585,7 +585,7 @@ def _generate_ngrams(model: str, seed: int, devices, ngram: list[int], prompts_p
         start = time.perf_counter()
         with log.status(f"generating with RoPE {'on' if use_rope else 'off'}"):
             traces = np.asarray(generate_tokens(base.with_rope(use_rope), batch, new_tokens,
-                                                sampler=sampler, seed=seed))
+                                                sampler=sampler, seed=seed).tokens)
         log.log(f"RoPE {'on' if use_rope else 'off'}: {traces.size} tokens in "
                 f"{time.perf_counter() - start:.1f} s")
         found = periodicity_batch(traces, k=repeats)
@@ -622,7 +622,7 @@ def _generate_text(model, text: str, new_tokens: int, sampler: Sampler, seed: in
         raise ValueError("--text='' is empty")
     ids = np.asarray(model.tokenizer.encode(text).ids, np.int32)
     trace = np.asarray(generate_tokens(model, ids[None], new_tokens, sampler=sampler,
-                                       seed=seed))[0]
+                                       seed=seed).tokens)[0]
     found = periodicity_batch(trace[None], k=repeats)
     record = {"text": text, "prompt_ids": ids.tolist(), "tokens": trace.tolist(),
               "period": int(found.period[0]), "onset": int(found.onset[0]),

@@ -40,7 +40,7 @@ def stand_in(directory: Path) -> Path:
 
 def loop_share(model: ds.Model, prompts: np.ndarray, new_tokens: int) -> str:
     """'k/B = share [lo, hi]' of the B greedy traces whose end is periodic (3 copies)."""
-    traces = np.asarray(ds.generate(model, prompts, new_tokens))
+    traces = np.asarray(ds.generate(model, prompts, new_tokens).tokens)
     k = int(np.sum(ds.periodicity_batch(traces).period > 0))
     lo, hi = proportion_interval(k, len(prompts))
     return f"{k}/{len(prompts)} = {k / len(prompts):.2f} [{lo:.2f}, {hi:.2f}]"
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"  {kind:18s} RoPE on {on:28s} RoPE off {off}")
 
     prompt = kinds["2-gram repeated"][0]
-    trace = np.asarray(ds.generate(model, prompt[None], args.new_tokens))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], args.new_tokens).tokens)[0]
     if V <= FULL_MAP_LIMIT:
         fmap = ds.markov_map(model, prompt)  # V rows after one shared prefix
         print(f"f_P on all of V: {ds.orbits(fmap.next).n_cycles} cycles")

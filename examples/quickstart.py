@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> None:
     prompt = ds.prompts.repeated_ngram(cfg.vocab_size, n=args.ngram, length=args.length, seed=1)
 
     # Greedy decoding: tokens [B, G] for prompts [B, n]; here B = 1.
-    trace = np.asarray(ds.generate(model, prompt[None], args.new_tokens))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], args.new_tokens).tokens)[0]
     loop = ds.traces.periodicity(trace)  # the eventual cycle: period, onset, repeats
     print(f"greedy trace: period {loop.period} from step {loop.onset} ({loop.repeats} repeats)")
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
     # An edit is data passed into the compiled program: x -> x * scale + shift at a site.
     ablate = ds.edits({("mlp_out", 0): {"scale": 0.0}}, cfg.num_layers)
-    edited = np.asarray(ds.generate(model, prompt[None], args.new_tokens, edits=ablate))[0]
+    edited = np.asarray(ds.generate(model, prompt[None], args.new_tokens, edits=ablate).tokens)[0]
     print(f"block 0's MLP zeroed: period {ds.traces.periodicity(edited).period}, "
           f"{np.mean(edited != trace):.0%} of tokens changed")
 

@@ -70,7 +70,7 @@ def run_case(preset: str, prompt_len: int, new: int, batches: tuple[int, ...],
     for batch in batches:
         prompts = np.random.default_rng(batch).integers(
             0, model.config.vocab_size, (batch, prompt_len)).astype(np.int32)
-        ours = lambda: np.asarray(jax.block_until_ready(ds.generate(model, prompts, new)))  # noqa: E731, B023
+        ours = lambda: np.asarray(jax.block_until_ready(ds.generate(model, prompts, new).tokens))  # noqa: E731, B023
         _, compile_s = timed(ours)
         tokens, our_s = timed(ours)
         with torch.no_grad():
@@ -101,7 +101,8 @@ def run_bf16(preset: str | ds.ModelConfig, prompt_len: int, new: int, roof: Roof
         f32, preset = ds.Model(preset, init_params(preset, 0)), "llama-41m"
     b16 = bf16_model(f32)
     prompt = np.random.default_rng(1).integers(0, f32.config.vocab_size, (1, prompt_len))
-    calls = {name: (lambda m=m: np.asarray(jax.block_until_ready(ds.generate(m, prompt, new))))
+    calls = {name: (lambda m=m: np.asarray(jax.block_until_ready(
+                 ds.generate(m, prompt, new).tokens)))
              for name, m in (("float32", f32), ("bfloat16", b16))}
     tokens = {name: call() for name, call in calls.items()}  # compile
     best = {name: float("inf") for name in calls}

@@ -65,7 +65,7 @@ def test_generation_beyond_max_positions_raises(short):
         generate(short, ids(1, 60), 5)
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
         generate(short, [ids(10), ids(61)], 4)
-    assert generate(short, ids(1, 60), 4).shape == (1, 4)  # exactly at the limit is fine
+    assert generate(short, ids(1, 60), 4).tokens.shape == (1, 4)  # exactly at the limit is fine
 
 
 def test_prompt_beyond_max_positions_raises(short):

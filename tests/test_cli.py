@@ -307,7 +307,7 @@ def test_generate_text_prints_ids_beside_their_text(tmp_path):
     base = random_model(CONFIGS["llama-g1"])
     ds.save_hf(Model(base.config, base.params, tokenizer), tmp_path / "ckpt")
     ids = tokenizer.encode("The with statement").ids
-    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6))[0]
+    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6).tokens)[0]
     result = runner.invoke(app, ["generate", "--model", str(tmp_path / "ckpt"), "--text",
                                  "The with statement", "--new-tokens", "6"])
     assert result.exit_code == 0, result.output
@@ -365,11 +365,12 @@ def test_generate_takes_every_sampler_setting_and_writes_the_traces(tmp_path):
     batch = np.stack([repeated_ngram(model.config.vocab_size, 2, 16, seed=2000 + i)
                       for i in range(2)])
     sampler = Sampler(0.8, 5, 0.9, 1.3, 3, 0.8, 2.0, 3, (1, 2), 12)
-    expected = np.asarray(ds.generate(model.with_rope(True), batch, 8, sampler=sampler, seed=3))
+    expected = np.asarray(ds.generate(model.with_rope(True), batch, 8, sampler=sampler,
+                                      seed=3).tokens)
     assert [r["tokens"] for r in printed] == expected.tolist()
     assert [r["prompt_ids"] for r in printed] == batch.tolist()
     assert {(r["rope"], r["N"], r["prompt"]) for r in printed} == {("on", 2, 0), ("on", 2, 1)}
-    assert expected.tolist() != np.asarray(ds.generate(model, batch, 8)).tolist()  # not greedy
+    assert expected.tolist() != ds.generate(model, batch, 8).tokens.tolist()  # not greedy
     assert invoke(*args, "--out", str(tmp_path / "t.jsonl")).exit_code == 0
     lines = (tmp_path / "t.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == printed
@@ -408,7 +409,7 @@ def test_generate_text_writes_its_trace(tmp_path):
     base = random_model(CONFIGS["llama-g1"])
     ds.save_hf(Model(base.config, base.params, tokenizer), tmp_path / "ckpt")
     ids = tokenizer.encode("The with statement").ids
-    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6))[0]
+    expected = np.asarray(ds.generate(base, np.asarray([ids]), 6).tokens)[0]
     result = invoke("generate", "--model", str(tmp_path / "ckpt"), "--text",
                     "The with statement", "--new-tokens", "6", "--json")
     [record] = json.loads(result.stdout)

@@ -74,7 +74,7 @@ def outputs(model: Model):
     prefix = prefill(model, prompt)
     suffixes = rng.integers(0, V, (8, 3))
     positions = np.broadcast_to(np.arange(12, 15, dtype=np.int32), (8, 3))
-    return dict(tokens=np.asarray(generate(model, prompts, 4)),
+    return dict(tokens=np.asarray(generate(model, prompts, 4).tokens),
                 map=markov_map(model, prompt, chunk=64, prefix=prefix, progress=False),
                 logits=step(model, prefix, suffixes, positions)[0], prefix=prefix)
 

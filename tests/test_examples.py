@@ -58,7 +58,7 @@ def test_own_model_reads_back_what_it_saved_and_analyses_it(tmp_path, capsys):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(ckpt).eval()
     expected = theirs.generate(torch.as_tensor(prompt, dtype=torch.long), max_new_tokens=8,
                                do_sample=False, pad_token_id=0)[:, 32:].numpy()
-    np.testing.assert_array_equal(np.asarray(ds.generate(mine, prompt, 8)), expected)
+    np.testing.assert_array_equal(np.asarray(ds.generate(mine, prompt, 8).tokens), expected)
 
 def test_own_model_refuses_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "empty").mkdir()

@@ -4,6 +4,7 @@ full-sequence logits, jitted generation) and the samplers it applies."""
 from dynsys.decode import sampling
 from dynsys.decode.engine import (
     DecodeState,
+    Generation,
     Output,
     forward,
     generate,
@@ -19,6 +20,6 @@ from dynsys.decode.engine import (
 )
 from dynsys.decode.sampling import GREEDY, Sampler
 
-__all__ = ["GREEDY", "DecodeState", "Output", "Sampler", "forward", "generate", "last_logits",
-           "left_pad", "logits", "prefill", "prefill_chunk", "prefix_for", "run", "sampling",
-           "sequence_logits", "step"]
+__all__ = ["GREEDY", "DecodeState", "Generation", "Output", "Sampler", "forward", "generate",
+           "last_logits", "left_pad", "logits", "prefill", "prefill_chunk", "prefix_for", "run",
+           "sampling", "sequence_logits", "step"]

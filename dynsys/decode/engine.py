@@ -3,6 +3,8 @@
 Every function here is one call of `Transformer` with a RowCache (per-row keys) and an
 optional Prefix (shared keys, no batch axis): ordinary generation has no prefix; the Markov
 map is a step of many rows after one long prefix (docs/concepts.md, "The shared-prefix step").
+`generate` returns one `Generation` (tokens, and where asked for the margins of the processed
+scores, the top-K log-probabilities of the raw logits, the recorded sites).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dynsys.checks import check_finite, check_positions, check_seed, check_tokens, usable_logits
+from dynsys.checks import (
+    check_finite,
+    check_int,
+    check_positions,
+    check_seed,
+    check_tokens,
+    usable_logits,
+)
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.nn import Model, Transformer
@@ -267,11 +276,31 @@ def decode_segments(prompt: int, new_tokens: int) -> list[tuple[int, int, int]]:
             for j, (a, b) in enumerate(zip(starts, ends))]
 
 
+@struct.dataclass
+class Generation:
+    """What `generate` returns: always the same fields, None where not asked for.
+
+    tokens [B, G]: the generated tokens. margins [B, G] (return_margins): top-1 minus top-2
+    *processed* score of each step (the scores greedy takes the argmax of: after the penalties,
+    DRY and the n-gram ban; transformers' `output_scores`). logprob_ids, logprobs [B, G, K]
+    (top_logprobs = K > 0): the K most likely ids of each step and their log-probabilities
+    log_softmax(raw logits), of the model's *raw* float32 logits before any sampler setting
+    (transformers' `output_logits`, not its processed `output_scores`), sorted descending, ties
+    to the lower id. recorded {site: [B, G, ...]} (record): see `generate`."""
+
+    tokens: jnp.ndarray
+    margins: jnp.ndarray | None
+    logprob_ids: jnp.ndarray | None
+    logprobs: jnp.ndarray | None
+    recorded: dict
+
+
 @functools.partial(jax.jit,
-                   static_argnames=("cfg", "max_new_tokens", "kind", "with_margins", "record"))
+                   static_argnames=("cfg", "max_new_tokens", "kind", "with_margins", "record",
+                                    "top_logprobs"))
 def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: bool, params,
               tokens, write_mask, values, key, edits, record: tuple[str, ...] = (),
-              generated_key_bias=None):
+              generated_key_bias=None, top_logprobs: int = 0):
     B, T = tokens.shape
     segments = decode_segments(T, max_new_tokens)
     key_bias = None if generated_key_bias is None else (T, generated_key_bias)
@@ -285,22 +314,25 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
                         rows=rows, position=positions[:, -1] + 1)
 
     def choose(state: DecodeState, i):
-        """The next token, its margin and whether the logits it came from are usable (finite,
-        not all equal)."""
+        """The next token, its margin, whether the logits it came from are usable (finite,
+        not all equal) and the top_logprobs most likely ids with their raw log-probabilities
+        ([B, 0] each when off)."""
         scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values)
         token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
         margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
-        return token, margin, usable_logits(state.logits)
+        ids, logprobs = sampling.top_logprobs(state.logits, top_logprobs)
+        return token, margin, usable_logits(state.logits), ids, logprobs
 
     def body(state: DecodeState, i):
-        token, margin, finite = choose(state, i)
+        token, margin, finite, *top = choose(state, i)
         out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
                   jnp.ones((B, 1), bool), None, edits, bool(record), key_bias)
         state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
                             rows=out.rows, position=state.position + 1)
-        return state, (token, margin, finite, _recorded_sites(cfg, out.recorded, record, 0))
+        return state, (token, margin, finite, *top,
+                       _recorded_sites(cfg, out.recorded, record, 0))
 
     def full_width(sites: dict) -> dict:
         """attn_weights over a segment's cache, zero-padded to the last segment's slots."""
@@ -316,9 +348,11 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
         pieces.append((*piece, full_width(sites)))
     *steps, sites = jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
     last = choose(state, max_new_tokens - 1)
-    # [B, G] each: tokens, margins, usable logits; then {site: [B, G, ...]}, entry 0 from the
-    # last prompt token, entry i > 0 from step i − 1 (which fed token i − 1)
-    return (*(jnp.concatenate([x.T, y[:, None]], axis=1) for x, y in zip(steps, last)),
+    # [B, G] each: tokens, margins, usable logits; [B, G, K] each: top ids, their log-probs;
+    # then {site: [B, G, ...]}, entry 0 from the last prompt token, entry i > 0 from step i − 1
+    # (which fed token i − 1)
+    return (*(jnp.concatenate([jnp.moveaxis(x, 0, 1), y[:, None]], axis=1)
+              for x, y in zip(steps, last)),
             jax.tree.map(lambda x, y: jnp.concatenate([x[:, None], jnp.moveaxis(y, 0, 1)], 1),
                          first, sites))
 
@@ -395,12 +429,14 @@ def pad_prompts(cfg: ModelConfig, prompts, new_tokens: int) -> tuple[np.ndarray,
 
 def generate(model: Model, prompts, max_new_tokens: int, *,
              sampler: sampling.Sampler = sampling.GREEDY, seed: int = 0,
-             return_margins: bool = False, edits: dict | None = None,
-             record: Sequence[str] = (), generated_key_bias: float | None = None):
-    """Continue each prompt by max_new_tokens tokens; returns tokens [B, max_new_tokens]
-    (and, with return_margins, each step's top-1 minus top-2 processed score, [B, G]; then,
-    with `record`, the recorded sites): `tokens`, `(tokens, margins)`, `(tokens, recorded)` or
-    `(tokens, margins, recorded)`.
+             return_margins: bool = False, top_logprobs: int = 0, edits: dict | None = None,
+             record: Sequence[str] = (), generated_key_bias: float | None = None
+             ) -> Generation:
+    """Continue each prompt by G = max_new_tokens tokens; returns a `Generation`: tokens
+    [B, G]; with return_margins each step's top-1 minus top-2 processed score [B, G]; with
+    top_logprobs = K > 0 each step's K most likely ids and their log-probabilities under the
+    raw logits [B, G, K] (`Generation` says which scores each is of); with `record` the
+    recorded sites. Fields not asked for are None ({} for recorded).
 
     record: site names (`dynsys.nn.sites`; a str is one name). recorded[name] is [B, G, L, ...]
     for a block site (L layers), [B, G, ...] for "embed_out": entry [b, i] is the site's value
@@ -439,15 +475,18 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
     check_edits(edits, cfg.num_layers)
     seed = check_seed(seed)
+    top_logprobs = check_int("top_logprobs", top_logprobs, minimum=0, maximum=cfg.vocab_size)
     if generated_key_bias is not None:
         generated_key_bias = check_key_bias(generated_key_bias)
     tokens, mask = pad_prompts(cfg, prompts, max_new_tokens)
     check_generation_fits(cfg, *tokens.shape, max_new_tokens, "attn_weights" in record)
     with use(model.params):
-        out, margins, finite, recorded = _generate(
+        out, margins, finite, ids, logprobs, recorded = _generate(
             cfg, int(max_new_tokens), sampler.kind, return_margins, model.params,
             jnp.asarray(tokens), jnp.asarray(mask), sampler.values, jax.random.PRNGKey(seed),
-            edits, record=record, generated_key_bias=generated_key_bias)
+            edits, record=record, generated_key_bias=generated_key_bias,
+            top_logprobs=top_logprobs)
     check_finite(finite, "generate ([row, step])")
-    extra = ((margins,) if return_margins else ()) + ((recorded,) if record else ())
-    return (out, *extra) if extra else out
+    return Generation(out, margins if return_margins else None,
+                      ids if top_logprobs else None, logprobs if top_logprobs else None,
+                      recorded)

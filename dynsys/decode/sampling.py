@@ -210,3 +210,13 @@ def margin(scores: jnp.ndarray) -> jnp.ndarray:
     best = jnp.argmax(scores, axis=-1)
     others = jnp.where(jnp.arange(scores.shape[-1]) == best[..., None], -jnp.inf, scores)
     return jnp.max(scores, axis=-1) - jnp.max(others, axis=-1)
+
+
+def top_logprobs(logits: jnp.ndarray, k: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The k most likely ids [B, k] (int32) and their log-probabilities [B, k], log_softmax of
+    the logits given (float32), sorted descending, ties to the lower id; [B, 0] each for k = 0."""
+    if k == 0:
+        empty = jnp.zeros((*logits.shape[:-1], 0))
+        return empty.astype(jnp.int32), empty
+    values, ids = jax.lax.top_k(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), k)
+    return ids.astype(jnp.int32), values

@@ -146,7 +146,8 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     def compute(ngram: int, batch: int, rope: bool) -> dict:
         batch_prompts = make_prompts(config, model().config.vocab_size, ngram, batch)
         return {"prompts": batch_prompts,
-                "traces": generate(model().with_rope(rope), batch_prompts, config.new_tokens)}
+                "traces": generate(model().with_rope(rope), batch_prompts,
+                                   config.new_tokens).tokens}
 
     run.fill(_units(config), lambda ngram, batch, rope: unit_name(rope, ngram, batch), compute,
              "E1 untrained loops", progress)

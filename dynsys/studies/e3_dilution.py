@@ -124,7 +124,7 @@ def measure(model, weights, prompt: np.ndarray, G: int, capacity: int, bounded: 
     enclosure; prefix_lse [G, L, N]: log Σ_{j∈P} e^{z′_j} of the reference steps (for the
     prompt-dependent n₀)."""
     prefix = prefill(model, prompt, capacity)
-    trace = np.asarray(generate(model, prompt[None], G))[0]
+    trace = np.asarray(generate(model, prompt[None], G).tokens)[0]
     probe = probe_trace(model, prompt, trace, prefix)
     if not (probe.real_next[:-1] == trace[1:]).all():
         raise RuntimeError(f"n={len(prompt)}: the probe's real steps do not reproduce the "

@@ -100,7 +100,7 @@ def cycle_unit(model, prompt: np.ndarray, G: int, repeats: int, capacity: int) -
     """The greedy trace of `prompt`, the full map f_P (next, margin) and the comparison's
     loop-level numbers. The prompt's cache has `capacity` slots: one capacity for every n
     compiles the map and the comparison once per RoPE setting."""
-    trace = np.asarray(generate(model, prompt[None], G))[0]
+    trace = np.asarray(generate(model, prompt[None], G).tokens)[0]
     prefix = prefill(model, prompt, capacity=capacity)
     fmap = markov_map(model, prompt, prefix=prefix, progress=False)
     gap = compare(model, prompt, trace, fmap, memory_ks=(), repeats=repeats, prefix=prefix)

@@ -169,7 +169,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
             return {"prompts": prompts, "next": np.stack([m.next for m in maps]),
                     "margin": np.stack([m.margin for m in maps])}
         prompts = make_prompts(kind, config.vocab, config.length, config.prompts, config.seed)
-        return {"prompts": prompts, "traces": np.asarray(generate(net, prompts, config.G))}
+        return {"prompts": prompts, "traces": np.asarray(generate(net, prompts, config.G).tokens)}
 
     run.fill(units(config), unit_name, compute, "E7 traces through training", progress)
     write_training_tables(run, config)

@@ -174,7 +174,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
         net = model(paths[step])
         prompts = make_prompts("random", config.vocab, config.reference_length, config.prompts,
                                config.seed)
-        return {"prompts": prompts, "traces": np.asarray(generate(net, prompts, config.G)),
+        return {"prompts": prompts, "traces": np.asarray(generate(net, prompts, config.G).tokens),
                 **{f"loss_{language}": np.array(
                     [float(heldout_loss(trainer, net.params, w[None]))
                      for w in texts[language]["windows"]]) for language in LANGUAGES}}
@@ -183,7 +183,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
              "E8 checkpoints", progress)
     run.fill([(language,) for language in LANGUAGES], lambda language: f"final_{language}",
              lambda language: {"traces": np.asarray(generate(
-                 model(paths[final]), texts[language]["prompts"], config.G))},
+                 model(paths[final]), texts[language]["prompts"], config.G).tokens)},
              "E8 text prompts", progress)
     write_training_tables(run, config)
     steps = {step: run.load(step_unit(step)) for step in config.steps_saved()}

@@ -55,7 +55,7 @@ def trace_agreement(model: Model, prompts: np.ndarray, traces: np.ndarray
 
 def _unit(model: Model, kind: str, n: int, seeds: range, G: int, ngram: int) -> dict:
     batch = np.stack([make_prompt(kind, model.config.vocab_size, n, s, ngram) for s in seeds])
-    traces = np.asarray(generate(model, batch, G))
+    traces = np.asarray(generate(model, batch, G).tokens)
     markov, exact = trace_agreement(model, batch, traces)
     return {"traces": traces, "agree_markov": markov, "agree_position": exact}
 

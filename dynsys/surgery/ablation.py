@@ -166,7 +166,7 @@ def ablation_sweep(model: Model, prompts, G: int, components: Sequence[str] = CO
 
     def traces(changes):
         return np.asarray(generate(model, prompts, G,
-                                   edits=_uniform_edits(cfg, components, changes)))
+                                   edits=_uniform_edits(cfg, components, changes)).tokens)
 
     base = LoopRate.of(traces({}), k)
     return Sweep.of(base, [(layer, c, mode,

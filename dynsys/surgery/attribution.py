@@ -196,7 +196,8 @@ def loop_margin(model: Model, prompts, traces, edits: dict | None = None,
 def neuron_attribution(model: Model, prompts, traces, k: int = K,
                        batch: int = 8) -> Attribution:
     """Score every MLP neuron (site "mlp_hidden", each layer) on the looping traces among
-    `traces` [B, G], the greedy continuations of `prompts` (e.g. `generate(model, prompts, G)`).
+    `traces` [B, G], the greedy continuations of `prompts` (e.g. `generate(model, prompts,
+    G).tokens`).
 
     Two methods (see `Attribution` for the formulas): "grad_x_act", activation × gradient of
     the loop margin M_b, one teacher-forced forward and backward pass over prompt + trace with

@@ -110,7 +110,7 @@ def confirm(model: Model, prompts, G: int, neurons, op: str = "zero",
     pad_prompts(cfg, prompts, G)
 
     def traces(chosen):
-        return np.asarray(generate(model, prompts, G, edits=neuron_edits(cfg, chosen, op)))
+        return np.asarray(generate(model, prompts, G, edits=neuron_edits(cfg, chosen, op)).tokens)
 
     before = LoopRate.of(traces([]), k)
     rows = []

@@ -132,7 +132,7 @@ def rate_changes(before: Model, after: Model, prompts, G: int, *, delimiter=None
     prompts, G = as_prompts(prompts), check_length(G)
     pad_prompts(cfg, prompts, G)
     delimiter = _check_delimiter(delimiter, cfg.vocab_size)
-    x0, x1 = (np.asarray(generate(m, prompts, G)) for m in (before, after))
+    x0, x1 = (np.asarray(generate(m, prompts, G).tokens) for m in (before, after))
     return _rates(x0, x1, delimiter, window, k)
 
 
@@ -272,11 +272,11 @@ class Baseline:
         pad_prompts(cfg, prompts, G)
         map_prompts = as_prompts(map_prompts)
         V = cfg.vocab_size
-        return cls(np.asarray(generate(model, prompts, G)),
+        return cls(np.asarray(generate(model, prompts, G).tokens),
                    window_losses(model, heldout_windows, batch),
                    np.stack([markov_map(model, p, progress=False).next for p in map_prompts])
                    if len(map_prompts) else np.zeros((0, V), np.int64),
-                   np.stack([np.asarray(generate(model, [p], G))[0] for p in map_prompts])
+                   np.stack([np.asarray(generate(model, [p], G).tokens)[0] for p in map_prompts])
                    if len(map_prompts) else np.zeros((0, G), np.int64))
 
     def check(self, cfg: ModelConfig, prompts: int, G: int, windows: int, maps: int) -> None:
@@ -339,14 +339,14 @@ def judge(before: Model, after: Model, prompts, G: int, heldout_windows, map_pro
     if baseline is None:
         baseline = Baseline.of(before, prompts, G, windows, map_prompts)
     baseline.check(cfg, len(prompts), G, len(windows), len(map_prompts))
-    rates = _rates(baseline.traces, np.asarray(generate(after, prompts, G)), delimiter, window,
-                   k)
+    rates = _rates(baseline.traces, np.asarray(generate(after, prompts, G).tokens), delimiter,
+                   window, k)
     loss = _loss(baseline.losses, window_losses(after, windows), method)
     changes, surfaces = [], []
     for i, prompt in enumerate(map_prompts):
         f, g0 = baseline.maps[i], baseline.greedy[i]
         changes.append(compare_attractors(f, markov_map(after, prompt, progress=False).next))
-        g1 = np.asarray(generate(after, [prompt], G))[0]
+        g1 = np.asarray(generate(after, [prompt], G).tokens)[0]
         surfs = [surface(f, g0, g1, "after greedy", near_steps)]
         if sampled is not None:
             surfs.append(surface(f, g0, sampled[i], "sampled", near_steps))

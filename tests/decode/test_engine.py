@@ -91,8 +91,8 @@ def test_without_rope_logits_ignore_positions(model_of):
 def test_ragged_prompts_equal_each_prompt_alone(pair):
     model, hf = pair("qwen2-g2-tied")
     prompts = [tokens(model, 5, seed=2), tokens(model, 30, seed=3), tokens(model, 18, seed=4)]
-    together = np.asarray(generate(model, prompts, 24))
-    np.testing.assert_array_equal(together[0], np.asarray(generate(model, prompts[:1], 24))[0])
+    together = np.asarray(generate(model, prompts, 24).tokens)
+    np.testing.assert_array_equal(together[0], generate(model, prompts[:1], 24).tokens[0])
     for i, p in enumerate(prompts):
         np.testing.assert_array_equal(together[i], hf_greedy(hf, p[None], 24)[0])
 
@@ -104,7 +104,8 @@ def test_segmented_generation_matches_transformers(pair):
     new = 2 * dynsys.decode.engine.MIN_SEGMENT + 3
     assert len(dynsys.decode.engine.decode_segments(16, new)) == 2
     prompts = tokens(model, 2, 16, seed=6)
-    ours, margins = generate(model, prompts, new, return_margins=True)
+    out = generate(model, prompts, new, return_margins=True)
+    ours, margins = out.tokens, out.margins
     theirs, scores = hf_greedy(hf, prompts, new, with_scores=True)
     np.testing.assert_array_equal(np.asarray(ours), theirs)
     top2 = np.sort(scores, -1)[..., -2:]
@@ -138,7 +139,8 @@ def test_generate_compiles_once_per_bucket(model_of):
 def test_margins_match_transformers_scores(name, pair):
     model, hf = pair(name)
     prompts = tokens(model, 2, 16, seed=5)
-    ours, margins = generate(model, prompts, 32, return_margins=True)
+    out = generate(model, prompts, 32, return_margins=True)
+    ours, margins = out.tokens, out.margins
     theirs, scores = hf_greedy(hf, prompts, 32, with_scores=True)
     np.testing.assert_array_equal(np.asarray(ours), theirs)
     top2 = np.sort(scores, -1)[..., -2:]
@@ -160,7 +162,7 @@ def test_overflow_late_in_generation_names_the_step(model_of):
     """A model finite on the prompt whose logits overflow once a chosen token is fed back."""
     model = model_of("llama-g1").copy()
     prompt = tokens(model, 1, 5)
-    first = int(np.asarray(generate(model, prompt, 1))[0, 0])
+    first = int(np.asarray(generate(model, prompt, 1).tokens)[0, 0])
     embedding = model.params["embed"]["embedding"]
     model.params["embed"]["embedding"] = embedding.at[first].set(np.inf)
     if first in prompt:
@@ -219,8 +221,9 @@ def test_recorded_generation_matches_teacher_forced_forward(model_of):
     model = model_of("llama-g2-narrow")
     cfg, G = model.config, 6
     prompts = [tokens(model, 16, seed=6), tokens(model, 11, seed=7)]
-    out, margins, recorded = generate(model, prompts, G, return_margins=True,
-                                      record=(*RECORDED, "resid_post"))
+    generation = generate(model, prompts, G, return_margins=True,
+                          record=(*RECORDED, "resid_post"))
+    out, margins, recorded = generation.tokens, generation.margins, generation.recorded
     assert list(recorded) == list(RECORDED) and margins.shape == (2, G)
     n = 16 + G - 1
     seq = np.zeros((2, n), np.int32)
@@ -286,7 +289,8 @@ def test_recorded_attention_weights_of_decode_steps_equal_transformers_eager(nam
     model, hf = pair(name)
     cfg = model.config
     prompts = [tokens(model, 16, seed=2), tokens(model, 9, seed=3)]
-    out, recorded = generate(model, prompts, new, record="attn_weights")
+    generation = generate(model, prompts, new, record="attn_weights")
+    out, recorded = generation.tokens, generation.recorded
     ours = np.asarray(recorded["attn_weights"])  # [B, G, L, N, W + G]
     W = ours.shape[-1] - new
     assert W == 16 and ours.shape == (2, new, cfg.num_layers, cfg.num_heads, W + new)
@@ -338,13 +342,13 @@ def test_forced_markov_decoding_iterates_the_position_exact_map(rope, model_of):
     model = model_of("llama-g2-narrow").with_rope(rope)
     G = 12
     prompts = [tokens(model, 10, seed=8), tokens(model, 13, seed=9), tokens(model, 16, seed=10)]
-    forced = np.asarray(generate(model, prompts, G, generated_key_bias=-np.inf))
+    forced = np.asarray(generate(model, prompts, G, generated_key_bias=-np.inf).tokens)
     for b, prompt in enumerate(prompts):
         assert forced[b, 0] == np.argmax(np.asarray(forward(model, prompt[None]))[0, -1])
         f = suffix_map(model, prompt, forced[b, :-1, None], offset=np.arange(G - 1),
                        progress=False)
         np.testing.assert_array_equal(forced[b, 1:], f.next)
-    assert not np.array_equal(forced, np.asarray(generate(model, prompts, G)))
+    assert not np.array_equal(forced, np.asarray(generate(model, prompts, G).tokens))
 
 
 def test_generated_key_bias_zero_is_normal_decoding_and_all_values_share_one_compile(model_of):
@@ -356,11 +360,11 @@ def test_generated_key_bias_zero_is_normal_decoding_and_all_values_share_one_com
         plain = generate(model, prompts, 20, sampler=sampler, seed=5, return_margins=True)
         zero = generate(model, prompts, 20, sampler=sampler, seed=5, return_margins=True,
                         generated_key_bias=0.0)
-        for a, b in zip(plain, zero):
+        for a, b in ((plain.tokens, zero.tokens), (plain.margins, zero.margins)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     compiled = dynsys.decode.engine._generate._cache_size()
     traces = [np.asarray(generate(model, prompts, 20, sampler=sampler, seed=5,
-                                  return_margins=True, generated_key_bias=b)[0])
+                                  return_margins=True, generated_key_bias=b).tokens)
               for b in (np.log(0.5), np.log(0.1), -np.inf)]
     assert dynsys.decode.engine._generate._cache_size() == compiled
     assert not np.array_equal(traces[0], traces[2])

@@ -176,10 +176,10 @@ def test_seeded_sampling_is_reproducible(model_of):
     model = model_of("llama-g1")
     prompt = np.random.default_rng(0).integers(0, 257, (2, 12))  # shapes as in test_decode
     hot = Sampler(temperature=1.0)
-    a = np.asarray(generate(model, prompt, 40, sampler=hot, seed=11))
-    np.testing.assert_array_equal(a, np.asarray(generate(model, prompt, 40, sampler=hot, seed=11)))
-    assert not np.array_equal(a, np.asarray(generate(model, prompt, 40, sampler=hot, seed=12)))
-    assert not np.array_equal(a, np.asarray(generate(model, prompt, 40)))
+    a = np.asarray(generate(model, prompt, 40, sampler=hot, seed=11).tokens)
+    np.testing.assert_array_equal(a, generate(model, prompt, 40, sampler=hot, seed=11).tokens)
+    assert not np.array_equal(a, generate(model, prompt, 40, sampler=hot, seed=12).tokens)
+    assert not np.array_equal(a, np.asarray(generate(model, prompt, 40).tokens))
 
 
 @pytest.mark.parametrize("sampler", [Sampler(temperature=1.0), Sampler(temperature=0.6),
@@ -202,7 +202,8 @@ def test_penalised_greedy_matches_transformers(name, pair):
     model, hf = pair(name)
     prompts = np.random.default_rng(9).integers(0, 40, (2, 16))  # repeats in the prompt
     sampler = Sampler(repetition_penalty=1.3, no_repeat_ngram_size=3)
-    ours, margins = generate(model, prompts, 40, sampler=sampler, return_margins=True)
+    out = generate(model, prompts, 40, sampler=sampler, return_margins=True)
+    ours, margins = out.tokens, out.margins
     theirs, scores = hf_greedy(hf, prompts, 40, with_scores=True, repetition_penalty=1.3,
                                no_repeat_ngram_size=3)
     np.testing.assert_array_equal(np.asarray(ours), theirs)
@@ -339,8 +340,8 @@ def dry_lengths(ids):
 def test_dry_generation_never_makes_the_repeat_greedy_made(model_of):
     model = model_of("neox-rot25")  # greedy loops within 24 tokens on these prompts
     prompts = np.random.default_rng(2).integers(0, 257, (3, 12))
-    greedy = np.asarray(generate(model, prompts, 24))
-    dry = np.asarray(generate(model, prompts, 24, sampler=Sampler(dry_multiplier=1e6)))
+    greedy = np.asarray(generate(model, prompts, 24).tokens)
+    dry = np.asarray(generate(model, prompts, 24, sampler=Sampler(dry_multiplier=1e6)).tokens)
 
     def repeats(prompt, row):  # steps whose token continues a match of length >= 2
         return [t for t in range(len(row))

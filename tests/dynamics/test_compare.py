@@ -19,7 +19,7 @@ def model():
 
 def test_fields_match_brute_force(model):
     prompt = ds.prompts.random_tokens(CFG.vocab_size, 40, seed=0)
-    trace = np.asarray(ds.generate(model, prompt[None], 24))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], 24).tokens)[0]
     fmap = markov_map(model, prompt, progress=False)
     c = compare(model, prompt, trace, fmap)
     np.testing.assert_array_equal(c.markov_next, fmap.next[trace[:-1]])
@@ -37,7 +37,7 @@ def test_fields_match_brute_force(model):
 def test_memory_k_of_whole_trace_is_generation(model):
     """With k covering every generated token the memory-k map is real generation."""
     prompt = ds.prompts.random_tokens(CFG.vocab_size, 20, seed=1)
-    trace = np.asarray(ds.generate(model, prompt[None], 9))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], 9).tokens)[0]
     c = compare(model, prompt, trace, memory_ks=(8,))
     assert c.memory[-1] == 8
 
@@ -47,7 +47,7 @@ def test_one_layer_without_positions_follows_the_markov_orbit():
     cfg = CFG.replace(num_layers=1, use_rope=False)
     model = ds.Model(cfg, ds.init_params(cfg, seed=2))
     prompt = ds.prompts.random_tokens(cfg.vocab_size, 4000, seed=3)
-    trace = np.asarray(ds.generate(model, prompt[None], 32))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], 32).tokens)[0]
     fmap = markov_map(model, prompt, progress=False)
     orbit = [trace[0]]
     for _ in range(31):
@@ -64,7 +64,7 @@ def test_agreement_grows_with_prompt_length(model):
     def mean_agreement(n):
         prompts = np.stack([ds.prompts.random_tokens(CFG.vocab_size, n, seed=s)
                             for s in range(12)])
-        traces = np.asarray(ds.generate(model, prompts, 24))
+        traces = np.asarray(ds.generate(model, prompts, 24).tokens)
         return np.mean([compare(model, p, t, memory_ks=(1,)).agreement
                         for p, t in zip(prompts, traces)])
     short, long = mean_agreement(8), mean_agreement(2048)
@@ -112,7 +112,7 @@ def test_sampled_traces_fit_the_kernel(model):
     nope = model.with_rope(False)
     prompt = ds.prompts.random_tokens(CFG.vocab_size, 3000, seed=4)
     traces = np.asarray(ds.generate(nope, np.stack([prompt] * 64), 12,
-                                    sampler=ds.Sampler(temperature=0.5), seed=0))
+                                    sampler=ds.Sampler(temperature=0.5), seed=0).tokens)
     fit = ds.compare_sampled(nope, prompt, traces, temperature=0.5)
     kernel = markov_map(nope, prompt, kernel_k=CFG.vocab_size, temperature=0.5,
                         progress=False).kernel.toarray()

@@ -103,8 +103,8 @@ def test_edits_equal_the_same_change_made_to_the_weights(model):
                  CFG.num_layers)
     np.testing.assert_allclose(step(model, None, tokens, positions, edits=tree)[0],
                                step(edited, None, tokens, positions)[0], atol=1e-5)
-    greedy = dynsys.decode.generate(model, tokens, 6, edits=tree)
-    np.testing.assert_array_equal(greedy, dynsys.decode.generate(edited, tokens, 6))
+    greedy = dynsys.decode.generate(model, tokens, 6, edits=tree).tokens
+    np.testing.assert_array_equal(greedy, dynsys.decode.generate(edited, tokens, 6).tokens)
 
 
 def test_new_edit_values_reuse_the_compiled_program(model):

@@ -19,7 +19,7 @@ def test_logits_match_transformers(name, pair):
 def test_greedy_tokens_match_transformers(name, pair):
     model, hf = pair(name)
     prompts = np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 24))
-    ours = np.asarray(generate(model, prompts, 64))
+    ours = np.asarray(generate(model, prompts, 64).tokens)
     np.testing.assert_array_equal(ours, hf_greedy(hf, prompts, 64))
 
 

@@ -40,7 +40,7 @@ def study(tmp_path_factory):
 def test_attention_parts_split_the_recorded_weights():
     model = ds.load("tiny")
     batch = np.stack([random_tokens(512, 20, seed=s) for s in range(2)])
-    _, recorded = ds.generate(model, batch, 6, record="attn_weights")
+    recorded = ds.generate(model, batch, 6, record="attn_weights").recorded
     weights = np.asarray(recorded["attn_weights"])
     parts = measure.attention_parts(weights, 20)
     assert parts.shape == (2, 5, 4, 4, 4)

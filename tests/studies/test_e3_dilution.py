@@ -46,7 +46,7 @@ def test_stored_units_against_direct_probe_and_certificate(done, model):
     for n, k in UNITS:
         unit = done.load(e3_dilution.unit_name(n, k))
         prompt = ds.prompts.random_tokens(512, n, seed=1000 * n + k)
-        trace = np.asarray(ds.generate(model, prompt[None], 4))[0]
+        trace = np.asarray(ds.generate(model, prompt[None], 4).tokens)[0]
         np.testing.assert_array_equal(unit["trace"], trace)
         probe = ds.probe_trace(model, prompt, trace)
         assert unit["mass"].shape == (4, 4, 4)  # G, L, N

@@ -132,12 +132,12 @@ def test_tables_follow_the_units_and_the_model(study):
     assert [tuple(p) for p in fix["neurons"]] == ranking[:4]
     after = apply_edit(model, NeuronEdit(tuple(ranking[:4]), "zero"))
     np.testing.assert_array_equal(fix["loop_after"], looping(
-        np.asarray(ds.generate(after, test, CONFIG.G)), CONFIG.repeats))
+        np.asarray(ds.generate(after, test, CONFIG.G).tokens), CONFIG.repeats))
     np.testing.assert_array_equal(fix["loop_before"], looping(
         np.concatenate([base[k][HALF:] for k in KINDS]), CONFIG.repeats))
     baseline = run.load("baseline")  # the unedited side, computed once for every fix
     np.testing.assert_array_equal(baseline["traces"], np.asarray(ds.generate(model, test,
-                                                                             CONFIG.G)))
+                                                                             CONFIG.G).tokens))
     np.testing.assert_array_equal(fix["loss_before"], baseline["losses"])
     table = {(r["fix"], r["k"], r["quantity"], r["kind"]): r for r in run.read_table("fixes")}
     row = table["zero", 4, "loop", "all"]
@@ -148,7 +148,7 @@ def test_tables_follow_the_units_and_the_model(study):
     sampler = Sampler(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2,
                       dry_sequence_breakers=tuple(int(b) for b in unit["dry_breakers"]))
     np.testing.assert_array_equal(dry["traces"], np.asarray(ds.generate(model, test, CONFIG.G,
-                                                                        sampler=sampler)))
+                                                                        sampler=sampler).tokens))
     assert table["dry", 0, "loop", "all"]["after"] == pytest.approx(
         looping(dry["traces"], CONFIG.repeats).mean())
     maps = run.load("maps")

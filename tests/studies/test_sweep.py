@@ -31,7 +31,7 @@ def test_units_match_compare(model):
     res = agreement_sweep(model, lengths=(40,), G=12, seeds=2, kinds=("random",), ropes=(True,),
                           progress=False)
     prompt = make_prompt("random", CFG.vocab_size, 40, 1)
-    trace = np.asarray(ds.generate(model, prompt[None], 12))[0]
+    trace = np.asarray(ds.generate(model, prompt[None], 12).tokens)[0]
     c = ds.compare(model, prompt, trace, memory_ks=(1,))
     np.testing.assert_array_equal(res[0]["traces"][1], trace)
     np.testing.assert_array_equal(res[0]["agree_markov"][1], c.agree_markov)

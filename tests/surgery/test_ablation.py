@@ -28,7 +28,7 @@ def test_zero_sweep_equals_models_built_without_the_branch(model, prompts, sweep
     rows = {(r.layer, r.component): r for r in sweep.rows}
     assert list(rows) == [(i, c) for i in range(CFG.num_layers) for c in BOTH]
     same = identity_tree()
-    np.testing.assert_array_equal(sweep.base.traces, generate(model, prompts, G, edits=same))
+    np.testing.assert_array_equal(sweep.base.traces, generate(model, prompts, G, edits=same).tokens)
     zero = jnp.zeros_like
     down = model.params["blocks_1"]["mlp"]["down"]
     no_mlp = with_params(model, {("blocks_1", "mlp", "down"): {"kernel": zero(down["kernel"]),

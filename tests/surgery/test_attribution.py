@@ -13,8 +13,8 @@ pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 @pytest.fixture(scope="module")
 def greedy(model, prompts):
-    traces, margins = generate(model, prompts, G, return_margins=True)
-    return np.asarray(traces), np.asarray(margins)
+    out = generate(model, prompts, G, return_margins=True)
+    return np.asarray(out.tokens), np.asarray(out.margins)
 
 
 def test_attribution_is_the_derivative_of_the_loop_margin(model, prompts, greedy):
@@ -43,7 +43,7 @@ def test_a_planted_loop_neuron_is_ranked_first(model, prompts):
     planted = plant(model)
     prompts = prompts.copy()
     prompts[:, -1] = PLANT_TOKEN
-    traces = generate(planted, prompts, G)
+    traces = generate(planted, prompts, G).tokens
     assert (np.asarray(traces) == PLANT_TOKEN).all()
     att = neuron_attribution(planted, prompts, traces)
     for method in ("grad_x_act", "onset_diff"):
@@ -58,4 +58,4 @@ def test_bad_input_names_the_value(model, prompts):
     with pytest.raises(ValueError, match="8 prompts but 2 traces"):
         neuron_attribution(model, prompts, np.zeros((2, G), np.int32))
     with pytest.raises(ValueError, match="method='max'"):
-        neuron_attribution(model, prompts, generate(model, prompts, G)).ranked("max")
+        neuron_attribution(model, prompts, generate(model, prompts, G).tokens).ranked("max")

@@ -16,7 +16,7 @@ def test_a_planted_loop_neuron_is_ranked_first_and_confirmed(model, prompts):
     planted = plant(model)
     prompts = prompts.copy()
     prompts[:, -1] = PLANT_TOKEN
-    traces, _ = generate(planted, prompts, G, return_margins=True)
+    traces = generate(planted, prompts, G).tokens
     assert (np.asarray(traces) == PLANT_TOKEN).all()
     att = neuron_attribution(planted, prompts, traces)
     for method in ("grad_x_act", "onset_diff"):

@@ -81,7 +81,7 @@ def test_rates_against_brute_force(planted, unplanted, prompts):
     prompts = prompts.copy()
     prompts[::2, -1] = PLANT_TOKEN  # half the prompts fall into the planted loop
     loop, col = rate_changes(planted, unplanted, prompts, G, delimiter=5, window=2)
-    x0, x1 = (np.asarray(generate(m, prompts, G)) for m in (planted, unplanted))
+    x0, x1 = (np.asarray(generate(m, prompts, G).tokens) for m in (planted, unplanted))
     for rc, flag in [(loop, lambda t: brute_loops(t)), (col, lambda t: brute_collapse(t, 5, 2))]:
         b, a = [flag(t) for t in x0], [flag(t) for t in x1]
         assert rc.flags_before.tolist() == b and rc.flags_after.tolist() == a
@@ -117,7 +117,7 @@ def test_loss_change_is_a_paired_interval(planted, unplanted, windows):
 def test_an_identity_edit_changes_nothing(model, prompts, windows):
     same = apply_edit(model, NeuronEdit(((0, 1), (1, 2)), "scale", 1.0))
     j = judge(model, same, prompts, G, windows, prompts[:1], delimiter=5, window=2,
-              sampled=[np.asarray(generate(model, prompts[:1], G))])
+              sampled=[np.asarray(generate(model, prompts[:1], G).tokens)])
     for rc in j.rates:
         assert rc.change == 0 and rc.change_interval[0] <= 0 <= rc.change_interval[1]
     assert j.loss.change == 0 and j.loss.change_interval == (0.0, 0.0)

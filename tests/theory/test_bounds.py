@@ -291,7 +291,7 @@ def test_prompt_n0_theorem_end_to_end():
     u = uniform_bound(weight_constants(model))
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, n)
     prefix = prefill(model, prompt, capacity=128)
-    trace = np.asarray(generate(model, prompt[None], steps + 1))[0]
+    trace = np.asarray(generate(model, prompt[None], steps + 1).tokens)[0]
     stats = markov_stats(model, prompt, trace[:steps], prefix)
     mu = stats.margin.min()
     n0, n0p = u.n0(steps, mu), u.prompt_n0(steps, mu, stats.prefix_lse, n)

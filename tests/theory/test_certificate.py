@@ -32,7 +32,7 @@ def case(std: float, seed: int):
     model = model_of(LLAMA, seed, std)
     prompt = np.random.default_rng(seed).integers(0, LLAMA.vocab_size, N)
     prefix = prefill(model, prompt, capacity=CAPACITY)
-    trace = np.asarray(generate(model, prompt[None], G))[0]
+    trace = np.asarray(generate(model, prompt[None], G).tokens)[0]
     w = weight_constants(model)
     stats = markov_stats(model, prompt, trace, prefix)
     return dict(model=model, prompt=prompt, prefix=prefix, trace=trace, weights=w, stats=stats,
@@ -236,7 +236,7 @@ def test_degeneration_theorem_end_to_end():
     u = uniform_bound(weight_constants(model))
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, n)
     prefix = prefill(model, prompt, capacity=128)
-    trace = np.asarray(generate(model, prompt[None], steps + 1))[0]
+    trace = np.asarray(generate(model, prompt[None], steps + 1).tokens)[0]
     orbit, margins = [int(trace[0])], []
     for t in range(1, steps + 1):  # f_{P,t−1} = f_P without RoPE
         logits = np.asarray(step(model, prefix, np.array([[orbit[-1]]]),

@@ -168,7 +168,7 @@ def test_probes_agree_with_brute_force():
     rng = np.random.default_rng(1)
     n, G = 40, 6
     prompt = rng.integers(0, 61, n)
-    trace = np.asarray(generate(model, prompt[None], G))[0]
+    trace = np.asarray(generate(model, prompt[None], G).tokens)[0]
     probe = probe_trace(model, prompt, trace)
 
     full = np.concatenate([prompt, trace])[None]
@@ -215,7 +215,7 @@ def test_probe_logit_change_is_compare_dilution():
     do the position-exact next tokens."""
     model = random_model(PROBED, seed=5)
     prompt = np.random.default_rng(2).integers(0, PROBED.vocab_size, 50)
-    trace = np.asarray(generate(model, prompt[None], 12))[0]
+    trace = np.asarray(generate(model, prompt[None], 12).tokens)[0]
     probe = probe_trace(model, prompt, trace)
     c = compare(model, prompt, trace, memory_ks=(1,))
     assert probe.logit_change[1:].min() > 1e-3  # a real perturbation, not rounding
@@ -239,9 +239,9 @@ def test_probing_leaves_generation_alone():
     for layer in (0, 1):  # what the probes read
         assert recorded("query", layer).shape == (2, 3, PROBED.num_heads, PROBED.head_dim)
         assert recorded("resid_post", layer).shape == (2, 3, PROBED.hidden_size)
-    before = np.asarray(generate(model, prompt, 10))
+    before = np.asarray(generate(model, prompt, 10).tokens)
     probe_trace(model, prompt[0], before[0])
-    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 10)), before)
+    np.testing.assert_array_equal(np.asarray(generate(model, prompt, 10).tokens), before)
 
 
 # --- position drift ---------------------------------------------------------------------------

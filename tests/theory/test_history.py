@@ -160,7 +160,7 @@ def test_horizon_is_followed_by_the_greedy_trace():
     model = model_of(LLAMA, 0, 0.01)
     prompt = np.random.default_rng(0).integers(0, LLAMA.vocab_size, N)
     prefix = prefill(model, prompt, capacity=128)
-    trace = np.asarray(generate(model, prompt[None], 4))[0]
+    trace = np.asarray(generate(model, prompt[None], 4).tokens)[0]
     h = history_horizon(model, prompt, int(trace[0]), 4, prefix)
     assert h.horizon >= 2
     np.testing.assert_array_equal(trace[:h.horizon], h.orbit[:h.horizon])

@@ -77,9 +77,9 @@ def sweep_unit(subject: Subject, prompts: np.ndarray, G: int) -> dict[str, np.nd
     model, n = subject.model, prompts.shape[1]
     traces, parts = [], []
     for batch in _batches(prompts):
-        tokens, recorded = generate(model, batch, G, record="attn_weights")
-        traces.append(np.asarray(tokens))
-        parts.append(attention_parts(recorded["attn_weights"], n))
+        out = generate(model, batch, G, record="attn_weights")
+        traces.append(np.asarray(out.tokens))
+        parts.append(attention_parts(out.recorded["attn_weights"], n))
     traces = np.concatenate(traces)
     markov, position = trace_agreement(model, prompts, traces)
     unit = {"traces": traces, "parts": np.concatenate(parts), "agree_markov": markov,
@@ -100,7 +100,7 @@ def lambda_unit(subject: Subject, prompts: np.ndarray, G: int,
     model = subject.model
     traces = np.stack([np.concatenate([
         np.asarray(generate(model, batch, G,
-                            generated_key_bias=float(np.log(lam)) if lam > 0 else -np.inf))
+                            generated_key_bias=float(np.log(lam)) if lam > 0 else -np.inf).tokens)
         for batch in _batches(prompts)]) for lam in lambdas])
     agree = np.stack([trace_agreement(model, prompts, t)[1] for t in traces])
     found = [loops(t) for t in traces]
@@ -129,7 +129,7 @@ def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
     period, onset = [], []
     for _, sampler in chosen:
         traces = np.concatenate([
-            np.asarray(generate(subject.model, batch, G, sampler=sampler, seed=seed + k))
+            np.asarray(generate(subject.model, batch, G, sampler=sampler, seed=seed + k).tokens)
             for k, batch in enumerate(_batches(prompts))])
         found = loops(traces)
         period.append(found["period"])

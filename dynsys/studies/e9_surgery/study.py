@@ -43,7 +43,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     delimiter = unit["delimiter"] if unit["delimiter"].size else None
 
     def base() -> dict:
-        return {kind: np.asarray(generate(model(), list(unit[kind]), G)) for kind in KINDS}
+        return {kind: np.asarray(generate(model(), list(unit[kind]), G).tokens) for kind in KINDS}
 
     run.fill([()], lambda: "base", base, "E9 greedy traces", progress)
     traces = run.load("base")
@@ -81,7 +81,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     def maps() -> dict:
         nexts = np.stack([markov_map(model(), p, progress=False).next for p in map_prompts])
         return {"chosen": chosen, "next": nexts,
-                "greedy": np.stack([np.asarray(generate(model(), [p], G))[0]
+                "greedy": np.stack([np.asarray(generate(model(), [p], G).tokens)[0]
                                     for p in map_prompts])}
 
     def unedited() -> dict:  # the rest of the baseline every fix is judged against
@@ -124,7 +124,7 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
         if name == "dry":
             sampler = dataclasses.replace(sampler, dry_sequence_breakers=tuple(
                 int(b) for b in unit["dry_breakers"]))
-        after = np.asarray(generate(model(), test, G, sampler=sampler, seed=config.seed))
+        after = np.asarray(generate(model(), test, G, sampler=sampler, seed=config.seed).tokens)
         from_maps = after[chosen]  # the map prompts are test prompts
         surfaces = [surface(f, g, x[None], name, config.near_steps)
                     for f, g, x in zip(base_maps["next"], base_maps["greedy"], from_maps)]
