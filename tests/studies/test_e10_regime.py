@@ -3,6 +3,8 @@ random-init checkpoint and a tiny trained Markov test bed (tables, findings, fig
 each claim on synthetic tables where it must hold, fail, or be undecided, and the answer's
 rule."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from study_helpers import assert_figures
@@ -193,3 +195,27 @@ def test_answers_use_the_corrected_verdicts():
     (found,) = verdicts.answers(claims, {"m": 120.0})
     assert found.measured == ("cannot tell here (agreement, forcing undecided); dilution "
                               "holds, agreement inconclusive, forcing inconclusive")
+
+
+def test_top_p_rows_cut_as_the_sampler_cuts():
+    """Rows cut by top_p_rows keep exactly the tokens the sampler can draw."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 8)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    for top_p in (0.5, 0.9, 1.0):
+        cut = measure.top_p_rows(probs, top_p)
+        np.testing.assert_allclose(cut.sum(-1), 1)
+        sampler = ds.Sampler(temperature=1.0, top_p=top_p)
+        kind, values = sampler.kind, sampler.values
+        drawn = np.stack([np.asarray(ds.decode.sampling.select(
+            jnp.asarray(logits), jax.random.PRNGKey(s), kind, values)) for s in range(400)])
+        for row in range(6):
+            assert set(drawn[:, row]) <= set(np.flatnonzero(cut[row] > 0))
+            assert (cut[row] > 0).sum() == len(set(drawn[:, row])) or top_p == 1.0
+
+
+def test_chain_loops_of_a_deterministic_and_a_uniform_kernel():
+    cycle = np.roll(np.eye(5), 1, axis=1)  # v -> v + 1 mod 5: every path loops
+    assert measure.chain_loops(cycle, 2, 40, 16, np.random.default_rng(0)) == 1.0
+    uniform = np.full((64, 64), 1 / 64)  # a 3-fold repeat at the end is rare
+    assert measure.chain_loops(uniform, 0, 40, 64, np.random.default_rng(0)) < 0.1

@@ -21,9 +21,12 @@ and at the largest n, on the primary prompts: forced-Markov decoding and its dos
 f_{P,t−1}), and sampled decoding (temperature × top-p, and DRY). The claims, their thresholds
 and the rule that gives each model's one-line answer are in verdicts.py.
 
-Not measured here: the size ladder and E9's neuron counts against size, the smallest memory k
-that explains each step, and the sampled-decoding theorem's prediction beside the sampled loop
-shares.
+On the size ladder (Config.ladder, with Config.size; size.py): the loop rate at matched
+held-out loss against parameters, and the number of MLP neurons whose zeroing halves the loop
+rate.
+
+Not measured here: the smallest memory k that explains each step, and the sampled-decoding
+theorem's prediction beside the sampled loop shares.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import numpy as np
 
 from dynsys.runs import Run
 from dynsys.studies.e10_regime import figures as _figures
-from dynsys.studies.e10_regime import measure, tables, verdicts
+from dynsys.studies.e10_regime import measure, size, tables, verdicts
 from dynsys.studies.e10_regime.models import KINDS, Subject, prompts, subject
 from dynsys.studies.finding import Finding
 from dynsys.studies.settings import Settings
+from dynsys.testbeds import read_registry
 
 NAME = "e10"
 TITLE = "The regime: attention, agreement and loops against n/G on trained models"
@@ -60,10 +64,14 @@ class Config(Settings):
     top_ps: tuple[float, ...] = (1.0, 0.9)
     dry: float = 0.8  # DRY multiplier of the sampled breaker run (0: none)
     seed: int = 0  # the samplers' seed
+    size: bool = True  # run the size ladder (size.py)
+    ladder: tuple[str, ...] = ("ladder-1-paper", "ladder-2-paper", "ladder-3-paper")  # KEYs
+    ladder_n: int = 384  # the ladder's prompt length (n + G within its context of 512)
 
     LIMITS = {"lengths": measure.SINK + 1, "G": 4, "horizon": 2,
               "prompts": 2, "prompt_seed": 0, "kinds": KINDS,
-              "lambdas": 0.0, "temperatures": 0.0, "top_ps": 0.0, "dry": 0.0, "seed": 0}
+              "lambdas": 0.0, "temperatures": 0.0, "top_ps": 0.0, "dry": 0.0, "seed": 0,
+              "ladder_n": measure.SINK + 1}
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,11 +95,12 @@ SCALES = {
     # tiny random init, a Markov test bed trained inside the run if absent (context 256)
     "small": Config(models=("tiny", "markov1-small@final"),
                     lengths=(32, 64, 128, 192, 512, 1024), G=64, horizon=8, prompts=24,
-                    lambdas=(1.0, 0.25, 0.0), temperatures=(0.7,), top_ps=(1.0, 0.9)),
+                    lambdas=(1.0, 0.25, 0.0), temperatures=(0.7,), top_ps=(1.0, 0.9),
+                    size=False),
     # what `dynsys verify` runs: the tiny random-init model only
     "verify": Config(models=("tiny",), lengths=(64, 256, 1024), G=32, horizon=8, prompts=16,
                      kinds=("random",), lambdas=(1.0, 0.0), temperatures=(0.7,),
-                     top_ps=(1.0,), dry=0.0),
+                     top_ps=(1.0,), dry=0.0, size=False),
     "paper": Config(),
 }
 
@@ -146,6 +155,13 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
     chosen = measure.samplers(config.temperatures, config.top_ps, config.dry)
     run.fill(last, lambda i: f"m{i}_sampled", lambda i: measure.sampled_unit(
         found[i], primary(i), config.G, chosen, config.seed), "E10 sampled", progress)
+    if config.size:
+        steps, losses = size.ladder(config.ladder, config.root, progress)
+        run.fill([(key,) for key in config.ladder], lambda key: f"size_{key}",
+                 lambda key: size.unit(key, steps[key], config.root, config.ladder_n,
+                                       config.prompts, config.G, config.prompt_seed),
+                 "E10 size ladder", progress)
+        write_size_tables(run, config, steps, losses)
     write_tables(run, config, found, [label for label, _ in chosen])
     run.write_table("summary", summary_rows(run))
 
@@ -171,6 +187,20 @@ def write_tables(run: Run, config: Config, found: list[Subject], labels: list[st
         run.write_table(name, table)
 
 
+def write_size_tables(run: Run, config: Config, steps: dict[str, int],
+                      losses: dict[str, list[tuple[int, float]]]) -> None:
+    """Tables "size" (rung, checkpoint: loop rate at matched loss and at the end) and "neurons"
+    (rung, k: loop rate after zeroing the top k neurons)."""
+    rows = {"size": [], "neurons": []}
+    for key in config.ladder:
+        params = read_registry(config.root)[key]["summary"]["params"]
+        made = size.rows(key, params, steps[key], losses[key], run.load(f"size_{key}"))
+        rows["size"] += made[0]
+        rows["neurons"] += made[1]
+    for name, table in rows.items():
+        run.write_table(name, table)
+
+
 def findings(run: Run) -> list[Finding]:
     config = run.settings(Config)
     prompt_rows, lambda_rows = run.read_table("prompts"), run.read_table("lambda")
@@ -189,6 +219,10 @@ def findings(run: Run) -> list[Finding]:
         out.append(verdicts.sampled_finding(model, tables.select(sampled_rows, model=model)))
         if rows[0]["map_bayes"] != "":  # a Markov test bed
             out.append(_ground_truth(model, rows))
+    if config.size and run.has_table("size"):
+        out += size.findings(run.read_table("size"), run.read_table("neurons"),
+                             {key: run.load(f"size_{key}")["loops_matched"]
+                              for key in config.ladder})
     return out + verdicts.answers(claims, reach)
 
 

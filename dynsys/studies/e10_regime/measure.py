@@ -22,7 +22,14 @@ with the attention scores of the earlier generated keys shifted by log λ for λ
 agreement with f_{P,t−1}, paired by prompt across λ.
 
 Sampled unit (model, "sampled"): the same prompts sampled at each (temperature, top-p) of the
-config and with DRY at the middle temperature: loop period and onset per trace.
+config and with DRY at the middle temperature: loop period and onset per trace. For a model of
+at most KERNEL_VOCAB ids (the Markov test beds), the prediction of the sampled-decoding
+theorem's chain: the kernel K_P(v, ·) = softmax(logits(P + [v]) / T) over all of V (offset 0),
+cut by top-p as the sampler cuts it, run for G − 1 steps from each trace's first token along
+PATHS paths; the share of paths that end in a loop (the same detector) is the predicted loop
+probability of that prompt (NaN for DRY, which is no Markov kernel, and for larger models).
+The theorem couples the sampled path with this chain while the generated tokens move the
+logits little (dilution), so prediction and observation should agree where dilution holds.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from dynsys.testbeds.markov import bayes_map, bayes_trace
 SINK = 4  # the leading prompt tokens counted as the attention sink
 REPEATS = 3  # copies of a period that make a loop (dynamics.traces)
 BATCH = 16  # prompts generated together (bounds the recorded attention weights' memory)
+KERNEL_VOCAB = 64  # models with at most this many ids get the kernel chain's prediction
+PATHS = 256  # chain paths per prompt and sampler
 PARTS = ("sink1", "sink4", "body", "generated")
 
 
@@ -122,11 +131,57 @@ def samplers(temperatures: tuple[float, ...], top_ps: tuple[float, ...],
     return out
 
 
+def top_p_rows(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Rows of `probs` [R, V] cut as the sampler's top-p cuts them (the ascending-sorted
+    entries whose cumulative probability is at most 1 − p dropped, the largest always kept)
+    and renormalised."""
+    order = np.argsort(probs, axis=-1, kind="stable")
+    ascending = np.take_along_axis(probs, order, -1)
+    drop = np.cumsum(ascending, -1) <= 1 - top_p
+    drop[:, -1] = False
+    kept = np.empty_like(drop)
+    np.put_along_axis(kept, order, ~drop, -1)
+    cut = np.where(kept, probs, 0.0)
+    return cut / cut.sum(-1, keepdims=True)
+
+
+def chain_loops(kernel: np.ndarray, start: int, G: int, paths: int,
+                rng: np.random.Generator) -> float:
+    """The share of `paths` runs of the Markov chain `kernel` [V, V] from `start` over G tokens
+    (start included) whose trace ends in a loop (`loops`)."""
+    cdf = np.cumsum(kernel, -1)
+    x = np.empty((paths, G), np.int64)
+    x[:, 0] = start
+    for t in range(1, G):
+        u = rng.random((paths, 1))
+        x[:, t] = np.minimum((cdf[x[:, t - 1]] < u).sum(-1), kernel.shape[1] - 1)
+    return float((loops(x)["period"] > 0).mean())
+
+
+def predicted_loops(subject: Subject, prompts: np.ndarray, traces: np.ndarray,
+                    sampler: Sampler, seed: int) -> np.ndarray:
+    """[P] the kernel chain's loop probability per prompt (module docstring); NaN where it
+    does not apply (a sampler other than temperature and top-p, or more than KERNEL_VOCAB
+    ids)."""
+    T, top_p = sampler.temperature, sampler.top_p
+    V = subject.model.config.vocab_size
+    if V > KERNEL_VOCAB or T == 0 or sampler != Sampler(temperature=T, top_p=top_p):
+        return np.full(len(prompts), np.nan)
+    rng = np.random.default_rng(seed)
+    out = []
+    for p, trace in zip(prompts, traces):
+        found = markov_map(subject.model, p, kernel_k=V, temperature=T, progress=False)
+        kernel = top_p_rows(found.kernel.toarray(), top_p)
+        out.append(chain_loops(kernel, int(trace[0]), len(trace), PATHS, rng))
+    return np.array(out)
+
+
 def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
                  chosen: list[tuple[str, Sampler]], seed: int) -> dict[str, np.ndarray]:
     """The sampled unit: per sampler (axis 0) the loop period and onset of each prompt's
-    sampled trace (seed `seed` + batch index)."""
-    period, onset = [], []
+    sampled trace (seed `seed` + batch index), and the kernel chain's predicted loop
+    probability (module docstring)."""
+    period, onset, predicted = [], [], []
     for _, sampler in chosen:
         traces = np.concatenate([
             np.asarray(generate(subject.model, batch, G, sampler=sampler, seed=seed + k).tokens)
@@ -134,4 +189,6 @@ def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
         found = loops(traces)
         period.append(found["period"])
         onset.append(found["onset"])
-    return {"period": np.stack(period), "onset": np.stack(onset)}
+        predicted.append(predicted_loops(subject, prompts, traces, sampler, seed))
+    return {"period": np.stack(period), "onset": np.stack(onset),
+            "predicted": np.stack(predicted)}

@@ -16,7 +16,8 @@
     lambda      (model, lambda, prompt): the trace's loop period and onset and its steps
                 agreeing with f_{P,t−1}, with the attention scores of the earlier generated
                 keys shifted by log λ
-    sampled     (model, sampler, prompt): the sampled trace's loop period and onset
+    sampled     (model, sampler, prompt): the sampled trace's loop period and onset, and the
+                kernel chain's predicted loop probability (empty where not computed)
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ def lambda_rows(model: str, lambdas: tuple[float, ...], unit: dict) -> list[dict
 
 
 def sampled_rows(model: str, labels: list[str], unit: dict) -> list[dict]:
+    predicted = unit["predicted"] if "predicted" in unit else np.full(unit["period"].shape,
+                                                                       np.nan)
     return [{"model": model, "sampler": label, "prompt": k,
-             "period": int(unit["period"][j, k]), "onset": int(unit["onset"][j, k])}
+             "period": int(unit["period"][j, k]), "onset": int(unit["onset"][j, k]),
+             "predicted": "" if np.isnan(predicted[j, k]) else float(predicted[j, k])}
             for j, label in enumerate(labels) for k in range(unit["period"].shape[1])]
 
 

@@ -29,8 +29,16 @@ import functools
 
 import numpy as np
 
-from dynsys.stats import FAILS, HOLDS, adjusted_verdict, holm, paired_equivalence, proportion_test
-from dynsys.studies.e10_regime.tables import loop_share, select
+from dynsys.stats import (
+    FAILS,
+    HOLDS,
+    adjusted_verdict,
+    holm,
+    paired_equivalence,
+    proportion_interval,
+    proportion_test,
+)
+from dynsys.studies.e10_regime.tables import select
 from dynsys.studies.finding import DESCRIBE, Finding
 from dynsys.studies.sweep import bootstrap_estimate, by_length
 
@@ -162,9 +170,19 @@ def layer_finding(model: str, rows: list[dict]) -> Finding:
 
 
 def sampled_finding(model: str, rows: list[dict]) -> Finding:
-    """Loop share per sampler (a description: the theorem's prediction is not compared)."""
+    """Loop share per sampler with its exact interval, beside the kernel chain's predicted
+    share (the mean of the per-prompt predicted probabilities) where it was computed (a
+    description)."""
     labels = list(dict.fromkeys(r["sampler"] for r in rows))
-    parts = [f"{label}: {loop_share(select(rows, sampler=label)):.2f}" for label in labels]
-    return Finding(NAME, f"{model}: loop share of sampled traces, by sampler "
-                         f"({len(select(rows, sampler=labels[0]))} prompts, largest n)",
+    parts = []
+    for label in labels:
+        sel = select(rows, sampler=label)
+        k = sum(r["period"] > 0 for r in sel)
+        lo, hi = proportion_interval(k, len(sel))
+        predicted = [r["predicted"] for r in sel if r.get("predicted", "") != ""]
+        parts.append(f"{label}: {k / len(sel):.2f} [{lo:.2f}, {hi:.2f}]"
+                     + (f", kernel chain {np.mean(predicted):.2f}" if predicted else ""))
+    return Finding(NAME, f"{model}: loop share of sampled traces, by sampler (exact interval; "
+                         "the sampled-decoding theorem's kernel chain's prediction where V is "
+                         f"small; {len(select(rows, sampler=labels[0]))} prompts, largest n)",
                    "; ".join(parts), None)
