@@ -16,9 +16,8 @@ window_logits_jit = jax.jit(window_logits, static_argnames=("cfg",))
 
 
 def greedy(model, prompts, G: int, **options) -> np.ndarray:
-    """generate's tokens [B, G] (a Generation's .tokens, or the array older engines return)."""
-    out = ds.generate(model, prompts, G, **options)
-    return np.asarray(getattr(out, "tokens", out))
+    """generate's greedy tokens [B, G] as numpy."""
+    return np.asarray(ds.generate(model, prompts, G, **options).tokens)
 
 
 def prompts_of(vocab: int, B: int, n: int, seed: int) -> np.ndarray:
