@@ -5,20 +5,24 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-# The tests' torch is the CPU build, chosen here rather than by the machine's pip settings (on
-# Linux the default index serves the CUDA build, gigabytes of it); set TORCH_INDEX to change it.
+# Every install is held to the tested versions in constraints.txt (CONSTRAINTS= resolves afresh).
+CONSTRAINTS ?= constraints.txt
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# The tests' torch is the CPU build, named here as pyproject's version with the +cpu local
+# label, so that neither the machine's pip settings nor an index can substitute the CUDA build
+# (gigabytes of it, which PyPI serves for plain torch==X on Linux); TORCH_INDEX serves it.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH := $(shell sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml)+cpu
 
 .PHONY: run test dev lint bench gallery paper clean
 
-$(VENV)/.core: pyproject.toml
+$(VENV)/.core: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) -e .
 	touch $@
 
 $(VENV)/.test: $(VENV)/.core
-	$(PIP) --no-deps --index-url $(TORCH_INDEX) "torch==$$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' pyproject.toml)"
+	$(PIP) --no-deps --index-url $(TORCH_INDEX) "torch==$(TORCH)"
 	$(PIP) -e '.[test]'
 	touch $@
 

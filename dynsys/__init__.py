@@ -9,6 +9,10 @@ models in, and surgery edits a model's weights. The names below are re-exported 
 
 import importlib
 
+# The distribution's name on the package index (`pip install dynsys-lm`; "dynsys" there is an
+# unrelated project); the import name is dynsys. importlib.metadata knows it by this name.
+DISTRIBUTION = "dynsys-lm"
+
 _EXPORTS = {
     "dynsys.config": ("PRESETS", "Llama3Scaling", "ModelConfig", "from_hf_config", "preset",
                       "to_hf_config"),

@@ -24,6 +24,8 @@ from rich.text import Text
 from safetensors import SafetensorError
 from typer._click import exceptions as usage  # typer's own click (typer >= 0.29)
 
+from dynsys import DISTRIBUTION
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 # every command's --help) answers at once; jax, flax and the studies are imported inside the
 # command that runs. The choices below are therefore spelled here; tests/test_cli.py checks
 # them against the tables they name.
-DISTRIBUTION = "dynsys"  # the name on the package index; the import name is dynsys
 STUDY_NAMES = ("e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10")  # studies.STUDIES
 Study = enum.StrEnum("Study", {name: name for name in STUDY_NAMES})
 
@@ -127,7 +128,7 @@ def _version(shown: bool) -> None:
     """--version: the installed distribution's version, then exit."""
     if shown:
         try:
-            console.print(f"dynsys {importlib.metadata.version(DISTRIBUTION)}")
+            console.print(f"{DISTRIBUTION} {importlib.metadata.version(DISTRIBUTION)}")
         except importlib.metadata.PackageNotFoundError:
             console.print("dynsys (not installed as a distribution: version unknown)")
         raise typer.Exit()

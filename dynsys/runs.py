@@ -40,11 +40,11 @@ import numpy as np
 from rich import get_console
 from rich.progress import Progress
 
-from dynsys import distributed
+from dynsys import DISTRIBUTION, distributed
 
 FORMAT = 1  # bump when the layout or meaning of a run directory changes
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
-_PACKAGES = ("dynsys", "jax", "jaxlib", "flax", "numpy", "scipy", "networkx", "matplotlib")
+_PACKAGES = (DISTRIBUTION, "jax", "jaxlib", "flax", "numpy", "scipy", "networkx", "matplotlib")
 log = logging.getLogger(__name__)
 
 

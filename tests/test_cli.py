@@ -444,7 +444,7 @@ def test_version_is_the_installed_distributions():
     from importlib.metadata import version
 
     result = invoke("--version")
-    assert result.output.strip() == f"dynsys {version(cli.DISTRIBUTION)}"
+    assert result.output.strip() == f"dynsys-lm {version('dynsys-lm')}"
 
 
 def test_help_imports_neither_jax_nor_the_studies():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from dynsys import DISTRIBUTION
 from dynsys.checks import check_float, check_neuron
 from dynsys.config import PRESETS
 from dynsys.config.model import set_frozen
@@ -121,7 +122,7 @@ def save_edited(source: str | Path, edit: NeuronEdit, directory: str | Path,
     origin = {"checkpoint": str(source) if preset else str(Path(source).resolve()),
               "digest": checkpoint_digest(source), **({"seed": seed} if preset else {})}
     record = {"source": origin, "edit": dataclasses.asdict(edit),
-              "dynsys": importlib.metadata.version("dynsys")}
+              "dynsys": importlib.metadata.version(DISTRIBUTION)}
     staging = directory.with_name(f".{directory.name}.edit-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
