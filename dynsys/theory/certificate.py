@@ -123,9 +123,12 @@ def attention_bounds(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarr
                            centre, w.out[i] * np.linalg.norm(radius, axis=1))
 
 
-def mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread):
+def mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread,
+                  jacobian: np.ndarray | None = None):
     """Lemma 5 for Φ(x) = x + MLP(norm₂ x) on the ball ‖x − x′‖ ≤ δ [G]: its Lipschitz bound
-    1 + Λ₂ Lip(MLP), and κ = κ_M Λ₂² + ‖J_M‖ κ_N with ‖Φ(x′ + d) − Φ(x′) − B d‖ ≤ ½ κ ‖d‖²."""
+    1 + Λ₂ Lip(MLP), and κ = κ_M Λ₂² + ‖J_M(norm₂ y₀)‖ κ_N with ‖DΦ(y) − DΦ(y₀)‖ ≤ κ ‖y − y₀‖
+    for y in the ball, so ‖Φ(y₀ + d) − Φ(y₀) − DΦ(y₀) d‖ ≤ ½ κ ‖d‖². y₀ is the reference
+    stream x′, or any point of the ball whose ‖J_M‖ [G] is given as `jacobian`."""
     cfg = w.config
     D, eps = cfg.hidden_size, cfg.norm_eps
     floor = spread - delta / math.sqrt(D)
@@ -136,7 +139,8 @@ def mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray,
         up_abs = np.minimum(np.abs(s.up[:, i]) + w.up_cols[i] * ball,
                             w.up_cols[i] * w.norm2_radius[i])
     curve = (w.mlp_curvature(i, up_abs) * lam2 ** 2
-             + s.mlp_jacobian[:, i] * norm_curvature(w.norm2[i], floor, eps, D))
+             + (s.mlp_jacobian[:, i] if jacobian is None else jacobian)
+             * norm_curvature(w.norm2[i], floor, eps, D))
     return 1 + lam2 * w.mlp_lipschitz(i), curve
 
 

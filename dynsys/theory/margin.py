@@ -6,17 +6,19 @@ enclosed stage by stage (the attention, then the MLP of every block) as
 
     x_l − x′_l = c_l + Σ_k Q_k u_k,    ‖u_k‖ ≤ e_k,    Q_k = M_K ⋯ M_{k+1},
 
-with M_k the stage's reference Jacobian (I + J_A, B = I + J_M J_N₂; B + J_A with a parallel
-residual). An attention stage maps c ↦ (I + J_A) c + S (S: the generated keys' contribution at
-the midpoint weights, Lemma 4) and adds a source bounded by Lemmas 3–4. An MLP stage
-Φ(x) = x + MLP(N₂ x) maps the centre exactly, c ↦ Φ(x′ + c) − Φ(x′) (evaluated in float64),
-and the sources through B, adding one of size κ ρ (‖c‖ + ρ/2) (Lemma 5's κ, ρ ≥ ‖Σ Q_k u_k‖):
-the ½ κ ‖c‖² of the old recursion is computed, not bounded. Or, whichever is smaller, the
-global Lipschitz step (c = 0, one fresh source Lip·δ), as in `perturbation_bound`. For
-g_v = w_top − w_v (top the reference argmax) and the final norm N_f the same way,
+with M_k the stage's Jacobian (I + J_A at the reference stream; B_c = DΦ(x′ + c) at the
+centre; B_c + J_A with a parallel residual). An attention stage maps c ↦ (I + J_A) c + S (S: the
+generated keys' contribution at the midpoint weights, Lemma 4) and adds a source bounded by
+Lemmas 3–4, whose score changes are bounded per key by the support function of the enclosure
+(`_support`). An MLP stage Φ(x) = x + MLP(N₂ x) maps the centre exactly,
+c ↦ Φ(x′ + c) − Φ(x′) (evaluated in float64), and the sources through B_c, adding one of size
+½ κ ρ² (Lemma 5.3's κ at the centre, ρ ≥ ‖Σ Q_k u_k‖): linearised at the centre, no cross term
+κ ρ ‖c‖ is left. Or, whichever is smaller, the global Lipschitz step (c = 0, one fresh source
+Lip·δ), as in `perturbation_bound`. For g_v = w_top − w_v (top the reference argmax) and the
+final norm N_f the same way, J_f = DN_f(x′_L + c_L),
 
     Δ(ℓ_top − ℓ_v) = g_vᵀ (N_f(x′_L + c_L) − N_f(x′_L)) + r_v,
-    |r_v| ≤ Σ_k ‖Q_kᵀ J_f(x′_L)ᵀ g_v‖ e_k + κ_f ρ_L (‖c_L‖ + ρ_L/2) ‖g_v‖ + ε_v,
+    |r_v| ≤ Σ_k ‖Q_kᵀ J_fᵀ g_v‖ e_k + ½ κ_f ρ_L² ‖g_v‖ + ε_v,
 
 where the pulled-back covector Q_kᵀ J_fᵀ g_v is one vector–Jacobian product per token and
 source (exact, no operator norm), and ε_v the float32 slack below. No factor 2: each margin
@@ -59,9 +61,9 @@ from dynsys.nn.cache import Prefix, empty_rows
 from dynsys.theory.certificate import attention_bounds, mlp_constants
 from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.dilution import check_trace
-from dynsys.theory.exact import F64, check_float32
+from dynsys.theory.exact import F64, check_float32, on_host
 from dynsys.theory.lemmas import norm_curvature
-from dynsys.theory.reference import MarkovStats, markov_stats
+from dynsys.theory.reference import MarkovStats, markov_stats, mlp_jacobians, norm_jacobian
 
 UNIT = 2.0 ** -24  # float32 unit roundoff
 NEAR = 8  # tokens of smallest reference margin always pulled back (and compared in the ratios)
@@ -165,23 +167,25 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
             c, rho = np.einsum("tde,te->td", m, c) + source, s.step_norm[:, i] * rho + radius
             q, e = push(m, radius)
             d = delta()
-        lip, curve = mlp_constants(w, s, i, d, s.spread_in[:, i] if cfg.parallel_residual
-                                    else s.spread_mid[:, i])
-        ball, size = d - np.linalg.norm(c, axis=1), np.linalg.norm(c, axis=1)
-        # Φ(x′ + c + u) − Φ(x′) = [Φ(x′ + c) − Φ(x′)] + B u + (≤ κ ρ (‖c‖ + ρ/2))
+        # Φ(x′ + c + u) − Φ(x′) = [Φ(x′ + c) − Φ(x′)] + B_c u + (≤ ½ κ ρ²), B_c = DΦ(x′ + c)
         x = s.mlp_input[:, i]
+        jb, jm, _ = _mlp_jacobians(cfg, w.mlp_params[i], x + c)
+        lip, curve = mlp_constants(w, s, i, d, s.spread_in[:, i] if cfg.parallel_residual
+                                    else s.spread_mid[:, i], jm)
+        ball = d - np.linalg.norm(c, axis=1)
         branch = w.mlp_branch(i, x)
         exact = c + w.mlp_branch(i, x + c) - branch
-        fresh = curve * ball * (size + ball / 2) + _f64(x, branch)
+        fresh = curve * ball * ball / 2 + _f64(x, branch)
         if cfg.parallel_residual:
-            m, kept = s.block_jacobian[:, i] + ja, s.step_norm[:, i]
+            m = jb + ja
             centre = exact + np.einsum("tde,te->td", ja, c) + source
             fresh = fresh + radius
             crude = lip * d + s.attn_norm[:, i] * ball + radius
             start = np.einsum("tde,te->td", ja, c) + source  # the Lipschitz step's centre
         else:
-            m, kept, centre, crude = s.block_jacobian[:, i], s.block_norm[:, i], exact, lip * d
+            m, centre, crude = jb, exact, lip * d
             start = np.zeros_like(c)
+        kept = _opnorm(m)
         fallback = (np.linalg.norm(centre, axis=1) + kept * rho + fresh
                     > np.linalg.norm(start, axis=1) + crude)
         q, e = push(m, np.where(fallback, crude, fresh))
@@ -229,6 +233,15 @@ def _support(w: WeightConstants, s: MarkovStats, i: int, c, q, e, d) -> np.ndarr
     return linear + sources + slack + curve
 
 
+_mlp_jacobians = on_host(jax.jit(mlp_jacobians, static_argnames="cfg"))
+_norm_jacobian = on_host(jax.jit(norm_jacobian, static_argnames="cfg"))
+
+
+def _opnorm(m: np.ndarray) -> np.ndarray:
+    """[G] spectral norms of [G, D, D] (float64 SVD), widened by 1 + F64."""
+    return np.linalg.norm(m, 2, axis=(1, 2)) * (1 + F64)
+
+
 def _f64(*streams: np.ndarray) -> np.ndarray:
     """[G] slack for evaluating a branch in float64 and differencing it, F64 times the norms of
     its input and output streams [G, D]."""
@@ -257,12 +270,12 @@ def _margin_bound(w: WeightConstants, s: MarkovStats) -> MarginBound:
     x = s.final_input
     normed = w.final_norm(x + c) - w.final_norm(x)  # the centre through N_f, float64
     centre = np.einsum("tvd,td->tv", g, normed)
-    pulled_back = g @ s.final_jacobian  # [G, V, D]: rows (J_f(x′)ᵀ g_v)ᵀ
+    pulled_back = g @ _norm_jacobian(cfg, w.final_params, x + c)  # rows (J_f(x′ + c)ᵀ g_v)ᵀ
     g_norm = np.linalg.norm(g, axis=-1)
-    ball, size = delta - np.linalg.norm(c, axis=1), np.linalg.norm(c, axis=1)  # ‖u‖ ≤ ball
+    ball = delta - np.linalg.norm(c, axis=1)  # ‖u‖ ≤ ball
     floor = s.spread_final - delta / math.sqrt(D)
-    # |g_vᵀ (N_f(x′+c+u) − N_f(x′+c) − J_f(x′) u)| ≤ κ_f ρ (‖c‖ + ρ/2) ‖g_v‖
-    curve = (norm_curvature(w.final, floor, eps, D) * ball * (size + ball / 2)
+    # |g_vᵀ (N_f(x′+c+u) − N_f(x′+c) − J_f(x′+c) u)| ≤ ½ κ_f ρ² ‖g_v‖
+    curve = (norm_curvature(w.final, floor, eps, D) * ball * ball / 2
              + _f64(x, x + c) * w.final / np.sqrt(eps))[:, None] * g_norm
     gamma = D * UNIT / (1 - D * UNIT)
     row_norm = np.linalg.norm(head, axis=1)

@@ -146,10 +146,11 @@ def _attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
                 attn_jacobian=jnp.einsum("DNH,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
 
 
-def _jacobians(cfg: ModelConfig, block, x):
-    """At each row of x [B, D] (the MLP branch's reference input): B = I + J_M J_N₂ [B, D, D]
-    of x ↦ x + MLP(norm₂ x), ‖J_M(y′)‖ and the up projection W_u y′ + b_u [B, F] (SwiGLU), by
-    forward-mode differentiation of the float64 modules."""
+def mlp_jacobians(cfg: ModelConfig, block, x):
+    """At each row of x [B, D] (the MLP branch's reference input, or the margin certificate's
+    centre): B = I + J_M J_N₂ [B, D, D] of x ↦ x + MLP(norm₂ x), ‖J_M(y′)‖ and the up
+    projection W_u y′ + b_u [B, F] (SwiGLU), by forward-mode differentiation of the float64
+    modules; block holds "norm2" and "mlp"."""
 
     def branch(y):
         return exact.mlp(cfg, block["mlp"], y)
@@ -159,6 +160,11 @@ def _jacobians(cfg: ModelConfig, block, x):
     jb = jax.vmap(jax.jacfwd(lambda x: x + branch(exact.norm(cfg, block["norm2"], x))))(x)
     up = y @ block["mlp"]["up"]["kernel"].T + block["mlp"]["up"].get("bias", 0.0)
     return jb, _opnorm(jm), up
+
+
+def norm_jacobian(cfg: ModelConfig, tree: dict, x):
+    """The norm layer's Jacobians [B, D, D] at the rows of x [B, D] (float64, forward mode)."""
+    return jax.vmap(jax.jacfwd(lambda x: exact.norm(cfg, tree, x)))(x)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -185,7 +191,7 @@ def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positi
         block, x, mid = params["blocks"][i], xs[:, i], mids[:, i]
         kmax = jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(keys[i] ** 2, -2), 0.0), -1))  # [K]
         stats = _attention_stats(cfg, block, keys[i], values[i], valid, x, positions)
-        jb, mlp_jacobian, up = _jacobians(cfg, block, x if parallel else mid)
+        jb, mlp_jacobian, up = mlp_jacobians(cfg, block, x if parallel else mid)
         step = stats["attn_jacobian"] + (jb if parallel else eye)
         stats.update(spread_mid=exact.spread(cfg, mid), block_jacobian=jb,
                      block_norm=_opnorm(jb), attn_norm=_opnorm(stats["attn_jacobian"]),
@@ -201,8 +207,7 @@ def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positi
     out = {k: jnp.stack(v, 0 if k in ("prefix_key", "prompt_keys") else 1)
            for k, v in per.items()}
     final = xs[:, -1]
-    final_jacobian = jax.vmap(jax.jacfwd(
-        lambda x: exact.norm(cfg, params["final_norm"], x)))(final)
+    final_jacobian = norm_jacobian(cfg, params["final_norm"], final)
     return dict(out, spread_in=exact.spread(cfg, xs[:, :-1]), spread_final=exact.spread(cfg, final),
                 final_jacobian=final_jacobian, final_input=final)
 

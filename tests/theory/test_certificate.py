@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from theory.test_bounds import LLAMA, model_of
+from theory.test_bounds import LLAMA, NEOX, model_of
 
 from dynsys.decode import generate, prefill, step
 from dynsys.nn.cache import empty_rows
@@ -63,22 +63,27 @@ def test_margin_bound_encloses_the_measured_change_and_bites(std, seed):
     assert mb.pulled[rows, mb.near].all() and mb.near.shape == (G, NEAR)
 
 
-@pytest.mark.parametrize("std", [0.05, 0.2])
-def test_margin_bound_holds_on_random_traces(std):
-    """Random (not greedy) traces, four prompts each: every measured margin change lies in
-    centre ± radius (0 violations), and every certified step keeps the reference argmax."""
-    model = model_of(LLAMA, 7, std)
+@pytest.mark.parametrize("cfg, std", [(LLAMA, 0.05), (LLAMA, 0.2), (LLAMA, 0.5), (NEOX, 0.1),
+                                      (NEOX, 0.5)])
+def test_margin_bound_holds_on_random_traces(cfg, std):
+    """Random (not greedy) traces, four prompts each, the last a repeated token (identical
+    generated keys): every measured margin change lies in centre ± radius (0 violations), and
+    every certified step keeps the reference argmax. Sequential (llama) and parallel residual
+    (gpt_neox: LayerNorm, GELU, partial RoPE)."""
+    model = model_of(cfg, 7, std)
     w = weight_constants(model)
     rng = np.random.default_rng(7)
-    for _ in range(4):
-        prompt, trace = rng.integers(0, LLAMA.vocab_size, N), rng.integers(0, LLAMA.vocab_size, G)
+    for k in range(4):
+        prompt, trace = rng.integers(0, cfg.vocab_size, N), rng.integers(0, cfg.vocab_size, G)
+        if k == 3:
+            trace[:] = trace[0]
         prefix = prefill(model, prompt, capacity=CAPACITY)
         mb = margin_bound(w, markov_stats(model, prompt, trace, prefix))
         change = margin_change(model, prompt, trace, prefix)
         assert (np.abs(change - mb.centre) <= mb.radius).all()
         rows = np.flatnonzero(mb.rigorous)
         real = (mb.margin + change)[rows]  # ℓ_top − ℓ_v of the real steps
-        off = np.arange(LLAMA.vocab_size)[None] != mb.top[rows, None]
+        off = np.arange(cfg.vocab_size)[None] != mb.top[rows, None]
         assert (real[off] > 0).all()
 
 
