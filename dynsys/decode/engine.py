@@ -251,6 +251,7 @@ class DecodeState:
     seq: jnp.ndarray  # [B, C] prompt and generated tokens so far (slot = cache slot)
     rows: RowCache
     position: jnp.ndarray  # [B] position of the next token
+    finished: jnp.ndarray  # [B] rows that emitted a stop token (sampling.stop)
 
 
 # The decode loop attends to a cache that grows with the trace in at most DECODE_SEGMENTS
@@ -286,13 +287,17 @@ class Generation:
     (top_logprobs = K > 0): the K most likely ids of each step and their log-probabilities
     log_softmax(raw logits), of the model's *raw* float32 logits before any sampler setting
     (transformers' `output_logits`, not its processed `output_scores`), sorted descending, ties
-    to the lower id. recorded {site: [B, G, ...]} (record): see `generate`."""
+    to the lower id. recorded {site: [B, G, ...]} (record): see `generate`. finished [B, G]
+    (the sampler has stop_tokens): row b had emitted a stop token before step i, so tokens[b, i]
+    is the sampler's pad_token (its margins and log-probabilities are of the padded row);
+    G − finished.sum(1) is each row's length, its stop token included."""
 
     tokens: jnp.ndarray
     margins: jnp.ndarray | None
     logprob_ids: jnp.ndarray | None
     logprobs: jnp.ndarray | None
     recorded: dict
+    finished: jnp.ndarray | None
 
 
 @functools.partial(jax.jit,
@@ -311,28 +316,31 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
                                         prefill_chunk(cfg, B, T, capacity), edits, record)
     state = DecodeState(logits=logits(cfg, params, hidden),
                         seq=jnp.zeros((B, capacity), jnp.int32).at[:, :T].set(tokens),
-                        rows=rows, position=positions[:, -1] + 1)
+                        rows=rows, position=positions[:, -1] + 1, finished=jnp.zeros(B, bool))
 
     def choose(state: DecodeState, i):
-        """The next token, its margin, whether the logits it came from are usable (finite,
-        not all equal) and the top_logprobs most likely ids with their raw log-probabilities
-        ([B, 0] each when off)."""
-        scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values)
+        """The next token (pad_token in a finished row), whether its row is finished after it,
+        and the step's outputs: the token, its margin, whether the logits it came from are
+        usable (finite, not all equal), whether the row had finished before it, and the
+        top_logprobs most likely ids with their raw log-probabilities ([B, 0] each when off)."""
+        scores = sampling.process(state.logits, state.seq, state.rows.valid, kind, values,
+                                  generated_from=T)
         token = sampling.select(scores, jax.random.fold_in(key, i), kind, values)
+        token, finished = sampling.stop(token, state.finished, kind, values)
         margin = sampling.margin(scores) if with_margins else jnp.zeros(B)
         ids, logprobs = sampling.top_logprobs(state.logits, top_logprobs)
-        return token, margin, usable_logits(state.logits), ids, logprobs
+        return token, finished, (token, margin, usable_logits(state.logits), state.finished,
+                                 ids, logprobs)
 
     def body(state: DecodeState, i):
-        token, margin, finite, *top = choose(state, i)
+        token, finished, outputs = choose(state, i)
         out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
                   jnp.ones((B, 1), bool), None, edits, bool(record), key_bias)
         state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
-                            rows=out.rows, position=state.position + 1)
-        return state, (token, margin, finite, *top,
-                       _recorded_sites(cfg, out.recorded, record, 0))
+                            rows=out.rows, position=state.position + 1, finished=finished)
+        return state, (*outputs, _recorded_sites(cfg, out.recorded, record, 0))
 
     def full_width(sites: dict) -> dict:
         """attn_weights over a segment's cache, zero-padded to the last segment's slots."""
@@ -347,10 +355,10 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
         state, (*piece, sites) = jax.lax.scan(body, state, jnp.arange(start, end))
         pieces.append((*piece, full_width(sites)))
     *steps, sites = jax.tree.map(lambda *x: jnp.concatenate(x), *pieces)
-    last = choose(state, max_new_tokens - 1)
-    # [B, G] each: tokens, margins, usable logits; [B, G, K] each: top ids, their log-probs;
-    # then {site: [B, G, ...]}, entry 0 from the last prompt token, entry i > 0 from step i − 1
-    # (which fed token i − 1)
+    last = choose(state, max_new_tokens - 1)[2]
+    # [B, G] each: tokens, margins, usable logits, finished before; [B, G, K] each: top ids,
+    # their log-probs; then {site: [B, G, ...]}, entry 0 from the last prompt token, entry
+    # i > 0 from step i − 1 (which fed token i − 1)
     return (*(jnp.concatenate([jnp.moveaxis(x, 0, 1), y[:, None]], axis=1)
               for x, y in zip(steps, last)),
             jax.tree.map(lambda x, y: jnp.concatenate([x[:, None], jnp.moveaxis(y, 0, 1)], 1),
@@ -436,7 +444,9 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     [B, G]; with return_margins each step's top-1 minus top-2 processed score [B, G]; with
     top_logprobs = K > 0 each step's K most likely ids and their log-probabilities under the
     raw logits [B, G, K] (`Generation` says which scores each is of); with `record` the
-    recorded sites. Fields not asked for are None ({} for recorded).
+    recorded sites; with the sampler's stop_tokens which steps come after a row's stop token
+    (fixed length stays: a finished row emits pad_token until step G; see `sampling`). Fields
+    not asked for are None ({} for recorded).
 
     record: site names (`dynsys.nn.sites`; a str is one name). recorded[name] is [B, G, L, ...]
     for a block site (L layers), [B, G, ...] for "embed_out": entry [b, i] is the site's value
@@ -475,13 +485,17 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
     check_edits(edits, cfg.num_layers)
     seed = check_seed(seed)
+    for name, ids in (("stop_tokens", sampler.stop_tokens), ("pad_token", (sampler.pad_token,))):
+        if max(ids, default=0) >= cfg.vocab_size:
+            raise ValueError(f"{name}={getattr(sampler, name)!r} must be token ids below the "
+                             f"vocabulary size {cfg.vocab_size}")
     top_logprobs = check_int("top_logprobs", top_logprobs, minimum=0, maximum=cfg.vocab_size)
     if generated_key_bias is not None:
         generated_key_bias = check_key_bias(generated_key_bias)
     tokens, mask = pad_prompts(cfg, prompts, max_new_tokens)
     check_generation_fits(cfg, *tokens.shape, max_new_tokens, "attn_weights" in record)
     with use(model.params):
-        out, margins, finite, ids, logprobs, recorded = _generate(
+        out, margins, finite, finished, ids, logprobs, recorded = _generate(
             cfg, int(max_new_tokens), sampler.kind, return_margins, model.params,
             jnp.asarray(tokens), jnp.asarray(mask), sampler.values, jax.random.PRNGKey(seed),
             edits, record=record, generated_key_bias=generated_key_bias,
@@ -489,4 +503,4 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     check_finite(finite, "generate ([row, step])")
     return Generation(out, margins if return_margins else None,
                       ids if top_logprobs else None, logprobs if top_logprobs else None,
-                      recorded)
+                      recorded, finished if sampler.stop_tokens else None)

@@ -9,6 +9,9 @@ from conftest import hf_greedy
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
@@ -17,7 +20,7 @@ from transformers import (
 )
 
 from dynsys.checks import MIN_TEMPERATURE
-from dynsys.decode import generate
+from dynsys.decode import forward, generate
 from dynsys.decode.sampling import GREEDY, Sampler, margin, process, select
 from dynsys.dynamics.traces import repetition_stop
 
@@ -111,7 +114,7 @@ def filtered_scores(scores, sampler):
     return out
 
 
-def hf_warp(scores, temperature, top_k, top_p):
+def hf_warp(scores, temperature, top_k, top_p, min_p=0.0):
     warpers = []
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
@@ -119,6 +122,8 @@ def hf_warp(scores, temperature, top_k, top_p):
         warpers.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
+    if min_p:
+        warpers.append(MinPLogitsWarper(min_p))
     out = torch.tensor(scores)
     for w in warpers:
         out = w(None, out)
@@ -238,6 +243,14 @@ BAD_SAMPLERS = {  # case: (fields, the bad value's repr in the message)
     "dry_sequence_breakers (-1,)": (dict(dry_sequence_breakers=(-1,)), "-1"),
     "dry_sequence_breakers 5": (dict(dry_sequence_breakers=5), "5"),
     "dry_penalty_last_n 2.0": (dict(dry_penalty_last_n=2.0), "2.0"),
+    "min_p 1.5": (dict(min_p=1.5), "1.5"),
+    "min_p -0.1": (dict(min_p=-0.1), "-0.1"),
+    "presence_penalty inf": (dict(presence_penalty=float("inf")), "inf"),
+    "frequency_penalty '1'": (dict(frequency_penalty="1"), "'1'"),
+    "stop_tokens (-1,)": (dict(stop_tokens=(-1,)), "-1"),
+    "stop_tokens 5": (dict(stop_tokens=5), "5"),
+    "pad_token -1": (dict(pad_token=-1), "-1"),
+    "logits_processor 3": (dict(logits_processor=3), "3"),
 }
 
 
@@ -395,3 +408,135 @@ def test_sampler_values_carry_dry_only_when_on_and_pad_the_breakers():
         breakers = Sampler(dry_multiplier=1.0, dry_sequence_breakers=tuple(range(count))
                            ).values["dry_sequence_breakers"]
         assert np.asarray(breakers).tolist() == [*range(count), *[-1] * (width - count)]
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=st.integers(0, 2**31), temperature=st.sampled_from([1.0, 0.37, 2.5]),
+       top_k=st.sampled_from([0, 5]), min_p=st.sampled_from([0.01, 0.1, 0.5, 0.9, 1.0]))
+def test_min_p_keeps_the_tokens_transformers_keeps(seed, temperature, top_k, min_p):
+    """MinPLogitsWarper after temperature and top-k (transformers' order)."""
+    scores = random_logits(seed)
+    ours = filtered_scores(scores, Sampler(temperature=temperature, top_k=top_k, min_p=min_p))
+    theirs = hf_warp(scores, temperature, top_k, 1.0, min_p)
+    np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+    assert np.isfinite(ours).sum(-1).min() >= 1
+
+
+def counts_reference(seq, seen, generated_from, scores, presence, frequency):
+    """vLLM's presence and frequency penalties, by counting each row's generated tokens."""
+    out = np.array(scores, np.float64)
+    for b in range(len(seq)):
+        generated = [int(seq[b, c]) for c in range(seq.shape[1]) if seen[b, c] and
+                     c >= generated_from]
+        for v in set(generated):
+            out[b, v] -= presence + frequency * generated.count(v)
+    return out
+
+
+@settings(deadline=None, max_examples=40)
+@given(history=histories(), seed=st.integers(0, 2**31), start=st.integers(0, C),
+       presence=st.sampled_from([0.0, 0.7, -0.4]), frequency=st.sampled_from([0.0, 0.3, -1.1]))
+def test_presence_and_frequency_penalties_match_brute_force(history, seed, start, presence,
+                                                             frequency):
+    """After transformers' repetition penalty, counting only slots from `start` on."""
+    seq, seen = history
+    logits = random_logits(seed)
+    sampler = Sampler(repetition_penalty=1.3, presence_penalty=presence,
+                      frequency_penalty=frequency)
+    ours = np.asarray(jax.jit(process, static_argnames=("kind", "generated_from"))(
+        jnp.asarray(logits), jnp.asarray(seq), jnp.asarray(seen), sampler.kind, sampler.values,
+        generated_from=start))
+    penalised = hf_process([RepetitionPenaltyLogitsProcessor(1.3)], seq, seen, logits)
+    np.testing.assert_allclose(ours, counts_reference(seq, seen, start, penalised, presence,
+                                                      frequency), rtol=1e-6, atol=1e-5)
+
+
+def test_penalised_generation_counts_only_generated_tokens(model_of):
+    """Greedy decoding with presence and frequency penalties equals a brute-force loop over
+    full forward passes that counts the generated tokens (not the prompt's), ragged prompts
+    included."""
+    model = model_of("llama-g2-narrow")
+    prompts = [np.random.default_rng(1).integers(0, 30, 9), np.random.default_rng(2).integers(
+        0, 30, 14)]
+    sampler, G = Sampler(presence_penalty=1.5, frequency_penalty=0.8), 10
+    ours = np.asarray(generate(model, prompts, G, sampler=sampler).tokens)
+    for b, prompt in enumerate(prompts):
+        seq = list(prompt)
+        for _ in range(G):
+            scores = np.asarray(forward(model, np.asarray(seq)[None]))[0, -1]
+            generated = np.asarray(seq[len(prompt):], int)[None]
+            scores = counts_reference(generated, np.ones_like(generated, bool), 0, scores[None],
+                                      1.5, 0.8)[0]
+            seq.append(int(np.argmax(scores)))
+        np.testing.assert_array_equal(ours[b], seq[len(prompt):])
+    assert not np.array_equal(ours, np.asarray(generate(model, prompts, G).tokens))
+
+
+def test_stop_tokens_end_rows_as_transformers_eos(pair):
+    """Each row stops at its first stop token, as transformers' generate with eos_token_id
+    (a list) and pad_token_id; transformers ends once every row has stopped, generate keeps
+    its fixed length, padding."""
+    model, hf = pair("llama-g1")
+    prompts, G, pad = tokens_of(model, 3, 16), 16, 5
+    plain = np.asarray(generate(model, prompts, G).tokens)
+    stops = (int(plain[0, 3]), int(plain[1, 6]))
+    out = generate(model, prompts, G, sampler=Sampler(stop_tokens=stops, pad_token=pad))
+    ids = torch.as_tensor(prompts, dtype=torch.long)
+    with torch.no_grad():
+        theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=G, eos_token_id=list(stops),
+                             pad_token_id=pad).numpy()[:, 16:]
+    ours, finished = np.asarray(out.tokens), np.asarray(out.finished)
+    np.testing.assert_array_equal(ours[:, :theirs.shape[1]], theirs)
+    for b in range(3):
+        hit = [i for i in range(G) if plain[b, i] in stops]
+        length = hit[0] + 1 if hit else G
+        np.testing.assert_array_equal(ours[b, :length], plain[b, :length])
+        assert (ours[b, length:] == pad).all()
+        np.testing.assert_array_equal(finished[b], np.arange(G) >= length)
+    assert generate(model, prompts, G).finished is None
+    with pytest.raises(ValueError, match="stop_tokens="):
+        generate(model, prompts, 2, sampler=Sampler(stop_tokens=(model.config.vocab_size,)))
+
+
+def no_immediate_repeat(scores, seq, seen):
+    """A logits processor: ban each row's current token, and add 1.5 to ids 0..9."""
+    last = jnp.take_along_axis(seq, (jnp.argmax(seen, 1) + seen.sum(1) - 1)[:, None], 1)
+    ids = jnp.arange(scores.shape[-1])
+    return jnp.where(ids == last, -jnp.inf, scores + 1.5 * (ids < 10))
+
+
+class NoImmediateRepeat(LogitsProcessor):
+    """The same processor for transformers."""
+
+    def __call__(self, input_ids, scores):
+        scores = scores + 1.5 * (torch.arange(scores.shape[-1]) < 10)
+        return scores.scatter(1, input_ids[:, -1:], -float("inf"))
+
+
+def test_logits_processor_runs_where_transformers_runs_its_own(pair):
+    """After the repetition penalty (whose order with the + 1.5 matters): tokens and margins
+    equal transformers' generate with logits_processor; one compile per processor."""
+    import dynsys.decode.engine
+    model, hf = pair("neox-rot25")
+    prompts = np.random.default_rng(4).integers(0, 40, (2, 16))
+    sampler = Sampler(repetition_penalty=1.3, logits_processor=no_immediate_repeat)
+    out = generate(model, prompts, 24, sampler=sampler, return_margins=True)
+    theirs, scores = hf_greedy(hf, prompts, 24, with_scores=True, repetition_penalty=1.3,
+                               logits_processor=LogitsProcessorList([NoImmediateRepeat()]))
+    np.testing.assert_array_equal(np.asarray(out.tokens), theirs)
+    top2 = np.sort(scores, -1)[..., -2:]
+    np.testing.assert_allclose(np.asarray(out.margins), top2[..., 1] - top2[..., 0], atol=1e-4)
+    seq = np.concatenate([prompts, np.asarray(out.tokens)], 1)
+    assert (seq[:, 16:] != seq[:, 15:-1]).all()
+    compiled = dynsys.decode.engine._generate._cache_size
+    before = compiled()
+    generate(model, prompts[::-1], 24, sampler=sampler, return_margins=True)
+    assert compiled() == before
+    other = Sampler(repetition_penalty=1.3, logits_processor=lambda s, seq, seen: s)
+    generate(model, prompts, 24, sampler=other, return_margins=True)
+    assert compiled() == before + 1
+
+
+def tokens_of(model, *shape, seed=0):
+    return np.random.default_rng(seed).integers(0, model.config.vocab_size, shape)
