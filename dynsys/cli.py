@@ -96,7 +96,7 @@ class Group(typer.core.TyperGroup):
             where = getattr(e, "ctx", None)
             _error(e.format_message() + (f" (see {where.command_path} --help)" if where else ""))
             sys.exit(e.exit_code)
-        except usage.Abort:
+        except typer.Abort:
             _error("aborted")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)

@@ -504,3 +504,15 @@ def test_log_lines_carry_no_source_path(monkeypatch):
         with console.capture() as captured:
             console.log("done")
         assert "done" in captured.get() and "cli.py" not in captured.get()
+
+
+def test_a_bug_is_reported_as_itself(monkeypatch):
+    """An exception that is no user error leaves the command group as raised (the group's
+    one-line usage errors named a missing exception class and hid it behind an
+    AttributeError)."""
+    def broken(run_dir):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(studies, "render", broken)
+    result = runner.invoke(app, ["figures", "anywhere"])
+    assert isinstance(result.exception, RuntimeError) and str(result.exception) == "a bug"
