@@ -6,6 +6,8 @@ from dynsys.stats.intervals import (
     bootstrap_distribution,
     bootstrap_interval,
     difference_interval,
+    jackknife_interval,
+    jackknife_se,
     mean_interval,
     percentile_interval,
     proportion_interval,
@@ -30,13 +32,15 @@ from dynsys.stats.verdict import (
     bootstrap_test,
     decide,
     interval_test,
+    jackknife_test,
     p_value,
     proportion_test,
 )
 
 __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "Evidence",
            "adjusted_verdict", "bootstrap_distribution", "bootstrap_interval", "bootstrap_test",
-           "decide", "difference_interval", "equivalence_power", "holm", "interval_test", "mcnemar",
+           "decide", "difference_interval", "equivalence_power", "holm", "interval_test",
+           "jackknife_interval", "jackknife_se", "jackknife_test", "mcnemar",
            "mean_interval", "p_value", "paired_difference", "paired_equivalence", "paired_p_value",
            "paired_test", "percentile_interval", "proportion_interval", "proportion_test",
            "tango_interval"]

@@ -1,4 +1,5 @@
-"""Confidence intervals: exact for proportions, bootstrap for other statistics."""
+"""Confidence intervals: exact for proportions, jackknife-t and bootstrap for other
+statistics."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def bootstrap_interval(samples, statistic: Callable[..., float], level: float = 
     """Percentile bootstrap interval of statistic(samples) (bootstrap_distribution)."""
     return percentile_interval(bootstrap_distribution(samples, statistic, resamples, seed),
                                level)
+
+
+def jackknife_se(samples, statistic: Callable[..., float]) -> float:
+    """The jackknife standard error of statistic(*samples) over P samples (a tuple of arrays
+    is left out together, as pairs): se² = (P − 1)/P · Σ_i (θ_(i) − mean θ_(·))², θ_(i) the
+    statistic with sample i left out."""
+    data = samples if isinstance(samples, tuple) else (np.asarray(samples),)
+    P = len(data[0])
+    if P < 2:
+        raise ValueError(f"a jackknife needs at least 2 samples, got {P}")
+    left_out = np.array([statistic(*(np.delete(x, i, axis=0) for x in data)) for i in range(P)],
+                        np.float64)
+    return float(np.sqrt((P - 1) / P * ((left_out - left_out.mean()) ** 2).sum()))
+
+
+def jackknife_interval(estimate: float, se: float, P: int, level: float = 0.95
+                       ) -> tuple[float, float]:
+    """The jackknife-t interval estimate ± t_{P−1, (1+level)/2}·se (se from jackknife_se over
+    P samples). Simulated (experiments/coverage_e10_slope.py): 0.93–0.955 coverage of a slope
+    over 8–32 prompts at level 0.95, where the percentile bootstrap covers 0.87–0.94."""
+    half = float(stats.t.ppf((1 + level) / 2, P - 1)) * se
+    return float(estimate - half), float(estimate + half)
 
 
 def difference_interval(k1: int, n1: int, k2: int, n2: int,

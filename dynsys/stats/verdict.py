@@ -20,7 +20,14 @@ import dataclasses
 from collections.abc import Callable
 from typing import Literal
 
-from dynsys.stats.intervals import percentile_interval, proportion_interval
+import numpy as np
+
+from dynsys.stats.intervals import (
+    jackknife_interval,
+    jackknife_se,
+    percentile_interval,
+    proportion_interval,
+)
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE = "holds", "fails", "inconclusive", "not testable here"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_TESTABLE)
@@ -91,6 +98,16 @@ def proportion_test(k: int, n: int, threshold: float, side: Literal["above", "be
     interval; its p-value is the doubled smaller binomial tail at the threshold."""
     return interval_test(k / n, lambda lv: proportion_interval(k, n, lv), n, threshold, side,
                          level)
+
+
+def jackknife_test(samples, statistic: Callable[..., float], threshold: float,
+                   side: Literal["above", "below"] = "above", level: float = LEVEL) -> Evidence:
+    """The Evidence of "statistic(*samples) is `side` `threshold`" on its jackknife-t intervals
+    (dynsys.stats.intervals.jackknife_interval), the samples left out one at a time."""
+    data = samples if isinstance(samples, tuple) else (np.asarray(samples),)
+    estimate, se, P = float(statistic(*data)), jackknife_se(data, statistic), len(data[0])
+    return interval_test(estimate, lambda lv: jackknife_interval(estimate, se, P, lv), P,
+                         threshold, side, level)
 
 
 def bootstrap_test(estimate: float, draws, n: int, threshold: float,

@@ -14,7 +14,7 @@ prompt kind and map (f_{P,t−1} and f_P with RoPE; f_P without):
   scaling  the disagreement (share of steps that do not agree) falls like n^−β with β > FALLS:
            β fitted to the log of the pooled disagreement per n, continuity-corrected
            (k + ½)/(m + 1) so that a length without disagreement has a finite log (this pulls
-           β towards 0: conservative), with a bootstrap interval over prompts
+           β towards 0: conservative), with a jackknife-t interval over prompts
            (sweep.exponent_estimate). Where the margins have a density at 0, dilution
            predicts β ≈ 1.
   limit    at the largest n, more than MOST of the traces agree with the map on all G−1 steps
@@ -126,7 +126,7 @@ def _tag(rows: list[dict]) -> str:
 
 
 def scaling(rows: list[dict], ref: str) -> Finding:
-    """Disagreement with MAPS[ref] ∝ n^−β: β > FALLS on its bootstrap interval over prompts."""
+    """Disagreement with MAPS[ref] ∝ n^−β: β > FALLS on its jackknife-t interval over prompts."""
     lengths, columns = by_length(rows, f"disagree_{ref}")
     steps = rows[0]["steps"]
     beta = exponent_estimate(lengths, columns,

@@ -17,7 +17,7 @@ argument's mechanism. What the argument needs is that the excess concentration, 
 a(R) to its uniform value, stays bounded in n (it is at most e^S); it does not need it near 1.
 Claims:
   decay    a(R) ∝ n^−β with β > DECAY: a(R) at the last step (mean over layers and heads),
-           β from its mean over prompts per n, bootstrap over prompts (sweep.exponent_estimate).
+           β from its mean over prompts per n, jackknife-t over prompts (sweep.exponent_estimate).
   uniform  at the largest n the excess concentration (a(R) over r/(n + r + 1), mean over the
            steps r ≥ 1, layers and heads; mean over prompts) is below EXCESS, on its bootstrap
            interval over prompts: the dilution measured is that of near-uniform attention, as
@@ -52,7 +52,7 @@ from dynsys.runs import Run
 from dynsys.stats import INCONCLUSIVE
 from dynsys.studies.finding import CHECK, Finding
 from dynsys.studies.settings import Settings
-from dynsys.studies.sweep import bootstrap_estimate, by_length, exponent_estimate
+from dynsys.studies.sweep import by_length, exponent_estimate, prompt_estimate
 from dynsys.theory import (
     Certificate,
     markov_stats,
@@ -424,7 +424,7 @@ def measured_findings(units: list[dict], G: int) -> list[Finding]:
             f"G={G}, mean over layers and heads: {mass[0].mean():.2g} at n={lengths[0]} -> "
             f"{mass[-1].mean():.2g} at n={lengths[-1]}", beta.verdict, test=beta.test))
     n, excess = lengths[-1], by_length(units, "excess")[1][-1]
-    ratio = bootstrap_estimate((excess,), np.mean, EXCESS, "below")
+    ratio = prompt_estimate((excess,), np.mean, EXCESS, "below")
     out.append(Finding(
         NAME, f"no excess concentration: at n={n} the generated keys get less than {EXCESS:g}x "
               "their share under uniform attention, r/(n+r+1) (measured; the argument needs "
@@ -501,8 +501,8 @@ def figures(run: Run):
     fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=0.85)
     mass, logit, horizon = axes[0]
     for ax, key in ((mass, "mass"), (logit, "logit")):
-        for step, colour, r in (("r1", figstyle.PALETTE[0], 1), ("last", figstyle.PALETTE[1],
-                                                                 G - 1)):
+        for step, colour, r in (("r1", figstyle.OTHERS[0], 1), ("last", figstyle.OTHERS[1],
+                                                                G - 1)):
             ax.plot(n, [row[f"{key}_{step}"] for row in rows], "o-", color=colour,
                     label=f"measured, r = {r}")
             ax.plot(n, [row[f"{key}_bound_{step}"] for row in rows], "s--", color=colour,
@@ -524,14 +524,14 @@ def figures(run: Run):
     logit.set_ylabel(r"$\max_v |\Delta\,\mathrm{logit}_v|$")
     logit.set_title("logit change without them")
     fig.legend(*logit.get_legend_handles_labels(), loc="outside lower center", ncols=5)
-    horizon.plot(n, [r["agreement"] for r in rows], "o-", color=figstyle.PALETTE[2],
+    horizon.plot(n, [r["agreement"] for r in rows], "o-", color=figstyle.OTHERS[2],
                  label="measured agreement")
-    horizon.plot(n, [r["certified"] for r in rows], "s--", color=figstyle.PALETTE[3],
+    horizon.plot(n, [r["certified"] for r in rows], "s--", color=figstyle.OTHERS[3],
                  label="certified (old)")
     if all("margin_certified" in r for r in rows):
-        horizon.plot(n, [r["margin_certified"] for r in rows], "^--", color=figstyle.PALETTE[4],
+        horizon.plot(n, [r["margin_certified"] for r in rows], "^--", color=figstyle.OTHERS[4],
                      label="certified (margin)")
-        horizon.plot(n, [r["margin_estimated"] for r in rows], "v:", color=figstyle.PALETTE[5],
+        horizon.plot(n, [r["margin_estimated"] for r in rows], "v:", color=figstyle.OTHERS[4],
                      label="estimate (not proved)")
     horizon.axhline(G, color="0.5", linewidth=0.6, linestyle=":")
     horizon.set_ylim(0, G * 1.05)

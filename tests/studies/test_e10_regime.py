@@ -219,3 +219,15 @@ def test_chain_loops_of_a_deterministic_and_a_uniform_kernel():
     assert measure.chain_loops(cycle, 2, 40, 16, np.random.default_rng(0)) == 1.0
     uniform = np.full((64, 64), 1 / 64)  # a 3-fold repeat at the end is rare
     assert measure.chain_loops(uniform, 0, 40, 64, np.random.default_rng(0)) < 0.1
+
+
+def test_memory_one_is_agreement_with_the_map(study):
+    """A step's smallest memory is 1 exactly where the trace takes f_{P,t−1}(x_t) (two
+    computations: the memory windows and the sweep's map agreement)."""
+    run, config = study
+    smallest = run.load("m0_memory")["smallest"]
+    agree = run.load(f"m0_source_n{max(config.lengths)}")["agree_position"]
+    np.testing.assert_array_equal(smallest == 1, agree)
+    rows = run.read_table("memory")
+    assert sum(r["steps"] for r in rows) == pytest.approx(1)
+    assert any("smallest memory k" in f.claim for f in e10_regime.findings(run))

@@ -13,9 +13,9 @@ from dynsys.studies.sweep import (
     MIN_PROMPTS,
     agreement_sweep,
     agreement_table,
-    bootstrap_estimate,
     exponent,
     exponent_estimate,
+    prompt_estimate,
 )
 
 CFG = ds.ModelConfig("llama", vocab_size=48, hidden_size=32, intermediate_size=64, num_layers=1,
@@ -90,9 +90,9 @@ def test_exponent_estimate_pairs_the_prompts_across_lengths():
     assert estimate.verdict == HOLDS and estimate.text() == "1.00 [1.00, 1.00]"
 
 
-def test_bootstrap_estimate_needs_min_prompts():
+def test_prompt_estimate_needs_min_prompts():
     x = np.full(MIN_PROMPTS - 1, 5.0)
-    small = bootstrap_estimate((x,), np.mean, 1.0)
+    small = prompt_estimate((x,), np.mean, 1.0)
     assert (small.value, small.interval, small.verdict) == (5.0, None, INCONCLUSIVE)
     assert small.text() == f"5.00 (no interval: under {MIN_PROMPTS} prompts)"
-    assert bootstrap_estimate((np.full(MIN_PROMPTS, 5.0),), np.mean, 1.0).verdict == HOLDS
+    assert prompt_estimate((np.full(MIN_PROMPTS, 5.0),), np.mean, 1.0).verdict == HOLDS

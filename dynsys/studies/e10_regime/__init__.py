@@ -25,8 +25,9 @@ On the size ladder (Config.ladder, with Config.size; size.py): the loop rate at 
 held-out loss against parameters, and the number of MLP neurons whose zeroing halves the loop
 rate.
 
-Not measured here: the smallest memory k that explains each step, and the sampled-decoding
-theorem's prediction beside the sampled loop shares.
+At the largest n, the smallest memory k that explains each greedy step (k = 1: the Markov
+map), and, for small V, the sampled-decoding theorem's kernel chain's loop share beside the
+sampled one.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
 
     run.fill(last, lambda i: f"m{i}_lambda", lambda i: measure.lambda_unit(
         found[i], primary(i), config.G, config.lambdas), "E10 forced-Markov", progress)
+    run.fill(last, lambda i: f"m{i}_memory", lambda i: measure.memory_unit(
+        found[i], primary(i), run.load(_sweep_name(i, found[i].primary,
+                                                   max(lengths(found[i], config))))["traces"]),
+        "E10 memory", progress)
     chosen = measure.samplers(config.temperatures, config.top_ps, config.dry)
     run.fill(last, lambda i: f"m{i}_sampled", lambda i: measure.sampled_unit(
         found[i], primary(i), config.G, chosen, config.seed), "E10 sampled", progress)
@@ -172,7 +177,7 @@ def _sweep_name(i: int, kind: str, n: int) -> str:
 
 def write_tables(run: Run, config: Config, found: list[Subject], labels: list[str]) -> None:
     rows = {name: [] for name in ("prompts", "layers", "masses", "agreement", "lambda",
-                                  "sampled")}
+                                  "memory", "sampled")}
     for i, s in enumerate(found):
         for kind in kinds(s, config):
             for n in lengths(s, config):
@@ -182,6 +187,7 @@ def write_tables(run: Run, config: Config, found: list[Subject], labels: list[st
                 rows["masses"] += tables.attention_rows(s.name, kind, n, unit)
                 rows["agreement"] += tables.agreement_rows(s.name, kind, n, unit)
         rows["lambda"] += tables.lambda_rows(s.name, config.lambdas, run.load(f"m{i}_lambda"))
+        rows["memory"] += tables.memory_rows(s.name, run.load(f"m{i}_memory"))
         rows["sampled"] += tables.sampled_rows(s.name, labels, run.load(f"m{i}_sampled"))
     for name, table in rows.items():
         run.write_table(name, table)
@@ -217,6 +223,9 @@ def findings(run: Run) -> list[Finding]:
         out.append(verdicts.layer_finding(model, tables.select(layer_rows, model=model,
                                                                kind=kind)))
         out.append(verdicts.sampled_finding(model, tables.select(sampled_rows, model=model)))
+        if run.has_table("memory"):
+            out.append(verdicts.memory_finding(model, tables.select(
+                run.read_table("memory"), model=model)))
         if rows[0]["map_bayes"] != "":  # a Markov test bed
             out.append(_ground_truth(model, rows))
     if config.size and run.has_table("size"):

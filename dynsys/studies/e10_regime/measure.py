@@ -21,6 +21,11 @@ with the attention scores of the earlier generated keys shifted by log λ for λ
 (decode.generate's generated_key_bias; λ = 0 iterates f_{P,t−1} exactly): loops, onsets and
 agreement with f_{P,t−1}, paired by prompt across λ.
 
+Memory unit (model, "memory"): at the largest n, primary kind, the normal greedy traces of the
+sweep: for each step t = 1..G−1, the smallest k ≤ MEMORY such that the prompt and the last k
+generated tokens alone, at their real positions, give the trace's next token
+(dynsys.dynamics.memory; k = 1 is f_{P,t−1}, 0: no k ≤ MEMORY does).
+
 Sampled unit (model, "sampled"): the same prompts sampled at each (temperature, top-p) of the
 config and with DRY at the middle temperature: loop period and onset per trace. For a model of
 at most KERNEL_VOCAB ids (the Markov test beds), the prediction of the sampled-decoding
@@ -40,6 +45,7 @@ import numpy as np
 
 from dynsys.decode import Sampler, generate
 from dynsys.dynamics import markov_map
+from dynsys.dynamics.memory import step_memory
 from dynsys.dynamics.traces import periodicity_batch
 from dynsys.studies.e10_regime.models import Subject
 from dynsys.studies.sweep import trace_agreement
@@ -50,6 +56,7 @@ REPEATS = 3  # copies of a period that make a loop (dynamics.traces)
 BATCH = 16  # prompts generated together (bounds the recorded attention weights' memory)
 KERNEL_VOCAB = 64  # models with at most this many ids get the kernel chain's prediction
 PATHS = 256  # chain paths per prompt and sampler
+MEMORY = 8  # the largest memory k tried per step
 PARTS = ("sink1", "sink4", "body", "generated")
 
 
@@ -116,6 +123,13 @@ def lambda_unit(subject: Subject, prompts: np.ndarray, G: int,
     return {"traces": traces, "agree_position": agree,
             "period": np.stack([f["period"] for f in found]),
             "onset": np.stack([f["onset"] for f in found])}
+
+
+def memory_unit(subject: Subject, prompts: np.ndarray, traces: np.ndarray
+                ) -> dict[str, np.ndarray]:
+    """The memory unit: [P, G−1] the smallest memory k of each step of the greedy traces
+    [P, G] of prompts [P, n] (0: none up to MEMORY)."""
+    return {"smallest": step_memory(subject.model, prompts, traces, MEMORY).smallest}
 
 
 def samplers(temperatures: tuple[float, ...], top_ps: tuple[float, ...],

@@ -16,6 +16,9 @@
     lambda      (model, lambda, prompt): the trace's loop period and onset and its steps
                 agreeing with f_{P,t−1}, with the attention scores of the earlier generated
                 keys shifted by log λ
+    memory      (model, k): at the largest n, primary kind, the share of the steps
+                1..G−1 of the greedy traces whose smallest explaining memory is k (k = 0:
+                none up to measure.MEMORY), and the share of traces whose every step has k = 1
     sampled     (model, sampler, prompt): the sampled trace's loop period and onset, and the
                 kernel chain's predicted loop probability (empty where not computed)
 """
@@ -81,6 +84,13 @@ def lambda_rows(model: str, lambdas: tuple[float, ...], unit: dict) -> list[dict
              "agree_position": int(unit["agree_position"][j, k].sum()),
              "steps": int(unit["agree_position"].shape[2])}
             for j, lam in enumerate(lambdas) for k in range(unit["period"].shape[1])]
+
+
+def memory_rows(model: str, unit: dict) -> list[dict]:
+    smallest = unit["smallest"]
+    return [{"model": model, "k": k, "steps": float((smallest == k).mean()),
+             "traces_k1": float((smallest == 1).all(1).mean())}
+            for k in range(int(smallest.max(initial=0)) + 1)]
 
 
 def sampled_rows(model: str, labels: list[str], unit: dict) -> list[dict]:

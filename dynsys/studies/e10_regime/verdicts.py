@@ -4,9 +4,10 @@ answer per model.
 Per model, on its primary prompts (models.py):
   dilution   the excess e of the generated tokens (measure.py) stays bounded as n grows:
              the least-squares slope of log(mean e) on log n is below SLOPE, on its
-             percentile bootstrap interval over prompts (prompt k of every n resampled
-             together). Recency (the model attends to its own recent tokens whatever the
-             prompt length) makes e grow like n: slope near 1.
+             jackknife-t interval over prompts (prompt k of every n left out together; its
+             coverage is simulated in experiments/coverage_e10_slope.py). Recency (the model
+             attends to its own recent tokens whatever the prompt length) makes e grow like
+             n: slope near 1.
   agreement  at the largest n, more than AGREE of the traces take f_{P,t−1}(x_t) on every
              step t = 1..g−1 (g = the config's horizon), exact (Clopper–Pearson) interval
              over prompts: the degeneration theorem's event at n/g as large as the model's
@@ -38,9 +39,10 @@ from dynsys.stats import (
     proportion_interval,
     proportion_test,
 )
+from dynsys.studies.e10_regime.measure import MEMORY
 from dynsys.studies.e10_regime.tables import select
 from dynsys.studies.finding import DESCRIBE, Finding
-from dynsys.studies.sweep import bootstrap_estimate, by_length
+from dynsys.studies.sweep import by_length, prompt_estimate
 
 NAME = "e10"
 SLOPE = 0.5  # dilution: the slope of log e on log n is below this
@@ -65,10 +67,10 @@ def dilution(model: str, rows: list[dict]) -> Finding:
     if len(lengths) < 2:
         return Finding(NAME, _claim(model, "dilution"), f"one prompt length ({lengths[0]}): "
                        "no slope", "not testable here", kind="test")
-    found = bootstrap_estimate(columns, lambda *c: slope(lengths, c), SLOPE, side="below")
+    found = prompt_estimate(columns, lambda *c: slope(lengths, c), SLOPE, side="below")
     e = [c.mean() for c in columns]
     return Finding(NAME, _claim(model, "dilution"),
-                   f"slope {found.text()}, bootstrap over {len(columns[0])} prompts; e "
+                   f"slope {found.text()}, jackknife-t over {len(columns[0])} prompts; e "
                    f"{e[0]:.2f} at n={lengths[0]} -> {e[-1]:.2f} at n={lengths[-1]}",
                    found.verdict, test=found.test)
 
@@ -151,8 +153,8 @@ def answers(claims: dict[str, dict[str, Finding]], n_over_g: dict[str, float]
 
 
 def layer_finding(model: str, rows: list[dict]) -> Finding:
-    """Per layer, the slope of log e and of log(sink4 share) on log n with bootstrap intervals
-    over prompts (a description: the claim is on the mean over layers)."""
+    """Per layer, the slope of log e and of log(sink4 share) on log n with jackknife-t
+    intervals over prompts (a description: the claim is on the mean over layers)."""
     parts = []
     for layer in sorted({r["layer"] for r in rows}):
         sel = select(rows, layer=layer)
@@ -161,11 +163,11 @@ def layer_finding(model: str, rows: list[dict]) -> Finding:
             lengths, columns = by_length(sel, key)
             if len(lengths) < 2:
                 return Finding(NAME, f"{model}: per-layer slopes", "one prompt length", None)
-            estimates.append(bootstrap_estimate(
+            estimates.append(prompt_estimate(
                 columns, functools.partial(_slope_of, lengths), SLOPE, side="below").text())
         parts.append(f"layer {layer}: e {estimates[0]}, sink {estimates[1]}")
     return Finding(NAME, f"{model}: slope of log e and of log(sink share, first 4 tokens) on "
-                         "log n, per layer (mean over heads; bootstrap over prompts)",
+                         "log n, per layer (mean over heads; jackknife-t over prompts)",
                    "; ".join(parts), None)
 
 
@@ -186,3 +188,15 @@ def sampled_finding(model: str, rows: list[dict]) -> Finding:
                          "the sampled-decoding theorem's kernel chain's prediction where V is "
                          f"small; {len(select(rows, sampler=labels[0]))} prompts, largest n)",
                    "; ".join(parts), None)
+
+
+def memory_finding(model: str, rows: list[dict]) -> Finding:
+    """The distribution of the smallest explaining memory k over the greedy steps at the
+    largest n (a description)."""
+    parts = [f"k={r['k']}: {r['steps']:.2f}" if r["k"] else f"none up to {MEMORY}: "
+             f"{r['steps']:.2f}" for r in sorted(rows, key=lambda r: (r["k"] == 0, r["k"]))]
+    return Finding(NAME, f"{model}: the smallest memory k (the prompt and the last k generated "
+                         "tokens at their real positions) that gives each greedy step's token, "
+                         "share of steps at the largest n",
+                   "; ".join(parts) + f"; traces with k = 1 at every step "
+                   f"{rows[0]['traces_k1']:.2f}", None)
