@@ -38,7 +38,7 @@ def test_zero_sweep_equals_models_built_without_the_branch(model, prompts, sweep
                                                               "bias": zero(o["bias"])}})
     for key, built in [((1, "mlp_out"), no_mlp), ((0, "attn_out"), no_attn)]:
         np.testing.assert_array_equal(rows[key].result.traces,
-                                      generate(built, prompts, G, edits=same))
+                                      generate(built, prompts, G, edits=same).tokens)
     for r in sweep.rows:
         assert r.change == pytest.approx(r.result.rate - sweep.base.rate)
         assert r.change_interval[0] <= r.change <= r.change_interval[1]
@@ -66,7 +66,7 @@ def test_mean_sweep_equals_a_constant_branch(model, prompts):
     constant = with_params(model, {param_path(1, "mlp", "down"): {
         "kernel": jnp.zeros_like(down["kernel"]), "bias": jnp.asarray(mu)}})
     np.testing.assert_array_equal(row.result.traces,
-                                  generate(constant, prompts, G, edits=identity_tree()))
+                                  generate(constant, prompts, G, edits=identity_tree()).tokens)
 
 
 def test_bad_input_names_the_value(model, prompts):
