@@ -42,7 +42,7 @@ from dynsys.nn.cache import (
     source_digest,
     words_digest,
 )
-from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded, check_edits
+from dynsys.nn.sites import BLOCK_SITES, MODEL_SITES, Recorded, check_edits, resolve
 from dynsys.sharding import constrain, use
 
 SCORE_BUDGET = 1 << 25  # attention scores held at once while prefilling (floats)
@@ -64,10 +64,13 @@ def run(cfg: ModelConfig, params, tokens, positions, rows: RowCache | None, writ
     """The one call of the model: tokens [B, T] at positions [B, T] written into `rows` where
     write_mask [B, T] (see Transformer.__call__), after the shared `prefix`; rows=None: one
     full causal sequence, no cache (Output.rows is None). `edits` (a
-    `dynsys.nn.sites.edits` tree, traced) changes named sites; `record` stores every site
-    (with a row cache, "attn_weights" too); key_bias = (first slot, b) adds b to the scores of
-    the row keys from slot `first` up to each query's own slot, exclusive (Transformer)."""
-    variables = {"params": params} if edits is None else {"params": params, "edits": edits}
+    `dynsys.nn.sites.edits` tree, traced; checked against the model's sites, scopes resolved
+    at these positions) changes named sites; `record` stores every site (with a row cache,
+    "attn_weights" too); key_bias = (first slot, b) adds b to the scores of the row keys from
+    slot `first` up to each query's own slot, exclusive (Transformer)."""
+    check_edits(edits, cfg.num_layers)
+    variables = ({"params": params} if edits is None else
+                 {"params": params, "edits": resolve(edits, positions)})
     args = (tokens, positions, rows, write_mask, prefix, key_bias)
     if record:
         (hidden, rows), state = Transformer(cfg).apply(variables, *args, mutable=["record"])
@@ -311,9 +314,11 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     key_bias = None if generated_key_bias is None else (T, generated_key_bias)
     capacity = segments[0][2]
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
+    edits = _steps_as_positions(edits, positions[:, -1] + 1, T, max_new_tokens)
     hidden, rows, first = _prefill_rows(cfg, params, tokens, positions, write_mask,
                                         empty_rows(cfg, B, capacity),
-                                        prefill_chunk(cfg, B, T, capacity), edits, record)
+                                        prefill_chunk(cfg, B, T, capacity),
+                                        _at_step(edits, 0), record)
     state = DecodeState(logits=logits(cfg, params, hidden),
                         seq=jnp.zeros((B, capacity), jnp.int32).at[:, :T].set(tokens),
                         rows=rows, position=positions[:, -1] + 1, finished=jnp.zeros(B, bool))
@@ -335,7 +340,7 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     def body(state: DecodeState, i):
         token, finished, outputs = choose(state, i)
         out = run(cfg, params, token[:, None], state.position[:, None], state.rows,
-                  jnp.ones((B, 1), bool), None, edits, bool(record), key_bias)
+                  jnp.ones((B, 1), bool), None, _at_step(edits, i + 1), bool(record), key_bias)
         state = DecodeState(logits=logits(cfg, params, out.hidden[:, 0]),
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
@@ -363,6 +368,67 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
               for x, y in zip(steps, last)),
             jax.tree.map(lambda x, y: jnp.concatenate([x[:, None], jnp.moveaxis(y, 0, 1)], 1),
                          first, sites))
+
+
+def _edit_map(fn, tree: dict | None) -> dict | None:
+    """fn applied to every edit (the mappings holding "scale") of an edit tree."""
+    if tree is None:
+        return None
+    return fn(tree) if "scale" in tree else {k: _edit_map(fn, v) for k, v in tree.items()}
+
+
+def _steps_as_positions(edits: dict | None, lengths, width: int, steps: int) -> dict | None:
+    """Each edit's "steps" scope (an int t: steps i >= t; a mask [G] or [B, G]; every step for
+    an edit with "values") as a positions mask [B, width + G]: step i of row b is position
+    lengths[b] − 1 + i, ANDed with the edit's own "positions" (False beyond its width)."""
+    B = lengths.shape[0]
+    index = jnp.arange(steps)
+
+    def scoped(edit):
+        if "steps" not in edit and "values" not in edit:
+            return edit
+        mask = edit.get("steps", jnp.ones(steps, bool))
+        mask = jnp.broadcast_to(index >= mask if mask.ndim == 0 else mask, (B, steps))
+        at = jnp.zeros((B, width + steps), bool).at[
+            jnp.arange(B)[:, None], lengths[:, None] - 1 + index].set(mask)
+        if "positions" in edit:
+            own = jnp.broadcast_to(edit["positions"], (B, edit["positions"].shape[-1]))
+            own = jnp.pad(own, [(0, 0), (0, max(0, width + steps - own.shape[1]))])
+            at &= own[:, :width + steps]
+        return {k: v for k, v in edit.items() if k != "steps"} | {"positions": at}
+
+    return _edit_map(scoped, edits)
+
+
+def _at_step(edits: dict | None, i) -> dict | None:
+    """The edits of the call at generation step i: each "values" [B, G, ...] sliced to step i,
+    [B, 1, ...] (broadcast over the call's tokens; its positions scope picks the step's)."""
+    def sliced(edit):
+        if "values" not in edit:
+            return edit
+        return edit | {"values": jax.lax.dynamic_slice_in_dim(edit["values"], i, 1, axis=1)}
+
+    return _edit_map(sliced, edits)
+
+
+def _check_generation_edits(edits: dict | None, batch: int, steps: int) -> None:
+    """generate's shapes of an edit's scope: "steps" masks [G] or [B, G], "positions"
+    [P] or [B, P], "values" [B, G, ...] (ValueError naming the edit otherwise)."""
+    def check(edit):
+        shape = np.shape(edit["steps"]) if "steps" in edit else ()
+        if shape and shape not in ((steps,), (batch, steps)):
+            raise ValueError(f"an edit's 'steps' has shape {shape}; generate wants ({steps},) "
+                             f"or ({batch}, {steps})")
+        shape = np.shape(edit["positions"]) if "positions" in edit else ()
+        if len(shape) == 2 and shape[0] != batch:
+            raise ValueError(f"an edit's 'positions' has shape {shape}; generate wants [P] or "
+                             f"({batch}, P)")
+        if "values" in edit and np.shape(edit["values"])[:2] != (batch, steps):
+            raise ValueError(f"an edit's 'values' has shape {np.shape(edit['values'])}; "
+                             f"generate wants [B, G, ...] = ({batch}, {steps}, ...)")
+        return edit
+
+    _edit_map(check, edits)
 
 
 def left_pad(prompts: Sequence, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -468,8 +534,11 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
 
     prompts: an int array [B, n] or a list of 1-D sequences of different lengths (left-padded
     and masked). `edits` (a `dynsys.nn.sites.edits` tree) changes named sites at every step,
-    prompt included; new edit values reuse the compiled program. One compile per (B, length
-    bucket, max_new_tokens, sampler kind, edit structure). With the parameters on a mesh
+    prompt included, or only at its "steps" (step i: the position entry i of `recorded` is
+    of) and "positions"; "values" [B, G, ...] are written per step (activation patching:
+    `dynsys.nn.sites.patch` of another run's `recorded`). New edit values and scopes reuse
+    the compiled program. One compile per (B, length bucket, max_new_tokens, sampler kind,
+    edit structure). With the parameters on a mesh
     (dynsys.sharding) the rows are split over "data" and the model and KV cache over "model".
     """
     cfg = model.config
@@ -483,7 +552,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
         if name not in BLOCK_SITES and name not in MODEL_SITES:
             raise ValueError(f"record names an unknown site {name!r}; sites: "
                              f"{[*MODEL_SITES, *BLOCK_SITES]}")
-    check_edits(edits, cfg.num_layers)
+    check_edits(edits, cfg.num_layers, generation=True)
     seed = check_seed(seed)
     for name, ids in (("stop_tokens", sampler.stop_tokens), ("pad_token", (sampler.pad_token,))):
         if max(ids, default=0) >= cfg.vocab_size:
@@ -493,6 +562,7 @@ def generate(model: Model, prompts, max_new_tokens: int, *,
     if generated_key_bias is not None:
         generated_key_bias = check_key_bias(generated_key_bias)
     tokens, mask = pad_prompts(cfg, prompts, max_new_tokens)
+    _check_generation_edits(edits, tokens.shape[0], max_new_tokens)
     check_generation_fits(cfg, *tokens.shape, max_new_tokens, "attn_weights" in record)
     with use(model.params):
         out, margins, finite, finished, ids, logprobs, recorded = _generate(

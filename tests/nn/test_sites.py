@@ -10,7 +10,7 @@ import dynsys.decode
 import dynsys.decode.engine
 import dynsys.nn
 import dynsys.nn.transformer
-from dynsys.decode import logits, run, step
+from dynsys.decode import last_logits, logits, run, step
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import BLOCK_SITES, check_edits, edits
 from dynsys.surgery import loop_margin
@@ -159,7 +159,9 @@ def hand_built(path: tuple[str, ...], leaf=None) -> dict:
 def test_hand_built_edit_trees_are_checked_against_the_model_s_sites(model, path, leaf,
                                                                       message):
     """Every entry point taking edits refuses a tree naming a site the model does not have
-    (flax would ignore it: an ablation that never happened reads as "no effect")."""
+    (flax would ignore it: an ablation that never happened reads as "no effect"): generate,
+    step, run (under every other model call: the shared-prefix step of the maps, the theory's
+    probes) and surgery's loop margin."""
     tokens, positions = inputs(CFG)
     tree = hand_built(path, leaf)
     with pytest.raises(ValueError, match=message):
@@ -168,5 +170,11 @@ def test_hand_built_edit_trees_are_checked_against_the_model_s_sites(model, path
         dynsys.decode.generate(model, tokens, 4, edits=tree)
     with pytest.raises(ValueError, match=message):
         loop_margin(model, tokens, np.zeros((2, 4), np.int32), edits=tree)
+    with pytest.raises(ValueError, match=message):  # the one call every model call goes through
+        run(CFG, model.params, tokens, positions, empty_rows(CFG, *tokens.shape),
+            jnp.ones(tokens.shape, bool), None, tree)
+    with pytest.raises(ValueError, match=message):
+        last_logits(CFG, model.params, dynsys.decode.prefill(model, tokens[0]), tokens[:, :1],
+                    positions[:, :1] + 5, tree)
     good = hand_built(("blocks_1", "mlp", "mlp_hidden"))
     check_edits(good, CFG.num_layers)
