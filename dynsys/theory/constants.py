@@ -30,9 +30,9 @@ class WeightConstants:
     gate_cols, up_cols [L, F]: the norms ‖W_g[f, :]‖, ‖W_u[f, :]‖ of each unit's weights (the
     columns of W_g, W_u acting on row vectors; SwiGLU). final: ‖w_f‖_∞ of the final
     norm; final_radius: sup ‖N_f(x)‖ = ‖w_f‖_∞ √D (+ ‖b_f‖ for LayerNorm). head_rows [V, D]:
-    the LM head's rows w_v; head_norm: max_v ‖w_v‖; head: max_v ‖w_v ⊙ w_f‖. mlp_params [L]:
-    each block's "norm2" and "mlp" parameters, final_params: the final norm's (float64 numpy
-    trees, for `mlp_branch` and `final_norm`).
+    the LM head's rows w_v; head_norm: max_v ‖w_v‖; head: max_v ‖w_v ⊙ w_f‖. block_params [L]:
+    each block's "norm1", "attn", "norm2" and "mlp" parameters, final_params: the final
+    norm's (float64 numpy trees, for `mlp_branch`, `final_norm` and the margin certificate).
     """
 
     config: ModelConfig
@@ -58,7 +58,7 @@ class WeightConstants:
     head_rows: np.ndarray
     head_norm: float
     head: float
-    mlp_params: tuple
+    block_params: tuple
     final_params: dict
 
     @property
@@ -102,7 +102,7 @@ class WeightConstants:
     def mlp_branch(self, layer: int, x: np.ndarray) -> np.ndarray:
         """x ↦ MLP(norm₂ x) of block `layer` in float64 (dynsys.theory.exact), on streams
         x [..., D]."""
-        tree = self.mlp_params[layer]
+        tree = self.block_params[layer]
         return _branch(self.config, tree["norm2"], tree["mlp"], np.asarray(x, np.float64))
 
     def final_norm(self, x: np.ndarray) -> np.ndarray:
@@ -171,8 +171,8 @@ def weight_constants(model: Model) -> WeightConstants:
         config=cfg, final=final, final_radius=final_radius, head_rows=head,
         head_norm=float(np.linalg.norm(head, axis=1).max()),
         head=float(np.linalg.norm(head * scale, axis=1).max()),
-        mlp_params=tuple({k: layout.block(p, i)[k] for k in ("norm2", "mlp")}
-                         for i in range(cfg.num_layers)),
+        block_params=tuple({k: layout.block(p, i)[k] for k in ("norm1", "attn", "norm2", "mlp")}
+                           for i in range(cfg.num_layers)),
         final_params=p["final_norm"], **arrays)
 
 

@@ -1,17 +1,19 @@
 """The margin certificate: a bound on the change of each reference margin ℓ_top − ℓ_v, pulled
-back through the reference Jacobians (proofs/multi_layer.md, "The margin bound").
+back through the Jacobians at a propagated centre (proofs/multi_layer.md, "The margin bound").
 
 At step t the real and the reference run differ by x_l − x′_l at the query position. It is
 enclosed stage by stage (the attention, then the MLP of every block) as
 
     x_l − x′_l = c_l + Σ_k Q_k u_k,    ‖u_k‖ ≤ e_k,    Q_k = M_K ⋯ M_{k+1},
 
-with M_k the stage's Jacobian (I + J_A at the reference stream; B_c = DΦ(x′ + c) at the
-centre; B_c + J_A with a parallel residual). An attention stage maps c ↦ (I + J_A) c + S (S: the
-generated keys' contribution at the midpoint weights, Lemma 4) and adds a source bounded by
-Lemmas 3–4, whose score changes are bounded per key by the support function of the enclosure
-(`_support`). An MLP stage Φ(x) = x + MLP(N₂ x) maps the centre exactly,
-c ↦ Φ(x′ + c) − Φ(x′) (evaluated in float64), and the sources through B_c, adding one of size
+with M_k the stage's Jacobian at the centre x̃ = x′ + c (I + J̃_A; B_c = DΦ(x̃); B_c + J̃_A with
+a parallel residual). An attention stage maps c ↦ c + [h_P(x̃) − h_P(x′)] + S̃, h_P the
+attention over the prompt and the own key and value (evaluated in float64), S̃ the generated
+keys' contribution at the midpoint weights, and adds a source bounded by Lemmas 3–4 about x̃
+(`_anchored`) with the sources' radius ρ, whose score changes are bounded per key by the
+support function of the sources (`_support`). An MLP stage Φ(x) = x + MLP(N₂ x) maps the
+centre exactly, c ↦ Φ(x′ + c) − Φ(x′) (evaluated in float64), and the sources through B_c,
+adding one of size
 ½ κ ρ² (Lemma 5.3's κ at the centre, ρ ≥ ‖Σ Q_k u_k‖): linearised at the centre, no cross term
 κ ρ ‖c‖ is left. Or, whichever is smaller, the global Lipschitz step (c = 0, one fresh source
 Lip·δ), as in `perturbation_bound`. For g_v = w_top − w_v (top the reference argmax) and the
@@ -29,7 +31,8 @@ radius (products of operator norms); both are upper bounds.
 Rigorous (`MarginBound.lower`, `.horizon`): in exact arithmetic the real margin is
 ≥ m′_v + centre_v − radius_v, given the reference run. Estimate (`MarginBound.estimate`,
 `.estimated_horizon`): m′_v + centre_v, the margin of the propagated centre with every
-remainder dropped (first order in the attention, exact in the MLPs); not a bound.
+remainder dropped (exact through the prompt's attention and the MLPs, the generated keys at
+midpoint weights); not a bound.
 
 Rounding: the bound is evaluated in float64 (a relative slack F64 per float64 branch
 evaluation) from the reference quantities (float64 from the float32 model's reference
@@ -58,12 +61,19 @@ from dynsys.decode import logits as head_logits
 from dynsys.decode import run as run_model
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix, empty_rows
+from dynsys.theory import exact
 from dynsys.theory.certificate import attention_bounds, mlp_constants
 from dynsys.theory.constants import WeightConstants, weight_constants
 from dynsys.theory.dilution import check_trace
 from dynsys.theory.exact import F64, check_float32, on_host
 from dynsys.theory.lemmas import norm_curvature
-from dynsys.theory.reference import MarkovStats, markov_stats, mlp_jacobians, norm_jacobian
+from dynsys.theory.reference import (
+    MarkovStats,
+    attention_stats,
+    markov_stats,
+    mlp_jacobians,
+    norm_jacobian,
+)
 
 UNIT = 2.0 ** -24  # float32 unit roundoff
 NEAR = 8  # tokens of smallest reference margin always pulled back (and compared in the ratios)
@@ -160,16 +170,20 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
     residual = []
     for i in range(cfg.num_layers):
         d = delta()
-        heads = attention_bounds(w, s, i, d, _support(w, s, i, c, q, e, d))
-        ja, source, radius = s.attn_jacobian[:, i], heads.centre, heads.radius
-        if not cfg.parallel_residual:  # the attention stage: M = I + J_A
+        # the attention at the centre: h(x′ + c + u) − h(x′) = [h(x′ + c) − h(x′)] + J̃_A u + S̃ + r
+        ball = d - np.linalg.norm(c, axis=1)
+        anchor, ja = _anchored(w, s, i, c)
+        heads = attention_bounds(w, anchor, i, ball, _support(w, anchor, i, q, e, ball))
+        source = anchor.attn_output[:, i] - s.attn_output[:, i] + heads.centre
+        radius = heads.radius + _f64(anchor.attn_output[:, i], s.attn_output[:, i])
+        if not cfg.parallel_residual:  # the attention stage: M = I + J̃_A
             m = ja + np.eye(D)
-            c, rho = np.einsum("tde,te->td", m, c) + source, s.step_norm[:, i] * rho + radius
+            c, rho = c + source, _opnorm(m) * rho + radius
             q, e = push(m, radius)
             d = delta()
         # Φ(x′ + c + u) − Φ(x′) = [Φ(x′ + c) − Φ(x′)] + B_c u + (≤ ½ κ ρ²), B_c = DΦ(x′ + c)
         x = s.mlp_input[:, i]
-        jb, jm, _ = _mlp_jacobians(cfg, w.mlp_params[i], x + c)
+        jb, jm, _ = _mlp_jacobians(cfg, w.block_params[i], x + c)
         lip, curve = mlp_constants(w, s, i, d, s.spread_in[:, i] if cfg.parallel_residual
                                     else s.spread_mid[:, i], jm)
         ball = d - np.linalg.norm(c, axis=1)
@@ -178,10 +192,10 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
         fresh = curve * ball * ball / 2 + _f64(x, branch)
         if cfg.parallel_residual:
             m = jb + ja
-            centre = exact + np.einsum("tde,te->td", ja, c) + source
+            centre = exact + source
             fresh = fresh + radius
-            crude = lip * d + s.attn_norm[:, i] * ball + radius
-            start = np.einsum("tde,te->td", ja, c) + source  # the Lipschitz step's centre
+            crude = lip * d + _opnorm(ja) * ball + radius
+            start = source  # the Lipschitz step's centre
         else:
             m, centre, crude = jb, exact, lip * d
             start = np.zeros_like(c)
@@ -197,40 +211,61 @@ def _enclosure(w: WeightConstants, s: MarkovStats):
     return c, q, e, residual[-1], np.stack(residual, 1)
 
 
-def _support(w: WeightConstants, s: MarkovStats, i: int, c, q, e, d) -> np.ndarray:
-    """[G, N, S + G] directional score bounds at block i: for the prompt's keys k_j and every
-    step's own reference key k′_i, with J_q the query's Jacobian at x′ and ½ κ₁ δ² Lemma 1.2's
-    remainder of the norm,
+_attention_at = on_host(jax.jit(attention_stats, static_argnames="cfg"))
+_spread = on_host(exact.spread)
+ANCHORED = ("query", "self_key", "prefix_lse", "self_score", "self_value", "covariance",
+            "prefix_score", "prefix_dist", "own_key", "query_jacobian", "cross_score",
+            "source_norm", "source", "attn_output")
 
-        |⟨q − q′, k⟩| ≤ |kᵀ J_q c| + Σ_k ‖Q_kᵀ J_qᵀ k‖ e_k + ½ ‖W_q‖ κ₁ δ² ‖k‖      (over √H),
 
-    the support function of the enclosure x − x′ = c + Σ_k Q_k u_k, ‖u_k‖ ≤ e_k, entering the
-    block. ‖Q_kᵀ J_qᵀ k‖ is read from the Gram matrix A Aᵀ, A = J_q Q_k [H, D] per source, head
-    and step; each float64 product gets a relative slack F64 of its terms' sizes."""
+def _anchored(w: WeightConstants, s: MarkovStats, i: int, c: np.ndarray):
+    """The stats with block i's attention quantities recomputed (float64) at the centres
+    x̃ = x′ + c [G, D] instead of the reference streams x′: Lemmas 3–4 about x̃, each step's
+    own key and value at its x̃ standing for the generated key's. Returns them and J̃_A [G, D, D],
+    the attention output's derivative at x̃ along the query path."""
+    x = s.block_input[:, i] + c
+    a = _attention_at(w.config, w.block_params[i], s.prompt_keys[i].swapaxes(-1, -2),
+                      s.prompt_values[i], s.prompt_valid, x, s.positions)
+
+    def at(name, value):
+        out = getattr(s, name).copy()
+        out[:, i] = value
+        return out
+
+    fields = {name: at(name, a[name]) for name in ANCHORED}
+    anchor = dataclasses.replace(s, spread_in=at("spread_in", _spread(w.config, x)), **fields)
+    return anchor, a["attn_jacobian"]
+
+
+def _support(w: WeightConstants, s: MarkovStats, i: int, q, e, d) -> np.ndarray:
+    """[G, N, S + G] directional score bounds at block i about the centre x̃ (s anchored
+    there, `_anchored`): for the prompt's keys k_j and every step's own key k̃_i, with J̃_q the
+    query's Jacobian at x̃ and ½ κ₁ ρ² Lemma 1.2's remainder of the norm,
+
+        |⟨q − q̃, k⟩| ≤ Σ_k ‖Q_kᵀ J̃_qᵀ k‖ e_k + ½ ‖W_q‖ κ₁ ρ² ‖k‖      (over √H),
+
+    the support function of the sources Σ_k Q_k u_k, ‖u_k‖ ≤ e_k, of the enclosure entering the
+    block (ρ = d ≥ their norm). ‖Q_kᵀ J̃_qᵀ k‖ is read from the Gram matrix A Aᵀ, A = J̃_q Q_k
+    [H, D] per source, head and step, with a float64 slack F64 ‖k‖² ‖A‖_F² under the root."""
     cfg = w.config
     D, H = cfg.hidden_size, cfg.head_dim
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     keys = np.concatenate([s.prompt_keys[i][kv], s.own_key[:, i][:, kv].swapaxes(0, 1)], 1)
     size = np.linalg.norm(keys, axis=-1)  # [N, S + G]
     jq = s.query_jacobian[:, i] / math.sqrt(H)  # [G, N, H, D]
-    jq_norm = np.sqrt(np.einsum("tnhd,tnhd->tn", jq, jq))  # ‖J_q‖_F
-    linear = np.abs(np.einsum("nsh,tnh->tns", keys, np.einsum("tnhd,td->tnh", jq, c)))
-    sources = np.empty_like(linear)
+    sources = np.empty((len(jq), *size.shape))
     with np.errstate(invalid="ignore"):
-        for t in range(len(c)):
+        for t in range(len(jq)):
             a = jq[t][None] @ q[:, t][:, None]  # [K, N, H, D]
             gram = a @ a.swapaxes(-1, -2)  # [K, N, H, H]
             quad = np.sum((keys[None] @ gram) * keys[None], -1)  # [K, N, S + G]
             frob = np.einsum("knhd,knhd->kn", a, a)[..., None]
             norm = np.sqrt(np.maximum(quad, 0.0) + F64 * frob * size ** 2)
             sources[t] = np.nan_to_num(np.sum(norm * e[:, t, None, None], 0), nan=np.inf)
-        slack = F64 * size[None] * (jq_norm * (np.linalg.norm(c, axis=1)[:, None]
-                                               + np.sum(_frobenius(q) * e, 0)[:, None]))[..., None]
-        slack = np.nan_to_num(slack, nan=np.inf)
     floor = s.spread_in[:, i] - d / math.sqrt(D)
     curve = (w.query[i] * (norm_curvature(w.norm1[i], floor, cfg.norm_eps, D) * d * d / 2)[:, None]
              / math.sqrt(H))[..., None] * size[None]
-    return linear + sources + slack + curve
+    return sources + curve
 
 
 _mlp_jacobians = on_host(jax.jit(mlp_jacobians, static_argnames="cfg"))

@@ -40,6 +40,10 @@ class MarkovStats:
     ‖v_j − o′‖ (−∞ and 0 off the prompt). prompt_keys [L, K, S, H]: the prompt's keys k_j (0 off
     the prompt); own_key [G, L, K, H]: each step's own reference key k′_s; query_jacobian
     [G, L, N, H, D]: J_q = ∂q/∂x at the reference stream (norm₁, projection, RoPE).
+    prompt_values [L, K, S, H]: the prompt's values (0 off the prompt); prompt_valid [S]: its
+    slots; positions [G]: each step's query position; attn_output [G, L, D]: Σ_n W_o,n o′_n, the
+    attention branch's reference output without its bias; block_input [G, L, D]: the stream
+    entering each block.
     cross_score [G, L, N, G]: ⟨q′_t, k′_i⟩/√H of step t's query and step i's own key (the
     generated key i is step i's current token); source_norm: ‖v′_i − o′_t‖; source
     [G, L, N, G, D]: W_o,nᵀ (v′_i − o′_t). attn_jacobian [G, L, D, D]: J_A = Σ_n W_o,nᵀ C_n J_q,n
@@ -68,8 +72,13 @@ class MarkovStats:
     prefix_score: np.ndarray
     prefix_dist: np.ndarray
     prompt_keys: np.ndarray
+    prompt_values: np.ndarray
+    prompt_valid: np.ndarray
+    positions: np.ndarray
     own_key: np.ndarray
     query_jacobian: np.ndarray
+    attn_output: np.ndarray
+    block_input: np.ndarray
     cross_score: np.ndarray
     source_norm: np.ndarray
     source: np.ndarray
@@ -93,10 +102,12 @@ def _opnorm(x):
     return jnp.linalg.norm(x, 2, axis=(-2, -1)) * (1 + F64)
 
 
-def _attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
+def attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
     """One layer's reference attention quantities per step and query head, in float64 from the
     stream x [B, D] entering the block at positions [B] and the prompt's keys k [K, H, S] and
-    values v [K, S, H] (valid [S] marks the prompt's slots).
+    values v [K, S, H] (valid [S] marks the prompt's slots); the fields of `MarkovStats` at
+    one layer, and attn_output [B, D] = Σ_n W_o,n o′_n (no bias). The margin certificate calls
+    it at its centres x′ + c too, each row's own key and value standing for that step's.
 
     ‖v_j − o′‖ and C = Σ_P a′_j (v_j − o′) k_jᵀ are computed about the prompt's mean value v̄
     (the same quantities; the cancelling terms shrink with a large value bias), each with an
@@ -140,8 +151,9 @@ def _attention_stats(cfg: ModelConfig, block, k, v, valid, x, positions):
     jq = jax.vmap(jax.jacfwd(lambda x, p: exact.project(
         attn["q"], exact.norm(cfg, block["norm1"], x), cfg, p)))(x, positions)  # [B, N, H, D]
     cov = cov.reshape(B, -1, H, H)
+    out = jnp.einsum("DNH,BNH->BD", w_o, (o + mean[None, :, None]).reshape(B, -1, H))
     return dict(stats, source_norm=jnp.linalg.norm(centred, axis=-1), own_key=ks,
-                query_jacobian=jq,
+                query_jacobian=jq, attn_output=out,
                 source=jnp.einsum("DNH,BNCH->BNCD", w_o, centred),
                 attn_jacobian=jnp.einsum("DNH,BNHI,BNIE->BDE", w_o, cov, jq) * H ** -0.5)
 
@@ -190,10 +202,10 @@ def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positi
     for i in range(cfg.num_layers):
         block, x, mid = params["blocks"][i], xs[:, i], mids[:, i]
         kmax = jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(keys[i] ** 2, -2), 0.0), -1))  # [K]
-        stats = _attention_stats(cfg, block, keys[i], values[i], valid, x, positions)
+        stats = attention_stats(cfg, block, keys[i], values[i], valid, x, positions)
         jb, mlp_jacobian, up = mlp_jacobians(cfg, block, x if parallel else mid)
         step = stats["attn_jacobian"] + (jb if parallel else eye)
-        stats.update(spread_mid=exact.spread(cfg, mid), block_jacobian=jb,
+        stats.update(spread_mid=exact.spread(cfg, mid), block_jacobian=jb, block_input=x,
                      block_norm=_opnorm(jb), attn_norm=_opnorm(stats["attn_jacobian"]),
                      step_norm=_opnorm(step), mlp_jacobian=mlp_jacobian,
                      mlp_input=x if parallel else mid)
@@ -204,7 +216,8 @@ def _exact_stats(cfg: ModelConfig, params, keys, values, valid, xs, mids, positi
         per.setdefault("prefix_key", []).append(jnp.repeat(kmax, cfg.heads_per_kv))
         per.setdefault("prompt_keys", []).append(
             jnp.where(valid[:, None], keys[i].swapaxes(-1, -2), 0.0))
-    out = {k: jnp.stack(v, 0 if k in ("prefix_key", "prompt_keys") else 1)
+        per.setdefault("prompt_values", []).append(jnp.where(valid[:, None], values[i], 0.0))
+    out = {k: jnp.stack(v, 0 if k in ("prefix_key", "prompt_keys", "prompt_values") else 1)
            for k, v in per.items()}
     final = xs[:, -1]
     final_jacobian = norm_jacobian(cfg, params["final_norm"], final)
@@ -230,6 +243,7 @@ def markov_stats(model: Model, prompt, trace, prefix: Prefix | None = None) -> M
         out = {k: np.asarray(v) for k, v in out.items()}
     logits = np.asarray(logits, np.float64)
     return MarkovStats(generated=np.arange(len(trace)), up=out.pop("up", None),
+                       positions=np.asarray(positions), prompt_valid=np.asarray(prefix.valid),
                        margin=np.asarray(margin(jnp.asarray(logits, jnp.float32)), np.float64),
                        next=logits.argmax(-1).astype(np.int64), logits=logits, **out)
 

@@ -188,45 +188,45 @@ def test_attention_lemmas_against_brute_force(std, seed):
 
 @pytest.mark.parametrize("std, seed", SMALL)
 def test_directional_score_bounds_against_brute_force(std, seed, monkeypatch):
-    """The margin certificate's support functions (margin._support, as margin_bound calls them)
-    bound the measured |⟨q − q′, k⟩|/√H of every prompt key and every step's own reference key,
-    0 violations, and bite: within BITES of the measured change on the keys of largest change
-    (r ≥ 1, layers ≥ 1); attention_bounds with them still encloses the brute-force weights."""
+    """The margin certificate's support functions (margin._support, as margin_bound calls them,
+    about the centres x̃ = x′ + c) bound the measured |⟨q − q̃, k⟩|/√H of every prompt key and
+    every step's own key k̃_i at x̃, 0 violations, and bite: within BITES of the measured change
+    on the keys of largest change (r ≥ 1, layers ≥ 1); Lemma 4 about x̃ with them still
+    encloses the brute-force weights of the generated keys and their mass."""
     c = case(std, seed)
     seen = []
     original = margin._support
 
-    def spy(w, s, i, *args):
-        seen.append(original(w, s, i, *args))
-        return seen[-1]
+    def spy(w, s, i, q, e, d):
+        seen.append((s, d, original(w, s, i, q, e, d)))
+        return seen[-1][-1]
 
     monkeypatch.setattr(margin, "_support", spy)
     margin.margin_bound(c["weights"], c["stats"])
-    _, real, ref_rows, ref = recorded(c["model"].params, c["prefix"], jnp.asarray(c["trace"]),
-                                      jnp.arange(N, N + G))
+    _, real, _, _ = recorded(c["model"].params, c["prefix"], jnp.asarray(c["trace"]),
+                             jnp.arange(N, N + G))
     K, Gq = LLAMA.num_kv_heads, LLAMA.heads_per_kv
-    for layer in range(LLAMA.num_layers):
-        dq = (np.asarray(real[layer], np.float64) - np.asarray(ref[layer], np.float64))
-        dq = dq.reshape(G, K * Gq, -1)  # (q − q′)/√H [G, N, H]
+    for layer, (anchor, ball, bound) in enumerate(seen):
+        q = np.asarray(real[layer], np.float64).reshape(G, K * Gq, -1)  # q/√H [G, N, H]
         pk = np.asarray(c["prefix"].k[layer], np.float64)[:, :, :N]  # [K, H, n]
-        own = np.asarray(ref_rows.k[layer][:, :, :, 0], np.float64)  # [G, K, H]
-        keys = np.concatenate([pk.swapaxes(1, 2), own.swapaxes(0, 1)], 1)  # [K, n + G, H]
-        keys = np.repeat(keys, Gq, 0)
-        change = np.abs(np.einsum("tnh,nsh->tns", dq, keys))
-        bound = np.concatenate([seen[layer][..., :N], seen[layer][..., -G:]], -1)
-        assert (change <= bound + 1e-6 * np.abs(change).max()).all()
+        own = np.repeat(anchor.own_key[:, layer].swapaxes(0, 1), Gq, 0)  # k̃_i [N, G, H]
+        prompt = np.abs(np.einsum("tnh,nhs->tns", q, np.repeat(pk, Gq, 0))
+                        - anchor.prefix_score[:, layer, :, :N])
+        mine = np.abs(np.einsum("tnh,nih->tni", q, own) - anchor.cross_score[:, layer])
+        change = np.concatenate([prompt, mine], -1)
+        bound = np.concatenate([bound[..., :N], bound[..., -G:]], -1)
+        rounding = 1e-6 * np.abs(anchor.prefix_score[:, layer, :, :N]).max()  # float32 q
+        assert (change <= bound + rounding).all()
         if layer:
-            top = change[1:].max(-1)
-            assert (bound[1:].max(-1) < BITES * top).all()
-        delta = c["margin"].residual[:, layer - 1] if layer else np.zeros(G)
-        heads = attention_bounds(c["weights"], c["stats"], layer, delta, seen[layer])
-        weights, gap = brute_attention(c, layer)
+            assert (bound[1:].max(-1) < BITES * change[1:].max(-1)).all()
+        heads = attention_bounds(c["weights"], anchor, layer, ball, seen[layer][-1])
+        weights, _ = brute_attention(c, layer)
         earlier = np.broadcast_to(np.arange(G)[None, None] < np.arange(G)[:, None, None],
                                   weights.shape)
         tol = 1e-6 * weights
         assert (heads.low[earlier] <= weights[earlier] + tol[earlier]).all()
         assert (weights[earlier] <= heads.high[earlier] + tol[earlier]).all()
-        assert (heads.query_path >= gap - 1e-7).all()
+        assert (heads.mass >= c["probe"].mass[:, layer] * (1 - 1e-5)).all()
 
 
 def test_degeneration_theorem_end_to_end():
