@@ -512,6 +512,12 @@ def generate(
     dry_sequence_breaker: list[int] = typer.Option([], help="a token id that ends a DRY match "
                                                    "(repeatable)"),
     dry_penalty_last_n: int = typer.Option(0, help="DRY looks at the last n tokens (0: all)"),
+    min_p: float = typer.Option(0.0, help="drop tokens below p times the top probability "
+                                "(0: off)"),
+    presence_penalty: float = typer.Option(0.0, help="subtracted from generated tokens' "
+                                           "scores (0: off)"),
+    frequency_penalty: float = typer.Option(0.0, help="subtracted per generated occurrence "
+                                            "(0: off)"),
     repeats: int = typer.Option(3, help="copies a period needs to count as a cycle"),
     text: str = typer.Option(None, help="a text prompt instead of the N-gram prompts (a "
                              "checkpoint with a tokenizer.json): its continuation as ids and text"),
@@ -530,7 +536,7 @@ def generate(
 
     sampler = Sampler(temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size,
                       dry_multiplier, dry_base, dry_allowed_length, tuple(dry_sequence_breaker),
-                      dry_penalty_last_n)
+                      dry_penalty_last_n, min_p, presence_penalty, frequency_penalty)
     if out is not None:
         _check_traces_target(out)
     devices = None if mesh is None else parse_mesh(mesh)
