@@ -388,7 +388,8 @@ def figures(run: Run):
 
 
 def _histograms(run: Run):
-    """Share of traces by minimal cycle length (binned), one panel per N, RoPE on vs off."""
+    """Share of traces by minimal cycle length (binned), one panel per N, RoPE on vs off:
+    points with exact 95% intervals, n traces per (RoPE, N) in the panel's title."""
     rows = run.read_table("cycle_lengths")
     ngrams = sorted({r["N"] for r in rows})
     bins = length_bins(max(r["length"] for r in rows))
@@ -397,38 +398,47 @@ def _histograms(run: Run):
     fig, axes = figstyle.figure(ncols=len(ngrams), width=figstyle.FULL, aspect=0.9,
                                 sharey=True)
     for ax, ngram in zip(axes[0], ngrams):
-        for shift, rope in zip((-0.2, 0.2), ROPES):
+        totals = []
+        for shift, rope in zip((-0.15, 0.15), ROPES):
             sel = [r for r in rows if r["rope"] == rope and r["N"] == ngram]
-            share = [sum(r["share"] for r in sel if lo <= r["length"] <= hi) for lo, hi in bins]
-            ax.bar(x + shift, share, 0.4, color=figstyle.ROPE_COLOURS[rope],
-                   label=figstyle.rope_label(rope))
+            total = sum(r["count"] for r in sel)
+            counts = [sum(r["count"] for r in sel if lo <= r["length"] <= hi) for lo, hi in bins]
+            figstyle.proportions(ax, x + shift, counts, [total] * len(bins),
+                                 figstyle.ROPE_COLOURS[rope], figstyle.rope_label(rope),
+                                 show_n=False)
+            totals.append(total)
         ax.set_xticks(x, labels, rotation=90 if len(bins) > 6 else 0)
-        ax.set_title(f"N = {ngram}")
+        ax.set_title(f"N = {ngram} ({figstyle.n_text(totals)})")
         ax.set_xlabel("minimal cycle length p")
-    axes[0][0].set_ylabel("share of traces")
-    axes[0][-1].legend(loc="upper right")
+    axes[0][0].set_ylim(-0.05, 1.05)
+    axes[0][0].set_ylabel("share of traces\n(95% exact interval)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return figstyle.save(fig, run.figures, "e1_cycle_lengths")
 
 
 def _loop_shares(run: Run):
-    """Loop share (and, hatched, the fixed-point share) per N, RoPE on vs off."""
+    """The share of traces that loop (left) and that end in a fixed point (right) per N,
+    RoPE on vs off: points with exact 95% intervals; n traces per point in the titles."""
     rows = run.read_table("loops")
     ngrams = sorted({r["N"] for r in rows})
-    fig, axes = figstyle.figure(aspect=0.7)
-    ax = axes[0][0]
+    fig, axes = figstyle.figure(ncols=2, width=figstyle.FULL * 0.62, aspect=1.0, sharey=True)
     x = np.arange(len(ngrams))
-    for shift, rope in zip((-0.2, 0.2), ROPES):
-        sel = {r["N"]: r for r in rows if r["rope"] == rope}
-        colour = figstyle.ROPE_COLOURS[rope]
-        ax.bar(x + shift, [sel[N]["loop_share"] for N in ngrams], 0.4, color=colour,
-               label=figstyle.rope_label(rope))
-        ax.bar(x + shift, [sel[N]["fixed_point_share"] for N in ngrams], 0.4, color="none",
-               edgecolor="white", hatch="///", linewidth=0)
-    ax.set_xticks(x, [f"N = {N}" for N in ngrams])
-    ax.set_ylim(0, 1.2)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("share of traces that loop\n(hatched: fixed point)")
-    ax.legend(loc="upper center", ncols=2)
+    panels = (("the trace loops", lambda r: r["looping"]),
+              ("ends in a fixed point (period 1)",
+               lambda r: round(r["fixed_point_share"] * r["traces"])))
+    for ax, (title, hits) in zip(axes[0], panels):
+        for shift, rope in zip((-0.12, 0.12), ROPES):
+            sel = [next(r for r in rows if r["rope"] == rope and r["N"] == N) for N in ngrams]
+            figstyle.proportions(ax, x + shift, [hits(r) for r in sel],
+                                 [r["traces"] for r in sel], figstyle.ROPE_COLOURS[rope],
+                                 figstyle.rope_label(rope), show_n=False)
+        ax.set_xticks(x, [str(N) for N in ngrams])
+        ax.set_xlim(-0.5, len(ngrams) - 0.5)
+        ax.set_title(f"{title}\n({figstyle.n_text(r['traces'] for r in rows)} per point)")
+    fig.supxlabel("N (the prompt is a random N-gram repeated)", fontsize=8)
+    axes[0][0].set_ylim(-0.05, 1.05)
+    axes[0][0].set_ylabel("share of traces\n(95% exact interval)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside upper center", ncols=2)
     return figstyle.save(fig, run.figures, "e1_loop_share")
 
 
@@ -445,7 +455,7 @@ def _timeline(run: Run):
     config = run.settings(Config)
     ngrams, G = config.ngrams, config.new_tokens
     traces = [(N, j) for N in ngrams for j in range(min(TIMELINE_ROWS, config.prompts))]
-    colours = figstyle.PALETTE[2:]
+    colours = figstyle.FILLS
     fig, axes = figstyle.figure(ncols=len(ROPES), width=figstyle.FULL,
                                 aspect=0.1 * len(traces) + 0.2, sharey=True)
     for ax, rope in zip(axes[0], ROPES):

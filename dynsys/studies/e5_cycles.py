@@ -23,6 +23,7 @@ import functools
 import itertools
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.lines import Line2D
 
 from dynsys import figstyle
@@ -241,19 +242,26 @@ def _scatter(run: Run):
 
 
 def _shares(run: Run):
-    """Each summary share against n, one panel per share, RoPE on vs off."""
+    """Each summary share against n, one panel per share, RoPE on vs off: points with exact
+    95% intervals (no lines: the n are separate experiments), n prompts per point."""
     rows = run.read_table("summary")
+    lengths = sorted({r["n"] for r in rows})
     fig, axes = figstyle.figure(ncols=len(SHARES), width=figstyle.FULL, aspect=0.8,
                                 sharey=True)
     for ax, (key, label) in zip(axes[0], SHARES.items()):
-        for rope in ROPES:
+        for shift, rope in zip((-0.08, 0.08), ROPES):
             sel = sorted((r for r in rows if r["rope"] == rope), key=lambda r: r["n"])
-            ax.plot([r["n"] for r in sel], [r[key] for r in sel], marker="o",
-                    color=figstyle.ROPE_COLOURS[rope], label=figstyle.rope_label(rope))
+            figstyle.proportions(ax, [r["n"] * 2.0 ** shift for r in sel],
+                                 [round(r[key] * r["prompts"]) for r in sel],
+                                 [r["prompts"] for r in sel], figstyle.ROPE_COLOURS[rope],
+                                 figstyle.rope_label(rope), show_n=False)
         ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("prompt length n")
-        ax.set_title(label)
-    axes[0][0].set_ylabel("share of traces")
-    axes[0][-1].legend(loc="lower right")
+        ax.set_title(f"{label}\n({figstyle.n_text(r['prompts'] for r in rows)} prompts per "
+                     "point)")
+    axes[0][0].set_ylabel("share of traces\n(95% exact interval)")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return figstyle.save(fig, run.figures, "e5_shares")

@@ -24,6 +24,7 @@ import functools
 import itertools
 
 import numpy as np
+from matplotlib import ticker
 
 from dynsys import figstyle
 from dynsys.config import PRESETS
@@ -244,7 +245,7 @@ def _drift_figure(run: Run):
         bottom.set_yscale("log")
     fig.supxlabel(r"offset $\tau$ of the current token (dotted: multiples of N)", fontsize=8)
     axes[0][0].set_ylabel("share of $V$ with\n$f_{P,\\tau}(v) \\neq f_P(v)$")
-    axes[1][0].set_ylabel("mean logit change\n(RoPE on; off: 0, Prop. 0)")
+    axes[1][0].set_ylabel("mean logit change\n(RoPE on; off it is exactly 0)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 5))
     return figstyle.save(fig, run.figures, "e6_drift")
@@ -252,33 +253,50 @@ def _drift_figure(run: Run):
 
 def _period_figure(run: Run):
     """Against n: the period defect next to the one-step defect (left), and the logit change
-    at τ = N relative to τ < N (right)."""
+    at τ = N relative to τ < N (right); lines are the means over prompts, bands their range
+    (min to max over the prompts), which holds the mean and the ratio of means."""
     rows = run.read_table("period")
+    prompts = run.read_table("prompts")
     periods = sorted({r["N"] for r in rows})
-    colours = dict(zip(periods, figstyle.PALETTE))
+    colours = dict(zip(periods, figstyle.OTHERS))
     fig, axes = figstyle.figure(ncols=2, width=figstyle.FULL, aspect=0.75)
     left, right = axes[0]
+
+    def band(ax, N, column, colour):
+        lengths = sorted({r["n"] for r in prompts if r["N"] == N})
+        values = [[r[column] for r in prompts if (r["N"], r["n"]) == (N, n)] for n in lengths]
+        ax.fill_between(lengths, [min(v) for v in values], [max(v) for v in values],
+                        color=colour, alpha=0.15, lw=0)
+
     for N in periods:
         sel = sorted((r for r in rows if r["N"] == N), key=lambda r: r["n"])
         n = [r["n"] for r in sel]
         left.plot(n, [r["period_defect"] for r in sel], color=colours[N], marker="o",
-                  label=f"N={N}: shift by N")
+                  label=f"N = {N}, shift s = N")
+        band(left, N, "period_defect", colours[N])
         if N > 1:
             left.plot(n, [r["step_defect"] for r in sel], color=colours[N], ls="--",
-                      marker="s", mfc="white", label=f"N={N}: shift by 1")
+                      marker="s", mfc="white", label=f"N = {N}, shift s = 1")
+            band(left, N, "step_defect", colours[N])
             right.plot(n, [r["ratio"] for r in sel], color=colours[N], marker="o",
-                       label=f"N={N}")
+                       label=f"N = {N}")
+            band(right, N, "ratio", colours[N])
     lengths = sorted({r["n"] for r in rows})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths], minor=False)
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
         ax.set_yscale("log")
+        figstyle.plain_log_ticks(ax.yaxis)
         ax.set_xlabel("prompt length n")
     right.axhline(1, color="0.4", lw=0.8)
-    left.set_ylabel(r"share of $(\tau, v)$ changed by a shift $s$")
-    left.set_title(r"$f_{P,\tau+s}(v) \neq f_{P,\tau}(v)$; $s = N$ (solid), $s = 1$ (dashed)")
-    right.set_ylabel(r"logit change at $\tau = N$ / at $\tau < N$")
+    left.set_ylabel("share of (offset τ, token v) whose next\ntoken changes when τ moves by s")
+    left.set_title(r"$f_{P,\tau+s}(v) \neq f_{P,\tau}(v)$: s = N solid, s = 1 dashed")
+    right.set_ylabel("logit change at τ = N\n/ logit change at τ < N")
     right.set_title("below 1: the drift is N-periodic")
     handles, labels = left.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5))
+    count = figstyle.n_text(len([p for p in prompts if (p["N"], p["n"]) == (r["N"], r["n"])])
+                            for r in rows)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5),
+               title=f"lines: mean over prompts; bands: their range ({count} prompts)")
     return figstyle.save(fig, run.figures, "e6_period")

@@ -358,7 +358,7 @@ def reinforcement_finding(tp: np.ndarray, seed: int) -> Finding:
 # --- figures -------------------------------------------------------------------------------
 
 def figures(run: Run):
-    return [*_histograms(run), *_curves(run), *_probes(run)]
+    return [*_histograms(run), *_heatmap(run), *_curves(run), *_probes(run)]
 
 
 def _probes(run: Run):
@@ -367,22 +367,22 @@ def _probes(run: Run):
     rows = sorted(run.read_table("probes"), key=lambda r: r["step"])
     steps = [r["step"] for r in rows]
     fig, ((attn_ax, tp_ax),) = figstyle.figure(ncols=2, width=figstyle.FULL, aspect=0.6)
-    attn_ax.plot(steps, [r["excess"] for r in rows], marker="o", color=figstyle.PALETTE[0],
+    attn_ax.plot(steps, [r["excess"] for r in rows], marker="o", color=figstyle.OTHERS[0],
                  label="excess n·max a (mean)")
-    attn_ax.plot(steps, [r["max_excess"] for r in rows], marker="^", color=figstyle.PALETTE[1],
+    attn_ax.plot(steps, [r["max_excess"] for r in rows], marker="^", color=figstyle.OTHERS[1],
                  label="excess (largest head)")
     attn_ax.axhline(1, color="0.5", lw=0.8)
     attn_ax.set_yscale("log")
     attn_ax.set_ylabel("last token's attention\nover uniform")
     entropy_ax = attn_ax.twinx()
-    entropy_ax.plot(steps, [r["entropy"] for r in rows], marker="s", color=figstyle.PALETTE[2],
+    entropy_ax.plot(steps, [r["entropy"] for r in rows], marker="s", color=figstyle.OTHERS[2],
                     label="entropy / ln n")
     entropy_ax.set_ylim(0, 1.05)
     entropy_ax.set_ylabel("entropy / ln n")
     attn_ax.legend(handles=[*attn_ax.get_lines()[:2], *entropy_ax.get_lines()], loc="best")
     step_axis(attn_ax, steps[-1])
     shown = sorted({steps[0], steps[len(steps) // 2], steps[-1]})
-    for step, colour in zip(shown, figstyle.PALETTE[3:]):
+    for step, colour in zip(shown, figstyle.OTHERS[2:]):
         row = next(r for r in rows if r["step"] == step)
         for kind, style in zip(SPAN_KINDS, ("-", "--")):
             tp = [v for k, v in row.items() if k.startswith(f"tp_{kind}_")]
@@ -410,7 +410,7 @@ def _histograms(run: Run):
     for ax in axes.flat[len(steps):]:
         ax.set_visible(False)
     for ax, step in zip(axes.flat, steps):
-        for shift, reading, colour in zip((-0.2, 0.2), READINGS, figstyle.PALETTE):
+        for shift, reading, colour in zip((-0.2, 0.2), READINGS, figstyle.OTHERS):
             sel = [r for r in rows if r["step"] == step and r["reading"] == reading]
             share = [sum(r["share"] for r in sel if lo <= r["length"] <= hi) for lo, hi in edges]
             ax.bar(x + shift, share, 0.4, color=colour, label=READINGS[reading])
@@ -424,6 +424,40 @@ def _histograms(run: Run):
     return figstyle.save(fig, run.figures, "e7_cycle_lengths")
 
 
+def _heatmap(run: Run):
+    """The histograms of `_histograms` as one picture: a heat map per reading, training step
+    across (one column per checkpoint, equally spaced) and minimal cycle length up, the
+    colour (and the number in each cell of at least 0.05) the share of the random prompts'
+    traces."""
+    rows = [r for r in run.read_table("cycle_lengths") if r["kind"] == "random"]
+    steps = sorted({r["step"] for r in rows})
+    config = run.settings(Config)
+    edges = bins(config.G, config.repeats)
+    fig, axes = figstyle.figure(ncols=len(READINGS), width=figstyle.FULL, aspect=0.75,
+                                sharey=True)
+    for ax, (reading, title) in zip(axes[0], READINGS.items()):
+        share = np.array([[sum(r["share"] for r in rows if r["step"] == step
+                               and r["reading"] == reading and lo <= r["length"] <= hi)
+                           for step in steps] for lo, hi in edges])
+        image = ax.imshow(share, cmap="viridis", vmin=0, vmax=1, origin="lower",
+                          aspect="auto")
+        for (i, j), v in np.ndenumerate(share):
+            if v >= 0.05:
+                ax.text(j, i, f"{v:.2f}"[1:] if v < 1 else "1", ha="center", va="center",
+                        fontsize=5, color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], rotation=90)
+        ax.set_xlabel("training step (checkpoints)")
+        ax.set_title(title)
+        ax.grid(False)
+    fig.suptitle(f"random prompts' traces by their minimal cycle repeated ≥ {config.repeats} "
+                 "times", fontsize=8)
+    axes[0][0].set_yticks(range(len(edges)), bin_labels(edges))
+    axes[0][0].set_ylabel("minimal cycle length")
+    bar = fig.colorbar(image, ax=axes[0].tolist(), location="right", shrink=0.9)
+    bar.set_label("share of the random prompts' traces")
+    return figstyle.save(fig, run.figures, "e7_cycle_heatmap")
+
+
 def _curves(run: Run):
     """Against the training step: loop share and mean cycle length (end reading) per prompt
     kind, with their intervals; held-out loss and the unigram model's; the orbit statistics
@@ -432,7 +466,7 @@ def _curves(run: Run):
     kinds = list(dict.fromkeys(r["kind"] for r in loops))
     fig, axes = figstyle.figure(ncols=2, nrows=2, width=figstyle.FULL, aspect=0.6, sharex=True)
     (share_ax, mean_ax), (loss_ax, orbit_ax) = axes
-    for kind, colour in zip(kinds, figstyle.PALETTE):
+    for kind, colour in zip(kinds, figstyle.OTHERS):
         sel = sorted((r for r in loops if r["kind"] == kind), key=lambda r: r["step"])
         steps = [r["step"] for r in sel]
         share_ax.plot(steps, [r["loop_share"] for r in sel], marker="o", color=colour,
@@ -457,7 +491,7 @@ def _curves(run: Run):
     loss_ax.legend(loc="upper right")
     orbits = run.read_table("orbits")
     steps = sorted({r["step"] for r in orbits})
-    for k, colour in zip(STATS, figstyle.PALETTE[4:]):
+    for k, colour in zip(STATS, figstyle.OTHERS[2:]):
         ratio = [np.mean([r[k] / r[f"{k}_expected"] for r in orbits if r["step"] == s])
                  for s in steps]
         orbit_ax.plot(steps, ratio, marker="s", color=colour, label=STATS[k])

@@ -80,7 +80,7 @@ NAME = "e8"
 TITLE = "Under-trained paths: text prompts against the checkpoints' loops"
 LANGUAGES = ("english", "chichewa")
 LEVEL = 0.95  # confidence of the bootstrap intervals
-COLOURS = {"english": figstyle.PALETTE[0], "chichewa": figstyle.PALETTE[1]}
+COLOURS = dict(zip(("english", "chichewa"), figstyle.OTHERS))  # not RoPE on/off's pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +354,7 @@ def figures(run: Run):
     tv = run.read_table("distances")
     losses = run.read_table("losses")
     steps = sorted({r["step"] for r in tv})
-    fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=0.9)
+    fig, axes = figstyle.figure(ncols=3, width=figstyle.FULL, aspect=1.0)
     hist_ax, tv_ax, loss_ax = axes[0]
     series = [(language, steps[-1], language, COLOURS[language]) for language in LANGUAGES]
     series += [("random", s, f"random, step {s}", colour)
@@ -369,9 +369,8 @@ def figures(run: Run):
     hist_ax.set_xticks(x, labels, rotation=90)
     hist_ax.set_xlabel("minimal cycle length")
     hist_ax.set_ylabel("share of traces")
-    hist_ax.set_ylim(0, 1.45)
-    hist_ax.set_yticks(np.linspace(0, 1, 6))
-    hist_ax.legend(loc="upper center", ncols=2, columnspacing=0.8, handlelength=1.2)
+    hist_ax.set_ylim(0, 1.02)
+    hist_ax.set_title("traces' cycle lengths")
     for language in LANGUAGES:
         sel = [r for r in tv if r["language"] == language]
         tv_ax.plot([r["step"] for r in sel], [r["tv"] for r in sel], marker="o",
@@ -379,8 +378,8 @@ def figures(run: Run):
         near = [r for r in sel if r["nearest"]]
         tv_ax.plot([r["step"] for r in near], [r["tv"] for r in near], marker="*", ms=10,
                    ls="none", color=COLOURS[language])
-    tv_ax.set_ylabel("TV distance to random prompts'\nhistogram at that step (*: nearest)")
-    tv_ax.legend(loc="center left")
+    tv_ax.set_ylabel("total-variation distance")
+    tv_ax.set_title("to random prompts' histogram\nat the same step")
     units = {"loss": ("-", "per token"), "loss_per_byte": (":", "per byte")}
     for language in LANGUAGES:
         sel = [r for r in losses if r["language"] == language]
@@ -388,11 +387,16 @@ def figures(run: Run):
             loss_ax.plot([r["step"] for r in sel], [r[column] for r in sel], marker="o",
                          ms=2, ls=style, color=COLOURS[language])
     loss_ax.axhline(run.read_table("tokens")[0]["unigram_heldout_loss"], color="0.5", ls="--")
-    loss_ax.set_ylabel("loss of each language's text (nats)")
-    loss_ax.legend([Line2D([], [], color="0.3", ls=style) for style, _ in units.values()]
-                   + [Line2D([], [], color="0.5", ls="--")],
-                   [label for _, label in units.values()] + ["unigram model, per token"],
-                   loc="lower left")
+    loss_ax.set_ylabel("nats")
+    loss_ax.set_title("held-out loss of each language")
+    # One legend under the panels, where it covers no curve.
+    handles, labels = hist_ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", marker="*", ms=8, ls="none")]
+    handles += [Line2D([], [], color="0.3", ls=style) for style, _ in units.values()]
+    handles += [Line2D([], [], color="0.5", ls="--")]
+    labels = [*labels, "nearest checkpoint", *(f"loss {label}" for _, label in units.values()),
+              "unigram model, per token"]
+    fig.legend(handles, labels, loc="outside lower center", ncols=5, columnspacing=1.0)
     loss_ax.set_ylim(bottom=0)
     for ax in (tv_ax, loss_ax):
         step_axis(ax, steps[-1])

@@ -253,5 +253,6 @@ def step_axis(ax, last: int) -> None:
     shown, logarithmic beyond."""
     ax.set_xscale("symlog", linthresh=1, linscale=0.4)
     ax.set_xlim(-0.3, last * 1.3)
-    ax.set_xticks([0, *(10**i for i in range(len(str(last))))])
+    ticks = [0, *(10**i for i in range(len(str(last))))]
+    ax.set_xticks(ticks, [str(t) for t in ticks])  # 0, 1, 10, 100 rather than 10^0, 10^1, ...
     ax.set_xlabel("training step")

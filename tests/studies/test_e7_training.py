@@ -194,7 +194,7 @@ def test_probes_are_the_theory_functions_on_held_out_windows(study):
 def test_figures_and_findings(study):
     run, _ = study
     render_run(run)
-    assert_figures(run, ("e7_cycle_lengths", "e7_training", "e7_probes"))
+    assert_figures(run, ("e7_cycle_lengths", "e7_cycle_heatmap", "e7_training", "e7_probes"))
     found = e7_training.findings(run)
     assert len(found) == 7 and all(f.experiment == "e7" for f in found)
     assert all(f.verdict in ("holds", "fails", "inconclusive") for f in found[:3])
