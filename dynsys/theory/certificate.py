@@ -27,8 +27,8 @@ from scipy.special import expit
 from dynsys.nn import Model
 from dynsys.nn.cache import Prefix
 from dynsys.theory.constants import WeightConstants, weight_constants
-from dynsys.theory.exact import check_float32
-from dynsys.theory.lemmas import norm_curvature, norm_lipschitz
+from dynsys.theory.exact import F64, check_float32
+from dynsys.theory.lemmas import norm_curvature, norm_lipschitz, softmax_box_max
 from dynsys.theory.reference import MarkovStats, markov_stats
 
 
@@ -116,11 +116,34 @@ def attention_bounds(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarr
         alpha = expit(removed - low)
         w_hi = expit(hi - low[..., None])  # w_lo ≤ a_i ≤ w_hi; both 0 off the earlier keys
         w_lo = np.exp(lo - np.logaddexp(removed, high)[..., None])
+    other = curve_q + rest + alpha * e + np.sum(w_hi * dv.T[None], -1)
+    # the generated keys at midpoint weights, each off by ≤ (w_hi − w_lo)/2 ...
     centre = np.einsum("tni,tnid->td", (w_hi + w_lo) / 2, s.source[:, i])
-    radius = (curve_q + rest + alpha * e
-              + np.sum((w_hi - w_lo) / 2 * s.source_norm[:, i] + w_hi * dv.T[None], -1))
+    spread = np.sum((w_hi - w_lo) / 2 * s.source_norm[:, i], -1)
+    radius = w.out[i] * np.linalg.norm(other + spread, axis=1)
+    # ... or the box of Σ_i a_i W_o,n (v′_i − o′) per coordinate, exact over the score box
+    box_lo, box_hi = _generated_box(s.source[:, i], lo, hi, low, high)
+    box = (w.out[i] * np.linalg.norm(other, axis=1) + np.linalg.norm(box_hi - box_lo, axis=1) / 2
+           + F64 * np.sum(np.linalg.norm(s.source[:, i], axis=-1), (1, 2)))
+    pick = box < radius
     return AttentionBounds(alpha, np.where(earlier, w_lo, 0.0), np.where(earlier, w_hi, 0.0), e,
-                           centre, w.out[i] * np.linalg.norm(radius, axis=1))
+                           np.where(pick[:, None], (box_lo + box_hi) / 2, centre),
+                           np.where(pick, box, radius))
+
+
+def _generated_box(source, lo, hi, low, high):
+    """Per coordinate, the least and greatest Σ_{n, i} a_{n,i} y_{n,i} [G, D] for y = source
+    [G, N, G, D] (W_o,n (v′_i − o′) of the generated keys), over every score of key i in
+    [lo_i, hi_i] [G, N, G] (−∞ off the earlier keys) and every kept log-mass in [low, high]
+    [G, N] (the prompt and the current token, value 0 against o_h): `softmax_box_max` per head
+    and coordinate, summed over heads."""
+    G, N, _, D = source.shape
+    y = np.concatenate([np.moveaxis(source, -1, -2), np.zeros((G, N, D, 1))], -1)
+    z_lo = np.concatenate([np.broadcast_to(lo[:, :, None], (*y.shape[:-1], G)),
+                           np.broadcast_to(low[:, :, None, None], (G, N, D, 1))], -1)
+    z_hi = np.concatenate([np.broadcast_to(hi[:, :, None], (*y.shape[:-1], G)),
+                           np.broadcast_to(high[:, :, None, None], (G, N, D, 1))], -1)
+    return -softmax_box_max(-y, z_lo, z_hi).sum(1), softmax_box_max(y, z_lo, z_hi).sum(1)
 
 
 def mlp_constants(w: WeightConstants, s: MarkovStats, i: int, delta: np.ndarray, spread,

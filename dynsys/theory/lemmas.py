@@ -31,6 +31,36 @@ def extremal_scores(r: int, s: int, lo: float, hi: float) -> np.ndarray:
     return np.where(np.arange(s) < r, hi, lo).astype(np.float64)
 
 
+def softmax_box_max(values, lo, hi):
+    """max over scores z ∈ Π_i [lo_i, hi_i] of Σ_i softmax(z)_i y_i, for values y, lo, hi
+    [..., m] (lo ≤ hi; lo = hi = −∞ drops a key), exactly.
+
+    ∂/∂z_i of the objective f is softmax(z)_i (y_i − f): at a maximum every key with y_i > f
+    sits at hi_i and every key with y_i < f at lo_i, so, the keys sorted by y descending, the
+    maximum is at one of the m + 1 vertices "the first k at hi, the rest at lo" (the threshold
+    structure of Vertex-Softmax, arXiv 2605.10974; Wei et al. 2023, arXiv 2303.01713), each
+    evaluated in float64 through log-sum-exps of the positive and negative parts of y. The
+    minimum is −softmax_box_max(−y, lo, hi)."""
+    y, lo, hi = np.broadcast_arrays(*(np.asarray(a, np.float64) for a in (values, lo, hi)))
+    order = np.argsort(-y, axis=-1)
+    y, lo, hi = (np.take_along_axis(a, order, -1) for a in (y, lo, hi))
+
+    def prefix(z):  # log Σ_{j<k} e^{z_j}, k = 0..m
+        first = np.full((*z.shape[:-1], 1), -np.inf)
+        return np.concatenate([first, np.logaddexp.accumulate(z, axis=-1)], -1)
+
+    def suffix(z):  # log Σ_{j≥k} e^{z_j}, k = 0..m
+        return prefix(z[..., ::-1])[..., ::-1]
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pos, neg = np.log(np.maximum(y, 0.0)), np.log(np.maximum(-y, 0.0))
+        total = np.logaddexp(prefix(hi), suffix(lo))  # [..., m + 1]
+        plus = np.logaddexp(prefix(hi + pos), suffix(lo + pos))
+        minus = np.logaddexp(prefix(hi + neg), suffix(lo + neg))
+        f = np.exp(plus - total) - np.exp(minus - total)
+    return np.max(np.nan_to_num(f, nan=-np.inf), -1)
+
+
 # --- norm layers --------------------------------------------------------------------------------
 
 
