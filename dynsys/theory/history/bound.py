@@ -7,15 +7,21 @@ from the embedding of x (a point). In each attention block, per head:
 
 - the prompt's keys and values are the prefix's (causality: they do not depend on h);
 - o_h, the attention over the prompt and the query's own key, is linearised at the form's
-  centre (q_c, k_c, v_c) with Lemma 3 of proofs/multi_layer.md (any two evaluations, prompt
-  fixed): o_h ∈ o_c + C (q − q_c)/√H + B(T), C = Σ_P a_j (v_j − o_c) k_jᵀ, the linear term
-  applied to q's form (exact), T the lemma's remainder (from ‖q − q_c‖, ‖k − k_c‖, ‖v − v_c‖);
-- the r generated keys, wherever they come from, have k = R_p(W_k u + b_k), v = W_v u + b_v
-  with u a norm output, ‖u/γ‖ < √D: every score is ≤ s_max = max_p [√D ‖γ ⊙ W_kᵀ R_pᵀ q_c‖ +
-  ⟨R_pᵀ q_c, b_k⟩]/√H + ‖q − q_c‖ R_k/√H (R_k = √D ‖W_k diag γ‖ + ‖b_k‖; at layer 0 the exact
-  maximum over the vocabulary and the r positions), every value lies in the ellipsoid
-  b_v + S·ball, S = (D W_v diag γ² W_vᵀ)^½ (at layer 0, where smaller, the ball about the
-  vocabulary's mean value); their total weight is w ≤ w_max = σ(log r + s_max − low),
+  centre (q_c, k_c, v_c) with Lemma 3 of proofs/multi_layer.md in its per-key form (any two
+  evaluations, prompt fixed): o_h ∈ o_c + C (q − q_c)/√H + B(T), C = Σ_P a_j (v_j − o_c) k_jᵀ,
+  the linear term applied to q's form (exact), T the lemma's remainder from directional score
+  bounds (Lemma H5): |⟨q − q_c, k_j⟩| ≤ min(√(k_jᵀQk_j), d_q ‖k_j‖), Q the q form's outer
+  ellipsoid (domain.outer_ellipsoid), and the own key's score change from the exact support of
+  q_cᵀk + k_cᵀq plus d_q d_k;
+- the r generated keys have k = R_p(W_k u + b_k), v = W_v u + b_v with u a norm output,
+  ‖u/γ‖ < √D: the score of the key at position p is ≤ [√D ‖γ ⊙ W_kᵀ R_pᵀ q_c‖ +
+  ⟨R_pᵀ q_c, b_k⟩ + d_q R_k]/√H (R_k = √D ‖W_k diag γ‖ + ‖b_k‖; at layer 0 the exact maximum
+  over the vocabulary), every value lies in the ellipsoid b_v + S·ball, S = (D W_v diag γ²
+  W_vᵀ)^½ (at layer 0, where smaller, the ball about the vocabulary's mean value) (Lemma H1);
+  at positions n + i, i < S, the score bound is also the largest over t ∈ V of the balls of
+  `Generated` (Lemma H4: the key of the query (t, i), a dynamic programme over positions),
+  whichever is smaller, and with r ≤ S every value lies in the ball about their values' mean
+  where smaller; their total weight is w ≤ w_max = σ(LSE_i s_i − low),
   low ≤ log(Σ_P e^{z_j} + e^{z_s}), and o = o_h + w (v̄ − o_h) lies in o_h + w_max S·ball +
   the segment {w (v₀ − o_c)} + a ball of radius w_max e, e ≥ ‖o_h − o_c‖.
 
@@ -40,12 +46,13 @@ from dynsys.config import ModelConfig
 from dynsys.decode import step
 from dynsys.decode.engine import prefix_for
 from dynsys.nn import Model
-from dynsys.nn import params as layout
 from dynsys.nn.cache import Prefix, bucket
 from dynsys.nn.rope import rope_angles, rotate
 from dynsys.theory.exact import check_float32
 from dynsys.theory.history import domain as dm
-from dynsys.theory.margin import NEAR, UNIT
+from dynsys.theory.history.generated import Generated, stage_zero
+from dynsys.theory.history.weights import constants
+from dynsys.theory.margin import NEAR
 
 FAMILIES = ("llama", "qwen2")  # RMSNorm, SwiGLU, sequential residual
 CHUNK = 8  # queries enclosed at once (memory: a form is D × (symbols) per query)
@@ -147,12 +154,20 @@ def _slack(a, b):
     return jnp.full(a[0].shape, dm.F64 * size)
 
 
-def _head(cfg, u, pos, logr, gen_pos, gen_mask, valid, w, first):
+def _directional(keys, ellipsoid, dq):
+    """[...] bounds on |⟨q − q_c, k⟩| for keys [..., H]: the smaller of √(kᵀQk) (Q the query
+    form's outer ellipsoid, `domain.outer_ellipsoid`) and d_q ‖k‖ (Cauchy–Schwarz)."""
+    quad = jnp.einsum("...h,hk,...k->...", keys, ellipsoid, keys)
+    return jnp.minimum(jnp.sqrt(jnp.maximum(quad, 0.0)), dq * jnp.linalg.norm(keys, axis=-1))
+
+
+def _head(cfg, u, pos, gen_pos, gen_mask, valid, w, first):
     """One query head: its output form o_h's linearisation plus the generated keys' segment
     (its own box symbol), the two fresh ℓ2 blocks [H, 2, H] (w_max S for the values, and the
     remainder T + w_max e as a ball) and w_max. w: this head's weights and constants; the
     prompt's keys and values fill the prefix's capacity S, valid [S] marks the prompt's slots
-    (the rest have score −∞, so weight exactly 0, and zero keys and values)."""
+    (the rest have score −∞, so weight exactly 0, and zero keys and values). Also the query's
+    own key (rotated) and value as balls: centres [H] and ℓ2 radii, for `Generated`."""
     H, D = cfg.head_dim, cfg.hidden_size
     root = math.sqrt(H)
     q = _rope_form(cfg, dm.linear(u, w["wq"], w["bq"]), pos)
@@ -162,69 +177,91 @@ def _head(cfg, u, pos, logr, gen_pos, gen_mask, valid, w, first):
     dq, dk, dv = dm.norm_radius(q), dm.norm_radius(k), dm.norm_radius(v)
     kp, vp = w["kp"], w["vp"]  # [n, H]
     zp, zs = jnp.where(valid, kp @ qc / root, -jnp.inf), qc @ kc / root
-    lse = jax.nn.logsumexp(zp)
     a = jax.nn.softmax(jnp.append(zp, zs))
     ap, a_s = a[:-1], a[-1]
     o = ap @ vp + a_s * vc
     dev = vp - o
     cov = (ap[:, None] * dev).T @ kp  # C = Σ_P a_j (v_j − o) k_jᵀ
-    m = ap @ jnp.linalg.norm(dev, axis=1)
+    d = jnp.linalg.norm(dev, axis=1)
     sv = jnp.linalg.norm(vc - o)
-    # Lemma 3 (proofs/multi_layer.md), the centre as the reference point
-    zeta_p = dq * jnp.max(jnp.linalg.norm(kp, axis=1)) / root
-    zeta_s = (dq * jnp.linalg.norm(kc) + (jnp.linalg.norm(qc) + dq) * dk) / root
-    z_lo = (1 - a_s) * jnp.exp(-zeta_p) + a_s * jnp.exp(-zeta_s)
-    z_hi = (1 - a_s) * jnp.exp(zeta_p) + a_s * jnp.exp(zeta_s)
+    # Lemma 3 (proofs/multi_layer.md) with the centre as the reference point and directional
+    # score bounds (Lemma H5): b_j ≥ |⟨q − q_c, k_j⟩|/√H from the query's outer ellipsoid Q,
+    # ζ_s ≥ |z_s − z_s^c| from the exact support of q_cᵀδk + k_cᵀδq (shared symbols) + d_q d_k
+    ellipsoid = dm.outer_ellipsoid(q)
+    b = _directional(kp, ellipsoid, dq) / root
+    own_score = dm.add(dm.linear(k, qc[None]), dm.linear(q, kc[None]))
+    zeta_s = jnp.minimum(dm.radius(own_score)[0] + dq * dk,
+                         dq * jnp.linalg.norm(kc) + (jnp.linalg.norm(qc) + dq) * dk) / root
+    zeta_s = zeta_s * (1 + dm.F64)
+    eb = jnp.expm1(b)
+    m1, m2 = ap @ ((eb - b) * d), ap @ (eb * d)
+    z_lo = ap @ jnp.exp(-b) + a_s * jnp.exp(-zeta_s)
+    z_hi = ap @ jnp.exp(b) + a_s * jnp.exp(zeta_s)
     zt = jnp.maximum(1 / z_lo - 1, 1 - 1 / z_hi)
     zts = jnp.maximum(jnp.exp(zeta_s) / z_lo - 1, 1 - jnp.exp(-zeta_s) / z_hi)
-    a_hat = jax.nn.sigmoid(zs + zeta_s - lse + zeta_p)
-    ep = jnp.expm1(zeta_p)
-    rest = (ep - zeta_p) * m + zt * (a_s * sv + ep * m) + a_s * zts * sv + a_hat * dv
+    lse_lo = jax.nn.logsumexp(zp - b)
+    a_hat = jax.nn.sigmoid(zs + zeta_s - lse_lo)
+    rest = m1 + zt * (a_s * sv + m2) + a_s * zts * sv + a_hat * dv
     lin = dm.linear((jnp.zeros_like(qc), q[1], q[2]), cov / root)
     e = dm.norm_radius(lin) + rest
-    # the generated keys: scores ≤ s_max, values ≤ R_v, total weight ≤ w_max
+    # the generated keys: a score bound per position (Lemma H1, and Lemma H4 for the stages
+    # of `Generated`, whichever is smaller), their total weight w ≤ w_max (Lemma H2)
     back = jax.vmap(lambda p: _rope(cfg, qc, -p))(gen_pos)  # [R, H]: R_pᵀ q_c
     if first:  # exact over the vocabulary's layer-0 keys k0 [V, H]
-        best = (w["k0"] @ back.T).max(0)
-        spread = w["k0_max"]
+        best = (w["k0"] @ back.T).max(0) + dq * w["k0_max"]
     else:
         best = (math.sqrt(D) * jnp.linalg.norm((back @ w["wk"]) * w["gamma"], axis=1)
-                + back @ w["bk"])
-        spread = w["rk"]
-    s_max = (jnp.where(gen_mask, best, -jnp.inf).max() + dq * spread) / root
-    s_max = jnp.where(jnp.isfinite(s_max), s_max + dm.F64 * (jnp.abs(s_max) + 1), s_max)
-    low = jnp.logaddexp(lse - zeta_p, zs - zeta_s)
-    w_max = jax.nn.sigmoid(logr + s_max - low)
+                + back @ w["bk"] + dq * w["rk"])
+    keys = w["dk"]  # [S, V, H], rotated at n + i
+    stages = (keys @ qc + (jnp.linalg.norm(qc) + dq) * w["dkr"]
+              + _directional(keys, ellipsoid, dq)).max(1)
+    S = min(keys.shape[0], best.shape[0])
+    best = best.at[:S].min(stages[:S])
+    s = jnp.where(gen_mask, jnp.minimum(best / root, 1e300), -jnp.inf)
+    s = s + dm.F64 * (jnp.abs(jnp.where(gen_mask, s, 0.0)) + 1)
+    low = jnp.logaddexp(lse_lo, zs - zeta_s)
+    w_max = jax.nn.sigmoid(jax.nn.logsumexp(s) - low)
+    # the values: with r ≤ S the ball of every value of stages < r where it is smaller
+    r = gen_mask.sum()
+    j = jnp.clip(r - 1, 0, w["dvm"].shape[0] - 1)
+    ball_dp = w["dvr"][j]
+    use = (r <= w["dvm"].shape[0]) & (ball_dp * math.sqrt(H) < jnp.linalg.norm(w["vs"]))
+    v0 = jnp.where(use, w["dvm"][j], w["v0"])
+    vs = jnp.where(use, ball_dp * jnp.eye(H), w["vs"])
     # o − o_h = w (v̄ − o_h), v̄ ∈ v₀ + S·(unit ball): = w S β + w (v₀ − o_c) − w (o_h − o_c)
-    half = w_max / 2 * (w["v0"] - o)
+    half = w_max / 2 * (v0 - o)
     segment = jax.nn.one_hot(w["index"], cfg.num_heads) * half[:, None]  # [H, N], own symbol
-    ball = rest + w_max * e + dm.F64 * (jnp.linalg.norm(o) + e + jnp.linalg.norm(w["v0"]))
-    blocks = jnp.stack([w_max * w["vs"], ball * jnp.eye(H)], 1)  # [H, 2, H]
-    return (o + half, lin[1], jnp.concatenate([lin[2], segment], 1)), blocks, w_max
+    ball = rest + w_max * e + dm.F64 * (jnp.linalg.norm(o) + e + jnp.linalg.norm(v0))
+    blocks = jnp.stack([w_max * vs, ball * jnp.eye(H)], 1)  # [H, 2, H]
+    own = (kc, dk + dm.F64 * (jnp.linalg.norm(kc) + dk), vc,
+           dv + dm.F64 * (jnp.linalg.norm(vc) + dv))
+    return (o + half, lin[1], jnp.concatenate([lin[2], segment], 1)), blocks, w_max, own
 
 
-def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top):
+def _enclose(cfg: ModelConfig, weights, embed, pos, gen_pos, gen_mask, top):
     """One query: the lower and upper margin bounds [V], the stream enclosure [L + 1, D] (centre,
-    radius) and w_max [L, N]. `weights`: float64 arrays (see `_constants`)."""
+    radius), w_max [L, N] and its own keys and values (`_head`) [L, N, H] with their radii
+    [L, N]. `weights`: float64 arrays (see `weights.constants`)."""
     valid = weights["valid"]
     H, eps = cfg.head_dim, cfg.norm_eps
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     x = dm.point(embed, H)
-    centres, radii, masses = [], [], []
+    centres, radii, masses, owns = [], [], [], []
     for i, lw in enumerate(weights["layers"]):
         centres.append(x[0])
         radii.append(dm.radius(x))
         u = _norm(x, lw["norm1"], eps)
         per_head = {key: lw[key] for key in ("wq", "bq")}
         per_head.update({key: lw[key][kv] for key in ("wk", "bk", "wv", "bv", "kp", "vp", "rk",
-                                                      "v0", "vs")})
+                                                      "v0", "vs", "dk", "dkr", "dvm",
+                                                      "dvr")})
         if i == 0:
             per_head.update(k0=weights["k0"][:, kv].transpose(1, 0, 2),
                             k0_max=weights["k0_max"][kv])
         per_head["gamma"] = jnp.broadcast_to(lw["norm1"], (cfg.num_heads, cfg.hidden_size))
         per_head["index"] = jnp.arange(cfg.num_heads)
-        heads, blocks, w_max = jax.vmap(functools.partial(
-            _head, cfg, u, pos, logr, gen_pos, gen_mask, valid, first=i == 0))(per_head)
+        heads, blocks, w_max, own = jax.vmap(functools.partial(
+            _head, cfg, u, pos, gen_pos, gen_mask, valid, first=i == 0))(per_head)
         wo = lw["wo"]  # [D, N, H]
         attn = (jnp.einsum("dnh,nh->d", wo, heads[0]) + lw["bo"],
                 jnp.einsum("dnh,nhjk->djk", wo, heads[1]), jnp.einsum("dnh,nhm->dm", wo, heads[2]))
@@ -238,6 +275,7 @@ def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top
         out = dm.add(mid, dm.linear(hidden, lw["wd"], lw["bd"]))
         x = dm.reduce(out, _slack(mid, out))
         masses.append(w_max)
+        owns.append(own)
     centres.append(x[0])
     radii.append(dm.radius(x))
     y = _norm(x, weights["final"], eps)
@@ -256,76 +294,14 @@ def _enclose(cfg: ModelConfig, weights, embed, pos, logr, gen_pos, gen_mask, top
     lower = jnp.where(jnp.isnan(lower), -jnp.inf, lower)  # a vacuous enclosure: ±∞, not NaN
     upper = jnp.where(jnp.isnan(upper), jnp.inf, upper)
     radii = jnp.where(jnp.isnan(jnp.stack(radii)), jnp.inf, jnp.stack(radii))
-    return lower, upper, jnp.stack(centres), radii, jnp.stack(masses)
+    own = tuple(jnp.stack(a) for a in zip(*owns))
+    return lower, upper, jnp.stack(centres), radii, jnp.stack(masses), own
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _enclose_batch(cfg, weights, embed, pos, logr, gen_pos, gen_mask, top):
-    return jax.vmap(lambda *a: _enclose(cfg, weights, *a[:3], gen_pos, *a[3:]))(
-        embed, pos, logr, gen_mask, top)
-
-
-def _constants(model: Model, prefix: Prefix, n: int) -> dict:
-    """The float64 arrays `_enclose` reads: per layer the weights, the prompt's keys kp and
-    values vp [K, S, H] (the prefix's, over its whole capacity S, zero beyond the prompt, whose
-    slots valid [S] marks: one compile per capacity bucket, not per prompt length), R_k, R_v
-    [K]; the layer-0 keys k0 [V, K, H] (unrotated)
-    of every token with their largest norm and the largest value norm; the LM head."""
-    cfg = model.config
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), model.params)
-    D, N, K, H, F = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                     cfg.intermediate_size)
-    zeros = np.zeros
-    valid = np.arange(prefix.capacity) < n
-    layers = []
-    for i in range(cfg.num_layers):
-        b = layout.block(p, i)
-        at, mlp, gamma = b["attn"], b["mlp"], b["norm1"]["scale"]
-        lw = dict(norm1=gamma, norm2=b["norm2"]["scale"],
-                  wq=at["q"]["kernel"], bq=at["q"].get("bias", zeros((N, H))),
-                  wk=at["k"]["kernel"], bk=at["k"].get("bias", zeros((K, H))),
-                  wv=at["v"]["kernel"], bv=at["v"].get("bias", zeros((K, H))),
-                  wo=at["o"]["kernel"], bo=at["o"].get("bias", zeros(D)),
-                  wg=mlp["gate"]["kernel"], wu=mlp["up"]["kernel"],
-                  bu=mlp["up"].get("bias", zeros(F)), wd=mlp["down"]["kernel"],
-                  bd=mlp["down"].get("bias", zeros(D)),
-                  kp=np.where(valid[:, None], np.asarray(prefix.k[i], np.float64)
-                              .transpose(0, 2, 1), 0.0),
-                  vp=np.where(valid[:, None], np.asarray(prefix.v[i], np.float64), 0.0))
-        # R_k = √D ‖W_k diag γ‖ + ‖b_k‖; values: v ∈ b_v + S·(unit ball), S = (D M Mᵀ)^½,
-        # M = W_v diag γ (‖u/γ‖ < √D)
-        lw["rk"] = ((math.sqrt(D) * np.linalg.norm(lw["wk"] * gamma, 2, axis=(1, 2))
-                     + np.linalg.norm(lw["bk"], axis=1)) * (1 + dm.F64))
-        m = lw["wv"] * gamma
-        lw["v0"], lw["vs"] = lw["bv"], _sqrt_psd(D * m @ m.transpose(0, 2, 1))
-        layers.append(lw)
-    embed = p["embed"]["embedding"]
-    first = layers[0]
-    u0 = first["norm1"] * embed / np.sqrt(np.mean(embed * embed, 1, keepdims=True) + cfg.norm_eps)
-    k0 = np.einsum("khd,vd->vkh", first["wk"], u0) + first["bk"]
-    v0 = np.einsum("khd,vd->vkh", first["wv"], u0) + first["bv"]
-    # layer 0: the values are the vocabulary's; a ball about their mean where it is smaller
-    mean = v0.mean(0)
-    spread = np.linalg.norm(v0 - mean, axis=2).max(0) * (1 + dm.F64) + dm.F64  # [K]
-    smaller = spread * math.sqrt(H) < np.linalg.norm(first["vs"], axis=(1, 2))
-    first["v0"] = np.where(smaller[:, None], mean, first["v0"])
-    first["vs"] = np.where(smaller[:, None, None], spread[:, None, None] * np.eye(H), first["vs"])
-    head = embed if cfg.tie_embeddings else p["lm_head"]["kernel"]
-    gamma = D * UNIT / (1 - D * UNIT)
-    final = p["final_norm"]["scale"]
-    return dict(layers=layers, valid=valid, k0=k0,
-                k0_max=np.linalg.norm(k0, axis=2).max(0) * (1 + dm.F64),
-                head=head,
-                final=final, gamma_f32=2 * gamma,
-                final_radius=float(np.abs(final).max() * math.sqrt(D))), embed
-
-
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    """[..., H, H] the square root of symmetric PSD matrices, inflated by 1 + F64 (so its
-    ellipsoid contains the exact one)."""
-    lam, vec = np.linalg.eigh(a)
-    root = np.sqrt(np.maximum(lam, 0.0) + dm.F64 * lam.max(-1, keepdims=True))
-    return (vec * root[..., None, :]) @ np.swapaxes(vec, -1, -2) * (1 + dm.F64)
+def _enclose_batch(cfg, weights, embed, pos, gen_pos, gen_mask, top):
+    return jax.vmap(lambda *a: _enclose(cfg, weights, *a[:2], gen_pos, *a[2:]))(
+        embed, pos, gen_mask, top)
 
 
 def check_family(cfg: ModelConfig) -> None:
@@ -336,11 +312,12 @@ def check_family(cfg: ModelConfig) -> None:
 
 
 def history_bound(model: Model, prompt, tokens, r, prefix: Prefix | None = None,
-                  chunk: int = CHUNK) -> HistoryBound:
+                  chunk: int = CHUNK, generated: Generated | None = None) -> HistoryBound:
     """The history-uniform certificate of each query token in `tokens` [B] at position n + r
     after r arbitrary generated tokens (r an int ≥ 0, or one per token). One compile per
-    (prefix capacity bucket, bucket of max r, chunk); `prefix` as
-    `dynsys.decode.prefill(model, prompt)`."""
+    (prefix capacity bucket, bucket of max(r, stages), chunk, stages); `prefix` as
+    `dynsys.decode.prefill(model, prompt)`. `generated`: the generated keys' stages
+    (`generated_keys`), by default stage 0 alone (every token's key at position n, exact)."""
     cfg = model.config
     check_family(cfg)
     tokens = check_tokens(tokens, cfg.vocab_size, "tokens", ndim=1)
@@ -353,39 +330,79 @@ def history_bound(model: Model, prompt, tokens, r, prefix: Prefix | None = None,
     if pos.max() >= cfg.max_position_embeddings:
         raise ValueError(f"r={int(rs.max())} puts the query at position {int(pos.max())}, "
                          f"beyond max_position_embeddings={cfg.max_position_embeddings}")
+    if generated is not None and generated.n != n:
+        raise ValueError(f"generated keys of a prompt of length {generated.n}, not n={n}")
     ref = np.asarray(step(model, prefix, tokens[:, None], pos[:, None])[0][:, 0], np.float64)
     top = ref.argmax(1)
     margin = ref[np.arange(len(top)), top][:, None] - ref
-    R = bucket(max(int(rs.max()), 1), 1)
-    gen_pos = n + np.arange(R)
-    mask = np.arange(R)[None] < rs[:, None]
-    with np.errstate(divide="ignore"):
-        logr = np.log(rs.astype(np.float64))
-    weights, embed = _constants(model, prefix, n)
-    B = len(tokens)
-    pad = -(-B // chunk) * chunk - B
-    args = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in
-            (embed[tokens], pos, logr, mask, top)]
-    parts = []
-    with jax.enable_x64(True):
-        w = jax.tree_util.tree_map(jnp.asarray, weights)
-        for s in range(0, B + pad, chunk):
-            out = _enclose_batch(cfg, w, *(jnp.asarray(a[s:s + chunk]) for a in args[:3]),
-                                 jnp.asarray(gen_pos), *(jnp.asarray(a[s:s + chunk])
-                                                         for a in args[3:]))
-            parts.append([np.asarray(o) for o in out])
-    lower, upper, centre, radius, mass = (np.concatenate(x)[:B] for x in zip(*parts))
-    rows = np.arange(B)
+    weights, embed = constants(model, prefix, n)
+    if generated is None:
+        generated = stage_zero(cfg, weights, embed, n)
+    lower, upper, centre, radius, mass, _ = _run(cfg, weights, generated, generated.stages,
+                                                 embed[tokens], n, rs, top, chunk)
+    rows = np.arange(len(tokens))
     lower[rows, top], upper[rows, top], margin[rows, top] = np.inf, 0.0, 0.0
     return HistoryBound(tokens=tokens.astype(np.int64), r=rs.astype(np.int64), top=top,
                         margin=margin, lower=lower, upper=upper, centre=centre, radius=radius,
                         mass=mass)
 
 
+def _run(cfg: ModelConfig, weights: dict, generated: Generated, stages: int, embed, n: int, rs,
+         top, chunk: int) -> list:
+    """`_enclose` of the queries embed [B, D] at positions n + rs [B] (top [B] their reference
+    argmax) with the generated keys' stages padded to `stages` rows (a stage never read by a
+    query with r ≤ its index) and at least `stages` generated positions (masked): one compile
+    for every stage of `generated_keys` and the queries with r ≤ stages after it; in chunks,
+    numpy outputs."""
+    tables = generated.tables(stages)
+    weights = dict(weights, layers=[dict(lw, **t) for lw, t in zip(weights["layers"], tables)])
+    R = bucket(max(int(rs.max()), stages), 1)
+    gen_pos = n + np.arange(R)
+    mask = np.arange(R)[None] < rs[:, None]
+    B = len(embed)
+    pad = -(-B // chunk) * chunk - B
+    args = [np.concatenate([a, np.repeat(a[:1], pad, 0)]) for a in
+            (embed, (n + rs).astype(np.int32), mask, top)]
+    parts = []
+    with jax.enable_x64(True):
+        w = jax.tree_util.tree_map(jnp.asarray, weights)
+        for s in range(0, B + pad, chunk):
+            out = _enclose_batch(cfg, w, *(jnp.asarray(a[s:s + chunk]) for a in args[:2]),
+                                 jnp.asarray(gen_pos), *(jnp.asarray(a[s:s + chunk])
+                                                         for a in args[2:]))
+            parts.append(jax.tree_util.tree_map(np.asarray, out))
+    return jax.tree_util.tree_map(lambda *x: np.concatenate(x)[:B], *parts)
+
+
+def generated_keys(model: Model, prompt, stages: int, prefix: Prefix | None = None,
+                   chunk: int = CHUNK) -> Generated:
+    """The dynamic programme of Lemma H4: stage 0 (every token at position n, exact), then for
+    i = 1..stages − 1 the enclosures of all V queries (t, i) with the stages before it, their
+    own keys and values per kv head. Costs (stages − 1) V enclosures."""
+    cfg = model.config
+    check_family(cfg)
+    stages = check_int("stages", stages, 1)
+    prefix = prefix_for(model, prompt, prefix)
+    n = int(prefix.length)
+    if n + stages > cfg.max_position_embeddings:
+        raise ValueError(f"stages={stages} reach position {n + stages - 1}, beyond "
+                         f"max_position_embeddings={cfg.max_position_embeddings}")
+    weights, embed = constants(model, prefix, n)
+    generated = stage_zero(cfg, weights, embed, n)
+    V = cfg.vocab_size
+    for i in range(1, stages):
+        own = _run(cfg, weights, generated, stages, embed, n, np.full(V, i),
+                   np.zeros(V, np.int64), chunk)[5]
+        generated = generated.extend(*(a[:, :, ::cfg.heads_per_kv] for a in own))
+    return generated
+
+
 def history_horizon(model: Model, prompt, start: int, steps: int,
-                    prefix: Prefix | None = None, chunk: int = CHUNK) -> HistoryHorizon:
+                    prefix: Prefix | None = None, chunk: int = CHUNK,
+                    generated: Generated | None = None) -> HistoryHorizon:
     """The certified history-uniform horizon of a start token: the orbit x_{t+1} = f_{P,t−1}(x_t)
-    (reference steps, the model's argmax) and the certificate of every (x_t, t − 1), t ≤ steps."""
+    (reference steps, the model's argmax) and the certificate of every (x_t, t − 1), t ≤ steps
+    (`generated` as in `history_bound`)."""
     check_family(model.config)
     steps = check_int("steps", steps, 1)
     prefix = prefix_for(model, prompt, prefix)
@@ -396,7 +413,8 @@ def history_horizon(model: Model, prompt, start: int, steps: int,
     for t in range(steps):
         logits = step(model, prefix, np.array([[orbit[-1]]]), np.array([[n + t]]))[0]
         orbit.append(int(np.asarray(logits)[0, 0].argmax()))
-    bound = history_bound(model, prompt, np.array(orbit[:steps]), np.arange(steps), prefix, chunk)
+    bound = history_bound(model, prompt, np.array(orbit[:steps]), np.arange(steps), prefix, chunk,
+                          generated)
     ok = bound.certified
     return HistoryHorizon(orbit=np.array(orbit), bound=bound,
                           horizon=int(np.argmax(~ok)) if (~ok).any() else steps)

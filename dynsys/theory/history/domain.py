@@ -61,6 +61,19 @@ def norm_radius(f):
     return bound
 
 
+def outer_ellipsoid(f):
+    """A PSD matrix Q [d, d] whose ellipsoid c + Q^½·(unit ball) contains the form: its support
+    function h(k) = Σ_j ‖G_jᵀk‖ + Σ_k |X_kᵀk| is ≤ √(kᵀQk) in every direction k. With
+    Q_j = G_j G_jᵀ (Q_k = X_k X_kᵀ for a box column, a segment), weights s_j = ‖G_j‖_F (s_k =
+    ‖X_k‖) and S = Σ s: Q = S (Σ_j Q_j/s_j + Σ_k Q_k/s_k), since by Cauchy–Schwarz
+    Σ_j √(kᵀQ_jk) = Σ_j √s_j √(kᵀQ_jk/s_j) ≤ √S √(Σ_j kᵀQ_jk/s_j). Widened by 1 + F64."""
+    _, g, x = f
+    sg, sx = jnp.sqrt(jnp.sum(g * g, (0, 2))), jnp.sqrt(jnp.sum(x * x, 0))
+    inv = lambda s: jnp.where(s > 0, 1 / jnp.where(s > 0, s, 1.0), 0.0)  # noqa: E731
+    q = (jnp.einsum("djh,ejh,j->de", g, g, inv(sg)) + jnp.einsum("dk,ek,k->de", x, x, inv(sx)))
+    return q * (sg.sum() + sx.sum()) * (1 + F64)
+
+
 def top_eigenvalue(m, squarings: int = 6):
     """An upper bound on the largest eigenvalue of symmetric PSD matrices m [..., k, k]:
     λ_max^(2^J) = ‖M^(2^J)‖₂ ≤ ‖M^(2^J)‖_F, computed by J squarings with the scale carried in
