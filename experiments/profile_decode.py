@@ -34,7 +34,7 @@ from bench_generate import CASES
 from timing import measure_roofline
 
 import dynsys as ds
-from dynsys.decode import engine
+from dynsys.decode import generation
 from dynsys.decode.engine import left_pad
 from dynsys.decode.sampling import GREEDY
 
@@ -104,10 +104,10 @@ def profile(preset: str, batch: int, roof, top: int) -> None:
     tokens, mask = left_pad(list(prompts), cfg.vocab_size)
     args = (cfg, new, GREEDY.kind, False, model.params, tokens, mask, GREEDY.values,
             jax.random.PRNGKey(0), None)
-    table, in_loop = instructions(engine._generate.lower(*args).compile().as_text())
+    table, in_loop = instructions(generation._generate.lower(*args).compile().as_text())
 
     def call():
-        return jax.block_until_ready(engine._generate(*args))
+        return jax.block_until_ready(generation._generate(*args))
 
     call()
     durations = trace_durations(call)

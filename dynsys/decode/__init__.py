@@ -1,13 +1,10 @@
 """Decoding: the engine (the only caller of the model: prefill, the shared-prefix step,
-full-sequence logits, jitted generation) and the samplers it applies."""
+full-sequence logits), jitted generation on it, and the samplers generation applies."""
 
 from dynsys.decode import sampling
 from dynsys.decode.engine import (
-    DecodeState,
-    Generation,
     Output,
     forward,
-    generate,
     last_logits,
     left_pad,
     logits,
@@ -18,6 +15,7 @@ from dynsys.decode.engine import (
     sequence_logits,
     step,
 )
+from dynsys.decode.generation import DecodeState, Generation, generate
 from dynsys.decode.sampling import GREEDY, Sampler
 
 __all__ = ["GREEDY", "DecodeState", "Generation", "Output", "Sampler", "forward", "generate",

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate, pad_prompts, run
+from dynsys.decode.engine import pad_prompts, run
+from dynsys.decode.generation import generate
 from dynsys.nn import Model
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import Recorded, edits

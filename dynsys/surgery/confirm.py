@@ -19,7 +19,8 @@ import numpy as np
 
 from dynsys.checks import check_int, check_neuron
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate, pad_prompts
+from dynsys.decode.engine import pad_prompts
+from dynsys.decode.generation import generate
 from dynsys.nn import Model
 from dynsys.nn.sites import edits
 from dynsys.stats import paired_difference

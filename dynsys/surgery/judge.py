@@ -46,7 +46,8 @@ import numpy as np
 
 from dynsys.checks import check_int, check_tokens
 from dynsys.config import ModelConfig
-from dynsys.decode.engine import generate, pad_prompts, sequence_logits
+from dynsys.decode.engine import pad_prompts, sequence_logits
+from dynsys.decode.generation import generate
 from dynsys.dynamics.markov import markov_map
 from dynsys.dynamics.traces import collapse
 from dynsys.nn import Model

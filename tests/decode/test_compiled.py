@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from conftest import random_model, small
 
-from dynsys.decode import engine
+from dynsys.decode import engine, generation
 from dynsys.decode.sampling import GREEDY
 from dynsys.nn.cache import empty_rows
 
@@ -151,7 +151,7 @@ def step_hlo(params, fn=None) -> str:
     return (fn or decode_step()).lower(params, rows, token, token).compile().as_text()
 
 
-def generate_hlo(params, generate=engine._generate, new: int = NEW) -> str:
+def generate_hlo(params, generate=generation._generate, new: int = NEW) -> str:
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, CFG.vocab_size, (B, PROMPT)),
                          jnp.int32)
     return generate.lower(CFG, new, GREEDY.kind, False, params, tokens,
@@ -179,10 +179,10 @@ def test_generate_loop_writes_each_cache_once_per_step_and_copies_nothing_large(
 
 def test_a_segmented_decode_loop_reads_a_growing_cache_and_copies_nothing_per_step(params):
     """A long generation runs one loop per segment over a cache just large enough for it
-    (engine.decode_segments); each loop writes each cache once per step, copies nothing, and
+    (generation.decode_segments); each loop writes each cache once per step, copies nothing, and
     growing the cache between segments happens outside the loops."""
-    new = 3 * engine.MIN_SEGMENT + 1
-    segments = engine.decode_segments(PROMPT, new)
+    new = 3 * generation.MIN_SEGMENT + 1
+    segments = generation.decode_segments(PROMPT, new)
     sizes = [size for _, _, size in segments]
     assert len(segments) == 3 and sizes == sorted(set(sizes)) and sizes[-1] == PROMPT + new
     hlo = generate_hlo(params, new=new)
@@ -203,7 +203,7 @@ def test_a_segmented_decode_loop_reads_a_growing_cache_and_copies_nothing_per_st
                    "each carried cache twice at the top of the loop body, barriers or not")
 def test_a_batch_1_decode_loop_copies_nothing(params):
     tokens = jnp.zeros((1, PROMPT), jnp.int32)
-    hlo = engine._generate.lower(CFG, NEW, GREEDY.kind, False, params, tokens,
+    hlo = generation._generate.lower(CFG, NEW, GREEDY.kind, False, params, tokens,
                                  jnp.ones(tokens.shape, bool), GREEDY.values,
                                  jax.random.PRNGKey(0), None).compile().as_text()
     caches = cache_shapes(CFG, 1, CAPACITY)

@@ -4,6 +4,7 @@ from conftest import hf_attentions, hf_greedy, hf_logits
 
 import dynsys
 import dynsys.decode.engine
+import dynsys.decode.generation
 from dynsys.decode import forward, generate, prefill, step
 from dynsys.decode.sampling import Sampler
 from dynsys.nn.cache import bucket, empty_rows
@@ -99,10 +100,10 @@ def test_ragged_prompts_equal_each_prompt_alone(pair):
 
 def test_segmented_generation_matches_transformers(pair):
     """A generation long enough for several decode loops over a growing cache
-    (engine.decode_segments) gives transformers' greedy tokens and margins."""
+    (generation.decode_segments) gives transformers' greedy tokens and margins."""
     model, hf = pair("neox-rot50-tied-seq")
-    new = 2 * dynsys.decode.engine.MIN_SEGMENT + 3
-    assert len(dynsys.decode.engine.decode_segments(16, new)) == 2
+    new = 2 * dynsys.decode.generation.MIN_SEGMENT + 3
+    assert len(dynsys.decode.generation.decode_segments(16, new)) == 2
     prompts = tokens(model, 2, 16, seed=6)
     out = generate(model, prompts, new, return_margins=True)
     ours, margins = out.tokens, out.margins
@@ -114,17 +115,17 @@ def test_segmented_generation_matches_transformers(pair):
 
 def test_decode_segments_cover_every_step_once():
     for prompt, new in [(16, 1), (16, 2), (16, 64), (32, 129), (200, 256), (128, 1000)]:
-        segments = dynsys.decode.engine.decode_segments(prompt, new)
+        segments = dynsys.decode.generation.decode_segments(prompt, new)
         steps = [i for a, b, _ in segments for i in range(a, b)]
         assert steps == list(range(new - 1))
         assert all(size >= prompt + b for _, b, size in segments)
         assert segments[-1][2] == prompt + new
-        assert len(segments) <= dynsys.decode.engine.DECODE_SEGMENTS
+        assert len(segments) <= dynsys.decode.generation.DECODE_SEGMENTS
 
 
 def test_generate_compiles_once_per_bucket(model_of):
     model = model_of("llama-g1")
-    compiled = dynsys.decode.engine._generate._cache_size
+    compiled = dynsys.decode.generation._generate._cache_size
     generate(model, tokens(model, 2, 10), 40)
     greedy = compiled()
     generate(model, tokens(model, 2, 14, seed=1), 40)  # same bucket (16)
@@ -196,11 +197,11 @@ def test_a_generation_larger_than_memory_is_refused_before_compiling(model_of, m
     """XLA failed with RESOURCE_EXHAUSTED (217 GB) after compiling."""
     model = model_of("llama-g1")
     monkeypatch.setattr(dynsys.decode.engine, "memory_bytes", lambda: 2**20)
-    compiled = dynsys.decode.engine._generate._cache_size()
+    compiled = dynsys.decode.generation._generate._cache_size()
     with pytest.raises(ValueError, match=r"64 prompts of 16 tokens \(padded\) \+ 8 new tokens "
                                          r"need at least 0.0 GiB .* hold 0.0 GiB"):
         generate(model, tokens(model, 64, 5), 8)
-    assert dynsys.decode.engine._generate._cache_size() == compiled
+    assert dynsys.decode.generation._generate._cache_size() == compiled
 
 
 def test_max_new_tokens_must_be_a_true_integer(model_of):
@@ -249,7 +250,7 @@ def lowered_generation(model, record):
     import jax
     cfg, sampler = model.config, Sampler()
     prompts, mask = np.zeros((2, 16), np.int32), np.ones((2, 16), bool)
-    generation = dynsys.decode.engine._generate.__wrapped__
+    generation = dynsys.decode.generation._generate.__wrapped__
     return jax.jit(lambda *args: generation(cfg, 4, sampler.kind, False, *args, record=record)
                    ).lower(model.params, prompts, mask, sampler.values, jax.random.PRNGKey(0),
                            None).as_text()
@@ -262,7 +263,8 @@ def test_generation_without_record_compiles_no_recording(model_of, monkeypatch):
     plain = lowered_generation(model, ())
     assert lowered_generation(model, ("mlp_hidden",)) != plain
     monkeypatch.setattr(dynsys.nn.transformer, "site", lambda module, name, x: x)
-    monkeypatch.setattr(dynsys.decode.engine, "_recorded_sites", lambda *args: {})
+    for module in (dynsys.decode.engine, dynsys.decode.generation):
+        monkeypatch.setattr(module, "_recorded_sites", lambda *args: {})
     assert lowered_generation(model, ()) == plain
     # nor any attention weights: an attend that never computes them gives the same program
     attend = dynsys.nn.transformer.attend
@@ -362,11 +364,11 @@ def test_generated_key_bias_zero_is_normal_decoding_and_all_values_share_one_com
                         generated_key_bias=0.0)
         for a, b in ((plain.tokens, zero.tokens), (plain.margins, zero.margins)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    compiled = dynsys.decode.engine._generate._cache_size()
+    compiled = dynsys.decode.generation._generate._cache_size()
     traces = [np.asarray(generate(model, prompts, 20, sampler=sampler, seed=5,
                                   return_margins=True, generated_key_bias=b).tokens)
               for b in (np.log(0.5), np.log(0.1), -np.inf)]
-    assert dynsys.decode.engine._generate._cache_size() == compiled
+    assert dynsys.decode.generation._generate._cache_size() == compiled
     assert not np.array_equal(traces[0], traces[2])
 
 
@@ -384,7 +386,7 @@ def test_dry_breaker_counts_share_one_compile(model_of):
     prompts = tokens(model, 2, 12)
     dry = dict(dry_multiplier=2.0, dry_allowed_length=1)
     generate(model, prompts, 20, sampler=Sampler(**dry, dry_sequence_breakers=(7,)))
-    compiled = dynsys.decode.engine._generate._cache_size()
+    compiled = dynsys.decode.generation._generate._cache_size()
     for breakers in ((7, 8), (7, 8, 9)):
         generate(model, prompts, 20, sampler=Sampler(**dry, dry_sequence_breakers=breakers))
-    assert dynsys.decode.engine._generate._cache_size() == compiled
+    assert dynsys.decode.generation._generate._cache_size() == compiled

@@ -517,7 +517,7 @@ class NoImmediateRepeat(LogitsProcessor):
 def test_logits_processor_runs_where_transformers_runs_its_own(pair):
     """After the repetition penalty (whose order with the + 1.5 matters): tokens and margins
     equal transformers' generate with logits_processor; one compile per processor."""
-    import dynsys.decode.engine
+    import dynsys.decode.generation
     model, hf = pair("neox-rot25")
     prompts = np.random.default_rng(4).integers(0, 40, (2, 16))
     sampler = Sampler(repetition_penalty=1.3, logits_processor=no_immediate_repeat)
@@ -529,7 +529,7 @@ def test_logits_processor_runs_where_transformers_runs_its_own(pair):
     np.testing.assert_allclose(np.asarray(out.margins), top2[..., 1] - top2[..., 0], atol=1e-4)
     seq = np.concatenate([prompts, np.asarray(out.tokens)], 1)
     assert (seq[:, 16:] != seq[:, 15:-1]).all()
-    compiled = dynsys.decode.engine._generate._cache_size
+    compiled = dynsys.decode.generation._generate._cache_size
     before = compiled()
     generate(model, prompts[::-1], 24, sampler=sampler, return_margins=True)
     assert compiled() == before

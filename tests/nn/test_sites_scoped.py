@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import dynsys.decode.engine
+import dynsys.decode.generation
 from dynsys.decode import generate, run, step
 from dynsys.nn.cache import empty_rows
 from dynsys.nn.sites import edits, patch
@@ -31,7 +31,7 @@ def test_an_edit_from_step_t_on_changes_only_those_steps_and_never_recompiles(mo
     L, G, n = model.config.num_layers, 12, 16
     prompts = tokens(model, 2, n, seed=3)
     plain = np.asarray(generate(model, prompts, G).tokens)
-    compiled = dynsys.decode.engine._generate._cache_size
+    compiled = dynsys.decode.generation._generate._cache_size
     counts = []
     for t in (0, 4, 9):
         tree = edits({("mlp_out", 1): {"scale": 0.0, "steps": t}}, L)

@@ -18,9 +18,9 @@ pytest_plugins = ["surgery_fixtures"]  # model, prompts
 
 @pytest.fixture(scope="module")
 def sweep(model, prompts):
-    before = dynsys.decode.engine._generate._cache_size()
+    before = dynsys.decode.generation._generate._cache_size()
     result = ablation_sweep(model, prompts, G, BOTH, "zero")
-    assert dynsys.decode.engine._generate._cache_size() <= before + 1  # one compile serves all
+    assert dynsys.decode.generation._generate._cache_size() <= before + 1  # one compile serves all
     return result
 
 
