@@ -40,9 +40,9 @@ def ratios(model, weights, n: int, G: int, k: int) -> dict:
     change = margin_change(model, prompt, trace, prefix)
     rows = np.arange(G)[:, None]
     violations = int((np.abs(change - mb.centre) > mb.radius).sum())
-    block = mb.residual[1:] / probe.residual[1:]
-    margin = mb.change[rows, mb.near].max(1) / np.abs(change[rows, mb.near]).max(1)
-    return dict(block_last=block[-1], block_median=np.median(block, 0), margin=margin[1:],
+    block = mb.residual[1:] / probe.residual[1:]  # r ≥ 1: at r = 0 both are rounding
+    margin = mb.change[rows, mb.near].max(1)[1:] / np.abs(change[rows, mb.near]).max(1)[1:]
+    return dict(block_last=block[-1], block_median=np.median(block, 0), margin=margin,
                 horizon=mb.horizon, estimated=mb.estimated_horizon, agreement=probe.agreement,
                 violations=violations, seconds=seconds)
 
