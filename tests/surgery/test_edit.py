@@ -181,9 +181,9 @@ def test_cli_edit_of_a_preset_records_its_seed(tmp_path):
     (("--neuron", "0:128", "--op", "zero"), ["neuron 0:128", "index 128 is outside [0, 128)"]),
     (("--neuron", "0:1,0:1", "--op", "zero"), ["neuron (0, 1) is named more than once"]),
     (("--neuron", "0-1", "--op", "zero"), ["--neuron '0-1' must look like LAYER:INDEX"]),
-    (("--neuron", "0:1", "--op", "halve"), ["op='halve'"]),
+    (("--neuron", "0:1", "--op", "halve"), ["'halve' is not one of 'zero', 'flip', 'scale'"]),
     (("--neuron", "0:1", "--op", "scale", "--factor", "nan"), ["factor=nan"]),
-    (("--neuron", "0:1", "--op", "scale"), ["factor=None"]),
+    (("--neuron", "0:1", "--op", "scale"), ["--op scale needs --factor"]),
 ])
 def test_cli_edit_refuses_bad_input_and_writes_nothing(source, tmp_path, args, named):
     out = tmp_path / "edited"
