@@ -14,7 +14,7 @@ from dynsys.data.prompts import random_tokens
 from dynsys.stats import FAILS, HOLDS, INCONCLUSIVE
 from dynsys.stats.verdict import Evidence
 from dynsys.studies import e10_regime, run_study
-from dynsys.studies.e10_regime import measure, verdicts
+from dynsys.studies.e10_regime import measure, tables, verdicts
 from dynsys.studies.e10_regime.models import prompts, subject
 from dynsys.studies.finding import Finding
 from dynsys.testbeds import recipe
@@ -72,6 +72,8 @@ def test_tables_follow_the_units(study):
         assert r["excess"] == pytest.approx(e, rel=1e-6)
         assert r["disagree_position"] == (~unit["agree_position"][r["prompt"], :3]).sum()
         assert 0 <= r["map_bayes"] <= 1 and r["trace_bayes"] in (True, False)
+        assert r["pollution"] == tables.pollution(unit["f_bayes"][r["prompt"]],
+                                                  unit["bayes_traces"][r["prompt"]])
     assert {r["lambda"] for r in run.read_table("lambda")} == {0.0, 1.0}
     assert {r["sampler"] for r in run.read_table("sampled")} == {"T=0.7 top_p=1",
                                                                 "T=0.7 top_p=1 DRY=0.5"}
@@ -231,3 +233,16 @@ def test_memory_one_is_agreement_with_the_map(study):
     rows = run.read_table("memory")
     assert sum(r["steps"] for r in rows) == pytest.approx(1)
     assert any("smallest memory k" in f.claim for f in e10_regime.findings(run))
+
+
+def test_pollution_counts_the_steps_that_leave_the_map():
+    """The Bayes trace's first step is the Bayes f_P of its first token (no generated counts
+    yet), so the pollution of a trace is over the later steps only."""
+    from dynsys.testbeds.markov import MarkovSource, bayes_map, bayes_trace
+    source = MarkovSource(8, 1, 0.1)
+    for prompt in source.windows("heldout", 6, 40, 0):
+        f, trace = bayes_map(source, prompt), bayes_trace(source, prompt, 30)
+        assert trace[1] == f[trace[0]]
+        assert tables.pollution(f, trace) == np.mean(f[trace[:-1]] != trace[1:])
+    assert tables.pollution(np.array([1, 2, 0]), np.array([0, 1, 2, 0])) == 0.0
+    assert tables.pollution(np.array([1, 2, 0]), np.array([0, 1, 1, 2])) == pytest.approx(1 / 3)

@@ -268,10 +268,13 @@ def _ground_truth(model: str, rows: list[dict]) -> Finding:
     for n in sorted({r["n"] for r in rows}):
         sel = tables.select(rows, n=n)
         parts.append(f"n={n}: map {np.mean([r['map_bayes'] for r in sel]):.2f}, traces "
-                     f"{np.mean([r['trace_bayes'] for r in sel]):.2f}")
+                     f"{np.mean([r['trace_bayes'] for r in sel]):.2f}, pollution "
+                     f"{np.mean([r['pollution'] for r in sel]):.3f}")
     return Finding(NAME, f"{model}: the trained model's f_P equals the Bayes predictor's "
-                         "(share of the alphabet), and its trace the Bayes trace (share of "
-                         "prompts)", "; ".join(parts), None)
+                         "(share of the alphabet), its trace the Bayes trace (share of "
+                         "prompts), and the Bayes trace leaves the Bayes f_P (share of steps: "
+                         "the generated tokens' counts, predicted to fall like G/n)",
+                   "; ".join(parts), None)
 
 
 def figures(run: Run):

@@ -4,8 +4,10 @@
                 and heads), the sink share, the steps of the first `horizon` − 1 that disagree
                 with f_{P,t−1} and with f_P, the terminal loop's period and onset; for a
                 Markov test bed the share of the alphabet where the model's f_P is the Bayes
-                predictor's and whether the trace is the Bayes predictor's trace (empty for
-                other models)
+                predictor's, whether the trace is the Bayes predictor's trace, and the
+                pollution: the share of the Bayes trace's steps 1..G−1 whose token is not the
+                Bayes f_P of the token before (the generated tokens' own counts moved the
+                argmax; the argument predicts it falls like G/n) (empty for other models)
     layers      (model, kind, n, prompt, layer): the excess e and the sink4 share (means over
                 steps and heads)
     masses      (model, kind, n, layer): mean masses on sink1, sink4, body and generated
@@ -47,8 +49,15 @@ def prompt_rows(model: str, kind: str, n: int, unit: dict, horizon: int) -> list
                             if markov else None)
         row["trace_bayes"] = (bool((unit["traces"][k] == unit["bayes_traces"][k]).all())
                               if markov else None)
+        row["pollution"] = pollution(unit["f_bayes"][k], unit["bayes_traces"][k]) \
+            if markov else None
         rows.append(row)
     return rows
+
+
+def pollution(f: np.ndarray, trace: np.ndarray) -> float:
+    """The share of steps t = 1..G−1 of `trace` [G] with trace[t] ≠ f(trace[t − 1])."""
+    return float((f[trace[:-1]] != trace[1:]).mean())
 
 
 def layer_rows(model: str, kind: str, n: int, unit: dict) -> list[dict]:
