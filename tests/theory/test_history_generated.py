@@ -21,18 +21,22 @@ CFGS = pytest.mark.parametrize("cfg", [LLAMA, QWEN2], ids=["llama-rope-gqa", "qw
 
 
 @functools.cache
-def two_stages(cfg):
+def two_stages(cfg, exhaustive: bool = False):
     model, prefix = case(cfg, 0.05)[:2]
     prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, N)
-    return model, prompt, prefix, generated_keys(model, prompt, 2, prefix)
+    return model, prompt, prefix, generated_keys(model, prompt, 2, prefix, exhaustive=exhaustive)
 
 
+@pytest.mark.parametrize("exhaustive", [False, True], ids=["enclosed", "enumerated"])
 @CFGS
-def test_every_generated_key_lies_in_its_stage(cfg):
+def test_every_generated_key_lies_in_its_stage(cfg, exhaustive):
     """For all V² pairs (h, t): the model's key and value of h at position n lie in stage 0's
     ball of h (a point up to float64 slack) and those of t at n + 1 after h in stage 1's ball of
-    t, at every layer and kv head (float32 rounding of the model: 1e-5 of the largest key)."""
-    model, _, prefix, g = two_stages(cfg)
+    t (enclosed: from the enclosures of (t, 1); enumerated: the V float64 steps of (h, t)), at
+    every layer and kv head (float32 rounding of the model: 1e-5 of the largest key); the
+    enumerated radius is at most twice the enclosed one (every key lies within R of the
+    enclosure's centre, so within 2R of the keys' mean)."""
+    model, _, prefix, g = two_stages(cfg, exhaustive)
     V, n = cfg.vocab_size, int(prefix.length)
     pairs = np.stack(np.meshgrid(np.arange(V), np.arange(V), indexing="ij"), -1).reshape(-1, 2)
     rows = step(model, prefix, pairs, np.broadcast_to(np.arange(n, n + 2), pairs.shape))[1]
@@ -48,14 +52,20 @@ def test_every_generated_key_lies_in_its_stage(cfg):
             assert (far <= radius[slot, token] + tol).all()
             if slot == 0:
                 assert far.max() <= tol  # stage 0 is the exact step
+    if exhaustive:
+        enclosed = two_stages(cfg)[3]
+        assert (g.key_radius[1] <= 2 * enclosed.key_radius[1] + 1e-9).all()  # + float64 slack
+        assert (g.value_radius[1] <= 2 * enclosed.value_radius[1] + 1e-9).all()
 
 
+@pytest.mark.parametrize("exhaustive", [False, True], ids=["enclosed", "enumerated"])
 @CFGS
-def test_two_stages_hold_for_every_history_of_length_r(cfg):
-    """With the generated keys of two stages, exhaustively (all V^r histories, 61 and 3721) for
-    each query token at r = 1, 2: 0 true margins below the certified lower bound or above the
-    upper one (float32 tolerance as in test_history), and the bounds are finite."""
-    model, prompt, prefix, g = two_stages(cfg)
+def test_two_stages_hold_for_every_history_of_length_r(cfg, exhaustive):
+    """With the generated keys of two stages (stage 1 enclosed or enumerated), exhaustively
+    (all V^r histories, 61 and 3721) for each query token at r = 1, 2: 0 true margins below the
+    certified lower bound or above the upper one (float32 tolerance as in test_history), and
+    the bounds are finite."""
+    model, prompt, prefix, g = two_stages(cfg, exhaustive)
     xs, rs = np.repeat(np.arange(0, 60, 12), 2), np.tile([1, 2], 5)
     bound = history_bound(model, prompt, xs, rs, prefix, generated=g)
     for row, (x, r) in enumerate(zip(xs, rs)):

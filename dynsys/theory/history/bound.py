@@ -50,11 +50,12 @@ from dynsys.nn.cache import Prefix, bucket
 from dynsys.nn.rope import rope_angles, rotate
 from dynsys.theory.exact import check_float32
 from dynsys.theory.history import domain as dm
-from dynsys.theory.history.generated import Generated, stage_zero
+from dynsys.theory.history.generated import Generated, stage_one, stage_zero
 from dynsys.theory.history.weights import constants
 from dynsys.theory.margin import NEAR
 
 FAMILIES = ("llama", "qwen2")  # RMSNorm, SwiGLU, sequential residual
+BOXES = 64  # box symbols kept per stream coordinate before they are merged (`_settle`)
 CHUNK = 8  # queries enclosed at once (memory: a form is D × (symbols) per query)
 
 
@@ -146,6 +147,16 @@ def _norm(f, gamma, eps):
     hi = jnp.maximum(jnp.minimum(t[0] + r, (size + rho) ** 2 / D + eps), lo)
     s = dm.relaxed(t, *dm.relax_rsqrt(lo, hi))
     return dm.scale(dm.product(f, s, ball=True), gamma)
+
+
+def _settle(f, slack):
+    """A residual sum's form with the stage's float64 slack [D] as a new box symbol per
+    coordinate; its box symbols are merged into one per coordinate (`domain.reduce`) only once
+    they number more than BOXES × D: merging loses the cancellations of the next dense maps
+    (|W_g W_d| against |W_g| |W_d|), keeping them costs memory."""
+    if f[2].shape[1] + f[0].shape[0] > BOXES * f[0].shape[0]:
+        return dm.reduce(f, slack)
+    return dm.widen(f, slack)
 
 
 def _slack(a, b):
@@ -268,12 +279,12 @@ def _enclose(cfg: ModelConfig, weights, embed, pos, gen_pos, gen_mask, top):
         attn = dm.add_blocks(attn, jnp.einsum("dnh,nhjk->dnjk", wo, blocks).reshape(
             cfg.hidden_size, -1, H))
         mid = dm.add(x, attn)
-        mid = dm.reduce(mid, _slack(x, mid))
+        mid = _settle(mid, _slack(x, mid))
         y = _norm(mid, lw["norm2"], eps)
         gate = dm.elementwise(dm.linear(y, lw["wg"]), dm.relax_grid(dm.silu, 0.5))
         hidden = dm.product(gate, dm.linear(y, lw["wu"], lw["bu"]))
         out = dm.add(mid, dm.linear(hidden, lw["wd"], lw["bd"]))
-        x = dm.reduce(out, _slack(mid, out))
+        x = _settle(out, _slack(mid, out))
         masses.append(w_max)
         owns.append(own)
     centres.append(x[0])
@@ -375,10 +386,11 @@ def _run(cfg: ModelConfig, weights: dict, generated: Generated, stages: int, emb
 
 
 def generated_keys(model: Model, prompt, stages: int, prefix: Prefix | None = None,
-                   chunk: int = CHUNK) -> Generated:
+                   chunk: int = CHUNK, exhaustive: bool = False) -> Generated:
     """The dynamic programme of Lemma H4: stage 0 (every token at position n, exact), then for
     i = 1..stages − 1 the enclosures of all V queries (t, i) with the stages before it, their
-    own keys and values per kv head. Costs (stages − 1) V enclosures."""
+    own keys and values per kv head: (stages − 1) V enclosures. With `exhaustive`, stage 1 is
+    exact instead: every pair (h, t) ∈ V² as a float64 step (`generated.stage_one`)."""
     cfg = model.config
     check_family(cfg)
     stages = check_int("stages", stages, 1)
@@ -389,8 +401,10 @@ def generated_keys(model: Model, prompt, stages: int, prefix: Prefix | None = No
                          f"max_position_embeddings={cfg.max_position_embeddings}")
     weights, embed = constants(model, prefix, n)
     generated = stage_zero(cfg, weights, embed, n)
+    if exhaustive and stages > 1:
+        generated = stage_one(cfg, weights, embed, generated)
     V = cfg.vocab_size
-    for i in range(1, stages):
+    for i in range(generated.stages, stages):
         own = _run(cfg, weights, generated, stages, embed, n, np.full(V, i),
                    np.zeros(V, np.int64), chunk)[5]
         generated = generated.extend(*(a[:, :, ::cfg.heads_per_kv] for a in own))

@@ -82,25 +82,28 @@ def _rms(x, gamma, eps):
     return gamma * x / jnp.sqrt(jnp.mean(x * x) + eps)
 
 
-def _point(cfg: ModelConfig, weights, embed, pos):
-    """One token (embedding [D]) at position pos after the prompt, no generated keys, evaluated
-    in float64 (the exact-arithmetic step up to float64 rounding): its keys (rotated at pos) and
-    values [L, K, H] and the norms of its stream entering each block [L]. `weights` as
-    `weights.constants`."""
+def _point(cfg: ModelConfig, weights, embed, pos, prior_k, prior_v):
+    """One token (embedding [D]) at position pos after the prompt and G earlier generated tokens
+    whose keys (rotated) and values prior_k, prior_v [L, K, G, H] are given, evaluated in
+    float64 (the exact-arithmetic step up to float64 rounding): its keys (rotated at pos) and
+    values [L, K, H]. `weights` as `weights.constants`."""
     H, eps = cfg.head_dim, cfg.norm_eps
     kv = np.arange(cfg.num_heads) // cfg.heads_per_kv
     angles = rope_angles(pos, cfg).astype(jnp.float64)
     rope = (lambda a: rotate(a, angles, cfg.rotary_dim)) if cfg.use_rope else (lambda a: a)
     x, keys, values = embed, [], []
-    for lw in weights["layers"]:
+    for lw, pk, pv in zip(weights["layers"], prior_k, prior_v):
         u = _rms(x, lw["norm1"], eps)
         q = rope(jnp.einsum("nhd,d->nh", lw["wq"], u) + lw["bq"])
         k = rope(jnp.einsum("khd,d->kh", lw["wk"], u) + lw["bk"])
         v = jnp.einsum("khd,d->kh", lw["wv"], u) + lw["bv"]
         z = jnp.where(weights["valid"], jnp.einsum("nh,nsh->ns", q, lw["kp"][kv]), -jnp.inf)
-        z = jnp.concatenate([z, jnp.sum(q * k[kv], -1)[:, None]], 1) / math.sqrt(H)
+        z = jnp.concatenate([z, jnp.einsum("nh,ngh->ng", q, pk[kv]),
+                             jnp.sum(q * k[kv], -1)[:, None]], 1) / math.sqrt(H)
         a = jax.nn.softmax(z, axis=1)
-        o = jnp.einsum("ns,nsh->nh", a[:, :-1], lw["vp"][kv]) + a[:, -1:] * v[kv]
+        S, G = lw["kp"].shape[1], pk.shape[1]
+        o = (jnp.einsum("ns,nsh->nh", a[:, :S], lw["vp"][kv])
+             + jnp.einsum("ng,ngh->nh", a[:, S:S + G], pv[kv]) + a[:, -1:] * v[kv])
         x = x + jnp.einsum("dnh,nh->d", lw["wo"], o) + lw["bo"]
         y = _rms(x, lw["norm2"], eps)
         g = lw["wg"] @ y
@@ -111,11 +114,12 @@ def _point(cfg: ModelConfig, weights, embed, pos):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _points(cfg: ModelConfig, weights, embed, pos):
-    """`_point` of every row of embed [V, D] at one position; the key and value radii [V, L, K]
-    cover the float64 evaluation: F64 (‖k‖ + R_k), F64 (‖v‖ + ‖v₀‖ + ‖S‖_F) (as every stage of
-    `bound._enclose`)."""
-    keys, values = jax.vmap(lambda e: _point(cfg, weights, e, pos))(embed)
+def _points(cfg: ModelConfig, weights, embed, pos, prior_k, prior_v):
+    """`_point` of every row of embed [B, D] after its prior_k, prior_v [B, L, K, G, H] at one
+    position; the key and value radii [B, L, K] cover the float64 evaluation: F64 (‖k‖ + R_k),
+    F64 (‖v‖ + ‖v₀‖ + ‖S‖_F) (as every stage of `bound._enclose`)."""
+    keys, values = jax.vmap(lambda *a: _point(cfg, weights, a[0], pos, *a[1:]))(
+        embed, prior_k, prior_v)
     rk = jnp.stack([lw["rk"] for lw in weights["layers"]])  # [L, K]
     rv = jnp.stack([jnp.linalg.norm(lw["v0"], axis=-1) + jnp.linalg.norm(lw["vs"], axis=(1, 2))
                     for lw in weights["layers"]])
@@ -125,10 +129,34 @@ def _points(cfg: ModelConfig, weights, embed, pos):
 
 def stage_zero(cfg: ModelConfig, weights, embed, n: int) -> Generated:
     """Stage 0: every token's key and value at position n (points, float64)."""
+    V = len(embed)
+    empty = np.zeros((V, cfg.num_layers, cfg.num_kv_heads, 0, cfg.head_dim))
     with jax.enable_x64(True):
         k, kr, v, vr = _points(cfg, jax.tree_util.tree_map(jnp.asarray, weights),
-                               jnp.asarray(embed), jnp.asarray(n, jnp.int32))
+                               jnp.asarray(embed), jnp.asarray(n, jnp.int32), empty, empty)
     return Generated(n, *(a[None] for a in _balls(k, kr) + _balls(v, vr)))
+
+
+def stage_one(cfg: ModelConfig, weights, embed, first: Generated) -> Generated:
+    """Stage 1 by enumeration (exact): for every token t the float64 step at position n + 1 after
+    every h ∈ V (stage 0's key and value of h, points), V² steps; the ball of token t is about the
+    mean of its V keys (values), of radius the farthest one plus the largest float64 slack."""
+    V, n = len(embed), first.n
+    out = []
+    with jax.enable_x64(True):
+        w = jax.tree_util.tree_map(jnp.asarray, weights)
+        prior_k, prior_v = (jnp.asarray(a[0][:, :, :, None]) for a in (first.keys, first.values))
+        pos = jnp.asarray(n + 1, jnp.int32)
+        for t in range(V):
+            k, kr, v, vr = _points(cfg, w, jnp.broadcast_to(jnp.asarray(embed[t]), embed.shape),
+                                   pos, prior_k, prior_v)
+            ball = []
+            for centre, radius in ((k, kr), (v, vr)):
+                mean = centre.mean(0)
+                far = jnp.linalg.norm(centre - mean, axis=-1).max(0) * (1 + F64)
+                ball += [mean, far + radius.max(0) + F64 * jnp.linalg.norm(mean, axis=-1)]
+            out.append([np.asarray(a) for a in ball])
+    return first.extend(*(np.stack(a) for a in zip(*out)))
 
 
 def _balls(centre, radius) -> tuple:
