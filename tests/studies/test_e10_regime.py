@@ -232,6 +232,20 @@ def test_memory_one_is_agreement_with_the_map(study):
     np.testing.assert_array_equal(smallest == 1, agree)
     rows = run.read_table("memory")
     assert sum(r["steps"] for r in rows) == pytest.approx(1)
+    # E5's test against the full map: a terminal cycle is a cycle of f_P
+    unit = run.load(f"m0_source_n{max(config.lengths)}")
+    flags = run.load("m0_memory")["cycle_of_map"]
+    model = subject(config.models[0], config.root, False).model
+    prompts_ = prompts(subject(config.models[0], config.root, False), "source",
+                       config.prompts, max(config.lengths), config.prompt_seed)
+    for k, (trace, period) in enumerate(zip(unit["traces"], unit["period"])):
+        if period == 0:
+            assert flags[k] == -1
+            continue
+        cycle = trace[len(trace) - period:]
+        f = ds.markov_map(model, prompts_[k], progress=False).next
+        assert flags[k] == int((f[cycle] == np.roll(cycle, -1)).all())
+    assert rows[0]["looping"] == (flags >= 0).sum()
     assert any("smallest memory k" in f.claim for f in e10_regime.findings(run))
 
 

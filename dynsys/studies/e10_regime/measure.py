@@ -24,7 +24,10 @@ agreement with f_{P,t−1}, paired by prompt across λ.
 Memory unit (model, "memory"): at the largest n, primary kind, the normal greedy traces of the
 sweep: for each step t = 1..G−1, the smallest k ≤ MEMORY such that the prompt and the last k
 generated tokens alone, at their real positions, give the trace's next token
-(dynsys.dynamics.memory; k = 1 is f_{P,t−1}, 0: no k ≤ MEMORY does).
+(dynsys.dynamics.memory; k = 1 is f_{P,t−1}, 0: no k ≤ MEMORY does); and E5's test of each
+looping trace: is its terminal cycle c_0..c_{p−1} a cycle of f_P (f_P(c_i) = c_{i+1 mod p},
+f_P evaluated on the cycle's p tokens only, as a lazy orbit would; −1: the trace does not
+loop).
 
 Sampled unit (model, "sampled"): the same prompts sampled at each (temperature, top-p) of the
 config and with DRY at the middle temperature: loop period and onset per trace. For a model of
@@ -125,11 +128,25 @@ def lambda_unit(subject: Subject, prompts: np.ndarray, G: int,
             "onset": np.stack([f["onset"] for f in found])}
 
 
+def cycle_of_map(subject: Subject, prompt: np.ndarray, trace: np.ndarray, period: int) -> int:
+    """1 if the terminal cycle of `trace` (its last `period` tokens) is a cycle of f_P, 0 if
+    not, −1 if the trace does not loop (period 0)."""
+    if period == 0:
+        return -1
+    cycle = np.asarray(trace[len(trace) - period:])
+    f = markov_map(subject.model, prompt, cycle, progress=False).next
+    return int(np.array_equal(f, np.roll(cycle, -1)))
+
+
 def memory_unit(subject: Subject, prompts: np.ndarray, traces: np.ndarray
                 ) -> dict[str, np.ndarray]:
     """The memory unit: [P, G−1] the smallest memory k of each step of the greedy traces
-    [P, G] of prompts [P, n] (0: none up to MEMORY)."""
-    return {"smallest": step_memory(subject.model, prompts, traces, MEMORY).smallest}
+    [P, G] of prompts [P, n] (0: none up to MEMORY), and [P] whether each terminal cycle is
+    a cycle of f_P (`cycle_of_map`)."""
+    period = loops(traces)["period"]
+    return {"smallest": step_memory(subject.model, prompts, traces, MEMORY).smallest,
+            "cycle_of_map": np.array([cycle_of_map(subject, p, t, int(q))
+                                      for p, t, q in zip(prompts, traces, period)])}
 
 
 def samplers(temperatures: tuple[float, ...], top_ps: tuple[float, ...],

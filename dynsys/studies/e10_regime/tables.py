@@ -20,7 +20,8 @@
                 keys shifted by log λ
     memory      (model, k): at the largest n, primary kind, the share of the steps
                 1..G−1 of the greedy traces whose smallest explaining memory is k (k = 0:
-                none up to measure.MEMORY), and the share of traces whose every step has k = 1
+                none up to measure.MEMORY), the share of traces whose every step has k = 1,
+                and of the looping traces, how many end in a cycle of f_P (E5's test)
     sampled     (model, sampler, prompt): the sampled trace's loop period and onset, and the
                 kernel chain's predicted loop probability (empty where not computed)
 """
@@ -97,8 +98,10 @@ def lambda_rows(model: str, lambdas: tuple[float, ...], unit: dict) -> list[dict
 
 def memory_rows(model: str, unit: dict) -> list[dict]:
     smallest = unit["smallest"]
+    cycles = unit["cycle_of_map"] if "cycle_of_map" in unit else np.array([], int)
     return [{"model": model, "k": k, "steps": float((smallest == k).mean()),
-             "traces_k1": float((smallest == 1).all(1).mean())}
+             "traces_k1": float((smallest == 1).all(1).mean()),
+             "looping": int((cycles >= 0).sum()), "cycles_of_map": int((cycles == 1).sum())}
             for k in range(int(smallest.max(initial=0)) + 1)]
 
 

@@ -199,4 +199,6 @@ def memory_finding(model: str, rows: list[dict]) -> Finding:
                          "tokens at their real positions) that gives each greedy step's token, "
                          "share of steps at the largest n",
                    "; ".join(parts) + f"; traces with k = 1 at every step "
-                   f"{rows[0]['traces_k1']:.2f}", None)
+                   f"{rows[0]['traces_k1']:.2f}; terminal cycles that are cycles of f_P "
+                   f"{rows[0].get('cycles_of_map', '-')}/{rows[0].get('looping', '-')} looping "
+                   "traces", None)
