@@ -19,7 +19,7 @@ Claims:
   decay    a(R) ∝ n^−β with β > DECAY: a(R) at the last step (mean over layers and heads),
            β from its mean over prompts per n, jackknife-t over prompts (sweep.exponent_estimate).
   uniform  at the largest n the excess concentration (a(R) over r/(n + r + 1), mean over the
-           steps r ≥ 1, layers and heads; mean over prompts) is below EXCESS, on its bootstrap
+           steps r ≥ 1, layers and heads; mean over prompts) is below EXCESS, on its jackknife-t
            interval over prompts: the dilution measured is that of near-uniform attention, as
            expected at random initialisation. A model whose heads favour the generated keys
            (recency) fails it and may still satisfy the argument, if the decay claim holds.
