@@ -137,7 +137,7 @@ def scaling(rows: list[dict], ref: str) -> Finding:
     return Finding(
         NAME, f"disagreement with {MAPS[ref]} falls like n^-β, β > {FALLS:g} (G={steps + 1}, "
               f"{_tag(rows)}; {status})",
-        f"β = {beta.text()}, bootstrap over {len(columns[0])} prompts per n; disagreement "
+        f"β = {beta.text()}, jackknife-t over {len(columns[0])} prompts per n; disagreement "
         f"{rate[0]:.3f} at n={lengths[0]} -> {rate[-1]:.3f} at n={lengths[-1]}",
         beta.verdict, test=beta.test)
 

@@ -420,7 +420,7 @@ def measured_findings(units: list[dict], G: int) -> list[Finding]:
         out.append(Finding(
             NAME, f"the generated keys' attention mass a(R) falls like n^-β, β > {DECAY:g} "
                   "(proved: a(R) <= r e^S/(r e^S + n + 1), β -> 1; uniform attention: β = 1)",
-            f"β = {beta.text()}, bootstrap over {len(mass[0])} prompts per n; a(R) at step "
+            f"β = {beta.text()}, jackknife-t over {len(mass[0])} prompts per n; a(R) at step "
             f"G={G}, mean over layers and heads: {mass[0].mean():.2g} at n={lengths[0]} -> "
             f"{mass[-1].mean():.2g} at n={lengths[-1]}", beta.verdict, test=beta.test))
     n, excess = lengths[-1], by_length(units, "excess")[1][-1]
@@ -429,7 +429,7 @@ def measured_findings(units: list[dict], G: int) -> list[Finding]:
         NAME, f"no excess concentration: at n={n} the generated keys get less than {EXCESS:g}x "
               "their share under uniform attention, r/(n+r+1) (measured; the argument needs "
               "only a ratio bounded in n, <= e^S, proved)",
-        f"a(R) / uniform = {ratio.text('.3f')}, mean over r >= 1, layers, heads; bootstrap over "
+        f"a(R) / uniform = {ratio.text('.3f')}, mean over r >= 1, layers, heads; jackknife-t over "
         f"{len(excess)} prompts", ratio.verdict, test=ratio.test))
     return out
 

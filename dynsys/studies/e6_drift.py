@@ -188,7 +188,7 @@ def verdicts(rows: list[dict]) -> list[Finding]:
             None))
         if len(lengths) < 2:
             continue
-        span = f"n={lengths[0]} -> {lengths[-1]}, bootstrap over {len(top)} prompts per n"
+        span = f"n={lengths[0]} -> {lengths[-1]}, jackknife-t over {len(top)} prompts per n"
         beta = exponent_estimate(lengths, change, threshold=PERIOD)
         out.append(Finding(
             NAME, f"a shift by the period moves the logits less and less as n grows: the logit "
