@@ -346,7 +346,7 @@ def test_a_process_that_never_started_is_named_in_one_line(tmp_path, monkeypatch
 
     as_process(monkeypatch, 0, 2)
     monkeypatch.setenv(distributed.ENV_WAIT, "0.5")
-    monkeypatch.setattr(cli, "markov_map", markov_map)
+    monkeypatch.setattr("dynsys.dynamics.markov.markov_map", markov_map)
     result = CliRunner().invoke(cli.app, ["map", "--length", "8", "--out",
                                           str(tmp_path / "map.npz")])
     last = result.output.strip().splitlines()[-1]  # after the progress bar

@@ -97,8 +97,8 @@ def prefill_chunk(cfg: ModelConfig, batch: int, length: int, capacity: int) -> i
     return chunk
 
 
-def _recorded_sites(cfg: ModelConfig, recorded: Recorded | None, record: tuple[str, ...],
-                    index: int) -> dict:
+def recorded_sites(cfg: ModelConfig, recorded: Recorded | None, record: tuple[str, ...],
+                   index: int) -> dict:
     """{site: its value at token `index` of the call}: [B, L, ...] for a block site (L layers),
     [B, ...] for a model site; {} when `record` is empty."""
     return {name: recorded(name)[:, index] if name in MODEL_SITES else
@@ -106,11 +106,11 @@ def _recorded_sites(cfg: ModelConfig, recorded: Recorded | None, record: tuple[s
             for name in record}
 
 
-def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
-                  chunk: int, edits: dict | None = None, record: tuple[str, ...] = ()):
+def prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows: RowCache,
+                 chunk: int, edits: dict | None = None, record: tuple[str, ...] = ()):
     """Write tokens [B, T] into an empty RowCache, `chunk` (dividing T) at a time; returns
     the last hidden state [B, D], the cache and the `record` sites at the last token (see
-    `_recorded_sites`)."""
+    `recorded_sites`)."""
     B, T = tokens.shape
 
     def body(i, carry):
@@ -118,7 +118,7 @@ def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows:
         piece = [jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
                  for x in (tokens, positions, write_mask)]
         out = run(cfg, params, *piece[:2], rows, piece[2], None, edits, bool(record))
-        return out.hidden[:, -1], out.rows, _recorded_sites(cfg, out.recorded, record, -1)
+        return out.hidden[:, -1], out.rows, recorded_sites(cfg, out.recorded, record, -1)
 
     hidden = jnp.zeros((B, cfg.hidden_size), cfg.dtype)
     sites = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
@@ -130,8 +130,8 @@ def _prefill_rows(cfg: ModelConfig, params, tokens, positions, write_mask, rows:
 def _prefill(cfg: ModelConfig, chunk: int, params, tokens, length, source) -> Prefix:
     capacity = tokens.shape[0]
     positions = jnp.arange(capacity, dtype=jnp.int32)[None]
-    _, rows, _ = _prefill_rows(cfg, params, tokens[None], positions, positions < length,
-                            empty_rows(cfg, 1, capacity), chunk)
+    _, rows, _ = prefill_rows(cfg, params, tokens[None], positions, positions < length,
+                              empty_rows(cfg, 1, capacity), chunk)
     prefix = prefix_of(rows.replace(end=length), source)
     return prefix.replace(k=tuple(constrain(k, PREFIX_KEY_AXES) for k in prefix.k),
                           v=tuple(constrain(v, PREFIX_VALUE_AXES) for v in prefix.v))

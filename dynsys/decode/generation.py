@@ -20,13 +20,13 @@ from dynsys.checks import check_finite, check_int, check_seed, usable_logits
 from dynsys.config import ModelConfig
 from dynsys.decode import sampling
 from dynsys.decode.engine import (
-    _prefill_rows,
-    _recorded_sites,
     check_generation_fits,
     check_key_bias,
     logits,
     pad_prompts,
     prefill_chunk,
+    prefill_rows,
+    recorded_sites,
     run,
 )
 from dynsys.nn import Model
@@ -104,10 +104,10 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
     capacity = segments[0][2]
     positions = jnp.maximum(jnp.cumsum(write_mask, axis=1) - 1, 0).astype(jnp.int32)
     edits = _steps_as_positions(edits, positions[:, -1] + 1, T, max_new_tokens)
-    hidden, rows, first = _prefill_rows(cfg, params, tokens, positions, write_mask,
-                                        empty_rows(cfg, B, capacity),
-                                        prefill_chunk(cfg, B, T, capacity),
-                                        _at_step(edits, 0), record)
+    hidden, rows, first = prefill_rows(cfg, params, tokens, positions, write_mask,
+                                       empty_rows(cfg, B, capacity),
+                                       prefill_chunk(cfg, B, T, capacity),
+                                       _at_step(edits, 0), record)
     state = DecodeState(logits=logits(cfg, params, hidden),
                         seq=jnp.zeros((B, capacity), jnp.int32).at[:, :T].set(tokens),
                         rows=rows, position=positions[:, -1] + 1, finished=jnp.zeros(B, bool))
@@ -134,7 +134,7 @@ def _generate(cfg: ModelConfig, max_new_tokens: int, kind: tuple, with_margins: 
                             seq=jax.lax.dynamic_update_slice(state.seq, token[:, None],
                                                              (0, T + i)),
                             rows=out.rows, position=state.position + 1, finished=finished)
-        return state, (*outputs, _recorded_sites(cfg, out.recorded, record, 0))
+        return state, (*outputs, recorded_sites(cfg, out.recorded, record, 0))
 
     def full_width(sites: dict) -> dict:
         """attn_weights over a segment's cache, zero-padded to the last segment's slots."""

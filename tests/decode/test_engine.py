@@ -264,7 +264,7 @@ def test_generation_without_record_compiles_no_recording(model_of, monkeypatch):
     assert lowered_generation(model, ("mlp_hidden",)) != plain
     monkeypatch.setattr(dynsys.nn.transformer, "site", lambda module, name, x: x)
     for module in (dynsys.decode.engine, dynsys.decode.generation):
-        monkeypatch.setattr(module, "_recorded_sites", lambda *args: {})
+        monkeypatch.setattr(module, "recorded_sites", lambda *args: {})
     assert lowered_generation(model, ()) == plain
     # nor any attention weights: an attend that never computes them gives the same program
     attend = dynsys.nn.transformer.attend

@@ -259,7 +259,7 @@ def test_resume_recomputes_nothing_and_a_lost_unit_only(study, monkeypatch):
 
     def counting(model, prompts, new_tokens):
         calls.append(len(prompts))
-        return ds.generate(model, prompts, new_tokens).tokens
+        return ds.generate(model, prompts, new_tokens)
 
     monkeypatch.setattr(e1_loops, "generate", counting)
     monkeypatch.setattr(e1_loops, "load", lambda *a, **k: pytest.fail("model loaded"))

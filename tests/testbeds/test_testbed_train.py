@@ -135,7 +135,7 @@ def test_sigkill_then_rerun_is_bit_identical(trained, tmp_path):
 
 @pytest.mark.parametrize("args, named", [
     (("--testbed", "markov7"), ["unknown test bed 'markov7'", "markov1, markov2"]),
-    (("--testbed", "markov1", "--scale", "tiny"), ["scale 'tiny'", "small, paper"]),
+    (("--testbed", "markov1", "--scale", "tiny"), ["'tiny' is not one of 'small', 'paper'"]),
     (("--testbed", "markov1", "--set", "alpha=0"), ["alpha=0", "Dirichlet concentration"]),
     (("--testbed", "markov1", "--set", "alpha=-1"), ["alpha=-1"]),
     (("--testbed", "markov1", "--set", "vocab=1"), ["vocab=1", "at least 2 symbols"]),
@@ -156,7 +156,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, named):
 
 def test_without_testbed_the_corpus_training_is_unchanged():
     result = invoke("train", "--scale", "huge")
-    assert result.exit_code == 2 and "scale 'huge' is not one of small, paper" in result.output
+    assert result.exit_code == 2 and "'huge' is not one of 'small', 'paper'" in result.output
 
 
 def _snapshot(directory) -> dict:

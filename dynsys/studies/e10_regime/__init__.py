@@ -153,10 +153,16 @@ def run(run: Run, config: Config, progress: bool = True) -> None:
 
     run.fill(last, lambda i: f"m{i}_lambda", lambda i: measure.lambda_unit(
         found[i], primary(i), config.G, config.lambdas), "E10 forced-Markov", progress)
-    run.fill(last, lambda i: f"m{i}_memory", lambda i: measure.memory_unit(
-        found[i], primary(i), run.load(_sweep_name(i, found[i].primary,
-                                                   max(lengths(found[i], config))))["traces"]),
-        "E10 memory", progress)
+    def swept(i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The prompts and greedy traces of the sweep at the largest n, primary kind (or the
+        first kind the config runs, if it does not run the primary one)."""
+        kind = found[i].primary if found[i].primary in kinds(found[i], config) else \
+            kinds(found[i], config)[0]
+        n = max(lengths(found[i], config))
+        return drawn_prompts(i, kind)[:, :n], run.load(_sweep_name(i, kind, n))["traces"]
+
+    run.fill(last, lambda i: f"m{i}_memory", lambda i: measure.memory_unit(found[i], *swept(i)),
+             "E10 memory", progress)
     chosen = measure.samplers(config.temperatures, config.top_ps, config.dry)
     run.fill(last, lambda i: f"m{i}_sampled", lambda i: measure.sampled_unit(
         found[i], primary(i), config.G, chosen, config.seed), "E10 sampled", progress)
