@@ -650,18 +650,13 @@ def _generate_text(model, text: str, new_tokens: int, sampler: Sampler, seed: in
 
 
 def _check_traces_target(path: Path) -> None:
-    """ValueError naming `path` unless traces can be written there: an .npz target
-    (check_npz_target), or a .jsonl file, not a directory, in a directory that exists."""
-    from dynsys.runs import check_npz_target
+    """ValueError naming `path` unless traces can be written there: an .npz or a .jsonl file
+    (dynsys.runs.check_file_target)."""
+    from dynsys.runs import check_file_target
 
-    if path.suffix == ".npz":
-        check_npz_target(path)
-    elif path.suffix != ".jsonl":
+    if path.suffix not in (".npz", ".jsonl"):
         raise ValueError(f"--out {path} must end in .npz or .jsonl")
-    elif path.is_dir():
-        raise ValueError(f"{path} is a directory; give the name of the .jsonl file to write")
-    elif not path.parent.is_dir():
-        raise ValueError(f"{path.parent} (the directory of {path}) is not a directory")
+    check_file_target(path)
 
 
 def _write_traces(path: Path, records: list[dict]) -> None:

@@ -71,18 +71,25 @@ def atomic_path(path) -> Iterator[Path]:
         raise
 
 
-def check_npz_target(path) -> Path:
-    """`path` as a Path if an .npz archive can be written there (ValueError naming it
-    otherwise): its name ends in .npz (np.savez appends .npz to any other name), it is not a
-    directory and its directory exists. Check before the work whose result it will hold."""
+def check_file_target(path) -> Path:
+    """`path` as a Path if a file can be written there (ValueError naming it otherwise): it is
+    not a directory and its directory exists. Check before the work whose result it will
+    hold."""
     path = Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"{path} does not end in .npz; an .npz archive is written there")
     if path.is_dir():
-        raise ValueError(f"{path} is a directory; give the name of the .npz file to write")
+        raise ValueError(f"{path} is a directory; give the name of the {path.suffix} file to "
+                         "write")
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent} (the directory of {path}) is not a directory")
     return path
+
+
+def check_npz_target(path) -> Path:
+    """`check_file_target(path)` for an .npz archive: its name must end in .npz (np.savez
+    appends .npz to any other name)."""
+    if Path(path).suffix != ".npz":
+        raise ValueError(f"{path} does not end in .npz; an .npz archive is written there")
+    return check_file_target(path)
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:

@@ -260,3 +260,17 @@ def test_pollution_counts_the_steps_that_leave_the_map():
         assert tables.pollution(f, trace) == np.mean(f[trace[:-1]] != trace[1:])
     assert tables.pollution(np.array([1, 2, 0]), np.array([0, 1, 2, 0])) == 0.0
     assert tables.pollution(np.array([1, 2, 0]), np.array([0, 1, 1, 2])) == pytest.approx(1 / 3)
+
+
+def test_one_kernel_serves_every_temperature(study):
+    """The T = 1 kernel to the power 1/T, renormalised, is the kernel the map gives at T."""
+    _, config = study
+    s = subject(config.models[0], config.root, False)
+    prompt = prompts(s, "source", 1, 32, 0)
+    base = measure.unit_kernels(s, prompt)[0]
+    for T in (0.3, 0.7):
+        tempered = base ** (1 / T)
+        direct = ds.markov_map(s.model, prompt[0], kernel_k=s.model.config.vocab_size,
+                               temperature=T, progress=False).kernel.toarray()
+        np.testing.assert_allclose(tempered / tempered.sum(-1, keepdims=True), direct,
+                                   atol=1e-5)

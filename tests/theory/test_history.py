@@ -68,6 +68,19 @@ def adversarial(cfg, model, prefix, x: int, r: int, logits: np.ndarray, top: int
     return np.stack([rng.permutation(np.resize(worst, r)) for _ in range(8)])
 
 
+def assert_margins_enclosed(bound, row: int, logits: np.ndarray) -> np.ndarray:
+    """Every measured margin logits[top] − logits[v] (rows: histories) of query `row` lies in
+    the certified [lower, upper], up to float32 rounding of the logits; returns the margins."""
+    top = bound.top[row]
+    margins = logits[:, top][:, None] - logits
+    tol = 1e-5 * np.abs(logits).max()
+    off = np.arange(logits.shape[1]) != top
+    assert np.isfinite(bound.lower[row, off]).all()
+    assert (margins[:, off] >= bound.lower[row, off] - tol).all()
+    assert (margins[:, off] <= bound.upper[row, off] + tol).all()
+    return margins
+
+
 @pytest.mark.parametrize("cfg", [LLAMA, QWEN2], ids=["llama-rope-gqa", "qwen2-bias"])
 def test_lower_bounds_hold_for_every_history_tried(cfg):
     """For each query (x, r ∈ {1, 2, 3}) and 100+ histories (random, repeated tokens, the most
@@ -84,13 +97,7 @@ def test_lower_bounds_hold_for_every_history_tried(cfg):
         hist2 = adversarial(cfg, model, prefix, x, r, logits, bound.top[row], hist)
         logits2, xs2 = measured(cfg, model, prefix, x, r, hist2)
         logits, xs = np.concatenate([logits, logits2]), np.concatenate([xs, xs2])
-        top = bound.top[row]
-        margins = logits[:, top][:, None] - logits
-        tol = 1e-5 * np.abs(logits).max()
-        off = np.arange(cfg.vocab_size) != top
-        assert np.isfinite(bound.lower[row, off]).all()
-        assert (margins[:, off] >= bound.lower[row, off] - tol).all()
-        assert (margins[:, off] <= bound.upper[row, off] + tol).all()
+        margins = assert_margins_enclosed(bound, row, logits)
         slack = 1e-5 * np.abs(xs).max(2, keepdims=True)
         assert (np.abs(xs - bound.centre[row]) <= bound.radius[row] + slack).all()
         change = np.abs(margins - bound.margin[row]).max(0)[bound.near[row]]

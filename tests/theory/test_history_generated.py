@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from theory.test_bounds import LLAMA
-from theory.test_history import QWEN2, N, case, measured
+from theory.test_history import QWEN2, N, assert_margins_enclosed, case, measured
 
 from dynsys.decode import step
 from dynsys.theory.history import domain as dm
@@ -71,13 +71,7 @@ def test_two_stages_hold_for_every_history_of_length_r(cfg, exhaustive):
     for row, (x, r) in enumerate(zip(xs, rs)):
         grid = np.stack(np.meshgrid(*[np.arange(cfg.vocab_size)] * r, indexing="ij"), -1)
         logits, _ = measured(cfg, model, prefix, x, r, grid.reshape(-1, r))
-        top = bound.top[row]
-        margins = logits[:, top][:, None] - logits
-        tol = 1e-5 * np.abs(logits).max()
-        off = np.arange(cfg.vocab_size) != top
-        assert np.isfinite(bound.lower[row, off]).all()
-        assert (margins[:, off] >= bound.lower[row, off] - tol).all()
-        assert (margins[:, off] <= bound.upper[row, off] + tol).all()
+        assert_margins_enclosed(bound, row, logits)
 
 
 def test_generated_keys_refuse_a_prompt_of_another_length():

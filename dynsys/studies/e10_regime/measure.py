@@ -189,20 +189,34 @@ def chain_loops(kernel: np.ndarray, start: int, G: int, paths: int,
     return float((loops(x)["period"] > 0).mean())
 
 
-def predicted_loops(subject: Subject, prompts: np.ndarray, traces: np.ndarray,
-                    sampler: Sampler, seed: int) -> np.ndarray:
-    """[P] the kernel chain's loop probability per prompt (module docstring); NaN where it
-    does not apply (a sampler other than temperature and top-p, or more than KERNEL_VOCAB
-    ids)."""
-    T, top_p = sampler.temperature, sampler.top_p
+def is_markov_kernel(sampler: Sampler) -> bool:
+    """Whether `sampler` draws from a Markov kernel of the logits: temperature > 0 and top-p,
+    nothing else."""
+    T = sampler.temperature
+    return T > 0 and sampler == Sampler(temperature=T, top_p=sampler.top_p)
+
+
+def unit_kernels(subject: Subject, prompts: np.ndarray) -> list[np.ndarray]:
+    """Per prompt the [V, V] kernel softmax(logits(P + [v])) at T = 1 over all of V; the
+    kernel at T is its entries to the power 1/T, renormalised (softmax(ℓ/T) ∝ softmax(ℓ)^(1/T)),
+    so one map per prompt serves every temperature."""
     V = subject.model.config.vocab_size
-    if V > KERNEL_VOCAB or T == 0 or sampler != Sampler(temperature=T, top_p=top_p):
-        return np.full(len(prompts), np.nan)
+    return [markov_map(subject.model, p, kernel_k=V, temperature=1.0, progress=False)
+            .kernel.toarray() for p in prompts]
+
+
+def predicted_loops(kernels: list[np.ndarray] | None, traces: np.ndarray, sampler: Sampler,
+                    seed: int) -> np.ndarray:
+    """[P] the kernel chain's loop probability per prompt (module docstring) from the prompts'
+    T = 1 kernels (`unit_kernels`); NaN where it does not apply (kernels None: more than
+    KERNEL_VOCAB ids; a sampler other than temperature and top-p)."""
+    if kernels is None or not is_markov_kernel(sampler):
+        return np.full(len(traces), np.nan)
     rng = np.random.default_rng(seed)
     out = []
-    for p, trace in zip(prompts, traces):
-        found = markov_map(subject.model, p, kernel_k=V, temperature=T, progress=False)
-        kernel = top_p_rows(found.kernel.toarray(), top_p)
+    for base, trace in zip(kernels, traces):
+        tempered = base ** (1 / sampler.temperature)
+        kernel = top_p_rows(tempered / tempered.sum(-1, keepdims=True), sampler.top_p)
         out.append(chain_loops(kernel, int(trace[0]), len(trace), PATHS, rng))
     return np.array(out)
 
@@ -212,6 +226,9 @@ def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
     """The sampled unit: per sampler (axis 0) the loop period and onset of each prompt's
     sampled trace (seed `seed` + batch index), and the kernel chain's predicted loop
     probability (module docstring)."""
+    small = subject.model.config.vocab_size <= KERNEL_VOCAB
+    kernels = unit_kernels(subject, prompts) if small and any(
+        is_markov_kernel(sampler) for _, sampler in chosen) else None
     period, onset, predicted = [], [], []
     for _, sampler in chosen:
         traces = np.concatenate([
@@ -220,6 +237,6 @@ def sampled_unit(subject: Subject, prompts: np.ndarray, G: int,
         found = loops(traces)
         period.append(found["period"])
         onset.append(found["onset"])
-        predicted.append(predicted_loops(subject, prompts, traces, sampler, seed))
+        predicted.append(predicted_loops(kernels, traces, sampler, seed))
     return {"period": np.stack(period), "onset": np.stack(onset),
             "predicted": np.stack(predicted)}

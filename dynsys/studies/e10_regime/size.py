@@ -83,19 +83,19 @@ def unit(key: str, step: int, root: str, n: int, count: int, G: int, seed: int,
     """One rung's unit (module docstring): `count` held-out prompts of n tokens."""
     final, at = subject(f"{key}@final", root, False), subject(f"{key}@{step}", root, False)
     drawn = prompts(final, "source", count, n, seed)
-    loops = {}
-    for name, s in (("matched", at), ("final", final)):
-        loops[name] = looping(np.asarray(generate(s.model, drawn, G).tokens))
+    traces = {name: np.asarray(generate(s.model, drawn, G).tokens)
+              for name, s in (("matched", at), ("final", final))}
+    loops = {name: looping(t) for name, t in traces.items()}
     half = count // 2
     cfg = final.model.config
     chosen = tuple(k for k in ks if k <= cfg.num_layers * cfg.intermediate_size)
     localise = drawn[:half]
-    traces = np.asarray(generate(final.model, localise, G).tokens)
-    if not looping(traces).any():
+    if not loops["final"][:half].any():
         rates = np.full(len(chosen), np.nan)
         before = float(loops["final"][half:].mean())
     else:
-        ranked = neuron_attribution(final.model, localise, traces).ranked(top=max(chosen))
+        ranked = neuron_attribution(final.model, localise, traces["final"][:half]).ranked(
+            top=max(chosen))
         found = confirm(final.model, drawn[half:], G, ranked, "zero", chosen)
         rates, before = np.array([r.result.rate for r in found.rows]), found.before.rate
     return {"prompts": drawn, "loops_matched": loops["matched"], "loops_final": loops["final"],
